@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mcr_abi.h - the only header shared by the datapath (bpf/) and the Python
+ * control plane (mcr_xdp/abi.py mirrors it with ctypes; tests/unit/test_abi.py
+ * compiles a probe against this file and compares sizes, offsets and values).
+ *
+ * Rules: fixed-width fields only, explicit padding, no pointers, no bitfields.
+ * Addresses and ports are stored in network byte order, exactly as they sit
+ * in the packet, so the datapath compares and copies them without swapping.
+ * Bump MCR_ABI_VERSION on any change to this file.
+ */
+#ifndef MCR_ABI_H
+#define MCR_ABI_H
+
+#include <linux/types.h>
+
+#define MCR_ABI_VERSION 1
+
+/* Limits (map sizes). */
+#define MCR_MAX_RULES   4096 /* rules across all input interfaces */
+#define MCR_MAX_OUTPUTS 16   /* outputs of one rule */
+#define MCR_MAX_PORTS   256  /* distinct output interfaces (devmap slots) */
+
+/* Map names, as bcc knows them (tests/bpf/test_maps.py checks each exists). */
+#define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
+#define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
+#define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */
+#define MCR_MAP_RULE_STATS "mcr_rule_stats" /* percpu array: rule id -> mcr_rule_counters */
+
+/* Program names (function names in relay.c). */
+#define MCR_PROG_RELAY "mcr_relay"
+
+/* Address families as stored in mcr_rule_key.family. */
+#define MCR_FAMILY_IPV4 4
+#define MCR_FAMILY_IPV6 6
+
+/*
+ * Every packet the ingress program sees ends in exactly one verdict.
+ * PASS_* hand the frame to the host stack untouched, DROP_* discard it,
+ * REDIRECT forwarded it to an output.
+ */
+enum mcr_verdict {
+	MCR_V_PASS_NOT_IP = 0,       /* ethertype is neither IPv4 nor IPv6 */
+	MCR_V_PASS_NOT_UDP = 1,      /* IP, but not UDP */
+	MCR_V_PASS_NOT_MULTICAST = 2,/* destination is not a multicast group */
+	MCR_V_PASS_FRAGMENT = 3,     /* IPv4 fragment: ports unknown or unreliable */
+	MCR_V_PASS_NO_RULE = 4,      /* multicast UDP without a matching rule */
+	MCR_V_PASS_MALFORMED = 5,    /* truncated or inconsistent headers */
+	MCR_V_PASS_IPV6 = 6,         /* IPv6, not relayed by this ABI version */
+	MCR_V_DROP_TTL = 7,          /* matched, but TTL <= 1 */
+	MCR_V_DROP_NO_OUTPUT = 8,    /* matched, but the output slot is empty */
+	MCR_V_REDIRECT = 9,          /* forwarded */
+	MCR_V_MAX = 10,
+};
+
+/* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
+struct mcr_rule_key {
+	__u32 ifindex;     /* input interface */
+	__u16 port;        /* UDP destination port, network order */
+	__u8 family;       /* MCR_FAMILY_* */
+	__u8 pad0;
+	__u8 source[16];   /* SSM source; all zero for any-source rules */
+	__u8 group[16];    /* destination group */
+};
+
+/*
+ * One output of a rule, with everything the datapath writes precomputed by
+ * the control plane: the Ethernet header, the new group and port, and the
+ * ones'-complement deltas that turn the old checksums into the new ones
+ * (RFC 1624, eqn. 3). The deltas are sums of 16-bit words in host order as
+ * the datapath loads them; ip_csum_delta includes the TTL decrement.
+ */
+struct mcr_output {
+	__u32 ifindex;       /* output interface */
+	__u32 slot;          /* key in MCR_MAP_TX_PORTS */
+	__u8 eth[12];        /* destination MAC then source MAC */
+	__u16 port;          /* new UDP destination port, network order */
+	__u16 pad0;
+	__u8 group[16];      /* new destination group */
+	__u32 ip_csum_delta; /* IPv4 header checksum delta */
+	__u32 l4_csum_delta; /* UDP checksum delta (pseudo header + port) */
+};
+
+struct mcr_rule {
+	__u32 id;            /* index into MCR_MAP_RULE_STATS */
+	__u32 n_outputs;     /* 1 in this ABI version */
+	struct mcr_output out;
+};
+
+struct mcr_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct mcr_rule_counters {
+	__u64 packets;       /* matched */
+	__u64 bytes;         /* matched, frame bytes as received */
+	__u64 forwarded;     /* handed to the output by bpf_redirect_map */
+	__u64 dropped;       /* matched but dropped (TTL, missing output) */
+};
+
+#endif /* MCR_ABI_H */

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * parsing.h - cursor-style header parsers. Each takes the cursor, checks the
+ * header fits before data_end, advances past it and returns a pointer to it
+ * (NULL when the frame is too short). The caller decides what a NULL means.
+ */
+#ifndef MCR_PARSING_H
+#define MCR_PARSING_H
+
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/udp.h>
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+struct mcr_vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+#define MCR_IP_MF 0x2000
+#define MCR_IP_OFFSET 0x1fff
+
+static __always_inline void *cursor_take(struct cursor *c, __u32 len)
+{
+	void *hdr = c->pos;
+
+	if (c->pos + len > c->end)
+		return NULL;
+	c->pos += len;
+	return hdr;
+}
+
+/* Ethernet with at most one 802.1Q/802.1ad tag. Sets *proto (network order)
+ * and *tagged; returns NULL when truncated. */
+static __always_inline struct ethhdr *parse_eth(struct cursor *c, __be16 *proto, int *tagged)
+{
+	struct ethhdr *eth = cursor_take(c, sizeof(*eth));
+	struct mcr_vlan_hdr *vlan;
+
+	if (!eth)
+		return NULL;
+	*proto = eth->h_proto;
+	*tagged = 0;
+	if (*proto == bpf_htons(ETH_P_8021Q) || *proto == bpf_htons(ETH_P_8021AD)) {
+		vlan = cursor_take(c, sizeof(*vlan));
+		if (!vlan)
+			return NULL;
+		*proto = vlan->encap_proto;
+		*tagged = 1;
+	}
+	return eth;
+}
+
+/* IPv4 header including options. NULL when truncated or not a sane IPv4
+ * header (version, IHL, total length beyond the frame). */
+static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
+{
+	struct iphdr *iph = c->pos;
+	__u32 hlen;
+
+	if ((void *)(iph + 1) > c->end)
+		return NULL;
+	if (iph->version != 4 || iph->ihl < 5)
+		return NULL;
+	hlen = iph->ihl * 4;
+	if (c->pos + bpf_ntohs(iph->tot_len) > c->end || bpf_ntohs(iph->tot_len) < hlen + sizeof(struct udphdr))
+		return NULL;
+	if (!cursor_take(c, hlen))
+		return NULL;
+	return iph;
+}
+
+static __always_inline struct udphdr *parse_udp(struct cursor *c)
+{
+	return cursor_take(c, sizeof(struct udphdr));
+}
+
+#endif /* MCR_PARSING_H */

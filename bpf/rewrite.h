@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * rewrite.h - header rewrite and incremental checksum helpers. The control
+ * plane precomputes each output's checksum deltas (mcr_output), so the
+ * datapath only adds them: no per-packet helper calls, no loops.
+ */
+#ifndef MCR_REWRITE_H
+#define MCR_REWRITE_H
+
+#include "mcr_abi.h"
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'); delta holds sum(~m + m'). */
+static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
+{
+	return ~csum_fold((__u32)(__u16)~check + delta);
+}
+
+/* Rewrite an IPv4/UDP packet for one output. The caller has checked the
+ * TTL. A zero UDP checksum means "none" in IPv4 and stays zero; a computed
+ * zero is sent as 0xffff (RFC 768). */
+static __always_inline void rewrite_ipv4(struct ethhdr *eth, struct iphdr *iph,
+					 struct udphdr *udp, const struct mcr_output *out)
+{
+	__u16 check;
+
+	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
+	iph->daddr = *(const __be32 *)out->group;
+	iph->ttl--;
+	iph->check = csum_apply(iph->check, out->ip_csum_delta);
+	udp->dest = out->port;
+	if (udp->check) {
+		check = csum_apply(udp->check, out->l4_csum_delta);
+		udp->check = check ? check : 0xffff;
+	}
+}
+
+#endif /* MCR_REWRITE_H */

@@ -1,0 +1,1 @@
+"""mcr-xdp command line (installed as mcr_xdp_cli)."""

@@ -1,0 +1,61 @@
+"""The mcr-xdp command: a thin edge over mcr_xdp.relay.
+
+Each command lives in its own module; this one wires them up and is the one
+place where errors become messages on stderr and exit codes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from mcr_xdp import __version__
+from mcr_xdp.errors import McrError
+
+from . import attach, demo, detach
+from .console import err
+
+app = typer.Typer(
+    name="mcr-xdp",
+    help="Multicast relay whose forwarding runs in the kernel (XDP).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+
+
+def reports_errors(command):
+    """Turn McrError into one line on stderr and its exit code; typer itself
+    handles usage errors (exit 2) and help."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except McrError as exc:
+            err.print(f"mcr-xdp: error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("mcr-xdp: interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+for name, command in (("attach", attach.attach), ("detach", detach.detach), ("demo", demo.demo)):
+    app.command(name)(reports_errors(command))
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    app(prog_name="mcr-xdp")
+
+
+if __name__ == "__main__":
+    main()

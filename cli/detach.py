@@ -1,0 +1,37 @@
+"""mcr-xdp detach: remove what a killed relay left on an interface."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mcr_xdp import abi, features, loader
+from mcr_xdp.errors import UsageError
+from mcr_xdp.links import lookup
+
+from .console import out
+
+
+def detach(
+    interface: Annotated[str, typer.Argument(help="Interface to remove the relay's XDP program from.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Also remove an XDP program that is not mcr-xdp's.")] = False,
+) -> None:
+    """Detach the relay's XDP program from INTERFACE (after a relay was killed).
+
+    A running relay detaches by itself on Ctrl-C or SIGTERM; this is for the
+    program a relay that was killed with SIGKILL left behind.
+    """
+    features.require_root("detach")
+    link = lookup([interface])[interface]
+    current = loader.attached(link.ifindex)
+    if current is None:
+        out.print(f"{interface} has no XDP program; nothing to do", markup=False)
+        return
+    if current.name != abi.PROG_RELAY and not force:
+        raise UsageError(
+            f"{interface} carries XDP program {current.prog_id} ({current.name or 'unnamed'}), "
+            "which is not mcr-xdp's: add --force to remove it anyway"
+        )
+    loader.detach(link.ifindex, interface, only_prog_id=current.prog_id)
+    out.print(f"detached XDP program {current.prog_id} ({current.name}, {current.mode}) from {interface}", markup=False)

@@ -1,0 +1,107 @@
+"""ctypes mirror of bpf/mcr_abi.h. No logic here.
+
+tests/unit/test_abi.py compiles a probe against the C header and compares
+every size, offset and constant below, so the two cannot drift apart.
+"""
+
+import ctypes
+import enum
+
+ABI_VERSION = 1
+
+MAX_RULES = 4096
+MAX_OUTPUTS = 16
+MAX_PORTS = 256
+
+MAP_RULES = "mcr_rules"
+MAP_TX_PORTS = "mcr_tx_ports"
+MAP_VERDICTS = "mcr_verdicts"
+MAP_RULE_STATS = "mcr_rule_stats"
+
+PROG_RELAY = "mcr_relay"
+
+FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
+
+
+class Verdict(enum.IntEnum):
+    PASS_NOT_IP = 0
+    PASS_NOT_UDP = 1
+    PASS_NOT_MULTICAST = 2
+    PASS_FRAGMENT = 3
+    PASS_NO_RULE = 4
+    PASS_MALFORMED = 5
+    PASS_IPV6 = 6
+    DROP_TTL = 7
+    DROP_NO_OUTPUT = 8
+    REDIRECT = 9
+
+
+VERDICT_MAX = 10
+
+
+class RuleKey(ctypes.Structure):
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("pad0", ctypes.c_uint8),
+        ("source", ctypes.c_uint8 * 16),
+        ("group", ctypes.c_uint8 * 16),
+    ]
+
+
+class Output(ctypes.Structure):
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("slot", ctypes.c_uint32),
+        ("eth", ctypes.c_uint8 * 12),
+        ("port", ctypes.c_uint16),
+        ("pad0", ctypes.c_uint16),
+        ("group", ctypes.c_uint8 * 16),
+        ("ip_csum_delta", ctypes.c_uint32),
+        ("l4_csum_delta", ctypes.c_uint32),
+    ]
+
+
+class Rule(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint32),
+        ("n_outputs", ctypes.c_uint32),
+        ("out", Output),
+    ]
+
+
+class Counter(ctypes.Structure):
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+    ]
+
+
+class RuleCounters(ctypes.Structure):
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("forwarded", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
+    ]
+
+
+class DevmapVal(ctypes.Structure):
+    """Value of MCR_MAP_TX_PORTS (struct mcr_devmap_val in bpf/maps.h)."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("prog_fd", ctypes.c_int32),
+    ]
+
+
+# Every struct mirrored above, by its C name: the ABI test walks this.
+STRUCTS = {
+    "mcr_rule_key": RuleKey,
+    "mcr_output": Output,
+    "mcr_rule": Rule,
+    "mcr_counter": Counter,
+    "mcr_rule_counters": RuleCounters,
+}

@@ -1,0 +1,46 @@
+"""Interfaces of the current network namespace, through netlink (pyroute2)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pyroute2 import IPRoute
+
+from .encode import parse_mac
+from .errors import InterfaceError
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    name: str
+    ifindex: int
+    mac: bytes
+    kind: str  # "veth", "dummy", ... ("" for physical NICs)
+    up: bool
+
+
+def _link(msg) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+    address = msg.get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"
+    return Link(
+        name=msg.get_attr("IFLA_IFNAME"),
+        ifindex=msg["index"],
+        mac=parse_mac(address),
+        kind=kind or "",
+        up=bool(msg["flags"] & 1),
+    )
+
+
+def all_links() -> dict[str, Link]:
+    with IPRoute() as ipr:
+        return {link.name: link for link in map(_link, ipr.get_links())}
+
+
+def lookup(names) -> dict[str, Link]:
+    """Links by name; InterfaceError naming the first that does not exist."""
+    links = all_links()
+    for name in names:
+        if name not in links:
+            raise InterfaceError(f"interface {name!r} does not exist")
+    return {name: links[name] for name in names}

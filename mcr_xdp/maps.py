@@ -1,0 +1,66 @@
+"""Typed access to the datapath's maps through their file descriptors.
+
+Keys and values are the ctypes structs of abi.py; per-CPU values are summed
+over every possible CPU here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from . import abi, libbpf
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs: the length of every per-CPU map value."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def _sum_percpu(values) -> ctypes.Structure:
+    total = type(values[0])()
+    for name, _ in total._fields_:
+        setattr(total, name, sum(getattr(v, name) for v in values))
+    return total
+
+
+class Maps:
+    """The maps of one loaded datapath, by fd (bcc owns the fds)."""
+
+    def __init__(self, fds: dict[str, int]):
+        self._fd = fds
+        self.ncpus = possible_cpus()
+
+    def put_rule(self, key: abi.RuleKey, value: abi.Rule) -> None:
+        libbpf.map_update(self._fd[abi.MAP_RULES], key, value)
+
+    def delete_rule(self, key: abi.RuleKey) -> bool:
+        return libbpf.map_delete(self._fd[abi.MAP_RULES], key)
+
+    def set_port(self, slot: int, ifindex: int) -> None:
+        val = abi.DevmapVal(ifindex=ifindex, prog_fd=-1)
+        libbpf.map_update(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot), val)
+
+    def clear_port(self, slot: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
+
+    def _percpu(self, map_name: str, index: int, vtype):
+        values = (vtype * self.ncpus)()
+        libbpf.map_lookup(self._fd[map_name], ctypes.c_uint32(index), values)
+        return values
+
+    def verdicts(self) -> list[abi.Counter]:
+        """Packet and byte counts per verdict (index: abi.Verdict), all CPUs."""
+        return [_sum_percpu(self._percpu(abi.MAP_VERDICTS, v, abi.Counter)) for v in range(abi.VERDICT_MAX)]
+
+    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
+        return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
+
+    def reset_rule_counters(self, rule_id: int) -> None:
+        zero = (abi.RuleCounters * self.ncpus)()
+        libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), zero)

@@ -1,0 +1,203 @@
+"""Throw-away network namespace topologies over veth, for the demo, the
+end-to-end tests and the benchmarks.
+
+Everything is created inside namespaces whose names carry a unique prefix,
+so deleting the namespaces removes every veth (and any XDP program on them);
+close() does that and is safe to call after a partial build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise TopologyError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def existing_namespaces() -> set[str]:
+    return {line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Veth:
+    ns: str
+    name: str
+    address: str  # "10.200.1.1/24"
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+class Topology:
+    """A set of namespaces joined by veth pairs."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.namespaces: list[str] = []
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def add_ns(self, role: str) -> str:
+        name = self.ns(role)
+        if name in existing_namespaces():
+            raise TopologyError(f"network namespace {name} exists already")
+        _run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.exec(name, "ip", "link", "set", "lo", "up")
+        # Multicast from an off-subnet source must not trip reverse-path checks.
+        for conf in ("all", "default"):
+            self.exec(name, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+        return name
+
+    def link(self, a: Veth, b: Veth) -> None:
+        """A veth pair between two namespaces, addressed and up, ready for
+        XDP redirects either way: GRO on both ends (a veth only accepts
+        redirected frames when its peer runs NAPI) and TX checksum offload
+        off (a local sender's partial checksums would be wrong after an XDP
+        rewrite)."""
+        self.exec(a.ns, "ip", "link", "add", a.name, "type", "veth", "peer", "name", b.name, "netns", b.ns)
+        for end in (a, b):
+            self.exec(end.ns, "ip", "addr", "add", end.address, "dev", end.name)
+            self.exec(end.ns, "ip", "link", "set", end.name, "up")
+            self.exec(end.ns, "ethtool", "-K", end.name, "gro", "on", "tx", "off")
+            self.exec(end.ns, "sysctl", "-qw", f"net.ipv4.conf.{end.name}.rp_filter=0")
+
+    def exec(self, ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run("ip", "netns", "exec", ns, *cmd, check=check)
+
+    def popen(self, ns: str, *cmd: str, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kwargs)
+
+    def python(self, ns: str, *args: str, **kwargs) -> subprocess.Popen:
+        """This interpreter, inside ns (the venv comes along)."""
+        return self.popen(ns, sys.executable, *args, **kwargs)
+
+    def close(self) -> None:
+        for name in reversed(self.namespaces):
+            _run("ip", "netns", "del", name, check=False)
+        self.namespaces.clear()
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Chain(Topology):
+    """src --veth-- relay --veth-- sink: the relay's input is `in0`, its
+    output `out0`; the sender uses `veth0` in src, the receiver `veth0` in
+    sink."""
+
+    IN, OUT = "in0", "out0"
+
+    def __init__(self, prefix: str, outputs: int = 1):
+        super().__init__(prefix)
+        self.outputs = outputs
+        self.src = Veth(self.ns("src"), "veth0", "10.200.1.1/24")
+        self.relay_in = Veth(self.ns("relay"), self.IN, "10.200.1.2/24")
+        self.relay_out = [Veth(self.ns("relay"), f"out{i}", f"10.201.{i}.1/24") for i in range(outputs)]
+        self.sink = [Veth(self.ns(f"sink{i}" if outputs > 1 else "sink"), "veth0", f"10.201.{i}.2/24")
+                     for i in range(outputs)]
+
+    def build(self) -> Chain:
+        try:
+            for role in ("src", "relay"):
+                self.add_ns(role)
+            for sink in self.sink:
+                self.add_ns(sink.ns[len(self.prefix) + 1:])
+            self.link(self.src, self.relay_in)
+            for out, sink in zip(self.relay_out, self.sink):
+                self.link(out, sink)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+
+def unique_prefix(tag: str = "mcr") -> str:
+    """Short and unique per process and call: namespace names show in
+    `ip netns list`, so keep them recognisable."""
+    unique_prefix.counter = getattr(unique_prefix, "counter", 0) + 1
+    return f"{tag}-{os.getpid()}-{unique_prefix.counter}"
+
+
+def venv_bin(name: str) -> str:
+    """A console script of this interpreter's environment."""
+    return str(Path(sys.executable).parent / name)
+
+
+class Proc:
+    """A child process whose stdout lines are collected by a thread, so a
+    caller can wait for a line without blocking on a full pipe."""
+
+    def __init__(self, popen: subprocess.Popen, on_line=None):
+        import threading
+
+        self.popen = popen
+        self.lines: list[str] = []
+        self._on_line = on_line
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            line = line.rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+            if self._on_line:
+                self._on_line(line)
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """The first line containing text; TopologyError if the process ends
+        or the time runs out first."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
+                    stderr = self.popen.stderr.read() if self.popen.poll() is not None and self.popen.stderr else ""
+                    raise TopologyError(f"{self.popen.args[3:]} never printed {text!r}: {stderr.strip()}")
+                self._cond.wait(min(left, 0.2))
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        """Signal the process (SIGTERM by default) and reap it; kill it if it
+        does not end in time."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._reader.join(5)
+        return self.popen.returncode
+
+    def stderr(self) -> str:
+        return self.popen.stderr.read() if self.popen.stderr else ""

@@ -1,0 +1,187 @@
+"""Rules: parsing, validation and diffing. Pure: no kernel, no I/O.
+
+Syntax, everywhere (CLI, config, control socket):
+    [SOURCE@]GROUP:PORT=OUT[,OUT...]
+    OUT = IFACE            keep group and port
+        | IFACE/GROUP:PORT rewrite to a new group and port
+IPv6 addresses go in brackets: [ff3e::1]:5001.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+
+from . import abi
+from .errors import InterfaceError, RuleError
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Longest name the kernel accepts (IFNAMSIZ - 1); no '/', ',', '=', blanks.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>[^:]+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    iface: str
+    group: Address | None = None  # None: keep the input group
+    port: int | None = None  # None: keep the input port
+
+    def __str__(self) -> str:
+        if self.group is None:
+            return self.iface
+        return f"{self.iface}/{_fmt_endpoint(self.group, self.port)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    iface: str  # input interface
+    group: Address
+    port: int
+    outputs: tuple[Output, ...]
+    source: Address | None = None  # SSM source
+
+    @property
+    def key(self) -> tuple:
+        return (self.iface, self.source, self.group, self.port)
+
+    @property
+    def family(self) -> int:
+        return abi.FAMILY_IPV4 if self.group.version == 4 else abi.FAMILY_IPV6
+
+    def out_group(self, out: Output) -> Address:
+        return self.group if out.group is None else out.group
+
+    def out_port(self, out: Output) -> int:
+        return self.port if out.port is None else out.port
+
+    def spec(self) -> str:
+        """The rule in RULE syntax, without the input interface."""
+        src = f"{self.source}@" if self.source is not None else ""
+        outs = ",".join(str(o) for o in self.outputs)
+        return f"{src}{_fmt_endpoint(self.group, self.port)}={outs}"
+
+    def __str__(self) -> str:
+        return f"{self.iface}: {self.spec()}"
+
+
+def _fmt_endpoint(group: Address, port: int | None) -> str:
+    host = f"[{group}]" if group.version == 6 else str(group)
+    return f"{host}:{port}"
+
+
+def _parse_address(text: str, what: str) -> Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise RuleError(f"{what} {text!r} is not an IP address") from None
+
+
+def _parse_port(text: str, what: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise RuleError(f"{what} port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def _parse_endpoint(text: str, what: str) -> tuple[Address, int]:
+    m = _ENDPOINT.match(text.strip())
+    if not m:
+        raise RuleError(f"{what} {text!r} is not GROUP:PORT (IPv6 as [GROUP]:PORT)")
+    if m["v6"] is not None:
+        group = _parse_address(m["v6"], what)
+        if group.version != 6:
+            raise RuleError(f"{what} {text!r}: brackets are for IPv6 addresses only")
+    else:
+        group = _parse_address(m["v4"], what)
+        if group.version != 4:
+            raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
+    if not group.is_multicast:
+        raise RuleError(f"{what} {group} is not a multicast group")
+    return group, _parse_port(m["port"], what)
+
+
+def _parse_iface(text: str) -> str:
+    if not _IFNAME.match(text):
+        raise RuleError(f"output interface {text!r} is not a valid interface name")
+    return text
+
+
+def _parse_output(text: str) -> Output:
+    text = text.strip()
+    if "/" not in text:
+        return Output(_parse_iface(text))
+    iface, _, endpoint = text.partition("/")
+    group, port = _parse_endpoint(endpoint, "output group")
+    return Output(_parse_iface(iface), group, port)
+
+
+def parse_rule(text: str, iface: str) -> Rule:
+    """Parse RULE for input interface iface; checks syntax and the rule on its
+    own (families, multicast, loops). Raises RuleError naming the bad part."""
+    if not _IFNAME.match(iface):
+        raise RuleError(f"input interface {iface!r} is not a valid interface name")
+    match, sep, outs = text.partition("=")
+    if not sep or not outs.strip():
+        raise RuleError(f"rule {text!r} has no outputs: expected GROUP:PORT=OUT[,OUT...]")
+    source = None
+    if "@" in match:
+        src_text, _, match = match.partition("@")
+        source = _parse_address(src_text.strip(), "source")
+    group, port = _parse_endpoint(match, "group")
+    outputs = tuple(_parse_output(o) for o in outs.split(","))
+    rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source)
+    _check_rule(rule)
+    return rule
+
+
+def _check_rule(rule: Rule) -> None:
+    if rule.source is not None:
+        if rule.source.version != rule.group.version:
+            raise RuleError(f"source {rule.source} and group {rule.group} are of different IP versions")
+        if rule.source.is_multicast or rule.source.is_unspecified:
+            raise RuleError(f"source {rule.source} is not a unicast address")
+    if len(rule.outputs) > abi.MAX_OUTPUTS:
+        raise RuleError(f"rule {rule.spec()} has {len(rule.outputs)} outputs; the limit is {abi.MAX_OUTPUTS}")
+    seen = set()
+    for out in rule.outputs:
+        if out.iface == rule.iface:
+            raise RuleError(f"output {out} is the input interface {rule.iface}: that would loop")
+        group = rule.out_group(out)
+        if group.version != rule.group.version:
+            raise RuleError(f"output {out} changes the IP version of group {rule.group}")
+        target = (out.iface, group, rule.out_port(out))
+        if target in seen:
+            raise RuleError(f"output {out} appears twice in rule {rule.spec()}")
+        seen.add(target)
+
+
+def check_supported(rule: Rule) -> None:
+    """What this datapath version can relay; the parser accepts more so that
+    configs stay valid as the datapath grows."""
+    if rule.group.version == 6:
+        raise RuleError(f"rule {rule.spec()}: IPv6 relaying is not supported by this version yet")
+    if rule.source is not None:
+        raise RuleError(f"rule {rule.spec()}: source-specific (SSM) rules are not supported by this version yet")
+    if len(rule.outputs) > 1:
+        raise RuleError(f"rule {rule.spec()}: one output per rule in this version (fan-out is not supported yet)")
+
+
+def validate(rules: Iterable[Rule], ifindex: Mapping[str, int]) -> list[Rule]:
+    """Check a whole rule set against the interfaces that exist (name ->
+    ifindex): unknown interfaces, duplicates, the rule limit."""
+    rules = list(rules)
+    seen: dict[tuple, Rule] = {}
+    for rule in rules:
+        check_supported(rule)
+        for name in [rule.iface, *(o.iface for o in rule.outputs)]:
+            if name not in ifindex:
+                raise InterfaceError(f"interface {name!r} does not exist (rule {rule})")
+        if rule.key in seen:
+            raise RuleError(f"duplicate rule for {rule.iface} {_fmt_endpoint(rule.group, rule.port)}: {rule.spec()}")
+        seen[rule.key] = rule
+    if len(rules) > abi.MAX_RULES:
+        raise RuleError(f"{len(rules)} rules; the limit is {abi.MAX_RULES}")
+    return rules

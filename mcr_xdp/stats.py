@@ -1,0 +1,87 @@
+"""Counters in three pure steps: collect (read maps, sum CPUs, timestamp),
+compute (rates between two snapshots), render (mcr_xdp_cli.render)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from . import abi
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleStats:
+    rule_id: int
+    rule: str  # the rule as text
+    packets: int
+    bytes: int
+    forwarded: int
+    dropped: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    timestamp: float  # time.monotonic() at read
+    verdicts: dict[str, tuple[int, int]]  # verdict name -> (packets, bytes)
+    rules: tuple[RuleStats, ...]
+
+    def verdict_packets(self, verdict: abi.Verdict) -> int:
+        return self.verdicts.get(verdict.name.lower(), (0, 0))[0]
+
+    @property
+    def forwarded(self) -> int:
+        return self.verdict_packets(abi.Verdict.REDIRECT)
+
+    @property
+    def dropped(self) -> int:
+        return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("drop"))
+
+    @property
+    def passed(self) -> int:
+        return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("pass"))
+
+
+def collect(maps, rules: dict[int, str], clock=time.monotonic) -> Snapshot:
+    """Read every counter once. rules maps rule id -> rule text."""
+    verdicts = {
+        abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())
+    }
+    rows = []
+    for rule_id, text in sorted(rules.items()):
+        c = maps.rule_counters(rule_id)
+        rows.append(RuleStats(rule_id, text, c.packets, c.bytes, c.forwarded, c.dropped))
+    return Snapshot(clock(), verdicts, tuple(rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    interval: float
+    forwarded_pps: float
+    dropped_pps: float
+    passed_pps: float
+    rule_pps: dict[int, float]
+    rule_bps: dict[int, float]  # bits per second
+
+
+def rate(prev: Snapshot, cur: Snapshot) -> Rates:
+    dt = cur.timestamp - prev.timestamp
+    if dt <= 0:
+        return Rates(0.0, 0.0, 0.0, 0.0, {}, {})
+
+    def per_s(a: int, b: int) -> float:
+        return max(0, b - a) / dt
+
+    before = {r.rule_id: r for r in prev.rules}
+    pps, bps = {}, {}
+    for r in cur.rules:
+        old = before.get(r.rule_id)
+        pps[r.rule_id] = per_s(old.packets if old else 0, r.packets)
+        bps[r.rule_id] = 8 * per_s(old.bytes if old else 0, r.bytes)
+    return Rates(
+        dt,
+        per_s(prev.forwarded, cur.forwarded),
+        per_s(prev.dropped, cur.dropped),
+        per_s(prev.passed, cur.passed),
+        pps,
+        bps,
+    )

@@ -1,0 +1,190 @@
+"""Bounded multicast sender and verifying receiver.
+
+Payloads carry a magic, a sequence number and a hash of the whole payload,
+so a receiver can tell lost, duplicated and corrupted packets apart. Used by
+the demo, the end-to-end tests and the benchmarks; runnable as
+`python -m mcr_xdp.traffic send|recv ...` inside a namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import socket
+import struct
+import sys
+import time
+
+MAGIC = b"MCRX"
+_HEAD = struct.Struct("!4sQ")  # magic, sequence number
+_DIGEST = 8
+MIN_PAYLOAD = _HEAD.size + _DIGEST
+IP_PKTINFO = 8
+
+
+def payload(seq: int, size: int) -> bytes:
+    size = max(size, MIN_PAYLOAD)
+    head = _HEAD.pack(MAGIC, seq)
+    body = bytes((seq + i) & 0xFF for i in range(size - MIN_PAYLOAD))
+    return head + body + hashlib.blake2b(head + body, digest_size=_DIGEST).digest()
+
+
+def check_payload(data: bytes) -> int | None:
+    """The sequence number of an intact payload, None if corrupt or foreign."""
+    if len(data) < MIN_PAYLOAD or data[:4] != MAGIC:
+        return None
+    if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
+        return None
+    return _HEAD.unpack_from(data)[1]
+
+
+def _ifindex(iface: str | None) -> int:
+    return socket.if_nametoindex(iface) if iface else 0
+
+
+def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64, iface: str | None = None,
+         ttl: int = 16, first_seq: int = 0, source_port: int = 0) -> float:
+    """Send count packets at rate per second (0: as fast as possible).
+    Returns the seconds it took."""
+    addr = ipaddress.ip_address(group)
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            if iface:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("i", _ifindex(iface)))
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            if iface:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, _ifindex(iface))
+        if source_port:
+            s.bind(("", source_port))
+        dest = (group, port)
+        start = time.perf_counter()
+        interval = 1.0 / rate if rate > 0 else 0.0
+        for i in range(count):
+            if interval:
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            s.sendto(payload(first_seq + i, size), dest)
+        return time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Received:
+    received: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    corrupt: int = 0
+    out_of_order: int = 0
+    destinations: dict = dataclasses.field(default_factory=dict)  # "group:port" -> packets
+    sequences: set = dataclasses.field(default_factory=set, repr=False)
+
+    def missing(self, expected: int, first_seq: int = 0) -> int:
+        return sum(1 for s in range(first_seq, first_seq + expected) if s not in self.sequences)
+
+    def as_dict(self, expected: int | None = None) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "sequences"}
+        if expected is not None:
+            d["expected"] = expected
+            d["missing"] = self.missing(expected)
+        return d
+
+
+def open_receiver(group: str, port: int, iface: str | None = None) -> socket.socket:
+    addr = ipaddress.ip_address(group)
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    if family == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.bind((group, port))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, addr.packed + bytes(4) + struct.pack("i", _ifindex(iface)))
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        s.bind((group, port))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, addr.packed + struct.pack("I", _ifindex(iface)))
+    return s
+
+
+def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total_timeout: float = 120.0,
+            first_timeout: float = 20.0) -> Received:
+    """Count packets until expected arrived and the line went quiet, or the
+    socket stayed idle for idle_timeout (first_timeout before the first)."""
+    result = Received()
+    port = sock.getsockname()[1]
+    last_seq = -1
+    deadline = time.monotonic() + total_timeout
+    # Once everything expected is in, keep listening briefly for duplicates.
+    sock.settimeout(first_timeout)
+    while time.monotonic() < deadline:
+        try:
+            data, anc, _, _ = sock.recvmsg(65536, 256)
+        except socket.timeout:
+            break
+        if result.received == 0:
+            sock.settimeout(idle_timeout)
+        result.received += 1
+        dest = "?"
+        for level, kind, value in anc:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                dest = str(ipaddress.IPv4Address(value[8:12]))
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                dest = str(ipaddress.IPv6Address(value[:16]))
+        key = f"{dest}:{port}"
+        result.destinations[key] = result.destinations.get(key, 0) + 1
+        seq = check_payload(data)
+        if seq is None:
+            result.corrupt += 1
+            continue
+        if seq in result.sequences:
+            result.duplicates += 1
+            continue
+        if seq < last_seq:
+            result.out_of_order += 1
+        last_seq = seq
+        result.sequences.add(seq)
+        result.unique += 1
+        if result.unique == expected:
+            sock.settimeout(min(idle_timeout, 0.5))
+    return result
+
+
+def _main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mcr_xdp.traffic", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("send", "recv"):
+        c = sub.add_parser(name)
+        c.add_argument("--group", required=True)
+        c.add_argument("--port", type=int, required=True)
+        c.add_argument("--iface")
+        c.add_argument("--count", type=int, default=1000)
+    s = sub.choices["send"]
+    s.add_argument("--rate", type=float, default=1000.0)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--ttl", type=int, default=16)
+    s.add_argument("--first-seq", type=int, default=0)
+    r = sub.choices["recv"]
+    r.add_argument("--idle-timeout", type=float, default=3.0)
+    r.add_argument("--timeout", type=float, default=120.0)
+    a = p.parse_args(argv)
+    if a.cmd == "send":
+        took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq)
+        print(json.dumps({"sent": a.count, "seconds": round(took, 3)}), flush=True)
+        return 0
+    sock = open_receiver(a.group, a.port, a.iface)
+    print("ready", flush=True)
+    result = receive(sock, a.count, a.idle_timeout, a.timeout)
+    print(json.dumps(result.as_dict(a.count)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

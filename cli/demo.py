@@ -24,13 +24,6 @@ class DemoFailed(McrError):
     pass
 
 
-def udp_csum_errors(topo: Chain, ns: str) -> int:
-    """UdpInCsumErrors of a namespace (/proc/net/snmp)."""
-    text = topo.exec(ns, "cat", "/proc/net/snmp").stdout
-    rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Udp:")]
-    return int(dict(zip(rows[0], rows[1]))["InCsumErrors"])
-
-
 def demo(
     count: Annotated[int, typer.Option("--count", min=1, max=10_000_000, help="Packets to send.")] = 5000,
     rate: Annotated[float, typer.Option("--rate", min=1, help="Packets per second.")] = 2000,
@@ -59,7 +52,7 @@ def demo(
                                 str(OUT_PORT), "--iface", topo.sink[0].name, "--count", str(count)))
         procs.append(recv)
         recv.wait_for("ready")
-        errors_before = udp_csum_errors(topo, sink_ns)
+        errors_before = topo.snmp(sink_ns)["InCsumErrors"]
         out.print(f"[bold]send[/]: {count} packets of {size} B at {rate:g} pps to {IN_GROUP}:{IN_PORT}")
         send = Proc(topo.python(src_ns, "-m", "mcr_xdp.traffic", "send", "--group", IN_GROUP, "--port",
                                 str(IN_PORT), "--iface", topo.src.name, "--count", str(count), "--rate",
@@ -67,7 +60,7 @@ def demo(
         procs.append(send)
         send.wait_for("sent", timeout=count / rate + 60)
         result = json.loads(recv.wait_for('"received"', timeout=60))
-        csum_errors = udp_csum_errors(topo, sink_ns) - errors_before
+        csum_errors = topo.snmp(sink_ns)["InCsumErrors"] - errors_before
         relay.stop()
         _report(count, result, csum_errors, relay.lines)
     finally:

@@ -89,6 +89,24 @@ class Topology:
         """This interpreter, inside ns (the venv comes along)."""
         return self.popen(ns, sys.executable, *args, **kwargs)
 
+    def snmp(self, ns: str, proto: str = "Udp") -> dict[str, int]:
+        """A row of /proc/net/snmp (Udp: InDatagrams, InCsumErrors, ...)."""
+        rows = [line.split()[1:] for line in self.exec(ns, "cat", "/proc/net/snmp").stdout.splitlines()
+                if line.startswith(f"{proto}:")]
+        return {k: int(v) for k, v in zip(rows[0], rows[1])}
+
+    def igmp_groups(self, ns: str, iface: str) -> set[str]:
+        """IPv4 groups joined on iface in ns, from /proc/net/igmp."""
+        groups, current = set(), None
+        for line in self.exec(ns, "cat", "/proc/net/igmp").stdout.splitlines()[1:]:
+            if not line.startswith(("\t", " ")):
+                fields = line.split()
+                current = fields[1].rstrip(":") if len(fields) > 1 else None
+            elif current == iface:
+                hexaddr = line.split()[0]
+                groups.add(".".join(str(b) for b in bytes.fromhex(hexaddr)[::-1]))
+        return groups
+
     def close(self) -> None:
         for name in reversed(self.namespaces):
             _run("ip", "netns", "del", name, check=False)

@@ -1,0 +1,27 @@
+"""End-to-end fixtures: a fresh namespace chain per test, a relay started
+through the real CLI inside it, and cleanup that runs even when the test
+fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcr_xdp.netns import Chain, Proc, existing_namespaces, unique_prefix
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def chain(request):
+    outputs = getattr(request, "param", 1)
+    topo = Chain(unique_prefix("mcrt"), outputs=outputs)
+    procs: list[Proc] = []
+    topo.procs = procs
+    try:
+        yield topo.build()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        topo.close()
+        left = {ns for ns in existing_namespaces() if ns.startswith(topo.prefix + "-")}
+        assert not left, f"namespaces left behind: {left}"

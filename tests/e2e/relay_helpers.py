@@ -1,0 +1,41 @@
+"""Helpers for end-to-end tests: run the real CLI and traffic tools inside a
+namespace chain (see conftest.chain), each process registered for cleanup."""
+
+from __future__ import annotations
+
+import json
+
+from mcr_xdp.netns import Chain, Proc, venv_bin
+
+
+def mcr() -> str:
+    return venv_bin("mcr-xdp")
+
+
+def start_relay(topo: Chain, *args: str, ready: str = "relaying") -> Proc:
+    """`mcr-xdp attach ARGS` inside the relay namespace, once it relays."""
+    proc = Proc(topo.popen(topo.relay_in.ns, mcr(), "attach", *args))
+    topo.procs.append(proc)
+    proc.wait_for(ready, timeout=60)
+    return proc
+
+
+def start_receiver(topo: Chain, group: str, port: int, count: int, sink: int = 0, idle: float = 3.0) -> Proc:
+    proc = Proc(topo.python(topo.sink[sink].ns, "-m", "mcr_xdp.traffic", "recv", "--group", group, "--port",
+                            str(port), "--iface", topo.sink[sink].name, "--count", str(count),
+                            "--idle-timeout", str(idle)))
+    topo.procs.append(proc)
+    proc.wait_for("ready")
+    return proc
+
+
+def send(topo: Chain, group: str, port: int, count: int, rate: float, size: int = 64, ttl: int = 16) -> dict:
+    proc = Proc(topo.python(topo.src.ns, "-m", "mcr_xdp.traffic", "send", "--group", group, "--port", str(port),
+                            "--iface", topo.src.name, "--count", str(count), "--rate", str(rate),
+                            "--size", str(size), "--ttl", str(ttl)))
+    topo.procs.append(proc)
+    return json.loads(proc.wait_for('"sent"', timeout=count / rate + 60))
+
+
+def result(receiver: Proc) -> dict:
+    return json.loads(receiver.wait_for('"received"', timeout=120))

@@ -9,16 +9,20 @@
 #include "mcr_abi.h"
 
 BPF_HASH(mcr_rules, struct mcr_rule_key, struct mcr_rule, MCR_MAX_RULES);
+BPF_ARRAY(mcr_config, struct mcr_config, 1);
 
-/* Entries carry a program slot so later ABI versions can attach a
- * per-output egress program; bcc's BPF_DEVMAP has a 4-byte value and can't. */
-struct mcr_devmap_val {
-	u32 ifindex;
-	int prog_fd;
-};
+/* One output per slot for single-output rules. bcc's BPF_DEVMAP has a
+ * 4-byte value; this form carries a program slot too. */
 BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_tx_ports, MCR_MAX_PORTS);
+
+/* Fan-out: rule id -> a devmap of that rule's outputs, entry i carrying
+ * egress program mcr_egress_<i>. The control plane creates the inner maps
+ * like this template. */
+BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_fanout_inner, MCR_MAX_OUTPUTS);
+BPF_ARRAY_OF_MAPS(mcr_fanout, "mcr_fanout_inner", MCR_MAX_RULES);
 
 BPF_PERCPU_ARRAY(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
 BPF_PERCPU_ARRAY(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
+BPF_PERCPU_ARRAY(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
 #endif /* MCR_MAPS_H */

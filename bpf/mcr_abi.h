@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 1
+#define MCR_ABI_VERSION 2
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -26,9 +26,14 @@
 #define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
 #define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */
 #define MCR_MAP_RULE_STATS "mcr_rule_stats" /* percpu array: rule id -> mcr_rule_counters */
+#define MCR_MAP_OUTPUT_STATS "mcr_output_stats" /* percpu array: id * MCR_MAX_OUTPUTS + i -> mcr_counter */
+#define MCR_MAP_FANOUT    "mcr_fanout"    /* array of devmaps: rule id -> that rule's outputs */
+#define MCR_MAP_CONFIG    "mcr_config"    /* array[1]: mcr_config */
 
-/* Program names (function names in relay.c). */
+/* Program names (function names in relay.c). The egress programs are
+ * MCR_PROG_EGRESS followed by the output index, 0 .. MCR_MAX_OUTPUTS - 1. */
 #define MCR_PROG_RELAY "mcr_relay"
+#define MCR_PROG_EGRESS "mcr_egress_"
 
 /* Address families as stored in mcr_rule_key.family. */
 #define MCR_FAMILY_IPV4 4
@@ -46,11 +51,13 @@ enum mcr_verdict {
 	MCR_V_PASS_FRAGMENT = 3,     /* IPv4 fragment: ports unknown or unreliable */
 	MCR_V_PASS_NO_RULE = 4,      /* multicast UDP without a matching rule */
 	MCR_V_PASS_MALFORMED = 5,    /* truncated or inconsistent headers */
-	MCR_V_PASS_IPV6 = 6,         /* IPv6, not relayed by this ABI version */
-	MCR_V_DROP_TTL = 7,          /* matched, but TTL <= 1 */
-	MCR_V_DROP_NO_OUTPUT = 8,    /* matched, but the output slot is empty */
-	MCR_V_REDIRECT = 9,          /* forwarded */
-	MCR_V_MAX = 10,
+	MCR_V_PASS_IPV6_EXT = 6,     /* IPv6 with extension headers before UDP */
+	MCR_V_DROP_TTL = 7,          /* matched, but TTL / hop limit <= 1 */
+	MCR_V_DROP_NO_OUTPUT = 8,    /* matched, but the output is missing */
+	MCR_V_REDIRECT = 9,          /* forwarded to one output */
+	MCR_V_REDIRECT_MULTI = 10,   /* forwarded to several outputs (one count per input packet) */
+	MCR_V_EGRESS_DROP = 11,      /* a fan-out copy whose rule or output vanished (rule deleted) */
+	MCR_V_MAX = 12,
 };
 
 /* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
@@ -82,9 +89,14 @@ struct mcr_output {
 };
 
 struct mcr_rule {
-	__u32 id;            /* index into MCR_MAP_RULE_STATS */
-	__u32 n_outputs;     /* 1 in this ABI version */
-	struct mcr_output out;
+	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
+	__u32 n_outputs;     /* 1: rewrite and redirect at ingress; more: broadcast */
+	struct mcr_output out[MCR_MAX_OUTPUTS];
+};
+
+struct mcr_config {
+	__u32 abi_version;
+	__u32 ssm_rules;     /* number of source-specific rules: 0 skips that lookup */
 };
 
 struct mcr_counter {
@@ -95,8 +107,14 @@ struct mcr_counter {
 struct mcr_rule_counters {
 	__u64 packets;       /* matched */
 	__u64 bytes;         /* matched, frame bytes as received */
-	__u64 forwarded;     /* handed to the output by bpf_redirect_map */
+	__u64 forwarded;     /* handed to the output(s) by bpf_redirect_map */
 	__u64 dropped;       /* matched but dropped (TTL, missing output) */
+};
+
+/* Value of MCR_MAP_TX_PORTS and of each fan-out devmap. */
+struct mcr_devmap_val {
+	__u32 ifindex;
+	__s32 prog_fd;       /* egress program (fan-out), -1 for none */
 };
 
 #endif /* MCR_ABI_H */

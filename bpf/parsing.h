@@ -9,6 +9,7 @@
 
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/udp.h>
 
 struct cursor {
@@ -72,6 +73,19 @@ static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
 	if (!cursor_take(c, hlen))
 		return NULL;
 	return iph;
+}
+
+/* Fixed IPv6 header. NULL when truncated, not version 6, or the payload
+ * length runs past the frame. */
+static __always_inline struct ipv6hdr *parse_ipv6(struct cursor *c)
+{
+	struct ipv6hdr *ip6h = cursor_take(c, sizeof(*ip6h));
+
+	if (!ip6h || ip6h->version != 6)
+		return NULL;
+	if (c->pos + bpf_ntohs(ip6h->payload_len) > c->end)
+		return NULL;
+	return ip6h;
 }
 
 static __always_inline struct udphdr *parse_udp(struct cursor *c)

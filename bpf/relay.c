@@ -1,7 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * relay.c - ingress XDP program: parse -> look up the rule -> rewrite ->
- * redirect, with one exit that counts the verdict.
+ * relay.c - the XDP datapath.
+ *
+ * mcr_relay (ingress): parse -> look up the rule -> rewrite and redirect
+ * (one output) or broadcast to the rule's devmap (several outputs), with
+ * one exit that counts the verdict.
+ *
+ * mcr_egress_<i> (devmap egress, one per output index): runs on each
+ * broadcast copy, parses the still-original headers again, finds the same
+ * rule and applies output i's rewrite. Output i is compiled into the
+ * program because an egress program cannot tell which devmap entry sent the
+ * frame, and one interface may appear twice in a rule with two groups.
  *
  * Anything that is not multicast UDP with a rule is passed to the host
  * untouched: the relay never takes traffic it was not told to relay.
@@ -15,10 +24,107 @@
 #include "rewrite.h"
 
 #define VLAN_HLEN 4
+#define MCR_MATCH MCR_V_MAX /* parse_packet: multicast UDP, key filled in */
 
-static __always_inline void count_verdict(__u32 verdict, __u64 bytes)
+struct pkt {
+	struct ethhdr *eth;
+	struct iphdr *iph;      /* one of iph / ip6h is set */
+	struct ipv6hdr *ip6h;
+	struct udphdr *udp;
+	int tagged;
+	__u8 hops;              /* TTL or hop limit */
+	struct mcr_rule_key key;
+};
+
+/* Parse up to UDP and fill in the lookup key (source left zero). Returns
+ * MCR_MATCH, or the PASS verdict that says why the packet is not ours. */
+static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct pkt *p)
 {
-	struct mcr_counter *c = mcr_verdicts.lookup(&verdict);
+	struct cursor cur = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	__be16 proto;
+
+	p->eth = parse_eth(&cur, &proto, &p->tagged);
+	if (!p->eth)
+		return MCR_V_PASS_MALFORMED;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = parse_ipv4(&cur);
+
+		if (!iph)
+			return MCR_V_PASS_MALFORMED;
+		if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000))
+			return MCR_V_PASS_NOT_MULTICAST;
+		if (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET))
+			return MCR_V_PASS_FRAGMENT;
+		if (iph->protocol != IPPROTO_UDP)
+			return MCR_V_PASS_NOT_UDP;
+		p->iph = iph;
+		p->hops = iph->ttl;
+		p->key.family = MCR_FAMILY_IPV4;
+		*(__be32 *)p->key.group = iph->daddr;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h = parse_ipv6(&cur);
+
+		if (!ip6h)
+			return MCR_V_PASS_MALFORMED;
+		if (ip6h->daddr.s6_addr[0] != 0xff)
+			return MCR_V_PASS_NOT_MULTICAST;
+		if (ip6h->nexthdr != IPPROTO_UDP)
+			return ip6h->nexthdr == IPPROTO_TCP || ip6h->nexthdr == IPPROTO_ICMPV6 ?
+			       MCR_V_PASS_NOT_UDP : MCR_V_PASS_IPV6_EXT;
+		p->ip6h = ip6h;
+		p->hops = ip6h->hop_limit;
+		p->key.family = MCR_FAMILY_IPV6;
+		__builtin_memcpy(p->key.group, &ip6h->daddr, sizeof(p->key.group));
+	} else {
+		return MCR_V_PASS_NOT_IP;
+	}
+	p->udp = parse_udp(&cur);
+	if (!p->udp)
+		return MCR_V_PASS_MALFORMED;
+	/* IPv6 requires a UDP checksum: a zero one can't be updated, and the
+	 * receiving stack would drop the packet anyway. */
+	if (p->ip6h && !p->udp->check)
+		return MCR_V_PASS_MALFORMED;
+	p->key.ifindex = ctx->ingress_ifindex;
+	p->key.port = p->udp->dest;
+	return MCR_MATCH;
+}
+
+/* (source, group, port) takes precedence over (group, port); the first
+ * lookup is skipped while no source-specific rule exists. */
+static __always_inline struct mcr_rule *lookup_rule(struct pkt *p)
+{
+	__u32 zero = 0;
+	struct mcr_config *cfg = mcr_config.lookup(&zero);
+	struct mcr_rule *rule;
+
+	if (cfg && cfg->ssm_rules) {
+		if (p->iph)
+			*(__be32 *)p->key.source = p->iph->saddr;
+		else if (p->ip6h)
+			__builtin_memcpy(p->key.source, &p->ip6h->saddr, sizeof(p->key.source));
+		rule = mcr_rules.lookup(&p->key);
+		__builtin_memset(p->key.source, 0, sizeof(p->key.source));
+		if (rule)
+			return rule;
+	}
+	return mcr_rules.lookup(&p->key);
+}
+
+static __always_inline void rewrite(struct pkt *p, void *eth, const struct mcr_output *out)
+{
+	if (p->iph)
+		rewrite_ipv4(eth, p->iph, p->udp, out);
+	else if (p->ip6h)
+		rewrite_ipv6(eth, p->ip6h, p->udp, out);
+}
+
+static __always_inline void count(void *map_lookup_result, __u64 bytes)
+{
+	struct mcr_counter *c = map_lookup_result;
 
 	if (c) {
 		c->packets++;
@@ -40,82 +146,109 @@ static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
 		c->dropped++;
 }
 
+static __always_inline void count_output(__u32 id, __u32 idx, __u64 bytes)
+{
+	__u32 slot = id * MCR_MAX_OUTPUTS + idx;
+
+	count(mcr_output_stats.lookup(&slot), bytes);
+}
+
 int mcr_relay(struct xdp_md *ctx)
 {
-	struct cursor cur = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-	};
-	__u64 bytes = cur.end - cur.pos;
-	__u32 verdict = MCR_V_PASS_MALFORMED;
-	int action = XDP_PASS;
-	struct mcr_rule_key key = {};
+	__u64 bytes = ctx->data_end - ctx->data;
+	struct pkt p = {};
 	struct mcr_rule *rule = NULL;
-	struct ethhdr *eth;
-	struct iphdr *iph;
-	struct udphdr *udp;
-	__be16 proto;
-	int tagged;
+	int action = XDP_PASS;
+	__u32 verdict;
+	void *fanout;
 
-	eth = parse_eth(&cur, &proto, &tagged);
-	if (!eth)
+	verdict = parse_packet(ctx, &p);
+	if (verdict != MCR_MATCH)
 		goto out;
-	if (proto == bpf_htons(ETH_P_IPV6)) {
-		verdict = MCR_V_PASS_IPV6;
-		goto out;
-	}
-	if (proto != bpf_htons(ETH_P_IP)) {
-		verdict = MCR_V_PASS_NOT_IP;
-		goto out;
-	}
-	iph = parse_ipv4(&cur);
-	if (!iph)
-		goto out;
-	if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000)) {
-		verdict = MCR_V_PASS_NOT_MULTICAST;
-		goto out;
-	}
-	if (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET)) {
-		verdict = MCR_V_PASS_FRAGMENT;
-		goto out;
-	}
-	if (iph->protocol != IPPROTO_UDP) {
-		verdict = MCR_V_PASS_NOT_UDP;
-		goto out;
-	}
-	udp = parse_udp(&cur);
-	if (!udp)
-		goto out;
-
-	key.ifindex = ctx->ingress_ifindex;
-	key.port = udp->dest;
-	key.family = MCR_FAMILY_IPV4;
-	*(__be32 *)key.group = iph->daddr;
-	rule = mcr_rules.lookup(&key);
+	rule = lookup_rule(&p);
 	if (!rule) {
 		verdict = MCR_V_PASS_NO_RULE;
 		goto out;
 	}
-	if (iph->ttl <= 1) {
+	action = XDP_DROP;
+	if (p.hops <= 1) {
 		verdict = MCR_V_DROP_TTL;
-		action = XDP_DROP;
+		goto out;
+	}
+	verdict = MCR_V_DROP_NO_OUTPUT;
+
+	if (rule->n_outputs == 1) {
+		/* A tag belongs to the input segment: the copy leaves untagged,
+		 * its new Ethernet header written in front of the inner ethertype. */
+		rewrite(&p, p.tagged ? (void *)p.eth + VLAN_HLEN : (void *)p.eth, &rule->out[0]);
+		if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
+			goto out;
+		action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
+		if (action == XDP_REDIRECT) {
+			verdict = MCR_V_REDIRECT;
+			count_output(rule->id, 0, bytes);
+		}
 		goto out;
 	}
 
-	/* A tag belongs to the input segment: the copy leaves untagged, its new
-	 * Ethernet header written just in front of the inner ethertype. */
-	rewrite_ipv4(tagged ? (void *)eth + VLAN_HLEN : (void *)eth, iph, udp, &rule->out);
-	if (tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN)) {
-		verdict = MCR_V_DROP_NO_OUTPUT;
-		action = XDP_DROP;
+	/* Several outputs: every copy is rewritten by its egress program, so
+	 * the headers stay original here; only the tag goes (the egress
+	 * programs write the whole Ethernet header). */
+	if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
 		goto out;
-	}
-	action = mcr_tx_ports.redirect_map(rule->out.slot, XDP_DROP);
-	verdict = action == XDP_REDIRECT ? MCR_V_REDIRECT : MCR_V_DROP_NO_OUTPUT;
+	fanout = mcr_fanout.lookup(&rule->id);
+	if (!fanout)
+		goto out;
+	action = bpf_redirect_map(fanout, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+	if (action == XDP_REDIRECT)
+		verdict = MCR_V_REDIRECT_MULTI;
+	else
+		action = XDP_DROP;
 
 out:
-	count_verdict(verdict, bytes);
+	count(mcr_verdicts.lookup(&verdict), bytes);
 	if (rule)
 		count_rule(rule->id, bytes, action == XDP_REDIRECT);
 	return action;
 }
+
+/* Output idx of the rule this (original, untagged) frame matches. With
+ * check_egress, the devmap's egress interface must be that output's. */
+static __always_inline int egress(struct xdp_md *ctx, __u32 idx, int check_egress)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	__u32 verdict = MCR_V_EGRESS_DROP;
+	struct mcr_output *out;
+	struct mcr_rule *rule;
+	struct pkt p = {};
+
+	if (parse_packet(ctx, &p) != MCR_MATCH || p.tagged)
+		goto drop;
+	rule = lookup_rule(&p);
+	if (!rule || idx >= rule->n_outputs || idx >= MCR_MAX_OUTPUTS)
+		goto drop;
+	out = &rule->out[idx];
+	if (check_egress && out->ifindex != ctx->egress_ifindex)
+		goto drop;
+	rewrite(&p, p.eth, out);
+	count_output(rule->id, idx, bytes);
+	return XDP_PASS;
+drop:
+	count(mcr_verdicts.lookup(&verdict), bytes);
+	return XDP_DROP;
+}
+
+#define MCR_EGRESS(i) \
+	int mcr_egress_##i(struct xdp_md *ctx) { return egress(ctx, i, 1); }
+MCR_EGRESS(0) MCR_EGRESS(1) MCR_EGRESS(2) MCR_EGRESS(3)
+MCR_EGRESS(4) MCR_EGRESS(5) MCR_EGRESS(6) MCR_EGRESS(7)
+MCR_EGRESS(8) MCR_EGRESS(9) MCR_EGRESS(10) MCR_EGRESS(11)
+MCR_EGRESS(12) MCR_EGRESS(13) MCR_EGRESS(14) MCR_EGRESS(15)
+
+#ifdef MCR_TEST_TWINS
+/* Devmap egress programs cannot be test-run: these plain-XDP twins run the
+ * same code (minus the egress interface check) under BPF_PROG_TEST_RUN. */
+#define MCR_EGRESS_TWIN(i) \
+	int mcr_egress_twin_##i(struct xdp_md *ctx) { return egress(ctx, i, 0); }
+MCR_EGRESS_TWIN(0) MCR_EGRESS_TWIN(1) MCR_EGRESS_TWIN(2) MCR_EGRESS_TWIN(15)
+#endif

@@ -41,4 +41,20 @@ static __always_inline void rewrite_ipv4(struct ethhdr *eth, struct iphdr *iph,
 	}
 }
 
+/* Rewrite an IPv6/UDP packet for one output. IPv6 has no header checksum;
+ * the UDP checksum is mandatory and always updated (the caller refuses a
+ * zero one). */
+static __always_inline void rewrite_ipv6(struct ethhdr *eth, struct ipv6hdr *ip6h,
+					 struct udphdr *udp, const struct mcr_output *out)
+{
+	__u16 check;
+
+	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
+	__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
+	ip6h->hop_limit--;
+	udp->dest = out->port;
+	check = csum_apply(udp->check, out->l4_csum_delta);
+	udp->check = check ? check : 0xffff;
+}
+
 #endif /* MCR_REWRITE_H */

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -17,8 +17,12 @@ MAP_RULES = "mcr_rules"
 MAP_TX_PORTS = "mcr_tx_ports"
 MAP_VERDICTS = "mcr_verdicts"
 MAP_RULE_STATS = "mcr_rule_stats"
+MAP_OUTPUT_STATS = "mcr_output_stats"
+MAP_FANOUT = "mcr_fanout"
+MAP_CONFIG = "mcr_config"
 
 PROG_RELAY = "mcr_relay"
+PROG_EGRESS = "mcr_egress_"
 
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
@@ -31,13 +35,15 @@ class Verdict(enum.IntEnum):
     PASS_FRAGMENT = 3
     PASS_NO_RULE = 4
     PASS_MALFORMED = 5
-    PASS_IPV6 = 6
+    PASS_IPV6_EXT = 6
     DROP_TTL = 7
     DROP_NO_OUTPUT = 8
     REDIRECT = 9
+    REDIRECT_MULTI = 10
+    EGRESS_DROP = 11
 
 
-VERDICT_MAX = 10
+VERDICT_MAX = 12
 
 
 class RuleKey(ctypes.Structure):
@@ -68,7 +74,14 @@ class Rule(ctypes.Structure):
     _fields_ = [
         ("id", ctypes.c_uint32),
         ("n_outputs", ctypes.c_uint32),
-        ("out", Output),
+        ("out", Output * MAX_OUTPUTS),
+    ]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [
+        ("abi_version", ctypes.c_uint32),
+        ("ssm_rules", ctypes.c_uint32),
     ]
 
 
@@ -89,8 +102,6 @@ class RuleCounters(ctypes.Structure):
 
 
 class DevmapVal(ctypes.Structure):
-    """Value of MCR_MAP_TX_PORTS (struct mcr_devmap_val in bpf/maps.h)."""
-
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
         ("prog_fd", ctypes.c_int32),
@@ -104,4 +115,6 @@ STRUCTS = {
     "mcr_rule": Rule,
     "mcr_counter": Counter,
     "mcr_rule_counters": RuleCounters,
+    "mcr_config": Config,
+    "mcr_devmap_val": DevmapVal,
 }

@@ -59,7 +59,8 @@ def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output]) -> abi.Rule:
     value = abi.Rule()
     value.id = rule_id
     value.n_outputs = len(outputs)
-    value.out = outputs[0]
+    for i, out in enumerate(outputs):
+        value.out[i] = out
     return value
 
 

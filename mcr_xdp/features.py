@@ -3,7 +3,6 @@ missing and what fixes it; the relay calls them before it changes anything."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import re
@@ -16,7 +15,6 @@ from .errors import NotSupported, PrivilegeError, SetupError
 # a program (5.8) and BPF_F_BROADCAST redirects (5.15).
 MIN_KERNEL = (5, 15)
 
-BPF_MAP_TYPE_DEVMAP = 14
 BPFFS_MAGIC = 0xCAFE4A11
 
 
@@ -36,13 +34,10 @@ def require_kernel() -> None:
         raise NotSupported(
             "XDP devmap broadcast", "%d.%d" % MIN_KERNEL, f"running {platform.release()}"
         )
-    lib = libbpf.lib()
-    lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                   ctypes.c_uint32, ctypes.c_void_p]
-    lib.bpf_map_create.restype = ctypes.c_int
-    fd = lib.bpf_map_create(BPF_MAP_TYPE_DEVMAP, b"mcr_probe", 4, 8, 1, None)
-    if fd < 0:
-        raise NotSupported("devmap entries with programs", "5.8", os.strerror(-fd))
+    try:
+        fd = libbpf.devmap_create("mcr_probe", 1, 8)
+    except OSError as exc:
+        raise NotSupported("devmap entries with programs", "5.8", exc.strerror) from None
     os.close(fd)
 
 

@@ -1,14 +1,17 @@
 """Group memberships held on input interfaces so switches and routers send
 the traffic (IGMP for IPv4, MLD for IPv6).
 
-A socket holds at most net.ipv4.igmp_max_memberships groups (20 by default),
-so a pool per interface opens sockets as needed. The sockets never bind and
-carry a drop-all filter with IP_MULTICAST_ALL off: they exist only to hold
-memberships and never queue data.
+Joins use the protocol-independent MCAST_JOIN_GROUP and
+MCAST_JOIN_SOURCE_GROUP (RFC 3678) by interface index, for both families.
+A socket holds at most net.ipv4.igmp_max_memberships groups (20 by default)
+and net.ipv4.igmp_max_msf sources per group (10), so a pool per interface
+opens sockets as needed. The sockets never bind and carry a drop-all filter
+with IP_MULTICAST_ALL off: they only hold memberships and never queue data.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import socket
 import struct
@@ -18,103 +21,137 @@ from .errors import McrError
 IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29
 SO_ATTACH_FILTER = 26
-MAX_MEMBERSHIPS_SYSCTL = "/proc/sys/net/ipv4/igmp_max_memberships"
+MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP = 42, 45
+MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+SYSCTL = "/proc/sys/net/ipv4/"
 
 # Classic BPF "ret #0": accept nothing.
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
-
-
-def _drop_all_filter(sock: socket.socket) -> None:
-    import ctypes
-
-    buf = ctypes.create_string_buffer(_DROP_ALL)
-    prog = struct.pack("HL", 1, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
-
-
-def per_socket_limit() -> int:
-    try:
-        with open(MAX_MEMBERSHIPS_SYSCTL) as f:
-            return max(1, int(f.read()))
-    except (OSError, ValueError):
-        return 20
+_SOCKADDR_STORAGE = 128
 
 
 class JoinError(McrError):
     pass
 
 
-class JoinPool:
-    """Memberships of one interface (by ifindex) for one address family."""
+def _sysctl(name: str, default: int) -> int:
+    try:
+        with open(SYSCTL + name) as f:
+            return max(1, int(f.read()))
+    except (OSError, ValueError):
+        return default
 
-    def __init__(self, ifindex: int, ifname: str, family: int = socket.AF_INET, per_socket: int | None = None):
+
+def _sockaddr(addr) -> bytes:
+    if addr.version == 4:
+        raw = struct.pack("=H2x4s", socket.AF_INET, addr.packed)
+    else:
+        raw = struct.pack("=H2xI16sI", socket.AF_INET6, 0, addr.packed, 0)
+    return raw.ljust(_SOCKADDR_STORAGE, b"\0")
+
+
+def _group_req(ifindex: int, group, source=None) -> bytes:
+    """struct group_req / group_source_req: u32 interface, then 8-byte
+    aligned sockaddr_storage fields."""
+    req = struct.pack("=I4x", ifindex) + _sockaddr(group)
+    return req if source is None else req + _sockaddr(source)
+
+
+def _drop_all_filter(sock: socket.socket) -> None:
+    buf = ctypes.create_string_buffer(_DROP_ALL)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", 1, ctypes.addressof(buf)))
+
+
+class _Socket:
+    def __init__(self, family: int):
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET:
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+            _drop_all_filter(self.sock)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sources: dict = {}  # group -> set of sources (empty set: any-source)
+
+
+class JoinPool:
+    """Memberships of one interface (by ifindex), both families, any-source
+    and source-specific."""
+
+    def __init__(self, ifindex: int, ifname: str, max_groups: int | None = None, max_sources: int | None = None):
         self.ifindex = ifindex
         self.ifname = ifname
-        self.family = family
-        self.per_socket = per_socket or (per_socket_limit() if family == socket.AF_INET else 1000)
-        self._socks: list[socket.socket] = []
-        self._members: dict[ipaddress._BaseAddress, socket.socket] = {}
+        self.max_groups = max_groups or _sysctl("igmp_max_memberships", 20)
+        self.max_sources = max_sources or _sysctl("igmp_max_msf", 10)
+        self._socks: dict[int, list[_Socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        self._where: dict[tuple, _Socket] = {}  # (group, source) -> socket holding it
 
     @property
-    def groups(self) -> list:
-        return list(self._members)
-
-    def _socket_with_room(self) -> socket.socket:
-        load = {id(s): 0 for s in self._socks}
-        for s in self._members.values():
-            load[id(s)] += 1
-        for s in self._socks:
-            if load[id(s)] < self.per_socket:
-                return s
-        s = socket.socket(self.family, socket.SOCK_DGRAM)
-        try:
-            if self.family == socket.AF_INET:
-                s.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-            else:
-                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
-            _drop_all_filter(s)
-        except OSError:
-            s.close()
-            raise
-        self._socks.append(s)
-        return s
-
-    def join(self, group) -> None:
-        group = ipaddress.ip_address(group)
-        if group in self._members:
-            return
-        s = self._socket_with_room()
-        try:
-            if self.family == socket.AF_INET:
-                mreqn = group.packed + bytes(4) + struct.pack("i", self.ifindex)
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-            else:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group.packed + struct.pack("I", self.ifindex))
-        except OSError as exc:
-            raise JoinError(f"cannot join {group} on {self.ifname}: {exc.strerror}") from None
-        self._members[group] = s
-
-    def leave(self, group) -> None:
-        group = ipaddress.ip_address(group)
-        s = self._members.pop(group, None)
-        if s is None:
-            return
-        try:
-            if self.family == socket.AF_INET:
-                mreqn = group.packed + bytes(4) + struct.pack("i", self.ifindex)
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreqn)
-            else:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, group.packed + struct.pack("I", self.ifindex))
-        except OSError:
-            pass  # the interface may be gone; closing the socket leaves anyway
-
-    def close(self) -> None:
-        """Leave every group (closing a socket drops its memberships)."""
-        self._members.clear()
-        for s in self._socks:
-            s.close()
-        self._socks.clear()
+    def memberships(self) -> list[tuple]:
+        return list(self._where)
 
     @property
     def sockets(self) -> int:
-        return len(self._socks)
+        return sum(len(v) for v in self._socks.values())
+
+    def _fits(self, s: _Socket, group, source) -> bool:
+        if group not in s.sources:
+            return len(s.sources) < self.max_groups
+        # A socket can't mix any-source and source-specific on one group.
+        held = s.sources[group]
+        return source is not None and bool(held) and len(held) < self.max_sources
+
+    def _socket_for(self, group, source) -> _Socket:
+        family = socket.AF_INET if group.version == 4 else socket.AF_INET6
+        for s in self._socks[family]:
+            if self._fits(s, group, source):
+                return s
+        s = _Socket(family)
+        self._socks[family].append(s)
+        return s
+
+    def join(self, group, source=None) -> None:
+        group = ipaddress.ip_address(group)
+        source = None if source is None else ipaddress.ip_address(source)
+        if (group, source) in self._where:
+            return
+        s = self._socket_for(group, source)
+        level = socket.IPPROTO_IP if group.version == 4 else socket.IPPROTO_IPV6
+        opt = MCAST_JOIN_GROUP if source is None else MCAST_JOIN_SOURCE_GROUP
+        try:
+            s.sock.setsockopt(level, opt, _group_req(self.ifindex, group, source))
+        except OSError as exc:
+            what = f"{source}@{group}" if source else str(group)
+            raise JoinError(f"cannot join {what} on {self.ifname}: {exc.strerror}") from None
+        s.sources.setdefault(group, set())
+        if source is not None:
+            s.sources[group].add(source)
+        self._where[(group, source)] = s
+
+    def leave(self, group, source=None) -> None:
+        group = ipaddress.ip_address(group)
+        source = None if source is None else ipaddress.ip_address(source)
+        s = self._where.pop((group, source), None)
+        if s is None:
+            return
+        level = socket.IPPROTO_IP if group.version == 4 else socket.IPPROTO_IPV6
+        opt = MCAST_LEAVE_GROUP if source is None else MCAST_LEAVE_SOURCE_GROUP
+        try:
+            s.sock.setsockopt(level, opt, _group_req(self.ifindex, group, source))
+        except OSError:
+            pass  # the interface may be gone; closing the socket leaves anyway
+        held = s.sources.get(group, set())
+        held.discard(source)
+        if not held:
+            s.sources.pop(group, None)
+
+    def close(self) -> None:
+        """Leave every group: closing a socket drops its memberships."""
+        for socks in self._socks.values():
+            for s in socks:
+                s.sock.close()
+            socks.clear()
+        self._where.clear()

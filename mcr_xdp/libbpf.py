@@ -103,6 +103,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map_update_elem": [c_int, vp, vp, ctypes.c_uint64],
         "bpf_map_delete_elem": [c_int, vp],
         "bpf_map_get_next_key": [c_int, vp, vp],
+        "bpf_map_create": [c_int, ctypes.c_char_p, c_u32, c_u32, c_u32, vp],
     }.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -152,6 +153,17 @@ def prog_name(prog_id: int) -> str:
         return raw.split(b"\0", 1)[0].decode(errors="replace")
     finally:
         os.close(fd)
+
+
+BPF_MAP_TYPE_DEVMAP = 14
+
+
+def devmap_create(name: str, max_entries: int, value_size: int) -> int:
+    """A new devmap; returns its fd (the caller closes it)."""
+    return _check(
+        lib().bpf_map_create(BPF_MAP_TYPE_DEVMAP, name.encode()[:15], 4, value_size, max_entries, None),
+        "create devmap",
+    )
 
 
 def map_lookup(map_fd: int, key: ctypes._SimpleCData | ctypes.Structure, value) -> bool:

@@ -16,7 +16,15 @@ from .errors import AttachError, BusyError, SetupError
 from .features import require_toolchain
 from .maps import Maps
 
-MAP_NAMES = (abi.MAP_RULES, abi.MAP_TX_PORTS, abi.MAP_VERDICTS, abi.MAP_RULE_STATS)
+MAP_NAMES = (
+    abi.MAP_RULES,
+    abi.MAP_TX_PORTS,
+    abi.MAP_VERDICTS,
+    abi.MAP_RULE_STATS,
+    abi.MAP_OUTPUT_STATS,
+    abi.MAP_FANOUT,
+    abi.MAP_CONFIG,
+)
 
 
 class XdpMode(str, enum.Enum):
@@ -50,17 +58,30 @@ class Datapath:
 
     def __init__(self, cflags: tuple[str, ...] = ()):
         require_toolchain()
-        from bcc import BPF
+        from bcc import BPF, BPFAttachType
 
         src = bpf_dir() / "relay.c"
         try:
             self._bpf = BPF(src_file=str(src).encode(), cflags=[f"-I{src.parent}", *cflags])
-            self._prog = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP)
+            self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
+            # Output i of a fan-out rule is rewritten by egress program i.
+            self.egress_fds = [
+                self._bpf.load_func(f"{abi.PROG_EGRESS}{i}".encode(), BPF.XDP,
+                                    attach_type=BPFAttachType.XDP_DEVMAP).fd
+                for i in range(abi.MAX_OUTPUTS)
+            ]
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise AttachError(f"could not compile or load the XDP program: {exc}") from None
-        self.prog_fd = self._prog.fd
         self.prog_id = libbpf.prog_id(self.prog_fd)
         self.maps = Maps({name: self._bpf[name.encode()].map_fd for name in MAP_NAMES})
+        self.maps.set_config(ssm_rules=0)
+
+    def load_func(self, name: str) -> int:
+        """The fd of another XDP program of the same object (tests: the
+        egress twins compiled with -DMCR_TEST_TWINS)."""
+        from bcc import BPF
+
+        return self._bpf.load_func(name.encode(), BPF.XDP).fd
 
     def close(self) -> None:
         if self._bpf is not None:

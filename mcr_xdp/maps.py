@@ -7,6 +7,7 @@ over every possible CPU here, nowhere else.
 from __future__ import annotations
 
 import ctypes
+import os
 
 from . import abi, libbpf
 
@@ -49,6 +50,25 @@ class Maps:
     def clear_port(self, slot: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
 
+    def set_config(self, ssm_rules: int) -> None:
+        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=ssm_rules)
+        libbpf.map_update(self._fd[abi.MAP_CONFIG], ctypes.c_uint32(0), cfg)
+
+    def set_fanout(self, rule_id: int, outputs: list[tuple[int, int]]) -> None:
+        """Give rule_id a devmap of its outputs: entry i = (ifindex, egress
+        program fd for output i). The outer map holds its own reference, so
+        the fd is closed here."""
+        fd = libbpf.devmap_create(f"mcr_fo_{rule_id}", abi.MAX_OUTPUTS, ctypes.sizeof(abi.DevmapVal))
+        try:
+            for i, (ifindex, prog_fd) in enumerate(outputs):
+                libbpf.map_update(fd, ctypes.c_uint32(i), abi.DevmapVal(ifindex=ifindex, prog_fd=prog_fd))
+            libbpf.map_update(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(rule_id), ctypes.c_uint32(fd))
+        finally:
+            os.close(fd)
+
+    def clear_fanout(self, rule_id: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(rule_id))
+
     def _percpu(self, map_name: str, index: int, vtype):
         values = (vtype * self.ncpus)()
         libbpf.map_lookup(self._fd[map_name], ctypes.c_uint32(index), values)
@@ -61,6 +81,15 @@ class Maps:
     def rule_counters(self, rule_id: int) -> abi.RuleCounters:
         return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
 
+    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
+        return [
+            _sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, rule_id * abi.MAX_OUTPUTS + i, abi.Counter))
+            for i in range(n_outputs)
+        ]
+
     def reset_rule_counters(self, rule_id: int) -> None:
-        zero = (abi.RuleCounters * self.ncpus)()
-        libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), zero)
+        """Zero a rule's counters before its id is (re)used."""
+        libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), (abi.RuleCounters * self.ncpus)())
+        zero = (abi.Counter * self.ncpus)()
+        for i in range(abi.MAX_OUTPUTS):
+            libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], ctypes.c_uint32(rule_id * abi.MAX_OUTPUTS + i), zero)

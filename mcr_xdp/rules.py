@@ -1,10 +1,11 @@
 """Rules: parsing, validation and diffing. Pure: no kernel, no I/O.
 
 Syntax, everywhere (CLI, config, control socket):
-    [SOURCE@]GROUP:PORT=OUT[,OUT...]
+    [INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...]
     OUT = IFACE            keep group and port
         | IFACE/GROUP:PORT rewrite to a new group and port
-IPv6 addresses go in brackets: [ff3e::1]:5001.
+IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
+the input interface is given separately (one input interface).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Rule:
         return f"{src}{_fmt_endpoint(self.group, self.port)}={outs}"
 
     def __str__(self) -> str:
-        return f"{self.iface}: {self.spec()}"
+        return f"{self.iface}/{self.spec()}"
 
 
 def _fmt_endpoint(group: Address, port: int | None) -> str:
@@ -118,14 +119,22 @@ def _parse_output(text: str) -> Output:
     return Output(_parse_iface(iface), group, port)
 
 
-def parse_rule(text: str, iface: str) -> Rule:
-    """Parse RULE for input interface iface; checks syntax and the rule on its
-    own (families, multicast, loops). Raises RuleError naming the bad part."""
-    if not _IFNAME.match(iface):
-        raise RuleError(f"input interface {iface!r} is not a valid interface name")
-    match, sep, outs = text.partition("=")
+def parse_rule(text: str, iface: str | None = None) -> Rule:
+    """Parse RULE; iface is the input interface when the rule does not name
+    one (INPUT/...). Checks syntax and the rule on its own (families,
+    multicast, loops, output count). Raises RuleError naming the bad part."""
+    match, sep, outs = text.strip().partition("=")
     if not sep or not outs.strip():
         raise RuleError(f"rule {text!r} has no outputs: expected GROUP:PORT=OUT[,OUT...]")
+    if "/" in match:
+        named, _, match = match.partition("/")
+        if iface is not None and named != iface:
+            raise RuleError(f"rule {text!r} names input {named!r} but is given for {iface!r}")
+        iface = named
+    if iface is None:
+        raise RuleError(f"rule {text!r} does not say its input interface: write INPUT/{text.strip()}")
+    if not _IFNAME.match(iface):
+        raise RuleError(f"input interface {iface!r} is not a valid interface name")
     source = None
     if "@" in match:
         src_text, _, match = match.partition("@")
@@ -158,24 +167,12 @@ def _check_rule(rule: Rule) -> None:
         seen.add(target)
 
 
-def check_supported(rule: Rule) -> None:
-    """What this datapath version can relay; the parser accepts more so that
-    configs stay valid as the datapath grows."""
-    if rule.group.version == 6:
-        raise RuleError(f"rule {rule.spec()}: IPv6 relaying is not supported by this version yet")
-    if rule.source is not None:
-        raise RuleError(f"rule {rule.spec()}: source-specific (SSM) rules are not supported by this version yet")
-    if len(rule.outputs) > 1:
-        raise RuleError(f"rule {rule.spec()}: one output per rule in this version (fan-out is not supported yet)")
-
-
 def validate(rules: Iterable[Rule], ifindex: Mapping[str, int]) -> list[Rule]:
     """Check a whole rule set against the interfaces that exist (name ->
     ifindex): unknown interfaces, duplicates, the rule limit."""
     rules = list(rules)
     seen: dict[tuple, Rule] = {}
     for rule in rules:
-        check_supported(rule)
         for name in [rule.iface, *(o.iface for o in rule.outputs)]:
             if name not in ifindex:
                 raise InterfaceError(f"interface {name!r} does not exist (rule {rule})")
@@ -184,4 +181,18 @@ def validate(rules: Iterable[Rule], ifindex: Mapping[str, int]) -> list[Rule]:
         seen[rule.key] = rule
     if len(rules) > abi.MAX_RULES:
         raise RuleError(f"{len(rules)} rules; the limit is {abi.MAX_RULES}")
+    outputs = {o.iface for r in rules for o in r.outputs}
+    if len(outputs) > abi.MAX_PORTS:
+        raise RuleError(f"{len(outputs)} output interfaces; the limit is {abi.MAX_PORTS}")
     return rules
+
+
+def diff(old: Iterable[Rule], new: Iterable[Rule]) -> tuple[list[Rule], list[Rule], list[Rule]]:
+    """(removed, added, changed) going from old to new, matched by key; a
+    changed rule keeps its key with other outputs."""
+    before = {r.key: r for r in old}
+    after = {r.key: r for r in new}
+    removed = [r for k, r in before.items() if k not in after]
+    added = [r for k, r in after.items() if k not in before]
+    changed = [r for k, r in after.items() if k in before and before[k] != r]
+    return removed, added, changed

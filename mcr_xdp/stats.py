@@ -17,6 +17,7 @@ class RuleStats:
     bytes: int
     forwarded: int
     dropped: int
+    outputs: tuple[tuple[str, int, int], ...] = ()  # (output as text, packets, bytes) per output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Snapshot:
 
     @property
     def forwarded(self) -> int:
-        return self.verdict_packets(abi.Verdict.REDIRECT)
+        """Input packets handed to one or several outputs."""
+        return self.verdict_packets(abi.Verdict.REDIRECT) + self.verdict_packets(abi.Verdict.REDIRECT_MULTI)
 
     @property
     def dropped(self) -> int:
@@ -41,15 +43,17 @@ class Snapshot:
         return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("pass"))
 
 
-def collect(maps, rules: dict[int, str], clock=time.monotonic) -> Snapshot:
-    """Read every counter once. rules maps rule id -> rule text."""
+def collect(maps, rules: dict, clock=time.monotonic) -> Snapshot:
+    """Read every counter once. rules maps rule id -> rules.Rule."""
     verdicts = {
         abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())
     }
     rows = []
-    for rule_id, text in sorted(rules.items()):
+    for rule_id, rule in sorted(rules.items()):
         c = maps.rule_counters(rule_id)
-        rows.append(RuleStats(rule_id, text, c.packets, c.bytes, c.forwarded, c.dropped))
+        outs = maps.output_counters(rule_id, len(rule.outputs))
+        rows.append(RuleStats(rule_id, str(rule), c.packets, c.bytes, c.forwarded, c.dropped,
+                              tuple((str(o), oc.packets, oc.bytes) for o, oc in zip(rule.outputs, outs))))
     return Snapshot(clock(), verdicts, tuple(rows))
 
 

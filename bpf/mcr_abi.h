@@ -21,7 +21,7 @@
 #define MCR_MAX_OUTPUTS 16   /* outputs of one rule */
 #define MCR_MAX_PORTS   256  /* distinct output interfaces (devmap slots) */
 
-/* Map names, as bcc knows them (tests/bpf/test_maps.py checks each exists). */
+/* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
 #define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
 #define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */

@@ -68,7 +68,7 @@ static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
 	if (iph->version != 4 || iph->ihl < 5)
 		return NULL;
 	hlen = iph->ihl * 4;
-	if (c->pos + bpf_ntohs(iph->tot_len) > c->end || bpf_ntohs(iph->tot_len) < hlen + sizeof(struct udphdr))
+	if (c->pos + bpf_ntohs(iph->tot_len) > c->end || bpf_ntohs(iph->tot_len) < hlen)
 		return NULL;
 	if (!cursor_take(c, hlen))
 		return NULL;

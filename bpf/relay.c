@@ -84,6 +84,11 @@ static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct pkt *p)
 	p->udp = parse_udp(&cur);
 	if (!p->udp)
 		return MCR_V_PASS_MALFORMED;
+	/* The UDP header must lie inside the IP packet, not in Ethernet padding. */
+	if (p->iph && bpf_ntohs(p->iph->tot_len) < p->iph->ihl * 4 + sizeof(struct udphdr))
+		return MCR_V_PASS_MALFORMED;
+	if (p->ip6h && bpf_ntohs(p->ip6h->payload_len) < sizeof(struct udphdr))
+		return MCR_V_PASS_MALFORMED;
 	/* IPv6 requires a UDP checksum: a zero one can't be updated, and the
 	 * receiving stack would drop the packet anyway. */
 	if (p->ip6h && !p->udp->check)

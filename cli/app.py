@@ -13,7 +13,7 @@ import typer
 from mcr_xdp import __version__
 from mcr_xdp.errors import McrError
 
-from . import attach, demo, detach
+from . import attach, config_cmd, demo, detach, rule, status
 from .console import err
 
 app = typer.Typer(
@@ -43,8 +43,17 @@ def reports_errors(command):
     return wrapper
 
 
-for name, command in (("attach", attach.attach), ("detach", detach.detach), ("demo", demo.demo)):
+for name, command in (
+    ("attach", attach.attach),
+    ("detach", detach.detach),
+    ("status", status.status),
+    ("demo", demo.demo),
+):
     app.command(name)(reports_errors(command))
+for name, sub in (("rule", rule.app), ("config", config_cmd.app)):
+    for info in sub.registered_commands:
+        info.callback = reports_errors(info.callback)
+    app.add_typer(sub, name=name)
 
 
 @app.command("version")

@@ -3,57 +3,124 @@
 from __future__ import annotations
 
 import signal
-import threading
+import socket
 from typing import Annotated
 
 import typer
 
-from mcr_xdp import stats
+from mcr_xdp import config as config_mod, control, stats
+from mcr_xdp.control import ControlServer
+from mcr_xdp.errors import McrError
 from mcr_xdp.loader import XdpMode
 from mcr_xdp.relay import Relay, RelayConfig
 from mcr_xdp.rules import parse_rule
+from mcr_xdp.service import Service
 
 from . import render
 from .console import err, out
+from .options import SocketOpt
 
 RULE_HELP = (
-    "GROUP:PORT=OUT[,OUT...], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
-    "IPv6 in brackets: [ff3e::1]:5001. Repeat for several rules."
+    "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
+    "IPv6 in brackets: [ff3e::1]:5001. INPUT/ is needed with several input interfaces. Repeatable."
 )
+SHOWN_RULES = 20
 
 
 def attach(
-    interface: Annotated[str, typer.Argument(help="Input interface the multicast arrives on.", show_default=False)],
+    interfaces: Annotated[list[str] | None, typer.Argument(help="Input interfaces the multicast arrives on.",
+                                                           show_default=False)] = None,
     rule: Annotated[list[str], typer.Option("--rule", "-r", help=RULE_HELP, show_default=False)] = [],  # noqa: B006
-    xdp_mode: Annotated[XdpMode, typer.Option("--xdp-mode", help="native, generic, or auto (native, else generic).")] = XdpMode.AUTO,
-    interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between counter lines.")] = 5.0,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="TOML config file (inputs, rules, "
+                                               "options); SIGHUP re-reads it.")] = None,
+    xdp_mode: Annotated[XdpMode | None, typer.Option("--xdp-mode", show_default="auto",
+                                                     help="native, generic, or auto (native, else generic).")] = None,
+    interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
+                                                   help="Seconds between counter lines.")] = None,
+    socket_path: SocketOpt = None,
 ) -> None:
-    """Attach the XDP relay to INTERFACE and relay until Ctrl-C or SIGTERM.
+    """Attach the XDP relay to the input interfaces and relay until Ctrl-C or SIGTERM.
+
+    Rules can change at runtime (mcr-xdp rule, SIGHUP with --config).
 
     Example: mcr-xdp attach eth0 --rule 239.1.1.1:5001=eth1/239.2.2.2:5002
     """
-    rules = [parse_rule(text, interface) for text in rule]
+    file_cfg = config_mod.load(config) if config else None
+    inputs = list(dict.fromkeys([*(interfaces or []), *(file_cfg.interfaces if file_cfg else [])]))
+    if not inputs:
+        raise typer.BadParameter("name at least one input interface (or give --config)", param_hint="INTERFACES")
+    default = inputs[0] if len(inputs) == 1 else None
+    rules = [*(file_cfg.rules if file_cfg else []), *(parse_rule(text, default) for text in rule)]
     if not rules:
-        raise typer.BadParameter("give at least one --rule", param_hint="--rule")
-    relay = Relay(RelayConfig(interfaces=[interface], rules=rules, xdp_mode=xdp_mode))
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        raise typer.BadParameter("give at least one --rule (or --config with rules)", param_hint="--rule")
+    mode = xdp_mode or (file_cfg.xdp_mode if file_cfg else None) or XdpMode.AUTO
+    interval = interval or (file_cfg.interval if file_cfg else None) or 5.0
+    path = socket_path or (file_cfg.control_socket if file_cfg else None) or control.default_path()
+
+    relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=mode))
+    service = Service(relay, config)
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
+    old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    server = None
     try:
-        attachments = relay.start()
-        for a in attachments:
-            if a.notice:
-                err.print(f"mcr-xdp: notice: {a.notice}")
-        for line in render.attach_lines(attachments, list(relay.rules.values())):
-            out.print(line, markup=False)
-        out.print("relaying; Ctrl-C or SIGTERM detaches", markup=False)
-        prev = relay.snapshot()
-        while not stop.wait(interval):
-            cur = relay.snapshot()
-            out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
-            prev = cur
-        out.print(render.counter_line(relay.snapshot(), None), markup=False)
+        relay.start()
+        server = ControlServer(path, service.handle)
+        server.add_reader(wake_r, "signal")
+        _announce(relay, path)
+        _loop(relay, service, server, wake_r, interval)
     finally:
+        if server is not None:
+            server.close()
         relay.stop()
+        signal.set_wakeup_fd(old_wakeup)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    out.print(f"detached {interface}; left {len(rules)} group(s)", markup=False)
+        wake_r.close()
+        wake_w.close()
+    out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
+
+
+def _announce(relay: Relay, path: str) -> None:
+    for a in relay.attachments.values():
+        if a.notice:
+            err.print(f"mcr-xdp: notice: {a.notice}", markup=False)
+    installed = list(relay.rules.values())
+    for line in render.attach_lines(list(relay.attachments.values()), installed[:SHOWN_RULES]):
+        out.print(line, markup=False)
+    if len(installed) > SHOWN_RULES:
+        out.print(f"... and {len(installed) - SHOWN_RULES} more rules (mcr-xdp rule list)", markup=False)
+    out.print(f"control socket {path}", markup=False)
+    out.print("relaying; Ctrl-C or SIGTERM detaches", markup=False)
+
+
+def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval: float) -> None:
+    prev = relay.snapshot()
+    while True:
+        if server.poll(interval):
+            try:
+                signums = wake.recv(64)
+            except BlockingIOError:
+                signums = b""
+            if signal.SIGHUP in signums:
+                _reload(service)
+            if signal.SIGINT in signums or signal.SIGTERM in signums:
+                break
+            continue
+        cur = relay.snapshot()
+        out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
+        prev = cur
+    out.print(render.counter_line(relay.snapshot(), None), markup=False)
+
+
+def _reload(service: Service) -> None:
+    try:
+        result = service.reload()
+    except McrError as exc:
+        err.print(f"mcr-xdp: reload failed, rules unchanged: {exc}", markup=False)
+        return
+    out.print(f"reloaded {service.config_path}: {len(result['added'])} added, {len(result['removed'])} removed, "
+              f"{len(result['changed'])} changed", markup=False)

@@ -29,9 +29,12 @@ def demo(
     rate: Annotated[float, typer.Option("--rate", min=1, help="Packets per second.")] = 2000,
     size: Annotated[int, typer.Option("--size", min=20, max=1472, help="UDP payload bytes.")] = 256,
 ) -> None:
-    """Build src -> relay -> sink namespaces, relay a bounded stream with
-    XDP (239.1.1.1:5001 rewritten to 239.2.2.2:5002), check every packet
-    arrived intact, and remove everything again."""
+    """Relay a stream across throw-away namespaces and check every packet.
+
+    Builds src -> relay -> sink namespaces, relays a bounded stream with XDP
+    (239.1.1.1:5001 rewritten to 239.2.2.2:5002), checks every packet
+    arrived once and intact, and removes everything again.
+    """
     features.require_root("the demo")
     topo = Chain(unique_prefix("mcr-demo"))
     procs: list[Proc] = []

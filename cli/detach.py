@@ -17,7 +17,7 @@ def detach(
     interface: Annotated[str, typer.Argument(help="Interface to remove the relay's XDP program from.", show_default=False)],
     force: Annotated[bool, typer.Option("--force", help="Also remove an XDP program that is not mcr-xdp's.")] = False,
 ) -> None:
-    """Detach the relay's XDP program from INTERFACE (after a relay was killed).
+    """Remove the XDP program a killed relay left on INTERFACE.
 
     A running relay detaches by itself on Ctrl-C or SIGTERM; this is for the
     program a relay that was killed with SIGKILL left behind.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from mcr_xdp.loader import Attachment
 from mcr_xdp.relay import InstalledRule
@@ -14,6 +15,34 @@ def si(value: float, unit: str = "") -> str:
         if abs(value) >= factor:
             return f"{value / factor:.1f} {prefix}{unit}".rstrip()
     return f"{value:.0f} {unit}".rstrip()
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def rule_list(rules: list[dict]) -> Table:
+    table = Table(title=f"{len(rules)} rule(s)", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("rule")
+    for r in rules:
+        table.add_row(str(r["id"]), r["rule"])
+    return table
+
+
+def status(st: dict) -> list:
+    head = Text(f"relay up {duration(st['uptime'])}, {len(st['rules'])} rule(s)"
+                + (f", config {st['config']}" if st.get("config") else ""))
+    table = Table(title="interfaces", title_justify="left")
+    for col in ("interface", "mode", "program", "rules", "joins"):
+        table.add_column(col, justify="right" if col in ("program", "rules", "joins") else "left")
+    for i in st["interfaces"]:
+        table.add_row(i["name"], i["mode"], str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
+    return [head, table, rule_list(st["rules"])]
 
 
 def attach_lines(attachments: list[Attachment], rules: list[InstalledRule]) -> list[str]:

@@ -89,6 +89,8 @@ def _parse_port(text: str, what: str) -> int:
 
 def _parse_endpoint(text: str, what: str) -> tuple[Address, int]:
     m = _ENDPOINT.match(text.strip())
+    if not m and "[" not in text and text.count(":") > 1:
+        raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
     if not m:
         raise RuleError(f"{what} {text!r} is not GROUP:PORT (IPv6 as [GROUP]:PORT)")
     if m["v6"] is not None:
@@ -138,7 +140,10 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
     source = None
     if "@" in match:
         src_text, _, match = match.partition("@")
-        source = _parse_address(src_text.strip(), "source")
+        src_text = src_text.strip()
+        if src_text.startswith("[") and src_text.endswith("]"):
+            src_text = src_text[1:-1]
+        source = _parse_address(src_text, "source")
     group, port = _parse_endpoint(match, "group")
     outputs = tuple(_parse_output(o) for o in outs.split(","))
     rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source)

@@ -89,3 +89,30 @@ def rate(prev: Snapshot, cur: Snapshot) -> Rates:
         pps,
         bps,
     )
+
+
+JSON_SCHEMA_VERSION = 1
+
+
+def as_json(snap: Snapshot, status: dict | None = None) -> dict:
+    """The snapshot as the documented JSON object (docs/stats-json.md);
+    schema_version changes whenever a field changes meaning or goes away."""
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "timestamp": snap.timestamp,
+        "totals": {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed},
+        "verdicts": {name: {"packets": p, "bytes": b} for name, (p, b) in snap.verdicts.items()},
+        "rules": [
+            {
+                "id": r.rule_id,
+                "rule": r.rule,
+                "packets": r.packets,
+                "bytes": r.bytes,
+                "forwarded": r.forwarded,
+                "dropped": r.dropped,
+                "outputs": [{"output": o, "packets": p, "bytes": b} for o, p, b in r.outputs],
+            }
+            for r in snap.rules
+        ],
+        "status": status or {},
+    }

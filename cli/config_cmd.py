@@ -1,0 +1,36 @@
+"""mcr-xdp config check: validate a config file without root."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mcr_xdp import config as config_mod
+from mcr_xdp.links import all_links
+from mcr_xdp.rules import validate
+
+from .console import out
+
+app = typer.Typer(help="Configuration files.", no_args_is_help=True)
+
+
+@app.command("check")
+def check(
+    path: Annotated[str, typer.Argument(help="TOML config file.", show_default=False)],
+    offline: Annotated[bool, typer.Option("--offline", help="Don't check that the interfaces exist here.")] = False,
+) -> None:
+    """Validate a config file without root.
+
+    Checks syntax, rules, and (unless --offline) that its interfaces exist here.
+
+    Example: mcr-xdp config check /etc/mcr-xdp/relay.toml
+    """
+    cfg = config_mod.load(path)
+    if offline:
+        names = {r.iface for r in cfg.rules} | {o.iface for r in cfg.rules for o in r.outputs}
+        ifindex = {name: 0 for name in names}
+    else:
+        ifindex = {name: link.ifindex for name, link in all_links().items()}
+    validate(cfg.rules, ifindex)
+    out.print(f"{path}: OK, {len(cfg.interfaces)} input interface(s), {len(cfg.rules)} rule(s)", markup=False)

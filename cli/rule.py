@@ -1,0 +1,54 @@
+"""mcr-xdp rule add|del|list: change the running relay's rules."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from mcr_xdp import control
+
+from . import render
+from .console import out
+from .options import JsonOpt, SocketOpt
+
+app = typer.Typer(help="Add, delete and list the running relay's rules.", no_args_is_help=True)
+
+
+@app.command("add")
+def add(
+    rules: Annotated[list[str], typer.Argument(help="[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...]", show_default=False)],
+    socket_path: SocketOpt = None,
+) -> None:
+    """Add rules to the running relay (all or none).
+
+    Example: mcr-xdp rule add eth0/239.1.1.2:5001=eth1/239.2.2.3:5002,eth2
+    """
+    for r in control.request("rule.add", {"rules": rules}, socket_path):
+        out.print(f"added rule {r['id']}: {r['rule']}", markup=False)
+
+
+@app.command("del")
+def delete(
+    rule: Annotated[str, typer.Argument(help="Rule id (from `mcr-xdp rule list`) or the rule's text.",
+                                        show_default=False)],
+    socket_path: SocketOpt = None,
+) -> None:
+    """Delete a rule from the running relay; its traffic is no longer relayed.
+
+    Example: mcr-xdp rule del 3
+    """
+    args = {"id": int(rule)} if rule.isdigit() else {"rule": rule}
+    r = control.request("rule.del", args, socket_path)
+    out.print(f"deleted rule {r['id']}: {r['rule']}", markup=False)
+
+
+@app.command("list")
+def list_(socket_path: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """List the running relay's rules with their ids."""
+    rules = control.request("rule.list", {}, socket_path)
+    if as_json:
+        print(json.dumps(rules, indent=2))
+    else:
+        out.print(render.rule_list(rules))

@@ -1,0 +1,105 @@
+"""The relay's TOML configuration file.
+
+    xdp_mode = "auto"                       # optional: auto, native, generic
+    control_socket = "/run/mcr-xdp/mcr-xdp.sock"   # optional
+    interval = 5                            # optional: seconds between counter lines
+
+    [inputs.eth0]
+    rules = [
+        "239.1.1.1:5001=eth1/239.2.2.2:5002",
+        "10.0.0.5@232.1.1.1:5001=eth1,eth2",
+    ]
+
+Errors name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+from .errors import McrError, UsageError
+from .loader import XdpMode
+from .rules import Rule, parse_rule
+
+TOP_KEYS = {"xdp_mode", "control_socket", "interval", "inputs"}
+INPUT_KEYS = {"rules"}
+
+
+class ConfigError(UsageError):
+    pass
+
+
+@dataclasses.dataclass
+class FileConfig:
+    path: str
+    interfaces: list[str]
+    rules: list[Rule]
+    xdp_mode: XdpMode | None = None
+    control_socket: str | None = None
+    interval: float | None = None
+
+
+def _line_of(lines: list[str], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return next((i + 1 for i, line in enumerate(lines) if rx.search(line)), 0)
+
+
+def load(path: str | Path) -> FileConfig:
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    lines = text.splitlines()
+
+    def fail(line: int, key: str, msg: str):
+        where = f"{path}:{line}" if line else path
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"{path}:{m[1] if m else '?'}: {exc}") from None
+
+    for key in data:
+        if key not in TOP_KEYS:
+            fail(_line_of(lines, rf"^\s*{re.escape(key)}\s*="), key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    cfg = FileConfig(path=path, interfaces=[], rules=[])
+    if "xdp_mode" in data:
+        try:
+            cfg.xdp_mode = XdpMode(data["xdp_mode"])
+        except ValueError:
+            fail(_line_of(lines, r"^\s*xdp_mode\s*="), "xdp_mode", f"{data['xdp_mode']!r} is not one of auto, native, generic")
+    if "control_socket" in data:
+        if not isinstance(data["control_socket"], str) or not data["control_socket"].startswith("/"):
+            fail(_line_of(lines, r"^\s*control_socket\s*="), "control_socket", "must be an absolute path")
+        cfg.control_socket = data["control_socket"]
+    if "interval" in data:
+        if not isinstance(data["interval"], (int, float)) or data["interval"] <= 0:
+            fail(_line_of(lines, r"^\s*interval\s*="), "interval", "must be a positive number of seconds")
+        cfg.interval = float(data["interval"])
+    inputs = data.get("inputs", {})
+    if not isinstance(inputs, dict) or not inputs:
+        fail(_line_of(lines, r"inputs"), "inputs", "needs at least one [inputs.IFACE] table with rules")
+    for iface, table in inputs.items():
+        key = f"inputs.{iface}"
+        header = _line_of(lines, rf"^\s*\[\s*inputs\.{re.escape(iface)}\s*\]")
+        if not isinstance(table, dict):
+            fail(header, key, "must be a table: [inputs.IFACE] with rules = [...]")
+        for k in table:
+            if k not in INPUT_KEYS:
+                fail(header, f"{key}.{k}", "unknown key (known: rules)")
+        rules = table.get("rules", [])
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            fail(header, f"{key}.rules", "must be a list of rule strings")
+        cfg.interfaces.append(iface)
+        for i, text_rule in enumerate(rules):
+            try:
+                cfg.rules.append(parse_rule(text_rule, iface))
+            except McrError as exc:
+                fail(_line_of(lines, re.escape(f'"{text_rule}"')) or header, f"{key}.rules[{i}]", str(exc))
+    return cfg

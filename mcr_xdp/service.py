@@ -1,0 +1,84 @@
+"""What a running relay offers over its control socket, and its SIGHUP
+reload: a table of operations over the Relay facade, returning plain JSON
+data."""
+
+from __future__ import annotations
+
+from . import config as config_mod, stats
+from .control import RequestError
+from .errors import RuleError
+from .relay import Relay
+from .rules import parse_rule
+
+
+class Service:
+    def __init__(self, relay: Relay, config_path: str | None = None):
+        self.relay = relay
+        self.config_path = config_path
+        self.ops = {
+            "status": self.status,
+            "rule.list": self.rule_list,
+            "rule.add": self.rule_add,
+            "rule.del": self.rule_del,
+            "stats": self.stats,
+            "reload": self.reload,
+        }
+
+    def handle(self, op: str, args: dict):
+        fn = self.ops.get(op)
+        if fn is None:
+            raise RequestError(f"unknown operation {op!r} (known: {', '.join(sorted(self.ops))})")
+        return fn(**_kwargs(op, args))
+
+    def status(self) -> dict:
+        return {**self.relay.status(), "config": self.config_path}
+
+    def rule_list(self) -> list[dict]:
+        return self.relay.status()["rules"]
+
+    def rule_add(self, rules: list) -> list[dict]:
+        if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
+            raise RequestError("rule.add takes 'rules': a non-empty list of rule strings")
+        default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
+        parsed = [parse_rule(text, _input_of(text) or default) for text in rules]
+        return [{"id": r.rule_id, "rule": str(r.rule)} for r in self.relay.add_rules(parsed)]
+
+    def rule_del(self, id: int | None = None, rule: str | None = None) -> dict:
+        if rule is not None:
+            default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
+            found = self.relay.find_rule(parse_rule(rule, _input_of(rule) or default))
+            if found is None:
+                raise RuleError(f"no rule {rule!r}")
+            id = found.rule_id
+        if not isinstance(id, int) or isinstance(id, bool):
+            raise RequestError("rule.del takes 'id' (a number) or 'rule' (its text)")
+        removed = self.relay.delete_rule(id)
+        return {"id": removed.rule_id, "rule": str(removed.rule)}
+
+    def stats(self) -> dict:
+        return stats.as_json(self.relay.snapshot(), self.relay.status())
+
+    def reload(self) -> dict:
+        """Re-read the config file and apply only the difference."""
+        if not self.config_path:
+            raise RequestError("this relay was started without --config: nothing to reload")
+        cfg = config_mod.load(self.config_path)
+        missing = [i for i in cfg.interfaces if i not in self.relay.inputs]
+        if missing:
+            raise RuleError(f"{self.config_path}: new input interfaces {', '.join(missing)} need a restart")
+        removed, added, changed = self.relay.replace_rules(cfg.rules)
+        return {"removed": [str(r) for r in removed], "added": [str(r) for r in added],
+                "changed": [str(r) for r in changed]}
+
+
+def _input_of(text: str) -> str | None:
+    left = text.partition("=")[0]
+    return left.partition("/")[0] if "/" in left else None
+
+
+def _kwargs(op: str, args: dict) -> dict:
+    allowed = {"rule.add": {"rules"}, "rule.del": {"id", "rule"}}.get(op, set())
+    unknown = set(args) - allowed
+    if unknown:
+        raise RequestError(f"{op} does not take {', '.join(sorted(unknown))}")
+    return args

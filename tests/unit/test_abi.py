@@ -1,0 +1,136 @@
+"""bpf/mcr_abi.h and mcr_xdp/abi.py describe the same ABI.
+
+A C probe, generated from abi.STRUCTS and the header's own #defines, is
+compiled against the header with gcc and prints every size, offset and
+constant as JSON; each one must equal its Python mirror. Needs gcc only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mcr_xdp import abi
+
+HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mcr_abi.h"
+HEADER_TEXT = HEADER.read_text()
+
+# Every #define of the header except its include guard, e.g. MCR_MAX_RULES.
+DEFINES = re.findall(r"^#define[ \t]+(MCR_\w+)[ \t]+\S", HEADER_TEXT, re.M)
+STRING_DEFINES = re.findall(r'^#define[ \t]+(MCR_\w+)[ \t]+"', HEADER_TEXT, re.M)
+VERDICT_NAMES = re.findall(r"^\s*(MCR_V_\w+)\s*=", HEADER_TEXT, re.M)
+STRUCT_NAMES = re.findall(r"^struct\s+(mcr_\w+)\s*\{", HEADER_TEXT, re.M)
+
+
+def _skip_or_fail(reason: str) -> None:
+    # tests/conftest.py's policy. tests/ is not a package, so every conftest.py
+    # is the module `conftest` and the last one imported wins: load by path.
+    spec = importlib.util.spec_from_file_location("_mcr_test_policy", Path(__file__).parents[1] / "conftest.py")
+    policy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(policy)
+    policy.skip_or_fail(reason)
+
+
+def _python_name(c_name: str) -> str:
+    """The abi.py name of a header constant: MCR_MAX_RULES -> MAX_RULES."""
+    return "VERDICT_MAX" if c_name == "MCR_V_MAX" else c_name.removeprefix("MCR_")
+
+
+def _probe_source() -> str:
+    lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "mcr_abi.h"', "", "int main(void)", "{"]
+    emit = []  # (json key, printf format, C expression)
+    for c_name, ctype in abi.STRUCTS.items():
+        emit.append((f"sizeof {c_name}", "%zu", f"sizeof(struct {c_name})"))
+        for field, _ in ctype._fields_:
+            emit.append((f"offsetof {c_name}.{field}", "%zu", f"offsetof(struct {c_name}, {field})"))
+            emit.append((f"sizeof {c_name}.{field}", "%zu", f"sizeof(((struct {c_name} *)0)->{field})"))
+    for name in VERDICT_NAMES:
+        emit.append((name, "%d", f"(int){name}"))
+    for name in DEFINES:
+        emit.append((name, '\\"%s\\"' if name in STRING_DEFINES else "%d", name))
+    lines.append('\tprintf("{");')
+    for i, (key, fmt, expr) in enumerate(emit):
+        sep = "," if i else ""
+        lines.append(f'\tprintf("{sep}\\"{key}\\": {fmt}", {expr});')
+    lines += ['\tprintf("}\\n");', "\treturn 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> dict:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        _skip_or_fail("needs gcc to compile the ABI probe")
+    tmp = tmp_path_factory.mktemp("abi")
+    (tmp / "probe.c").write_text(_probe_source())
+    cc = subprocess.run(
+        [gcc, "-Wall", "-Werror", f"-I{HEADER.parent}", "-o", str(tmp / "probe"), str(tmp / "probe.c")],
+        capture_output=True,
+        text=True,
+    )
+    assert cc.returncode == 0, f"the ABI probe does not compile:\n{cc.stderr}"
+    out = subprocess.run([str(tmp / "probe")], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def _layout() -> list:
+    params = []
+    for c_name, ctype in abi.STRUCTS.items():
+        params.append(pytest.param(f"sizeof {c_name}", ctypes.sizeof(ctype), id=f"sizeof-{c_name}"))
+        for field, ftype in ctype._fields_:
+            key = f"{c_name}.{field}"
+            params.append(pytest.param(f"offsetof {key}", getattr(ctype, field).offset, id=f"offsetof-{key}"))
+            params.append(pytest.param(f"sizeof {key}", ctypes.sizeof(ftype), id=f"sizeof-{key}"))
+    return params
+
+
+@pytest.mark.parametrize("key, expected", _layout())
+def test_struct_layout(probe, key, expected):
+    assert probe[key] == expected
+
+
+@pytest.mark.parametrize("c_name", VERDICT_NAMES + DEFINES)
+def test_constant(probe, c_name):
+    py_name = _python_name(c_name)
+    if c_name.startswith("MCR_V_") and c_name != "MCR_V_MAX":
+        expected = abi.Verdict[c_name.removeprefix("MCR_V_")]
+    else:
+        assert hasattr(abi, py_name), f"{c_name} has no mirror abi.{py_name}"
+        expected = getattr(abi, py_name)
+    assert probe[c_name] == expected
+
+
+def test_header_parsed():
+    """The regexes above found what they should (an empty list would make the
+    parametrized tests vacuous)."""
+    assert {"MCR_ABI_VERSION", "MCR_MAX_OUTPUTS", "MCR_MAP_RULES", "MCR_PROG_RELAY", "MCR_FAMILY_IPV6"} <= set(DEFINES)
+    assert "MCR_ABI_H" not in DEFINES
+    assert set(STRING_DEFINES) <= set(DEFINES)
+
+
+def test_every_struct_mirrored():
+    """Each struct the header defines has a ctypes mirror in abi.STRUCTS,
+    which is what the layout tests walk."""
+    assert STRUCT_NAMES and set(STRUCT_NAMES) == set(abi.STRUCTS)
+
+
+def test_verdicts_complete():
+    """Every C verdict has a Python member and the reverse; values are dense
+    0..MAX-1, since they index the verdict counter array."""
+    assert {f"MCR_V_{v.name}" for v in abi.Verdict} | {"MCR_V_MAX"} == set(VERDICT_NAMES)
+    assert sorted(abi.Verdict) == list(range(abi.VERDICT_MAX))
+
+
+def test_python_constants_all_in_header():
+    """No abi.py constant without a C counterpart (e.g. a map renamed only in
+    Python)."""
+    for name in dir(abi):
+        if re.fullmatch(r"(ABI_VERSION|MAX_\w+|MAP_\w+|PROG_\w+|FAMILY_\w+)", name):
+            assert f"MCR_{name}" in DEFINES, name

@@ -1,0 +1,186 @@
+"""Rule syntax, per-rule checks and rule-set validation (mcr_xdp.rules)."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import ip_address
+
+import pytest
+
+from mcr_xdp import abi
+from mcr_xdp.errors import InterfaceError, RuleError
+from mcr_xdp.rules import Output, Rule, parse_rule, validate
+
+IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
+MANY_OUTPUTS = ",".join(f"o{i}" for i in range(abi.MAX_OUTPUTS + 1))
+
+
+def ip(text):
+    return ip_address(text)
+
+
+VALID = [
+    # (rule text, input interface, expected Rule)
+    pytest.param(
+        "239.1.1.1:5001=eth1",
+        "eth0",
+        Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1"),)),
+        id="keep-group-and-port",
+    ),
+    pytest.param(
+        "239.1.1.1:5001=eth1/239.2.2.2:5002",
+        "eth0",
+        Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1", ip("239.2.2.2"), 5002),)),
+        id="rewrite",
+    ),
+    pytest.param(
+        "[ff3e::1]:5001=eth1/[ff3e::2]:5002",
+        "eth0",
+        Rule("eth0", ip("ff3e::1"), 5001, (Output("eth1", ip("ff3e::2"), 5002),)),
+        id="ipv6-brackets",
+    ),
+    pytest.param(
+        "192.0.2.1@232.1.1.1:5001=eth1",
+        "eth0",
+        Rule("eth0", ip("232.1.1.1"), 5001, (Output("eth1"),), source=ip("192.0.2.1")),
+        id="ssm-source",
+    ),
+    pytest.param(
+        "239.1.1.1:5001= eth1 , eth2/239.2.2.2:5002",
+        "eth0",
+        Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1"), Output("eth2", ip("239.2.2.2"), 5002))),
+        id="fan-out-with-blanks",
+    ),
+    pytest.param(
+        "224.0.0.251:65535=eth1",
+        "eth0",
+        Rule("eth0", ip("224.0.0.251"), 65535, (Output("eth1"),)),
+        id="port-65535",
+    ),
+    pytest.param(
+        "239.1.1.1:1=eth1",
+        "eth0",
+        Rule("eth0", ip("239.1.1.1"), 1, (Output("eth1"),)),
+        id="port-1",
+    ),
+    pytest.param(
+        "eth0/239.1.1.1:5001=eth1/239.2.2.2:5002",
+        None,
+        Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1", ip("239.2.2.2"), 5002),)),
+        id="input-in-rule",
+    ),
+    pytest.param(
+        "eth0/239.1.1.1:5001=eth1",
+        "eth0",
+        Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1"),)),
+        id="input-in-rule-and-given",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, iface, expected", VALID)
+def test_parse_valid(text, iface, expected):
+    rule = parse_rule(text, iface)
+    assert rule == expected
+    # The rule's own spelling (with its input) parses back to the same rule.
+    assert parse_rule(str(rule)) == rule
+
+
+def test_keep_output_uses_input_group_and_port():
+    rule = parse_rule("239.1.1.1:5001=eth1", "eth0")
+    out = rule.outputs[0]
+    assert (rule.out_group(out), rule.out_port(out)) == (ip("239.1.1.1"), 5001)
+    assert rule.family == abi.FAMILY_IPV4
+    assert parse_rule("[ff3e::1]:5001=eth1", "eth0").family == abi.FAMILY_IPV6
+
+
+INVALID = [
+    # (rule text, input interface, text the message must contain)
+    pytest.param("10.0.0.1:5001=eth1", "eth0", "10.0.0.1 is not a multicast group", id="unicast-group"),
+    pytest.param("239.1.1.1:5001=eth1/10.0.0.1:5002", "eth0", "10.0.0.1 is not a multicast", id="unicast-output"),
+    pytest.param("nowhere:5001=eth1", "eth0", "'nowhere' is not an IP address", id="group-not-an-address"),
+    pytest.param("239.1.1.1:0=eth1", "eth0", "port '0'", id="port-0"),
+    pytest.param("239.1.1.1:65536=eth1", "eth0", "port '65536'", id="port-65536"),
+    pytest.param("239.1.1.1:abc=eth1", "eth0", "port 'abc'", id="port-abc"),
+    pytest.param("239.1.1.1:-1=eth1", "eth0", "port '-1'", id="port-negative"),
+    pytest.param("239.1.1.1:5001=eth1/239.2.2.2:0", "eth0", "port '0'", id="output-port-0"),
+    pytest.param("239.1.1.1=eth1", "eth0", "'239.1.1.1' is not GROUP:PORT", id="no-port"),
+    pytest.param("239.1.1.1:5001", "eth0", "has no outputs", id="missing-equals"),
+    pytest.param("239.1.1.1:5001=", "eth0", "has no outputs", id="empty-outputs"),
+    pytest.param("239.1.1.1:5001=eth0", "eth0", "input interface eth0", id="same-iface-in-and-out"),
+    pytest.param(f"239.1.1.1:5001={MANY_OUTPUTS}", "eth0", f"limit is {abi.MAX_OUTPUTS}", id="too-many-outputs"),
+    pytest.param("239.1.1.1:5001=eth1,eth1", "eth0", "eth1 appears twice", id="same-output-twice"),
+    pytest.param("239.9.9.9@239.1.1.1:5001=eth1", "eth0", "source 239.9.9.9 is not a unicast", id="multicast-source"),
+    pytest.param("0.0.0.0@239.1.1.1:5001=eth1", "eth0", "source 0.0.0.0 is not a unicast", id="unspecified-source"),
+    pytest.param("2001:db8::1@239.1.1.1:5001=eth1", "eth0", "different IP versions", id="source-other-family"),
+    pytest.param("ff3e::1:5001=eth1", "eth0", "write IPv6 groups in brackets", id="v6-no-brackets"),
+    pytest.param("[239.1.1.1]:5001=eth1", "eth0", "brackets are for IPv6", id="v4-in-brackets"),
+    pytest.param("239.1.1.1:5001=eth1/[ff3e::1]:5001", "eth0", "changes the IP version", id="output-other-family"),
+    pytest.param("239.1.1.1:5001=eth 1", "eth0", "output interface 'eth 1'", id="bad-output-name"),
+    pytest.param("239.1.1.1:5001=eth1", "name-too-long-16", "input interface 'name-too-long-16'", id="bad-input-name"),
+    pytest.param("239.1.1.1:5001=eth1", None, "does not say its input interface", id="no-input"),
+    pytest.param("eth2/239.1.1.1:5001=eth1", "eth0", "names input 'eth2' but is given for 'eth0'", id="other-input"),
+]
+
+
+@pytest.mark.parametrize("text, iface, message", INVALID)
+def test_parse_invalid(text, iface, message):
+    with pytest.raises(RuleError, match=re.escape(message)):
+        parse_rule(text, iface)
+
+
+def test_valid_set():
+    ruleset = [parse_rule("239.1.1.1:5001=eth1", "eth0"), parse_rule("239.1.1.1:5002=eth0", "eth1")]
+    assert validate(ruleset, IFINDEX) == ruleset
+
+
+INVALID_SETS = [
+    # (rules as (text, input iface), error type, text the message must contain)
+    pytest.param([("239.1.1.1:5001=eth9", "eth0")], InterfaceError, "interface 'eth9'", id="unknown-output"),
+    pytest.param([("239.1.1.1:5001=eth1", "eth7")], InterfaceError, "interface 'eth7'", id="unknown-input"),
+    pytest.param(
+        [("239.1.1.1:5001=eth1", "eth0"), ("239.1.1.1:5001=eth2", "eth0")],
+        RuleError,
+        "duplicate rule for eth0 239.1.1.1:5001",
+        id="duplicate-rule",
+    ),
+    pytest.param(
+        [(f"239.1.1.1:{port}=eth1", "eth0") for port in range(1, abi.MAX_RULES + 2)],
+        RuleError,
+        f"{abi.MAX_RULES + 1} rules; the limit is {abi.MAX_RULES}",
+        id="too-many-rules",
+    ),
+    pytest.param(
+        [(f"239.1.1.1:{port}=o{port}", "eth0") for port in range(1, abi.MAX_PORTS + 2)],
+        RuleError,
+        f"{abi.MAX_PORTS + 1} output interfaces; the limit is {abi.MAX_PORTS}",
+        id="too-many-output-interfaces",
+    ),
+]
+
+
+@pytest.mark.parametrize("specs, error, message", INVALID_SETS)
+def test_validate_invalid(specs, error, message):
+    ruleset = [parse_rule(text, iface) for text, iface in specs]
+    known = IFINDEX | {f"o{i}": 100 + i for i in range(abi.MAX_PORTS + 2)}
+    with pytest.raises(error, match=re.escape(message)):
+        validate(ruleset, known)
+
+
+# Every shape the datapath relays since ABI 2 (IPv6, SSM, fan-out, one
+# interface twice with two groups) passes whole-set validation.
+ACCEPTED_SETS = [
+    pytest.param("239.1.1.1:5001=eth1", id="keep"),
+    pytest.param("239.1.1.1:5001=eth1/239.2.2.2:5002", id="rewrite"),
+    pytest.param("[ff3e::1]:5001=eth1/[ff3e::2]:5002", id="ipv6"),
+    pytest.param("192.0.2.1@232.1.1.1:5001=eth1", id="ssm"),
+    pytest.param("2001:db8::1@[ff3e::1]:5001=eth1", id="ipv6-ssm"),
+    pytest.param("239.1.1.1:5001=eth1,eth2", id="fan-out"),
+    pytest.param("239.1.1.1:5001=eth1/239.2.2.2:5002,eth1/239.3.3.3:5002", id="same-iface-two-groups"),
+]
+
+
+@pytest.mark.parametrize("text", ACCEPTED_SETS)
+def test_validate_accepts(text):
+    rule = parse_rule(text, "eth0")
+    assert validate([rule], IFINDEX) == [rule]

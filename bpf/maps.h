@@ -15,8 +15,8 @@ BPF_ARRAY(mcr_config, struct mcr_config, 1);
  * 4-byte value; this form carries a program slot too. */
 BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_tx_ports, MCR_MAX_PORTS);
 
-/* Fan-out: rule id -> a devmap of that rule's outputs, entry i carrying
- * egress program mcr_egress_<i>. The control plane creates the inner maps
+/* Fan-out: rule id -> a devmap of that rule's outputs, each entry carrying
+ * the egress program mcr_egress. The control plane creates the inner maps
  * like this template. */
 BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_fanout_inner, MCR_MAX_OUTPUTS);
 BPF_ARRAY_OF_MAPS(mcr_fanout, "mcr_fanout_inner", MCR_MAX_RULES);
@@ -24,5 +24,9 @@ BPF_ARRAY_OF_MAPS(mcr_fanout, "mcr_fanout_inner", MCR_MAX_RULES);
 BPF_PERCPU_ARRAY(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
 BPF_PERCPU_ARRAY(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
 BPF_PERCPU_ARRAY(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
+
+/* Egress: per-CPU rotating index for one interface used by several outputs
+ * of a rule (rule id * MCR_MAX_OUTPUTS + first such output). */
+BPF_PERCPU_ARRAY(mcr_egress_rr, __u32, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
 #endif /* MCR_MAPS_H */

@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 2
+#define MCR_ABI_VERSION 3
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -29,11 +29,11 @@
 #define MCR_MAP_OUTPUT_STATS "mcr_output_stats" /* percpu array: id * MCR_MAX_OUTPUTS + i -> mcr_counter */
 #define MCR_MAP_FANOUT    "mcr_fanout"    /* array of devmaps: rule id -> that rule's outputs */
 #define MCR_MAP_CONFIG    "mcr_config"    /* array[1]: mcr_config */
+#define MCR_MAP_EGRESS_RR "mcr_egress_rr" /* percpu array: rotating index, one interface in several outputs */
 
-/* Program names (function names in relay.c). The egress programs are
- * MCR_PROG_EGRESS followed by the output index, 0 .. MCR_MAX_OUTPUTS - 1. */
+/* Program names (function names in relay.c). */
 #define MCR_PROG_RELAY "mcr_relay"
-#define MCR_PROG_EGRESS "mcr_egress_"
+#define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of fan-out outputs */
 
 /* Address families as stored in mcr_rule_key.family. */
 #define MCR_FAMILY_IPV4 4

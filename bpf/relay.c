@@ -6,11 +6,10 @@
  * (one output) or broadcast to the rule's devmap (several outputs), with
  * one exit that counts the verdict.
  *
- * mcr_egress_<i> (devmap egress, one per output index): runs on each
- * broadcast copy, parses the still-original headers again, finds the same
- * rule and applies output i's rewrite. Output i is compiled into the
- * program because an egress program cannot tell which devmap entry sent the
- * frame, and one interface may appear twice in a rule with two groups.
+ * mcr_egress (devmap egress): runs on each broadcast copy, parses the
+ * still-original headers again, finds the same rule, and applies the
+ * rewrite of the output that leaves through ctx->egress_ifindex (see
+ * egress_output for one interface used by several outputs).
  *
  * Anything that is not multicast UDP with a rule is passed to the host
  * untouched: the relay never takes traffic it was not told to relay.
@@ -197,10 +196,16 @@ int mcr_relay(struct xdp_md *ctx)
 	}
 
 	/* Several outputs: every copy is rewritten by its egress program, so
-	 * the headers stay original here; only the tag goes (the egress
-	 * programs write the whole Ethernet header). */
-	if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
-		goto out;
+	 * the headers stay original here; only the tag goes. adjust_head
+	 * drops the first 4 bytes, so the MACs move over the tag first. */
+	if (p.tagged) {
+		__u8 macs[2 * ETH_ALEN];
+
+		__builtin_memcpy(macs, p.eth, sizeof(macs));
+		__builtin_memcpy((void *)p.eth + VLAN_HLEN, macs, sizeof(macs));
+		if (bpf_xdp_adjust_head(ctx, VLAN_HLEN))
+			goto out;
+	}
 	fanout = mcr_fanout.lookup(&rule->id);
 	if (!fanout)
 		goto out;
@@ -217,25 +222,67 @@ out:
 	return action;
 }
 
-/* Output idx of the rule this (original, untagged) frame matches. With
- * check_egress, the devmap's egress interface must be that output's. */
-static __always_inline int egress(struct xdp_md *ctx, __u32 idx, int check_egress)
+/* Which output of rule a copy leaving through egress_ifindex is. Usually
+ * one output uses that interface. When k > 1 do (one interface, several
+ * groups), the copies are told apart by order: the broadcast enqueues them
+ * in devmap key order and the device's queue runs them in that order on
+ * this CPU, so a per-CPU rotating index hands out output 1, 2, .., k. (The
+ * kernel runs one egress program per device and flush, not each entry's
+ * own, so the program itself can't carry the index.) */
+static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifindex)
+{
+	__u32 first = MCR_MAX_OUTPUTS, k = 0, pick, slot;
+	__u32 *rr;
+	int i;
+
+	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
+		if (i >= rule->n_outputs)
+			break;
+		if (rule->out[i].ifindex == egress_ifindex) {
+			if (!k)
+				first = i;
+			k++;
+		}
+	}
+	if (k <= 1)
+		return k ? (int)first : -1;
+	slot = rule->id * MCR_MAX_OUTPUTS + first;
+	rr = mcr_egress_rr.lookup(&slot);
+	if (!rr)
+		return -1;
+	pick = *rr % k;
+	*rr = pick + 1;
+	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
+		if (i >= rule->n_outputs)
+			break;
+		if (rule->out[i].ifindex == egress_ifindex) {
+			if (!pick)
+				return i;
+			pick--;
+		}
+	}
+	return -1;
+}
+
+/* Rewrite one broadcast copy (original, untagged headers) for the output
+ * of its rule that leaves through egress_ifindex. */
+static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
 	__u32 verdict = MCR_V_EGRESS_DROP;
-	struct mcr_output *out;
 	struct mcr_rule *rule;
 	struct pkt p = {};
+	int idx;
 
 	if (parse_packet(ctx, &p) != MCR_MATCH || p.tagged)
 		goto drop;
 	rule = lookup_rule(&p);
-	if (!rule || idx >= rule->n_outputs || idx >= MCR_MAX_OUTPUTS)
+	if (!rule)
 		goto drop;
-	out = &rule->out[idx];
-	if (check_egress && out->ifindex != ctx->egress_ifindex)
+	idx = egress_output(rule, egress_ifindex);
+	if (idx < 0 || idx >= MCR_MAX_OUTPUTS)
 		goto drop;
-	rewrite(&p, p.eth, out);
+	rewrite(&p, p.eth, &rule->out[idx]);
 	count_output(rule->id, idx, bytes);
 	return XDP_PASS;
 drop:
@@ -243,17 +290,22 @@ drop:
 	return XDP_DROP;
 }
 
-#define MCR_EGRESS(i) \
-	int mcr_egress_##i(struct xdp_md *ctx) { return egress(ctx, i, 1); }
-MCR_EGRESS(0) MCR_EGRESS(1) MCR_EGRESS(2) MCR_EGRESS(3)
-MCR_EGRESS(4) MCR_EGRESS(5) MCR_EGRESS(6) MCR_EGRESS(7)
-MCR_EGRESS(8) MCR_EGRESS(9) MCR_EGRESS(10) MCR_EGRESS(11)
-MCR_EGRESS(12) MCR_EGRESS(13) MCR_EGRESS(14) MCR_EGRESS(15)
+int mcr_egress(struct xdp_md *ctx)
+{
+	return egress(ctx, ctx->egress_ifindex);
+}
 
 #ifdef MCR_TEST_TWINS
-/* Devmap egress programs cannot be test-run: these plain-XDP twins run the
- * same code (minus the egress interface check) under BPF_PROG_TEST_RUN. */
-#define MCR_EGRESS_TWIN(i) \
-	int mcr_egress_twin_##i(struct xdp_md *ctx) { return egress(ctx, i, 0); }
-MCR_EGRESS_TWIN(0) MCR_EGRESS_TWIN(1) MCR_EGRESS_TWIN(2) MCR_EGRESS_TWIN(15)
+/* Devmap egress programs cannot be test-run, and BPF_PROG_TEST_RUN takes
+ * no egress ifindex: this plain-XDP twin runs the same code with the
+ * egress interface taken from a map the test sets. */
+BPF_ARRAY(mcr_twin_egress, __u32, 1);
+
+int mcr_egress_twin(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 *ifindex = mcr_twin_egress.lookup(&zero);
+
+	return egress(ctx, ifindex ? *ifindex : 0);
+}
 #endif

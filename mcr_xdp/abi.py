@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -20,9 +20,10 @@ MAP_RULE_STATS = "mcr_rule_stats"
 MAP_OUTPUT_STATS = "mcr_output_stats"
 MAP_FANOUT = "mcr_fanout"
 MAP_CONFIG = "mcr_config"
+MAP_EGRESS_RR = "mcr_egress_rr"
 
 PROG_RELAY = "mcr_relay"
-PROG_EGRESS = "mcr_egress_"
+PROG_EGRESS = "mcr_egress"
 
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6

@@ -41,8 +41,26 @@ class RequestError(McrError):
     exit_code = 2
 
 
+def _netns_name() -> str | None:
+    """The name `ip netns` knows the current network namespace by, if any."""
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+        for name in sorted(os.listdir("/run/netns")):
+            if os.stat(f"/run/netns/{name}").st_ino == mine:
+                return name
+    except OSError:
+        pass
+    return None
+
+
 def default_path() -> str:
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    """$MCR_XDP_SOCKET, else one socket per named network namespace: a relay
+    and its clients in the same namespace (`ip netns exec NS mcr-xdp ...`)
+    meet without options, relays in different namespaces don't collide."""
+    if os.environ.get(SOCKET_ENV):
+        return os.environ[SOCKET_ENV]
+    name = _netns_name()
+    return DEFAULT_SOCKET if name is None else str(Path(DEFAULT_SOCKET).parent / f"netns-{name}.sock")
 
 
 class _Conn:

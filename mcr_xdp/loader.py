@@ -24,6 +24,7 @@ MAP_NAMES = (
     abi.MAP_OUTPUT_STATS,
     abi.MAP_FANOUT,
     abi.MAP_CONFIG,
+    abi.MAP_EGRESS_RR,
 )
 
 
@@ -64,12 +65,9 @@ class Datapath:
         try:
             self._bpf = BPF(src_file=str(src).encode(), cflags=[f"-I{src.parent}", *cflags])
             self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
-            # Output i of a fan-out rule is rewritten by egress program i.
-            self.egress_fds = [
-                self._bpf.load_func(f"{abi.PROG_EGRESS}{i}".encode(), BPF.XDP,
-                                    attach_type=BPFAttachType.XDP_DEVMAP).fd
-                for i in range(abi.MAX_OUTPUTS)
-            ]
+            # Every output of a fan-out rule carries the egress program.
+            self.egress_fd = self._bpf.load_func(abi.PROG_EGRESS.encode(), BPF.XDP,
+                                                 attach_type=BPFAttachType.XDP_DEVMAP).fd
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise AttachError(f"could not compile or load the XDP program: {exc}") from None
         self.prog_id = libbpf.prog_id(self.prog_fd)

@@ -56,8 +56,8 @@ class Maps:
 
     def set_fanout(self, rule_id: int, outputs: list[tuple[int, int]]) -> None:
         """Give rule_id a devmap of its outputs: entry i = (ifindex, egress
-        program fd for output i). The outer map holds its own reference, so
-        the fd is closed here."""
+        program fd). The outer map holds its own reference, so the fd is
+        closed here."""
         fd = libbpf.devmap_create(f"mcr_fo_{rule_id}", abi.MAX_OUTPUTS, ctypes.sizeof(abi.DevmapVal))
         try:
             for i, (ifindex, prog_fd) in enumerate(outputs):
@@ -91,5 +91,8 @@ class Maps:
         """Zero a rule's counters before its id is (re)used."""
         libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), (abi.RuleCounters * self.ncpus)())
         zero = (abi.Counter * self.ncpus)()
+        zero_rr = (ctypes.c_uint64 * self.ncpus)()  # per-CPU values are 8-byte aligned
         for i in range(abi.MAX_OUTPUTS):
-            libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], ctypes.c_uint32(rule_id * abi.MAX_OUTPUTS + i), zero)
+            key = ctypes.c_uint32(rule_id * abi.MAX_OUTPUTS + i)
+            libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], key, zero)
+            libbpf.map_update(self._fd[abi.MAP_EGRESS_RR], key, zero_rr)

@@ -35,6 +35,7 @@ class Veth:
     ns: str
     name: str
     address: str  # "10.200.1.1/24"
+    address6: str | None = None  # "fd00:200:1::1/64"
 
     @property
     def ip(self) -> str:
@@ -72,6 +73,9 @@ class Topology:
         self.exec(a.ns, "ip", "link", "add", a.name, "type", "veth", "peer", "name", b.name, "netns", b.ns)
         for end in (a, b):
             self.exec(end.ns, "ip", "addr", "add", end.address, "dev", end.name)
+            if end.address6:
+                # nodad: usable at once, no tentative period.
+                self.exec(end.ns, "ip", "-6", "addr", "add", end.address6, "dev", end.name, "nodad")
             self.exec(end.ns, "ip", "link", "set", end.name, "up")
             self.exec(end.ns, "ethtool", "-K", end.name, "gro", "on", "tx", "off")
             self.exec(end.ns, "sysctl", "-qw", f"net.ipv4.conf.{end.name}.rp_filter=0")
@@ -88,6 +92,11 @@ class Topology:
     def python(self, ns: str, *args: str, **kwargs) -> subprocess.Popen:
         """This interpreter, inside ns (the venv comes along)."""
         return self.popen(ns, sys.executable, *args, **kwargs)
+
+    def snmp6(self, ns: str) -> dict[str, int]:
+        """/proc/net/snmp6 (Udp6InCsumErrors, ...)."""
+        return {k: int(v) for k, v in (line.split() for line in self.exec(ns, "cat", "/proc/net/snmp6").stdout
+                                       .splitlines() if line.strip())}
 
     def snmp(self, ns: str, proto: str = "Udp") -> dict[str, int]:
         """A row of /proc/net/snmp (Udp: InDatagrams, InCsumErrors, ...)."""
@@ -129,11 +138,12 @@ class Chain(Topology):
     def __init__(self, prefix: str, outputs: int = 1):
         super().__init__(prefix)
         self.outputs = outputs
-        self.src = Veth(self.ns("src"), "veth0", "10.200.1.1/24")
-        self.relay_in = Veth(self.ns("relay"), self.IN, "10.200.1.2/24")
-        self.relay_out = [Veth(self.ns("relay"), f"out{i}", f"10.201.{i}.1/24") for i in range(outputs)]
-        self.sink = [Veth(self.ns(f"sink{i}" if outputs > 1 else "sink"), "veth0", f"10.201.{i}.2/24")
-                     for i in range(outputs)]
+        self.src = Veth(self.ns("src"), "veth0", "10.200.1.1/24", "fd00:200:1::1/64")
+        self.relay_in = Veth(self.ns("relay"), self.IN, "10.200.1.2/24", "fd00:200:1::2/64")
+        self.relay_out = [Veth(self.ns("relay"), f"out{i}", f"10.201.{i}.1/24", f"fd00:201:{i}::1/64")
+                          for i in range(outputs)]
+        self.sink = [Veth(self.ns(f"sink{i}" if outputs > 1 else "sink"), "veth0", f"10.201.{i}.2/24",
+                          f"fd00:201:{i}::2/64") for i in range(outputs)]
 
     def build(self) -> Chain:
         try:

@@ -191,7 +191,7 @@ class Relay:
         if not replacing:
             maps.reset_rule_counters(rule_id)
         if n > 1:
-            maps.set_fanout(rule_id, [(o.ifindex, self.datapath.egress_fds[i]) for i, o in enumerate(outputs)])
+            maps.set_fanout(rule_id, [(o.ifindex, self.datapath.egress_fd) for o in outputs])
         if not replacing:
             self._join(rule, links[rule.iface])
         installed = InstalledRule(rule_id, rule, links[rule.iface].ifindex)

@@ -20,22 +20,37 @@ def start_relay(topo: Chain, *args: str, ready: str = "relaying") -> Proc:
     return proc
 
 
-def start_receiver(topo: Chain, group: str, port: int, count: int, sink: int = 0, idle: float = 3.0) -> Proc:
+def start_receiver(topo: Chain, group: str, port: int, count: int, sink: int = 0, idle: float = 3.0,
+                   streams: int = 1) -> Proc:
     proc = Proc(topo.python(topo.sink[sink].ns, "-m", "mcr_xdp.traffic", "recv", "--group", group, "--port",
                             str(port), "--iface", topo.sink[sink].name, "--count", str(count),
-                            "--idle-timeout", str(idle)))
+                            "--idle-timeout", str(idle), "--streams", str(streams)))
     topo.procs.append(proc)
     proc.wait_for("ready")
     return proc
 
 
-def send(topo: Chain, group: str, port: int, count: int, rate: float, size: int = 64, ttl: int = 16) -> dict:
-    proc = Proc(topo.python(topo.src.ns, "-m", "mcr_xdp.traffic", "send", "--group", group, "--port", str(port),
-                            "--iface", topo.src.name, "--count", str(count), "--rate", str(rate),
-                            "--size", str(size), "--ttl", str(ttl)))
+def start_sender(topo: Chain, group: str, port: int, count: int, rate: float, size: int = 64, ttl: int = 16,
+                 streams: int = 1, source: str | None = None, first_seq: int = 0) -> Proc:
+    args = ["--first-seq", str(first_seq), "--group", group, "--port", str(port), "--iface", topo.src.name, "--count", str(count),
+            "--rate", str(rate), "--size", str(size), "--ttl", str(ttl), "--streams", str(streams)]
+    if source:
+        args += ["--source", source]
+    proc = Proc(topo.python(topo.src.ns, "-m", "mcr_xdp.traffic", "send", *args))
     topo.procs.append(proc)
+    return proc
+
+
+def send(topo: Chain, group: str, port: int, count: int, rate: float, size: int = 64, ttl: int = 16,
+         streams: int = 1, source: str | None = None, first_seq: int = 0) -> dict:
+    proc = start_sender(topo, group, port, count, rate, size, ttl, streams, source, first_seq)
     return json.loads(proc.wait_for('"sent"', timeout=count / rate + 60))
 
 
 def result(receiver: Proc) -> dict:
     return json.loads(receiver.wait_for('"received"', timeout=120))
+
+
+def relay_cli(topo: Chain, *args: str):
+    """`mcr-xdp ARGS` inside the relay namespace (control socket commands)."""
+    return topo.exec(topo.relay_in.ns, mcr(), *args, check=False)

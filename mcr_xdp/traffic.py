@@ -17,18 +17,26 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 MAGIC = b"MCRX"
 _HEAD = struct.Struct("!4sQ")  # magic, sequence number
 _DIGEST = 8
 MIN_PAYLOAD = _HEAD.size + _DIGEST
 IP_PKTINFO = 8
+SO_RCVBUFFORCE = 33
+
+
+_CYCLE = bytes(range(256))
 
 
 def payload(seq: int, size: int) -> bytes:
     size = max(size, MIN_PAYLOAD)
     head = _HEAD.pack(MAGIC, seq)
-    body = bytes((seq + i) & 0xFF for i in range(size - MIN_PAYLOAD))
+    # body[i] = (seq + i) & 0xff, built by slicing (a generator expression
+    # made 1316-byte payloads cost ~80 us each, capping senders near 12 kpps).
+    n, start = size - MIN_PAYLOAD, seq & 0xFF
+    body = ((_CYCLE[start:] + _CYCLE[:start]) * (n // 256 + 1))[:n]
     return head + body + hashlib.blake2b(head + body, digest_size=_DIGEST).digest()
 
 
@@ -46,24 +54,12 @@ def _ifindex(iface: str | None) -> int:
 
 
 def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64, iface: str | None = None,
-         ttl: int = 16, first_seq: int = 0, source_port: int = 0) -> float:
+         ttl: int = 16, first_seq: int = 0, source_port: int = 0,
+         progress: Callable[[int], None] | None = None, source: str | None = None) -> float:
     """Send count packets at rate per second (0: as fast as possible).
-    Returns the seconds it took."""
-    addr = ipaddress.ip_address(group)
-    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        if family == socket.AF_INET:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            if iface:
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("i", _ifindex(iface)))
-        else:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-            if iface:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, _ifindex(iface))
-        if source_port:
-            s.bind(("", source_port))
+    Returns the seconds it took. progress, if given, is called with the
+    number sent so far after every packet (so an interrupted caller knows)."""
+    with _open_sender(group, iface, ttl, source, source_port) as s:
         dest = (group, port)
         start = time.perf_counter()
         interval = 1.0 / rate if rate > 0 else 0.0
@@ -73,6 +69,8 @@ def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64
                 if delay > 0:
                     time.sleep(delay)
             s.sendto(payload(first_seq + i, size), dest)
+            if progress is not None:
+                progress(i + 1)
         return time.perf_counter() - start
 
 
@@ -102,7 +100,10 @@ def open_receiver(group: str, port: int, iface: str | None = None) -> socket.soc
     family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    try:  # root may go past net.core.rmem_max: bursts must not overflow the queue
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     if family == socket.AF_INET:
         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         s.bind((group, port))
@@ -157,6 +158,109 @@ def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total
     return result
 
 
+def stream_list(group: str, port: int, streams: int) -> list[tuple[str, int]]:
+    """streams consecutive groups from group, all on port."""
+    first = ipaddress.ip_address(group)
+    return [(str(first + i), port) for i in range(streams)]
+
+
+def _open_sender(group: str, iface: str | None, ttl: int, source: str | None = None,
+                 source_port: int = 0) -> socket.socket:
+    addr = ipaddress.ip_address(group)
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        if iface:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("i", _ifindex(iface)))
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        if iface:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, _ifindex(iface))
+    if source or source_port:
+        s.bind((source or "", source_port))
+    return s
+
+
+def send_streams(streams: list[tuple[str, int]], count: int, rate: float, size: int = 64,
+                 iface: str | None = None, ttl: int = 16, source: str | None = None) -> float:
+    """count packets to each stream at rate per second each, interleaved
+    round-robin (stream i gets sequence numbers 0..count-1). Payloads are
+    built before the clock starts so pacing holds at high stream counts."""
+    total_rate = rate * len(streams)
+    payloads = [payload(seq, size) for seq in range(count)]
+    with _open_sender(streams[0][0], iface, ttl, source) as s:
+        start = time.perf_counter()
+        interval = 1.0 / total_rate if total_rate > 0 else 0.0
+        k = 0
+        for seq in range(count):
+            data = payloads[seq]
+            for dest in streams:
+                if interval:
+                    delay = start + k * interval - time.perf_counter()
+                    if delay > 0.0005:
+                        time.sleep(delay)
+                s.sendto(data, dest)
+                k += 1
+        return time.perf_counter() - start
+
+
+def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | None = None,
+                    idle_timeout: float = 3.0, first_timeout: float = 20.0, ready=None) -> dict[str, Received]:
+    """Receive several streams at once (one socket each, one selector);
+    returns Received per "group:port"."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    results: dict[str, Received] = {}
+    socks = []
+    try:
+        for group, port in streams:
+            sock = open_receiver(group, port, iface)
+            sock.setblocking(False)
+            socks.append(sock)
+            key = f"{group}:{port}"
+            results[key] = Received()
+            sel.register(sock, selectors.EVENT_READ, key)
+        if ready:
+            ready()
+        timeout = first_timeout
+        done = 0
+        while True:
+            events = sel.select(timeout)
+            if not events:
+                break
+            timeout = idle_timeout
+            for key, _ in events:
+                r = results[key.data]
+                while True:
+                    try:
+                        data = key.fileobj.recv(65536)
+                    except BlockingIOError:
+                        break
+                    r.received += 1
+                    r.destinations[key.data] = r.destinations.get(key.data, 0) + 1
+                    seq = check_payload(data)
+                    if seq is None:
+                        r.corrupt += 1
+                    elif seq in r.sequences:
+                        r.duplicates += 1
+                    else:
+                        r.sequences.add(seq)
+                        r.unique += 1
+                        if r.unique == expected:
+                            done += 1
+            if done == len(streams):
+                timeout = min(idle_timeout, 0.5)
+    finally:
+        for sock in socks:
+            sock.close()
+        sel.close()
+    return results
+
+
 def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mcr_xdp.traffic", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -166,7 +270,10 @@ def _main(argv=None) -> int:
         c.add_argument("--port", type=int, required=True)
         c.add_argument("--iface")
         c.add_argument("--count", type=int, default=1000)
+    for c in sub.choices.values():
+        c.add_argument("--streams", type=int, default=1, help="consecutive groups from --group")
     s = sub.choices["send"]
+    s.add_argument("--source", help="source address to send from")
     s.add_argument("--rate", type=float, default=1000.0)
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--ttl", type=int, default=16)
@@ -175,8 +282,18 @@ def _main(argv=None) -> int:
     r.add_argument("--idle-timeout", type=float, default=3.0)
     r.add_argument("--timeout", type=float, default=120.0)
     a = p.parse_args(argv)
+    if a.streams > 1 and a.cmd == "send":
+        took = send_streams(stream_list(a.group, a.port, a.streams), a.count, a.rate, a.size, a.iface, a.ttl,
+                            a.source)
+        print(json.dumps({"sent": a.count * a.streams, "seconds": round(took, 3)}), flush=True)
+        return 0
+    if a.streams > 1:
+        res = receive_streams(stream_list(a.group, a.port, a.streams), a.count, a.iface, a.idle_timeout,
+                              ready=lambda: print("ready", flush=True))
+        print(json.dumps({k: r.as_dict(a.count) for k, r in res.items()}), flush=True)
+        return 0
     if a.cmd == "send":
-        took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq)
+        took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq, source=a.source)
         print(json.dumps({"sent": a.count, "seconds": round(took, 3)}), flush=True)
         return 0
     sock = open_receiver(a.group, a.port, a.iface)

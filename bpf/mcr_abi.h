@@ -31,6 +31,11 @@
 #define MCR_MAP_CONFIG    "mcr_config"    /* array[1]: mcr_config */
 #define MCR_MAP_EGRESS_RR "mcr_egress_rr" /* percpu array: rotating index, one interface in several outputs */
 
+/* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
+ * after the datapath redirected them, per output ifindex. */
+#define MCR_MAP_LOSS      "mcr_loss"      /* percpu hash: mcr_loss_key -> mcr_loss */
+#define MCR_MAP_LOSS_PROGS "mcr_loss_progs" /* hash: prog id of this relay -> 1 */
+
 /* Program names (function names in relay.c). */
 #define MCR_PROG_RELAY "mcr_relay"
 #define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of fan-out outputs */
@@ -109,6 +114,19 @@ struct mcr_rule_counters {
 	__u64 bytes;         /* matched, frame bytes as received */
 	__u64 forwarded;     /* handed to the output(s) by bpf_redirect_map */
 	__u64 dropped;       /* matched but dropped (TTL, missing output) */
+};
+
+/* Tracepoints are global and ifindexes are per network namespace: keying by
+ * the (input, output) pair of a relay's own rules keeps other namespaces'
+ * traffic out far better than the output alone. */
+struct mcr_loss_key {
+	__u32 from_ifindex;  /* input interface the frames arrived on */
+	__u32 to_ifindex;    /* output interface that refused them */
+};
+
+struct mcr_loss {
+	__u64 xmit_drops;    /* xdp:xdp_devmap_xmit: the driver refused frames */
+	__u64 redirect_errors; /* xdp:xdp_redirect_err: the redirect itself failed */
 };
 
 /* Value of MCR_MAP_TX_PORTS and of each fan-out devmap. */

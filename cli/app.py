@@ -13,7 +13,7 @@ import typer
 from mcr_xdp import __version__
 from mcr_xdp.errors import McrError
 
-from . import attach, config_cmd, demo, detach, rule, status
+from . import attach, config_cmd, demo, detach, rule, stats, status
 from .console import err
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ for name, command in (
     ("attach", attach.attach),
     ("detach", detach.detach),
     ("status", status.status),
+    ("stats", stats.stats_cmd),
     ("demo", demo.demo),
 ):
     app.command(name)(reports_errors(command))

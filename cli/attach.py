@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from mcr_xdp import config as config_mod, control, stats
 from mcr_xdp.control import ControlServer
 from mcr_xdp.errors import McrError
 from mcr_xdp.loader import XdpMode
+from mcr_xdp.metrics import MetricsServer, exposition
 from mcr_xdp.relay import Relay, RelayConfig
 from mcr_xdp.rules import parse_rule
 from mcr_xdp.service import Service
@@ -19,6 +21,7 @@ from mcr_xdp.service import Service
 from . import render
 from .console import err, out
 from .options import SocketOpt
+from .tui import LiveView
 
 RULE_HELP = (
     "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
@@ -38,6 +41,11 @@ def attach(
     interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
                                                    help="Seconds between counter lines.")] = None,
     socket_path: SocketOpt = None,
+    tui: Annotated[bool, typer.Option("--tui", help="Show the live stats view instead of counter lines; "
+                                      "q or Ctrl-C detaches.")] = False,
+    metrics_addr: Annotated[str | None, typer.Option("--metrics-addr", metavar="HOST:PORT",
+                                                     help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
+                                                     show_default=False)] = None,
 ) -> None:
     """Attach the XDP relay to the input interfaces and relay until Ctrl-C or SIGTERM.
 
@@ -65,14 +73,27 @@ def attach(
     watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
     old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    server = None
+    server = metrics = None
     try:
         relay.start()
         server = ControlServer(path, service.handle)
         server.add_reader(wake_r, "signal")
+        if metrics_addr:
+            metrics = MetricsServer(metrics_addr, lambda: exposition(relay.snapshot(), service.status()))
+            server.add_reader(metrics.sock, metrics.serve)
         _announce(relay, path)
-        _loop(relay, service, server, wake_r, interval)
+        if metrics is not None:
+            out.print(f"metrics at http://{metrics.address[0]}:{metrics.address[1]}/metrics", markup=False)
+        if tui:
+            with LiveView() as view:
+                if view.stdin is not None:
+                    server.add_reader(view.stdin, "key")
+                _loop(relay, service, server, wake_r, interval, view)
+        else:
+            _loop(relay, service, server, wake_r, interval)
     finally:
+        if metrics is not None:
+            metrics.close()
         if server is not None:
             server.close()
         relay.stop()
@@ -97,10 +118,19 @@ def _announce(relay: Relay, path: str) -> None:
     out.print("relaying; Ctrl-C or SIGTERM detaches", markup=False)
 
 
-def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval: float) -> None:
+def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval: float,
+          view: LiveView | None = None) -> None:
+    """Serve the control socket and signals; every interval print a counter
+    line (or refresh the live view) until SIGINT, SIGTERM or q."""
     prev = relay.snapshot()
+    if view is not None:
+        view.update(prev, service.status())
+    deadline = time.monotonic() + interval
     while True:
-        if server.poll(interval):
+        woke = server.poll(max(0.0, deadline - time.monotonic()))
+        if "key" in woke and view.quit_pressed():
+            break
+        if "signal" in woke:
             try:
                 signums = wake.recv(64)
             except BlockingIOError:
@@ -109,9 +139,14 @@ def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval:
                 _reload(service)
             if signal.SIGINT in signums or signal.SIGTERM in signums:
                 break
+        if time.monotonic() < deadline:
             continue
+        deadline += interval
         cur = relay.snapshot()
-        out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
+        if view is not None:
+            view.update(cur, service.status())
+        else:
+            out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
         prev = cur
     out.print(render.counter_line(relay.snapshot(), None), markup=False)
 

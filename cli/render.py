@@ -55,6 +55,8 @@ def attach_lines(attachments: list[Attachment], rules: list[InstalledRule]) -> l
 
 def counter_line(snap: Snapshot, rates: Rates | None) -> str:
     line = f"forwarded {snap.forwarded} dropped {snap.dropped} passed {snap.passed}"
+    if snap.lost:
+        line += f" lost-after-redirect {snap.lost}"
     if rates is not None:
         line += f" | {si(rates.forwarded_pps, 'pps')} forwarded, {si(rates.dropped_pps, 'pps')} dropped"
     return line
@@ -78,3 +80,84 @@ def rules_table(snap: Snapshot) -> Table:
     for r in snap.rules:
         table.add_row(str(r.rule_id), r.rule, str(r.packets), str(r.bytes), str(r.forwarded), str(r.dropped))
     return table
+
+
+# -- live view (TUI) and one-shot stats tables ------------------------------
+
+def _bar(share: float, width: int = 20) -> str:
+    full = round(max(0.0, min(1.0, share)) * width)
+    return "█" * full + "·" * (width - full)
+
+
+def header(snap: Snapshot, rates: Rates | None, status: dict) -> Text:
+    ifaces = ", ".join(f"{i['name']} ({i['mode']}, prog {i['prog_id']})" for i in status.get("interfaces", []))
+    text = Text.assemble(
+        ("mcr-xdp", "bold"), f"  up {duration(status.get('uptime', 0))}",
+        f"  CPUs {status.get('cpus', len(snap.cpus))}", f"  inputs {ifaces or '-'}",
+    )
+    if rates is not None:
+        text.append(f"\nforwarding {si(rates.forwarded_pps, 'pps')}, dropping {si(rates.dropped_pps, 'pps')}, "
+                    f"passing {si(rates.passed_pps, 'pps')} to the host")
+        if rates.lost_pps:
+            text.append(f", losing {si(rates.lost_pps, 'pps')} after redirect", style="bold red")
+    for notice in status.get("notices", []):
+        text.append(f"\nnotice: {notice}", style="yellow")
+    return text
+
+
+def rules_live(snap: Snapshot, rates: Rates | None) -> Table:
+    lost = {n: i.lost_after_redirect for n, i in snap.interfaces.items()}
+    lost_rate = rates.interface_lost_pps if rates else {}
+    table = Table(title="rules", title_justify="left", expand=True)
+    for col, justify in (("id", "right"), ("input -> outputs", "left"), ("pps", "right"), ("bit/s", "right"),
+                         ("packets", "right"), ("dropped", "right"), ("lost after redirect", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in snap.rules:
+        pps = rates.rule_pps.get(r.rule_id, 0.0) if rates else 0.0
+        bps = rates.rule_bps.get(r.rule_id, 0.0) if rates else 0.0
+        out_lost = sum(lost.get(o.iface, 0) for o in r.outputs)
+        losing = any(lost_rate.get(o.iface, 0) for o in r.outputs)
+        style = "red" if losing or (rates and r.dropped and pps and r.forwarded < r.packets) else None
+        table.add_row(str(r.rule_id), r.rule, si(pps), si(bps, "bit/s"), str(r.packets), str(r.dropped),
+                      str(out_lost), style=style)
+        if len(r.outputs) > 1:
+            for i, o in enumerate(r.outputs):
+                opps = rates.output_pps.get((r.rule_id, i), 0.0) if rates else 0.0
+                table.add_row("", f"  -> {o.output}", si(opps), "", str(o.packets), "",
+                              str(lost.get(o.iface, 0)), style="dim" if not lost_rate.get(o.iface) else "red")
+    return table
+
+
+def cpus_table(snap: Snapshot, rates: Rates | None) -> Table:
+    table = Table(title="per CPU", title_justify="left")
+    for col in ("cpu", "pps", "share", "packets", "forwarded"):
+        table.add_column(col, justify="left" if col == "share" else "right")
+    total = sum(rates.cpu_pps.values()) if rates else 0.0
+    for c in snap.cpus:
+        pps = rates.cpu_pps.get(c.cpu, 0.0) if rates else 0.0
+        table.add_row(str(c.cpu), si(pps), _bar(pps / total if total else 0.0), str(c.packets), str(c.forwarded))
+    return table
+
+
+def drops_table(snap: Snapshot, rates: Rates | None) -> Table:
+    table = Table(title="verdicts (drops in red)", title_justify="left")
+    for col in ("verdict", "packets", "pps"):
+        table.add_column(col, justify="left" if col == "verdict" else "right")
+    for name, (packets, _) in snap.verdicts.items():
+        if packets:
+            pps = rates.verdict_pps.get(name, 0.0) if rates else 0.0
+            table.add_row(name, str(packets), si(pps), style="red" if name.startswith(("drop", "egress")) else None)
+    for name, i in snap.interfaces.items():
+        if i.lost_after_redirect:
+            table.add_row(f"lost after redirect on {name}", str(i.lost_after_redirect),
+                          si(rates.interface_lost_pps.get(name, 0.0) if rates else 0.0), style="bold red")
+    return table
+
+
+def dashboard(snap: Snapshot, rates: Rates | None, status: dict):
+    from rich.columns import Columns
+    from rich.console import Group
+
+    return Group(header(snap, rates, status), rules_live(snap, rates),
+                 Columns([cpus_table(snap, rates), drops_table(snap, rates)]),
+                 Text("q or Ctrl-C quits", style="dim"))

@@ -21,6 +21,8 @@ MAP_OUTPUT_STATS = "mcr_output_stats"
 MAP_FANOUT = "mcr_fanout"
 MAP_CONFIG = "mcr_config"
 MAP_EGRESS_RR = "mcr_egress_rr"
+MAP_LOSS = "mcr_loss"
+MAP_LOSS_PROGS = "mcr_loss_progs"
 
 PROG_RELAY = "mcr_relay"
 PROG_EGRESS = "mcr_egress"
@@ -102,6 +104,20 @@ class RuleCounters(ctypes.Structure):
     ]
 
 
+class LossKey(ctypes.Structure):
+    _fields_ = [
+        ("from_ifindex", ctypes.c_uint32),
+        ("to_ifindex", ctypes.c_uint32),
+    ]
+
+
+class Loss(ctypes.Structure):
+    _fields_ = [
+        ("xmit_drops", ctypes.c_uint64),
+        ("redirect_errors", ctypes.c_uint64),
+    ]
+
+
 class DevmapVal(ctypes.Structure):
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -118,4 +134,6 @@ STRUCTS = {
     "mcr_rule_counters": RuleCounters,
     "mcr_config": Config,
     "mcr_devmap_val": DevmapVal,
+    "mcr_loss_key": LossKey,
+    "mcr_loss": Loss,
 }

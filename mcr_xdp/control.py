@@ -12,11 +12,11 @@ non-blocking, driven by the relay's own event loop (no thread per request).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import selectors
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -85,6 +85,8 @@ class ControlServer:
     @staticmethod
     def _bind(path: str) -> socket.socket:
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ControlError(f"{path} exists and is not a socket: remove it, or give --socket another path")
         if os.path.exists(path):
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -108,8 +110,10 @@ class ControlServer:
         sock.setblocking(False)
         return sock
 
-    def add_reader(self, fileobj, tag: str) -> None:
-        """Wake poll() when fileobj is readable too (e.g. a signal fd)."""
+    def add_reader(self, fileobj, tag) -> None:
+        """Also watch fileobj: when it is readable, poll() calls tag if it
+        is callable (e.g. a metrics server), else returns it (e.g. a signal
+        fd)."""
         self.sel.register(fileobj, selectors.EVENT_READ, tag)
 
     def poll(self, timeout: float) -> list[str]:
@@ -123,6 +127,8 @@ class ControlServer:
                     self._accept()
                 elif isinstance(key.data, _Conn):
                     self._read(key.data)
+                elif callable(key.data):
+                    key.data()
                 else:
                     woke.append(key.data)
             self._expire()
@@ -229,17 +235,19 @@ def request(op: str, args: dict | None = None, path: str | None = None, timeout:
             raise ControlError(f"cannot reach the relay at {path}: {exc.strerror}") from None
         try:
             sock.sendall(msg)
-            data = b""
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read everything (too large, not root): its reply waits below
+        except OSError as exc:
+            raise ControlError(f"the relay at {path} did not answer: {exc.strerror or exc}") from None
+        data = b""
+        try:
             while not data.endswith(b"\n"):
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
                 data += chunk
         except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                data = data or b""
-            else:
-                raise ControlError(f"the relay at {path} did not answer: {exc.strerror or exc}") from None
+            raise ControlError(f"the relay at {path} did not answer: {exc.strerror or exc}") from None
     try:
         reply = json.loads(data)
     except ValueError:

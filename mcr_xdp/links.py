@@ -44,3 +44,19 @@ def lookup(names) -> dict[str, Link]:
         if name not in links:
             raise InterfaceError(f"interface {name!r} does not exist")
     return {name: links[name] for name in names}
+
+
+STAT_FIELDS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
+
+
+def counters(names) -> dict[str, tuple[int, dict[str, int]]]:
+    """name -> (ifindex, kernel interface counters) for the names that exist."""
+    wanted = set(names)
+    result = {}
+    with IPRoute() as ipr:
+        for msg in ipr.get_links():
+            name = msg.get_attr("IFLA_IFNAME")
+            if name in wanted:
+                st = msg.get_attr("IFLA_STATS64") or {}
+                result[name] = (msg["index"], {k: int(st.get(k, 0)) for k in STAT_FIELDS})
+    return result

@@ -78,6 +78,11 @@ class Maps:
         """Packet and byte counts per verdict (index: abi.Verdict), all CPUs."""
         return [_sum_percpu(self._percpu(abi.MAP_VERDICTS, v, abi.Counter)) for v in range(abi.VERDICT_MAX)]
 
+    def verdicts_per_cpu(self) -> list[list[abi.Counter]]:
+        """[cpu][verdict] packet and byte counts."""
+        per_verdict = [self._percpu(abi.MAP_VERDICTS, v, abi.Counter) for v in range(abi.VERDICT_MAX)]
+        return [[per_verdict[v][cpu] for v in range(abi.VERDICT_MAX)] for cpu in range(self.ncpus)]
+
     def rule_counters(self, rule_id: int) -> abi.RuleCounters:
         return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
 

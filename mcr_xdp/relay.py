@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from . import abi, encode, features, loader, stats
+from . import abi, encode, features, libbpf, loader, stats
 from .errors import BusyError, McrError, RuleError
 from .igmp import JoinPool
 from .links import Link, lookup
+from .links import counters as link_counters
 from .loader import Attachment, Datapath, XdpMode
 from .rules import Rule, diff, validate
 
@@ -45,6 +46,8 @@ class Relay:
         self.rules: dict[int, InstalledRule] = {}
         self.joins: dict[str, JoinPool] = {}
         self.started_at: float | None = None
+        self.tracer = None
+        self.tracer_notice = ""
         self._slots: dict[int, int] = {}  # output ifindex -> devmap slot (single-output rules)
 
     # -- lifecycle ---------------------------------------------------------
@@ -59,6 +62,7 @@ class Relay:
         features.require_kernel()
         try:
             self.datapath = Datapath()
+            self._start_tracer()
             for rule in cfg.rules:
                 self._install(rule, links)
             for name in cfg.interfaces:
@@ -86,6 +90,9 @@ class Relay:
         if self.datapath is not None:
             self.datapath.close()
             self.datapath = None
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
         if errors:
             raise errors[0]
 
@@ -204,6 +211,7 @@ class Relay:
         if n == 1:
             maps.clear_fanout(rule_id)
         self.rules[rule_id] = installed
+        self._watch_outputs(rule, links)
         self._update_config()
         return installed
 
@@ -237,8 +245,32 @@ class Relay:
 
     # -- observation -------------------------------------------------------
 
+    def _start_tracer(self) -> None:
+        """Count losses after redirect where tracepoints allow; without them
+        the relay still runs and status says it is blind to those."""
+        from .trace import LossTracer
+
+        try:
+            self.tracer = LossTracer([self.datapath.prog_id, libbpf.prog_id(self.datapath.egress_fd)])
+            self.tracer_notice = ""
+        except McrError as exc:
+            self.tracer = None
+            self.tracer_notice = f"losses after redirect are not counted: {exc}"
+
+    def _watch_outputs(self, rule: Rule, links: dict[str, Link]) -> None:
+        if self.tracer is not None:
+            for out in rule.outputs:
+                self.tracer.watch(links[rule.iface].ifindex, links[out.iface].ifindex)
+
     def snapshot(self) -> stats.Snapshot:
-        return stats.collect(self.datapath.maps, {i: r.rule for i, r in self.rules.items()})
+        rules = {i: r.rule for i, r in self.rules.items()}
+        names = dict.fromkeys([*self.inputs, *(o.iface for r in rules.values() for o in r.outputs)])
+        return stats.collect(
+            self.datapath.maps,
+            rules,
+            losses=self.tracer.read() if self.tracer is not None else None,
+            links=link_counters(names),
+        )
 
     @property
     def uptime(self) -> float:
@@ -261,4 +293,7 @@ class Relay:
                 for a in self.attachments.values()
             ],
             "rules": [{"id": i, "rule": str(r.rule)} for i, r in sorted(self.rules.items())],
+            "loss_tracer": self.tracer is not None,
+            "notices": [n for n in [self.tracer_notice, *(a.notice for a in self.attachments.values())] if n],
+            "cpus": self.datapath.maps.ncpus if self.datapath is not None else 0,
         }

@@ -1,5 +1,10 @@
-"""Counters in three pure steps: collect (read maps, sum CPUs, timestamp),
-compute (rates between two snapshots), render (mcr_xdp_cli.render)."""
+"""Counters in three pure steps: collect (read maps, sum CPUs, timestamp
+at read), compute (rates between two snapshots), render (mcr_xdp_cli.render).
+
+A snapshot travels as JSON (`as_json`, schema in docs/stats-json.md) over
+the control socket and back (`from_json`), so a client computes rates from
+two replies exactly as the relay does from two reads.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,54 @@ import time
 
 from . import abi
 
+JSON_SCHEMA_VERSION = 1
+FORWARD_VERDICTS = (abi.Verdict.REDIRECT, abi.Verdict.REDIRECT_MULTI)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputStats:
+    output: str  # as in the rule: IFACE or IFACE/GROUP:PORT
+    iface: str
+    packets: int  # copies handed to the interface
+    bytes: int
+
 
 @dataclasses.dataclass(frozen=True)
 class RuleStats:
     rule_id: int
-    rule: str  # the rule as text
-    packets: int
+    rule: str  # INPUT/RULE
+    iface: str  # input
+    packets: int  # matched
     bytes: int
     forwarded: int
     dropped: int
-    outputs: tuple[tuple[str, int, int], ...] = ()  # (output as text, packets, bytes) per output
+    outputs: tuple[OutputStats, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuStats:
+    cpu: int
+    packets: int  # every packet the datapath saw on this CPU
+    forwarded: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InterfaceStats:
+    name: str
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
+    lost_after_redirect: int = 0  # frames the kernel dropped after XDP redirected them here
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    timestamp: float  # time.monotonic() at read
+    timestamp: float  # time.monotonic() of the reading process, at read
     verdicts: dict[str, tuple[int, int]]  # verdict name -> (packets, bytes)
     rules: tuple[RuleStats, ...]
+    cpus: tuple[CpuStats, ...] = ()
+    interfaces: dict[str, InterfaceStats] = dataclasses.field(default_factory=dict)
 
     def verdict_packets(self, verdict: abi.Verdict) -> int:
         return self.verdicts.get(verdict.name.lower(), (0, 0))[0]
@@ -32,29 +68,56 @@ class Snapshot:
     @property
     def forwarded(self) -> int:
         """Input packets handed to one or several outputs."""
-        return self.verdict_packets(abi.Verdict.REDIRECT) + self.verdict_packets(abi.Verdict.REDIRECT_MULTI)
+        return sum(self.verdict_packets(v) for v in FORWARD_VERDICTS)
 
     @property
     def dropped(self) -> int:
-        return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("drop"))
+        return sum(p for name, (p, _) in self.verdicts.items() if name.startswith(("drop", "egress")))
 
     @property
     def passed(self) -> int:
         return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("pass"))
 
+    @property
+    def lost(self) -> int:
+        """Frames dropped by the kernel after a redirect, all outputs."""
+        return sum(i.lost_after_redirect for i in self.interfaces.values())
 
-def collect(maps, rules: dict, clock=time.monotonic) -> Snapshot:
-    """Read every counter once. rules maps rule id -> rules.Rule."""
-    verdicts = {
-        abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())
-    }
+
+def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
+            links: dict | None = None, clock=time.monotonic) -> Snapshot:
+    """Read every counter once.
+
+    rules: rule id -> rules.Rule; losses: output ifindex -> (xmit drops,
+    redirect errors) from the loss tracer; links: name -> (ifindex, kernel
+    interface counters as a dict) from links.counters().
+    """
+    timestamp = clock()
+    verdicts = {abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())}
     rows = []
     for rule_id, rule in sorted(rules.items()):
         c = maps.rule_counters(rule_id)
         outs = maps.output_counters(rule_id, len(rule.outputs))
-        rows.append(RuleStats(rule_id, str(rule), c.packets, c.bytes, c.forwarded, c.dropped,
-                              tuple((str(o), oc.packets, oc.bytes) for o, oc in zip(rule.outputs, outs))))
-    return Snapshot(clock(), verdicts, tuple(rows))
+        rows.append(RuleStats(
+            rule_id, str(rule), rule.iface, c.packets, c.bytes, c.forwarded, c.dropped,
+            tuple(OutputStats(str(o), o.iface, oc.packets, oc.bytes) for o, oc in zip(rule.outputs, outs)),
+        ))
+    cpus = ()
+    if hasattr(maps, "verdicts_per_cpu"):
+        cpus = tuple(
+            CpuStats(cpu, sum(c.packets for c in per), sum(per[v].packets for v in FORWARD_VERDICTS))
+            for cpu, per in enumerate(maps.verdicts_per_cpu())
+        )
+    interfaces = {}
+    for name, (ifindex, counters) in (links or {}).items():
+        drops, errors = (losses or {}).get(ifindex, (0, 0))
+        interfaces[name] = InterfaceStats(
+            name,
+            counters.get("rx_packets", 0), counters.get("rx_dropped", 0),
+            counters.get("tx_packets", 0), counters.get("tx_dropped", 0),
+            drops + errors,
+        )
+    return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,35 +126,51 @@ class Rates:
     forwarded_pps: float
     dropped_pps: float
     passed_pps: float
+    lost_pps: float
     rule_pps: dict[int, float]
-    rule_bps: dict[int, float]  # bits per second
+    rule_bps: dict[int, float]  # bits per second, as received
+    output_pps: dict[tuple[int, int], float]  # (rule id, output index)
+    verdict_pps: dict[str, float]
+    cpu_pps: dict[int, float]
+    interface_lost_pps: dict[str, float]
 
 
 def rate(prev: Snapshot, cur: Snapshot) -> Rates:
+    """Per-second rates between two snapshots of the same relay; counters
+    that went backwards (a rule id reused) count as zero."""
     dt = cur.timestamp - prev.timestamp
     if dt <= 0:
-        return Rates(0.0, 0.0, 0.0, 0.0, {}, {})
+        return Rates(0.0, 0.0, 0.0, 0.0, 0.0, {}, {}, {}, {}, {}, {})
 
     def per_s(a: int, b: int) -> float:
         return max(0, b - a) / dt
 
     before = {r.rule_id: r for r in prev.rules}
-    pps, bps = {}, {}
+    pps, bps, outs = {}, {}, {}
     for r in cur.rules:
         old = before.get(r.rule_id)
+        if old is not None and old.rule != r.rule:
+            old = None
         pps[r.rule_id] = per_s(old.packets if old else 0, r.packets)
         bps[r.rule_id] = 8 * per_s(old.bytes if old else 0, r.bytes)
+        for i, o in enumerate(r.outputs):
+            was = old.outputs[i].packets if old and i < len(old.outputs) else 0
+            outs[(r.rule_id, i)] = per_s(was, o.packets)
+    cpu_before = {c.cpu: c.packets for c in prev.cpus}
+    lost_before = {n: i.lost_after_redirect for n, i in prev.interfaces.items()}
     return Rates(
         dt,
         per_s(prev.forwarded, cur.forwarded),
         per_s(prev.dropped, cur.dropped),
         per_s(prev.passed, cur.passed),
+        per_s(prev.lost, cur.lost),
         pps,
         bps,
+        outs,
+        {name: per_s(prev.verdicts.get(name, (0, 0))[0], p) for name, (p, _) in cur.verdicts.items()},
+        {c.cpu: per_s(cpu_before.get(c.cpu, 0), c.packets) for c in cur.cpus},
+        {n: per_s(lost_before.get(n, 0), i.lost_after_redirect) for n, i in cur.interfaces.items()},
     )
-
-
-JSON_SCHEMA_VERSION = 1
 
 
 def as_json(snap: Snapshot, status: dict | None = None) -> dict:
@@ -100,19 +179,47 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
     return {
         "schema_version": JSON_SCHEMA_VERSION,
         "timestamp": snap.timestamp,
-        "totals": {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed},
+        "totals": {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed,
+                   "lost_after_redirect": snap.lost},
         "verdicts": {name: {"packets": p, "bytes": b} for name, (p, b) in snap.verdicts.items()},
         "rules": [
             {
                 "id": r.rule_id,
                 "rule": r.rule,
+                "input": r.iface,
                 "packets": r.packets,
                 "bytes": r.bytes,
                 "forwarded": r.forwarded,
                 "dropped": r.dropped,
-                "outputs": [{"output": o, "packets": p, "bytes": b} for o, p, b in r.outputs],
+                "outputs": [
+                    {"output": o.output, "interface": o.iface, "packets": o.packets, "bytes": o.bytes}
+                    for o in r.outputs
+                ],
             }
             for r in snap.rules
         ],
+        "cpus": [{"cpu": c.cpu, "packets": c.packets, "forwarded": c.forwarded} for c in snap.cpus],
+        "interfaces": {n: dataclasses.asdict(i) for n, i in snap.interfaces.items()},
         "status": status or {},
     }
+
+
+def from_json(data: dict) -> tuple[Snapshot, dict]:
+    """(snapshot, status) from as_json's output."""
+    if data.get("schema_version") != JSON_SCHEMA_VERSION:
+        raise ValueError(f"stats schema {data.get('schema_version')!r}, expected {JSON_SCHEMA_VERSION}")
+    rules = tuple(
+        RuleStats(
+            r["id"], r["rule"], r["input"], r["packets"], r["bytes"], r["forwarded"], r["dropped"],
+            tuple(OutputStats(o["output"], o["interface"], o["packets"], o["bytes"]) for o in r["outputs"]),
+        )
+        for r in data["rules"]
+    )
+    snap = Snapshot(
+        data["timestamp"],
+        {name: (v["packets"], v["bytes"]) for name, v in data["verdicts"].items()},
+        rules,
+        tuple(CpuStats(c["cpu"], c["packets"], c["forwarded"]) for c in data["cpus"]),
+        {n: InterfaceStats(**i) for n, i in data["interfaces"].items()},
+    )
+    return snap, data.get("status", {})

@@ -6,7 +6,17 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PACKAGES=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 iproute2 ethtool kmod)
+# Debian's linux-headers-amd64 follows its newest kernel; Ubuntu has no
+# package of that name, and each of its kernels has its own headers package.
+HEADERS=linux-headers-amd64
+if grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then
+    HEADERS=linux-headers-$(uname -r)
+fi
+# make for the VMs (vagrant/), which run this script before make exists;
+# the last four for tests/packaging: it lints the shell scripts, runs
+# `vagrant validate` offline with the libvirt provider and verifies the unit.
+PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod tmux
+          make shellcheck vagrant vagrant-libvirt systemd)
 
 log() { printf 'setup: %s\n' "$*"; }
 
@@ -30,6 +40,7 @@ fi
 # UAPI the datapath uses is stable across versions.
 release=$(uname -r)
 moddir=/lib/modules/$release
+# shellcheck disable=SC2012 # ls | sort -V on Debian's own directory names
 if [ ! -e "$moddir/build/include" ]; then
     hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
     common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)

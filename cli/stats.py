@@ -1,0 +1,56 @@
+"""mcr-xdp stats: the running relay's counters as tables, JSON or a live view."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from mcr_xdp import control, stats
+
+from . import render
+from .console import out
+from .options import SocketOpt
+from .tui import LiveView
+
+
+def fetch(socket_path: str | None) -> tuple[stats.Snapshot, dict]:
+    data = control.request("stats", {}, socket_path)
+    snap, status = stats.from_json(data)
+    # Rates need timestamps of this process's clock, not the relay's.
+    return stats.Snapshot(time.monotonic(), snap.verdicts, snap.rules, snap.cpus, snap.interfaces), status
+
+
+def stats_cmd(
+    live: Annotated[bool, typer.Option("--live", help="Full-screen live view; q or Ctrl-C quits.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON snapshot (docs/stats-json.md).")] = False,
+    watch: Annotated[float | None, typer.Option("--watch", min=0.1, help="Print a JSON snapshot every SECONDS, "
+                                                "one per line.", show_default=False)] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between live updates.")] = 1.0,
+    socket_path: SocketOpt = None,
+) -> None:
+    """Show the running relay's counters: per rule, output, CPU and verdict.
+
+    Example: mcr-xdp stats --live
+    """
+    if live:
+        with LiveView() as view:
+            while True:
+                snap, status = fetch(socket_path)
+                view.update(snap, status)
+                if view.wait(interval):
+                    return
+    if watch is not None:
+        while True:
+            print(json.dumps(control.request("stats", {}, socket_path)), flush=True)
+            time.sleep(watch)
+    data = control.request("stats", {}, socket_path)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    snap, status = stats.from_json(data)
+    out.print(render.header(snap, None, status))
+    out.print(render.rules_live(snap, None))
+    out.print(render.drops_table(snap, None))

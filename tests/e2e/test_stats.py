@@ -1,0 +1,113 @@
+"""Stats end to end: the live view in a real terminal, JSON and Prometheus
+from a relay carrying traffic, and losses after redirect made visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay_helpers import mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
+
+pytestmark = pytest.mark.e2e
+
+RULE = "239.1.1.1:5001=out0/239.2.2.2:5002"
+
+
+def capture(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+
+def wait_screen(session: str, pattern: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = capture(session)
+        if re.search(pattern, screen, re.M):
+            return screen
+        time.sleep(0.25)
+    raise AssertionError(f"{pattern!r} never appeared; screen:\n{screen}")
+
+
+def test_live_view_in_tmux_shows_the_rate_and_quits_on_q(chain):
+    start_relay(chain, chain.IN, "--rule", RULE)
+    flow = start_sender(chain, "239.1.1.1", 5001, 16000, rate=2000)
+    session = f"mcrt-{os.getpid()}"
+    # The size must come from the terminal, not from COLUMNS/LINES the test
+    # process may carry into the tmux server's environment.
+    command = (f"env -u COLUMNS -u LINES ip netns exec {chain.relay_in.ns} {mcr()} stats --live --interval 0.5; "
+               "echo EXITED $?; sleep 60")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
+    try:
+        # The rule's row with a rate in the kilo range (2000 pps offered).
+        screen = wait_screen(session, r"in0/239\.1\.1\.1:5001=out0/239\.2\.2\.2:5002\s.*\s\d\.\d k\s")
+        assert "xdp-native" in screen and "per CPU" in screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        screen = wait_screen(session, r"^EXITED 0$")
+        assert "Traceback" not in screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        flow.stop()
+
+
+def test_prometheus_matches_json(chain):
+    count = 1500
+    start_relay(chain, chain.IN, "--rule", RULE, "--metrics-addr", "127.0.0.1:9477")
+    receiver = start_receiver(chain, "239.2.2.2", 5002, count)
+    send(chain, "239.1.1.1", 5001, count, rate=3000)
+    assert result(receiver)["unique"] == count
+    snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
+    fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9477/metrics').read().decode())"
+    text = chain.exec(chain.relay_in.ns, "python3", "-c", fetch).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    rule = snap["rules"][0]
+    assert rule["packets"] == count
+    for name, v in snap["verdicts"].items():
+        assert samples[("mcr_xdp_verdict_packets_total", (("reason", name),))] == v["packets"]
+    labels = (("interface", "in0"), ("rule", rule["rule"]), ("rule_id", "0"))
+    assert samples[("mcr_xdp_rule_packets_total", labels)] == rule["packets"]
+    assert samples[("mcr_xdp_rule_forwarded_total", labels)] == rule["forwarded"] == count
+    out = rule["outputs"][0]
+    assert samples[("mcr_xdp_output_packets_total", (("interface", "out0"), ("output", out["output"]),
+                                                      ("rule_id", "0")))] == out["packets"] == count
+    assert sum(v for (n, _), v in samples.items() if n == "mcr_xdp_cpu_forwarded_total") == count
+
+
+def test_json_watch_prints_one_object_per_line(chain):
+    start_relay(chain, chain.IN, "--rule", RULE)
+    proc = subprocess.Popen(["ip", "netns", "exec", chain.relay_in.ns, mcr(), "stats", "--watch", "0.2"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    objects = [json.loads(line) for line in lines]
+    assert [o["schema_version"] for o in objects] == [1, 1, 1]
+    assert objects[0]["timestamp"] < objects[2]["timestamp"]
+
+
+def test_redirect_into_a_veth_that_cannot_receive_counts_as_lost(chain):
+    count = 800
+    # Without GRO (and no XDP program) the receiving veth runs no NAPI and
+    # refuses frames redirected to its peer: the kernel drops them after
+    # the datapath said XDP_REDIRECT.
+    chain.exec(chain.sink[0].ns, "ethtool", "-K", chain.sink[0].name, "gro", "off")
+    relay = start_relay(chain, chain.IN, "--rule", RULE, "--interval", "1")
+    receiver = start_receiver(chain, "239.2.2.2", 5002, count, idle=2.0)
+    send(chain, "239.1.1.1", 5001, count, rate=2000)
+    assert result(receiver)["received"] == 0
+    snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
+    assert snap["totals"]["lost_after_redirect"] == count
+    assert snap["interfaces"]["out0"]["lost_after_redirect"] == count
+    assert snap["status"]["loss_tracer"] is True
+    table = relay_cli(chain, "stats").stdout
+    assert re.search(rf"lost after redirect on out0\s.*\s{count}\s", table), table
+    relay.stop()
+    assert any(f"lost-after-redirect {count}" in line for line in relay.lines), relay.lines

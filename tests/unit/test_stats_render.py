@@ -1,0 +1,151 @@
+"""The stats pipeline's pure steps from fixed snapshots: rates, JSON (with
+its schema), Prometheus exposition (parsed by prometheus_client's parser)
+and the rendered tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from mcr_xdp import stats
+from mcr_xdp.metrics import exposition, parse_addr
+from mcr_xdp.errors import UsageError
+from mcr_xdp_cli import render
+
+SCHEMA = json.loads((Path(stats.__file__).parent / "stats_schema.json").read_text())
+
+
+def snapshot(t: float, packets: int, lost: int = 0, ttl_drops: int = 0) -> stats.Snapshot:
+    out0 = stats.OutputStats("out0/239.2.2.2:5002", "out0", packets, packets * 100)
+    out1 = stats.OutputStats("out1", "out1", packets, packets * 100)
+    rules = (
+        stats.RuleStats(0, "in0/239.1.1.1:5001=out0/239.2.2.2:5002", "in0", packets, packets * 100, packets, 0,
+                        (out0,)),
+        stats.RuleStats(3, "in0/239.1.1.3:5001=out0/239.2.2.2:5002,out1", "in0", packets + ttl_drops,
+                        (packets + ttl_drops) * 100, packets, ttl_drops, (out0, out1)),
+    )
+    verdicts = {"redirect": (packets, packets * 100), "redirect_multi": (packets, packets * 100),
+                "drop_ttl": (ttl_drops, ttl_drops * 100), "pass_no_rule": (7, 700)}
+    cpus = (stats.CpuStats(0, 2 * packets + 7, 2 * packets), stats.CpuStats(1, ttl_drops, 0))
+    interfaces = {"in0": stats.InterfaceStats("in0", rx_packets=2 * packets),
+                  "out0": stats.InterfaceStats("out0", tx_packets=2 * packets, lost_after_redirect=lost),
+                  "out1": stats.InterfaceStats("out1", tx_packets=packets)}
+    return stats.Snapshot(t, verdicts, rules, cpus, interfaces)
+
+
+STATUS = {"uptime": 61.0, "cpus": 2, "rules": [], "notices": [],
+          "interfaces": [{"name": "in0", "mode": "xdp-native", "prog_id": 42}]}
+
+
+def text(renderable, width: int = 160) -> str:
+    console = Console(record=True, width=width, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_rates_from_two_snapshots():
+    r = stats.rate(snapshot(10.0, 1000), snapshot(12.0, 3000, lost=50, ttl_drops=10))
+    assert r.interval == 2.0
+    assert r.forwarded_pps == pytest.approx(2000)  # (6000 - 2000) / 2
+    assert r.rule_pps[0] == pytest.approx(1000)
+    assert r.rule_bps[0] == pytest.approx(1000 * 100 * 8)
+    assert r.rule_pps[3] == pytest.approx(1005)
+    assert r.output_pps[(3, 1)] == pytest.approx(1000)
+    assert r.dropped_pps == pytest.approx(5)
+    assert r.lost_pps == pytest.approx(25)
+    assert r.interface_lost_pps == {"in0": 0, "out0": pytest.approx(25), "out1": 0}
+    assert r.cpu_pps == {0: pytest.approx(2000), 1: pytest.approx(5)}
+
+
+def test_rates_never_negative_when_a_rule_id_is_reused():
+    old = snapshot(1.0, 5000)
+    new = stats.Snapshot(2.0, old.verdicts, (stats.RuleStats(0, "in0/239.9.9.9:1=out0", "in0", 10, 1000, 10, 0),))
+    assert stats.rate(old, new).rule_pps[0] == pytest.approx(10)  # another rule: counted from zero
+
+
+def test_rates_of_equal_timestamps_are_empty():
+    snap = snapshot(5.0, 10)
+    assert stats.rate(snap, snap).rule_pps == {}
+
+
+def test_json_matches_schema_and_round_trips():
+    snap = snapshot(3.5, 1234, lost=9, ttl_drops=2)
+    data = stats.as_json(snap, STATUS)
+    jsonschema.validate(data, SCHEMA)
+    assert data["totals"] == {"forwarded": 2468, "dropped": 2, "passed": 7, "lost_after_redirect": 9}
+    assert data["rules"][1]["outputs"][1] == {"output": "out1", "interface": "out1", "packets": 1234,
+                                              "bytes": 123400}
+    back, status = stats.from_json(json.loads(json.dumps(data)))
+    assert back == snap
+    assert status == STATUS
+
+
+def test_json_of_another_schema_is_refused():
+    data = stats.as_json(snapshot(1.0, 1), STATUS)
+    data["schema_version"] = 99
+    with pytest.raises(ValueError, match="schema 99"):
+        stats.from_json(data)
+
+
+def test_exposition_parses_and_matches_the_snapshot():
+    snap = snapshot(3.5, 1234, lost=9, ttl_drops=2)
+    families = {f.name: f for f in text_string_to_metric_families(exposition(snap, STATUS))}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert families["mcr_xdp_verdict_packets"].type == "counter"
+    assert samples[("mcr_xdp_verdict_packets_total", (("reason", "redirect"),))] == 1234
+    assert samples[("mcr_xdp_rule_dropped_total", (("interface", "in0"), ("rule", snap.rules[1].rule),
+                                                    ("rule_id", "3")))] == 2
+    assert samples[("mcr_xdp_output_packets_total", (("interface", "out1"), ("output", "out1"),
+                                                      ("rule_id", "3")))] == 1234
+    assert samples[("mcr_xdp_cpu_packets_total", (("cpu", "1"),))] == 2
+    assert samples[("mcr_xdp_interface_lost_after_redirect_total", (("interface", "out0"),))] == 9
+    assert samples[("mcr_xdp_uptime_seconds", ())] == 61.0
+
+
+def test_exposition_escapes_label_values():
+    snap = stats.Snapshot(1.0, {}, (stats.RuleStats(0, 'in0/a"b\\c', "in0", 1, 1, 1, 0),))
+    families = list(text_string_to_metric_families(exposition(snap, STATUS)))
+    rule_labels = [s.labels["rule"] for f in families for s in f.samples if "rule" in s.labels]
+    assert rule_labels and all(v == 'in0/a"b\\c' for v in rule_labels)
+
+
+@pytest.mark.parametrize("addr, expected", [("127.0.0.1:9477", ("127.0.0.1", 9477)), (":9477", ("0.0.0.0", 9477)),
+                                            ("[::1]:80", ("::1", 80))])
+def test_metrics_addr(addr, expected):
+    assert parse_addr(addr) == expected
+
+
+@pytest.mark.parametrize("addr", ["9477", "host:", "host:0", "host:70000", "host:x"])
+def test_bad_metrics_addr(addr):
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        parse_addr(addr)
+
+
+def test_dashboard_text():
+    prev, cur = snapshot(10.0, 1000), snapshot(12.0, 3000, lost=50, ttl_drops=10)
+    shown = text(render.dashboard(cur, stats.rate(prev, cur), STATUS))
+    assert "up 00:01:01" in shown and "in0 (xdp-native, prog 42)" in shown
+    assert "losing 25 pps after redirect" in shown
+    assert "in0/239.1.1.1:5001=out0/239.2.2.2:5002" in shown
+    assert "-> out1" in shown  # fan-out rows per output
+    assert "1.0 k" in shown  # the rule's rate
+    assert "lost after redirect on out0" in shown
+    assert "drop_ttl" in shown
+    assert "q or Ctrl-C quits" in shown
+
+
+def test_counter_line():
+    prev, cur = snapshot(10.0, 1000), snapshot(12.0, 3000, lost=50)
+    assert render.counter_line(cur, stats.rate(prev, cur)) == (
+        "forwarded 6000 dropped 0 passed 7 lost-after-redirect 50 | 2.0 kpps forwarded, 0 pps dropped")
+    assert render.counter_line(snapshot(1.0, 0), None) == "forwarded 0 dropped 0 passed 7"
+
+
+def test_si_units():
+    assert [render.si(v, "pps") for v in (0, 999, 1000, 1500000, 2.5e9)] == ["0 pps", "999 pps", "1.0 kpps",
+                                                                             "1.5 Mpps", "2.5 Gpps"]

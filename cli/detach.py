@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from mcr_xdp import abi, features, loader
+from mcr_xdp import abi, control, features, loader, pins
+from mcr_xdp.control import instance_name
 from mcr_xdp.errors import UsageError
 from mcr_xdp.links import lookup
 
@@ -27,6 +28,8 @@ def detach(
     current = loader.attached(link.ifindex)
     if current is None:
         out.print(f"{interface} has no XDP program; nothing to do", markup=False)
+        if pins.remove_if_orphaned(instance_name()):
+            out.print(f"removed stale pinned maps ({pins.pin_dir(instance_name())})", markup=False)
         return
     if current.name != abi.PROG_RELAY and not force:
         raise UsageError(
@@ -35,3 +38,8 @@ def detach(
         )
     loader.detach(link.ifindex, interface, only_prog_id=current.prog_id)
     out.print(f"detached XDP program {current.prog_id} ({current.name}, {current.mode}) from {interface}", markup=False)
+    instance = instance_name()
+    if pins.remove_if_orphaned(instance):
+        out.print(f"removed the killed relay's pinned maps ({pins.pin_dir(instance)})", markup=False)
+    if control.remove_stale():
+        out.print("removed its stale control socket", markup=False)

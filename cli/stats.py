@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mcr_xdp import control, stats
+from mcr_xdp import control, pins, stats
 
 from . import render
 from .console import out
@@ -16,9 +16,22 @@ from .options import SocketOpt
 from .tui import LiveView
 
 
+def fetch_json(socket_path: str | None) -> dict:
+    """The running relay's snapshot; when no relay answers, the pinned maps
+    of one that was killed (its program may still forward)."""
+    try:
+        return control.request("stats", {}, socket_path)
+    except control.ControlError:
+        if socket_path is not None:
+            raise
+        pinned = pins.read_stats(control.instance_name())
+        if pinned is None:
+            raise
+        return stats.as_json(*pinned)
+
+
 def fetch(socket_path: str | None) -> tuple[stats.Snapshot, dict]:
-    data = control.request("stats", {}, socket_path)
-    snap, status = stats.from_json(data)
+    snap, status = stats.from_json(fetch_json(socket_path))
     # Rates need timestamps of this process's clock, not the relay's.
     return stats.Snapshot(time.monotonic(), snap.verdicts, snap.rules, snap.cpus, snap.interfaces), status
 
@@ -33,6 +46,8 @@ def stats_cmd(
 ) -> None:
     """Show the running relay's counters: per rule, output, CPU and verdict.
 
+    Without a running relay, the pinned maps of a killed one are read.
+
     Example: mcr-xdp stats --live
     """
     if live:
@@ -44,9 +59,9 @@ def stats_cmd(
                     return
     if watch is not None:
         while True:
-            print(json.dumps(control.request("stats", {}, socket_path)), flush=True)
+            print(json.dumps(fetch_json(socket_path)), flush=True)
             time.sleep(watch)
-    data = control.request("stats", {}, socket_path)
+    data = fetch_json(socket_path)
     if as_json:
         print(json.dumps(data, indent=2))
         return

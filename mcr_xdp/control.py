@@ -53,14 +53,22 @@ def _netns_name() -> str | None:
     return None
 
 
+def instance_name() -> str:
+    """The relay instance of this network namespace: "default", or
+    "netns-NAME" inside a namespace `ip netns` knows as NAME. A relay and
+    its clients in the same namespace meet without options; relays in
+    different namespaces don't collide (control socket, pinned maps)."""
+    name = _netns_name()
+    return "default" if name is None else f"netns-{name}"
+
+
 def default_path() -> str:
-    """$MCR_XDP_SOCKET, else one socket per named network namespace: a relay
-    and its clients in the same namespace (`ip netns exec NS mcr-xdp ...`)
-    meet without options, relays in different namespaces don't collide."""
+    """$MCR_XDP_SOCKET, else /run/mcr-xdp/mcr-xdp.sock, or
+    /run/mcr-xdp/netns-NAME.sock inside network namespace NAME."""
     if os.environ.get(SOCKET_ENV):
         return os.environ[SOCKET_ENV]
-    name = _netns_name()
-    return DEFAULT_SOCKET if name is None else str(Path(DEFAULT_SOCKET).parent / f"netns-{name}.sock")
+    name = instance_name()
+    return DEFAULT_SOCKET if name == "default" else str(Path(DEFAULT_SOCKET).parent / f"{name}.sock")
 
 
 class _Conn:
@@ -214,6 +222,22 @@ class ControlServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def remove_stale(path: str | None = None) -> bool:
+    """Remove a control socket no relay answers on (left by a killed one)."""
+    path = path or default_path()
+    if not os.path.exists(path) or not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+            return False
+        except OSError:
+            pass
+    os.unlink(path)
+    return True
 
 
 def request(op: str, args: dict | None = None, path: str | None = None, timeout: float = 10.0):

@@ -104,6 +104,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map_delete_elem": [c_int, vp],
         "bpf_map_get_next_key": [c_int, vp, vp],
         "bpf_map_create": [c_int, ctypes.c_char_p, c_u32, c_u32, c_u32, vp],
+        "bpf_obj_pin": [c_int, ctypes.c_char_p],
+        "bpf_obj_get": [ctypes.c_char_p],
     }.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -164,6 +166,15 @@ def devmap_create(name: str, max_entries: int, value_size: int) -> int:
         lib().bpf_map_create(BPF_MAP_TYPE_DEVMAP, name.encode()[:15], 4, value_size, max_entries, None),
         "create devmap",
     )
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(lib().bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def obj_get(path: str) -> int:
+    """fd of a pinned object (the caller closes it)."""
+    return _check(lib().bpf_obj_get(path.encode()), f"open pinned {path}")
 
 
 def map_lookup(map_fd: int, key: ctypes._SimpleCData | ctypes.Structure, value) -> bool:

@@ -37,6 +37,11 @@ class Maps:
         self._fd = fds
         self.ncpus = possible_cpus()
 
+    @property
+    def fds(self) -> dict[str, int]:
+        """Map name -> fd (for pinning)."""
+        return dict(self._fd)
+
     def put_rule(self, key: abi.RuleKey, value: abi.Rule) -> None:
         libbpf.map_update(self._fd[abi.MAP_RULES], key, value)
 

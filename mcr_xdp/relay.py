@@ -13,9 +13,11 @@ later step fails; stop() is idempotent and safe after a partial start.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
-from . import abi, encode, features, libbpf, loader, stats
+from . import abi, encode, features, libbpf, loader, pins, stats
+from .control import instance_name
 from .errors import BusyError, McrError, RuleError
 from .igmp import JoinPool
 from .links import Link, lookup
@@ -29,6 +31,7 @@ class RelayConfig:
     interfaces: list[str]
     rules: list[Rule]
     xdp_mode: XdpMode = XdpMode.AUTO
+    instance: str | None = None  # pin directory name; None: this namespace's (control.instance_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Relay:
         self.started_at: float | None = None
         self.tracer = None
         self.tracer_notice = ""
+        self.pinned: str | None = None  # pins.pin_dir of this relay, once pinned
+        self.pin_notice = ""
         self._slots: dict[int, int] = {}  # output ifindex -> devmap slot (single-output rules)
 
     # -- lifecycle ---------------------------------------------------------
@@ -67,10 +72,11 @@ class Relay:
                 self._install(rule, links)
             for name in cfg.interfaces:
                 self._attach(links[name])
+            self.started_at = time.monotonic()
+            self._pin()
         except BaseException:
             self.stop()
             raise
-        self.started_at = time.monotonic()
         return list(self.attachments.values())
 
     def stop(self) -> None:
@@ -93,6 +99,9 @@ class Relay:
         if self.tracer is not None:
             self.tracer.close()
             self.tracer = None
+        if self.pinned is not None:
+            pins.remove(self.instance)
+            self.pinned = None
         if errors:
             raise errors[0]
 
@@ -227,6 +236,32 @@ class Relay:
 
     def _update_config(self) -> None:
         self.datapath.maps.set_config(ssm_rules=sum(1 for r in self.rules.values() if r.rule.source is not None))
+        if self.pinned is not None:
+            pins.write_state(self.instance, self.pin_state())
+
+    # -- pins --------------------------------------------------------------
+
+    @property
+    def instance(self) -> str:
+        return self.config.instance or instance_name()
+
+    def pin_state(self) -> dict:
+        return {
+            "version": 1,
+            "pid": os.getpid(),
+            "started": time.time() - self.uptime,
+            "inputs": {a.ifname: {"ifindex": a.ifindex, "prog_id": a.prog_id, "mode": a.mode}
+                       for a in self.attachments.values()},
+            "rules": {str(i): str(r.rule) for i, r in self.rules.items()},
+        }
+
+    def _pin(self) -> None:
+        """Pin the maps so stats stay readable if this process is killed;
+        a relay that can't pin still relays, and says so."""
+        try:
+            self.pinned = str(pins.pin(self.instance, self.datapath.maps.fds, self.pin_state()))
+        except (McrError, OSError) as exc:
+            self.pin_notice = f"maps not pinned, stats need the running relay: {exc}"
 
     def _join(self, rule: Rule, link: Link) -> None:
         pool = self.joins.get(link.name)
@@ -294,6 +329,8 @@ class Relay:
             ],
             "rules": [{"id": i, "rule": str(r.rule)} for i, r in sorted(self.rules.items())],
             "loss_tracer": self.tracer is not None,
-            "notices": [n for n in [self.tracer_notice, *(a.notice for a in self.attachments.values())] if n],
+            "notices": [n for n in [self.tracer_notice, self.pin_notice,
+                                    *(a.notice for a in self.attachments.values())] if n],
+            "pinned": self.pinned,
             "cpus": self.datapath.maps.ncpus if self.datapath is not None else 0,
         }

@@ -4,6 +4,8 @@ fails."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcr_xdp.netns import Chain, Proc, existing_namespaces, unique_prefix
@@ -22,6 +24,8 @@ def chain(request):
     finally:
         for proc in reversed(procs):
             proc.stop()
+        # A relay killed on purpose leaves its control socket behind.
+        Path(f"/run/mcr-xdp/netns-{topo.relay_in.ns}.sock").unlink(missing_ok=True)
         topo.close()
         left = {ns for ns in existing_namespaces() if ns.startswith(topo.prefix + "-")}
         assert not left, f"namespaces left behind: {left}"

@@ -1,0 +1,54 @@
+"""A relay killed with SIGKILL: its program keeps forwarding, its pinned
+maps keep the counters readable, and `mcr-xdp detach` removes both."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from mcr_xdp import pins
+from mcr_xdp.netns import Proc
+from relay_helpers import mcr, result, send, start_receiver
+
+pytestmark = pytest.mark.e2e
+
+
+def in_relay_netns(chain, *args: str, **kwargs):
+    """Run inside the relay's network namespace but in this mount
+    namespace (nsenter, not `ip netns exec`), so pins land on the host's
+    bpffs where a later command can find them."""
+    return ["nsenter", f"--net=/run/netns/{chain.relay_in.ns}", *args]
+
+
+def test_killed_relay_stats_from_pins_then_detach(chain):
+    instance = f"netns-{chain.relay_in.ns}"
+    try:
+        relay = Proc(subprocess.Popen(in_relay_netns(chain, mcr(), "attach", chain.IN, "--rule",
+                                                     "239.1.1.1:5001=out0/239.2.2.2:5002"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        chain.procs.append(relay)
+        relay.wait_for("relaying", timeout=60)
+        assert (pins.pin_dir(instance) / "mcr_rules").exists() and pins.state_path(instance).is_file()
+        relay.stop(sig=9)
+
+        receiver = start_receiver(chain, "239.2.2.2", 5002, 700)
+        send(chain, "239.1.1.1", 5001, 700, rate=2000)
+        assert result(receiver)["unique"] == 700  # the orphaned program still forwards
+
+        stats = subprocess.run(in_relay_netns(chain, mcr(), "stats", "--json"), capture_output=True, text=True)
+        assert stats.returncode == 0, stats.stderr
+        snap = json.loads(stats.stdout)
+        assert snap["rules"][0]["rule"] == "in0/239.1.1.1:5001=out0/239.2.2.2:5002"
+        assert snap["rules"][0]["forwarded"] == 700
+        assert "is gone" in snap["status"]["notices"][0]
+
+        detach = subprocess.run(in_relay_netns(chain, mcr(), "detach", chain.IN), capture_output=True, text=True)
+        assert detach.returncode == 0, detach.stderr
+        assert "pinned maps" in detach.stdout and "stale control socket" in detach.stdout
+        assert not pins.pin_dir(instance).exists() and not pins.state_path(instance).exists()
+        gone = subprocess.run(in_relay_netns(chain, mcr(), "stats", "--json"), capture_output=True, text=True)
+        assert gone.returncode != 0 and "no relay is running" in gone.stderr
+    finally:
+        pins.remove(instance)

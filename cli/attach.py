@@ -21,7 +21,7 @@ from mcr_xdp.service import Service
 from . import render
 from .console import err, out
 from .options import SocketOpt
-from .tui import LiveView
+from .tui import LiveView, require_terminal
 
 RULE_HELP = (
     "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
@@ -53,6 +53,8 @@ def attach(
 
     Example: mcr-xdp attach eth0 --rule 239.1.1.1:5001=eth1/239.2.2.2:5002
     """
+    if tui:
+        require_terminal("--tui")
     file_cfg = config_mod.load(config) if config else None
     inputs = list(dict.fromkeys([*(interfaces or []), *(file_cfg.interfaces if file_cfg else [])]))
     if not inputs:
@@ -85,7 +87,7 @@ def attach(
         if metrics is not None:
             out.print(f"metrics at http://{metrics.address[0]}:{metrics.address[1]}/metrics", markup=False)
         if tui:
-            with LiveView() as view:
+            with LiveView(handle_sigterm=False) as view:
                 if view.stdin is not None:
                     server.add_reader(view.stdin, "key")
                 _loop(relay, service, server, wake_r, interval, view)

@@ -13,7 +13,7 @@ from mcr_xdp import control, pins, stats
 from . import render
 from .console import out
 from .options import SocketOpt
-from .tui import LiveView
+from .tui import LiveView, require_terminal
 
 
 def fetch_json(socket_path: str | None) -> dict:
@@ -51,6 +51,7 @@ def stats_cmd(
     Example: mcr-xdp stats --live
     """
     if live:
+        require_terminal("--live")
         with LiveView() as view:
             while True:
                 snap, status = fetch(socket_path)

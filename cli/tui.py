@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import termios
 import tty
@@ -13,21 +14,38 @@ import tty
 from rich.live import Live
 
 from mcr_xdp import stats
+from mcr_xdp.errors import UsageError
 
 from . import render
 from .console import out
 
 
+def require_terminal(option: str) -> None:
+    if not sys.stdout.isatty():
+        raise UsageError(f"{option} draws a full-screen view and needs a terminal; "
+                         "for a stream to a pipe or file use `mcr-xdp stats --watch SECONDS`")
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 class LiveView:
     """update() with each new snapshot; key() tells whether q was pressed."""
 
-    def __init__(self, screen: bool = True):
+    def __init__(self, screen: bool = True, handle_sigterm: bool = True):
+        self._handle_sigterm = handle_sigterm
+        self._old_term = None
         self._live = Live(console=out, screen=screen, auto_refresh=False, transient=False)
         self._prev: stats.Snapshot | None = None
         self._tty = sys.stdin.isatty()
         self._saved = None
 
     def __enter__(self) -> LiveView:
+        # SIGTERM must restore the terminal too, like Ctrl-C (unless the
+        # caller handles signals itself, as the relay does).
+        if self._handle_sigterm:
+            self._old_term = signal.signal(signal.SIGTERM, _interrupt)
         if self._tty:
             self._saved = termios.tcgetattr(sys.stdin.fileno())
             tty.setcbreak(sys.stdin.fileno())
@@ -40,6 +58,8 @@ class LiveView:
         finally:
             if self._saved is not None:
                 termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
 
     @property
     def stdin(self):

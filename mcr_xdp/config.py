@@ -42,9 +42,15 @@ class FileConfig:
     interval: float | None = None
 
 
-def _line_of(lines: list[str], pattern: str) -> int:
+def _line_of(lines: list[str], pattern: str, start: int = 1) -> int:
+    """The first line (1-based), from line `start` on, that matches; 0 if none."""
     rx = re.compile(pattern)
-    return next((i + 1 for i, line in enumerate(lines) if rx.search(line)), 0)
+    return next((i + 1 for i, line in enumerate(lines) if i + 1 >= start and rx.search(line)), 0)
+
+
+def _key(name: str) -> str:
+    """A key as `name = ...`, a table `[name...]` or a dotted `name.x = ...`."""
+    return rf"^\s*(\[\[?\s*)?{re.escape(name)}\s*[=.\]]"
 
 
 def load(path: str | Path) -> FileConfig:
@@ -63,11 +69,12 @@ def load(path: str | Path) -> FileConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"{path}:{m[1] if m else '?'}: {exc}") from None
+        line = m[1] if m else len(lines) or 1  # "at end of document"
+        raise ConfigError(f"{path}:{line}: {exc}") from None
 
     for key in data:
         if key not in TOP_KEYS:
-            fail(_line_of(lines, rf"^\s*{re.escape(key)}\s*="), key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+            fail(_line_of(lines, _key(key)), key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
     cfg = FileConfig(path=path, interfaces=[], rules=[])
     if "xdp_mode" in data:
         try:
@@ -84,22 +91,24 @@ def load(path: str | Path) -> FileConfig:
         cfg.interval = float(data["interval"])
     inputs = data.get("inputs", {})
     if not isinstance(inputs, dict) or not inputs:
-        fail(_line_of(lines, r"inputs"), "inputs", "needs at least one [inputs.IFACE] table with rules")
+        fail(_line_of(lines, _key("inputs")), "inputs", "needs at least one [inputs.IFACE] table with rules")
     for iface, table in inputs.items():
         key = f"inputs.{iface}"
-        header = _line_of(lines, rf"^\s*\[\s*inputs\.{re.escape(iface)}\s*\]")
+        # [inputs.IFACE], else the line of inputs = { IFACE = {...} }
+        header = _line_of(lines, rf"^\s*\[\s*inputs\.{re.escape(iface)}\s*\]") or _line_of(lines, _key("inputs"))
         if not isinstance(table, dict):
             fail(header, key, "must be a table: [inputs.IFACE] with rules = [...]")
         for k in table:
             if k not in INPUT_KEYS:
-                fail(header, f"{key}.{k}", "unknown key (known: rules)")
+                fail(_line_of(lines, _key(k), header) or header, f"{key}.{k}", "unknown key (known: rules)")
         rules = table.get("rules", [])
         if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-            fail(header, f"{key}.rules", "must be a list of rule strings")
+            fail(_line_of(lines, _key("rules"), header) or header, f"{key}.rules", "must be a list of rule strings")
         cfg.interfaces.append(iface)
         for i, text_rule in enumerate(rules):
             try:
                 cfg.rules.append(parse_rule(text_rule, iface))
             except McrError as exc:
-                fail(_line_of(lines, re.escape(f'"{text_rule}"')) or header, f"{key}.rules[{i}]", str(exc))
+                quoted = rf"""(["']){re.escape(text_rule)}\1"""  # in this table, either TOML quote
+                fail(_line_of(lines, quoted, header) or header, f"{key}.rules[{i}]", str(exc))
     return cfg

@@ -1,0 +1,366 @@
+"""Fan-out as tables of packets under BPF_PROG_TEST_RUN.
+
+Ingress (mcr_relay): a rule with several outputs leaves the headers original
+(only an 802.1Q/802.1ad tag goes) and broadcasts the frame to the rule's
+devmap, counting REDIRECT_MULTI once per input packet.
+
+Egress (mcr_egress): each broadcast copy is rewritten for the output that
+leaves through its egress interface; copies for one interface used by
+several outputs are told apart by their order. Devmap programs cannot be
+test-run and a test run takes no egress interface, so the plain-XDP twin
+mcr_egress_twin (compiled with -DMCR_TEST_TWINS) runs the same code with the
+egress ifindex taken from the map mcr_twin_egress. A "broadcast" below runs
+the twin once per devmap entry, in key order, as the kernel does.
+
+Expected frames are built by tests/packets.py from a description of each
+output, with checksums computed from scratch, and a second opinion from
+scapy; nothing here calls the rewrite or checksum code under test. Frames
+arrive on lo. The output interfaces a and b are ifindex numbers only: the
+twin never transmits. The rules' devmaps point at lo, because the kernel
+accepts devmap entries only for interfaces that exist, and a test run does
+not transmit either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+from dataclasses import replace
+
+import packets
+import pytest
+from packets import Udp4, Udp6, mac
+
+from mcr_xdp import abi, encode, libbpf, loader
+from mcr_xdp.rules import parse_rule
+
+pytestmark = pytest.mark.root
+
+PASS, DROP, REDIRECT = libbpf.XDP_PASS, libbpf.XDP_DROP, libbpf.XDP_REDIRECT
+
+LO = 1  # LOOPBACK_IFINDEX: lo in every network namespace
+TWIN = "mcr_egress_twin"  # test-only programs and map, not part of the ABI
+TWIN_EGRESS_MAP = "mcr_twin_egress"
+IFINDEX = {"a": 101, "b": 102, "c": 103}  # c: an interface no rule outputs to
+MACS = {"a": mac("02:00:00:00:00:aa"), "b": mac("02:00:00:00:00:bb")}  # source MAC per output interface
+
+
+@dataclasses.dataclass(frozen=True)
+class Out:
+    """One output as the receiver must see it."""
+
+    iface: str
+    group: str
+    port: int
+    eth_dst: str  # the group's multicast MAC, written out by hand
+
+
+# Interface a appears twice in each rule, with two groups; the MACs keep
+# only the low 23 (IPv4) or 32 (IPv6) bits of the group.
+FAN4 = [Out("a", "239.2.2.2", 5002, "01:00:5e:02:02:02"), Out("b", "239.130.3.3", 5003, "01:00:5e:02:03:03"),
+        Out("a", "239.4.4.4", 5004, "01:00:5e:04:04:04")]
+FAN6 = [Out("a", "ff3e::2:2", 5002, "33:33:00:02:00:02"), Out("b", "ff3e::3:3", 5003, "33:33:00:03:00:03"),
+        Out("a", "ff3e::4:4", 5004, "33:33:00:04:00:04")]
+SSM = [Out("a", "239.5.5.5", 5005, "01:00:5e:05:05:05"), Out("b", "239.6.6.6", 5006, "01:00:5e:06:06:06")]
+# MAX_OUTPUTS outputs, a and b taking turns: each interface 8 times.
+WIDE = [Out("ab"[i % 2], f"239.16.0.{i}", 6000 + i, f"01:00:5e:10:00:{i:02x}") for i in range(abi.MAX_OUTPUTS)]
+SSM_SOURCE = "203.0.113.9"
+
+
+def spec(outs: list[Out]) -> str:
+    return ",".join(f"{o.iface}/[{o.group}]:{o.port}" if ":" in o.group else f"{o.iface}/{o.group}:{o.port}"
+                    for o in outs)
+
+
+RULES = {
+    # rule id: (rule, its outputs, has a fan-out devmap)
+    7: (f"239.1.1.1:5001={spec(FAN4)}", FAN4, True),
+    8: (f"[ff3e::1:1]:5001={spec(FAN6)}", FAN6, True),
+    9: (f"239.1.1.9:5001={spec(FAN4)}", FAN4, False),  # its devmap is missing
+    10: (f"239.1.1.16:5001={spec(WIDE)}", WIDE, True),
+    11: (f"{SSM_SOURCE}@239.1.1.1:5001={spec(SSM)}", SSM, True),  # beats rule 7 for its source
+}
+
+IN = Udp4()  # 239.1.1.1:5001 from 192.0.2.1:40000, TTL 64, DF: rule 7
+IN6 = Udp6()  # [ff3e::1:1]:5001 from 2001:db8::1, hop limit 64: rule 8
+NO_FANOUT = replace(IN, dst="239.1.1.9")
+IN_WIDE = replace(IN, dst="239.1.1.16")
+FROM_SSM = replace(IN, src=SSM_SOURCE)
+
+
+def sent(pkt: Udp4 | Udp6, out: Out) -> bytes:
+    """pkt as output out sends it: its group, port and Ethernet header, TTL
+    or hop limit - 1, untagged."""
+    hops = {"ttl": pkt.ttl - 1} if isinstance(pkt, Udp4) else {"hop_limit": pkt.hop_limit - 1}
+    return replace(pkt, vlan=None, dst=out.group, dport=out.port, eth_dst=mac(out.eth_dst),
+                   eth_src=MACS[out.iface], **hops).build()
+
+
+def options(ihl: int) -> bytes:
+    """IPv4 options filling a header of ihl words (Router Alert, filler)."""
+    return bytes([0x94, 0x04, 0x00, 0x00]) + bytes(range(0x20, 0x20 + 4 * (ihl - 5) - 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """One copy of a broadcast: the interface it leaves through, and what the
+    egress must make of it."""
+
+    iface: str
+    out: bytes | None = None  # expected output bytes; None: XDP_DROP, counted EGRESS_DROP
+    counted: tuple[int, int] | None = None  # (rule id, output index) whose counter moves
+
+
+@dataclasses.dataclass(frozen=True)
+class EgressCase:
+    desc: str
+    frame: bytes  # as the ingress broadcast it: untagged, headers original
+    copies: tuple[Copy, ...]  # in devmap key order
+
+
+def every_output(desc: str, pkt: Udp4 | Udp6, rule_id: int, pad: bytes = b"") -> EgressCase:
+    """One broadcast of pkt (+ Ethernet padding) through all outputs of rule_id."""
+    outs = RULES[rule_id][1]
+    copies = tuple(Copy(o.iface, sent(pkt, o) + pad, (rule_id, i)) for i, o in enumerate(outs))
+    return EgressCase(desc, pkt.build() + pad, copies)
+
+
+def dropped(desc: str, pkt_or_frame, *ifaces: str) -> EgressCase:
+    frame = pkt_or_frame if isinstance(pkt_or_frame, bytes) else pkt_or_frame.build()
+    return EgressCase(desc, frame, tuple(Copy(i) for i in ifaces))
+
+
+EGRESS_CASES = [
+    every_output("IPv4: a, b, a get outputs 0, 1, 2", IN, 7),
+    every_output("IPv4: again (the rotation starts over)", IN, 7),
+    every_output("IPv6: a, b, a get outputs 0, 1, 2", IN6, 8),
+    every_output("IPv4: 16 outputs, 8 per interface", IN_WIDE, 10),
+    every_output("IPv4: TTL 2 leaves with TTL 1", replace(IN, ttl=2), 7),
+    every_output("IPv4: zero UDP checksum stays zero", replace(IN, udp_checksum=False), 7),
+    every_output("IPv4: options (IHL 8)", replace(IN, options=options(8)), 7),
+    every_output("IPv4: Ethernet padding kept", IN, 7, pad=bytes(16)),
+    every_output("SSM rule before the any-source rule", FROM_SSM, 11),
+    EgressCase("IPv4: b alone (only output 1 uses it)", IN.build(), (Copy("b", sent(IN, FAN4[1]), (7, 1)),)),
+    dropped("IPv4: interface not an output of the rule", IN, "c"),
+    dropped("IPv6: interface not an output of the rule", IN6, "c"),
+    dropped("IPv4: no rule (deleted)", replace(IN, dst="239.9.9.9"), "a", "b"),
+    dropped("IPv6: no rule (deleted)", replace(IN6, dst="ff3e::9"), "a"),
+    dropped("tagged copy: the ingress strips tags", replace(IN, vlan=100), "a"),
+    dropped("not multicast UDP", packets.arp_request(), "a"),
+]
+
+
+ANY = object()  # output not checked (the frame is dropped)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngressCase:
+    desc: str
+    frame: bytes
+    action: int
+    verdict: str  # abi.Verdict member, by name
+    rule: int  # id of the rule whose counters move
+    out: object = ANY  # expected output bytes
+
+
+INGRESS_CASES = [
+    IngressCase("IPv4 fan-out: headers untouched", IN.build(), REDIRECT, "REDIRECT_MULTI", 7, IN.build()),
+    IngressCase("IPv4 fan-out: 802.1Q tag removed", replace(IN, vlan=100).build(), REDIRECT, "REDIRECT_MULTI", 7,
+                IN.build()),
+    IngressCase("IPv4 fan-out: 802.1ad tag removed", replace(IN, vlan=100, tpid=packets.ETH_P_8021AD).build(),
+                REDIRECT, "REDIRECT_MULTI", 7, IN.build()),
+    IngressCase("IPv4 fan-out: TTL 2 is not decremented here", replace(IN, ttl=2).build(), REDIRECT,
+                "REDIRECT_MULTI", 7, replace(IN, ttl=2).build()),
+    IngressCase("IPv4 fan-out: 16 outputs", IN_WIDE.build(), REDIRECT, "REDIRECT_MULTI", 10, IN_WIDE.build()),
+    IngressCase("IPv4 fan-out: SSM rule first", FROM_SSM.build(), REDIRECT, "REDIRECT_MULTI", 11, FROM_SSM.build()),
+    IngressCase("IPv6 fan-out: headers untouched", IN6.build(), REDIRECT, "REDIRECT_MULTI", 8, IN6.build()),
+    IngressCase("IPv6 fan-out: 802.1Q tag removed", replace(IN6, vlan=100).build(), REDIRECT, "REDIRECT_MULTI", 8,
+                IN6.build()),
+    IngressCase("IPv4 fan-out: TTL 1 dropped", replace(IN, ttl=1).build(), DROP, "DROP_TTL", 7),
+    IngressCase("IPv4 fan-out: TTL 0 dropped", replace(IN, ttl=0).build(), DROP, "DROP_TTL", 7),
+    IngressCase("IPv6 fan-out: hop limit 1 dropped", replace(IN6, hop_limit=1).build(), DROP, "DROP_TTL", 8),
+    IngressCase("IPv4 fan-out: no devmap", NO_FANOUT.build(), DROP, "DROP_NO_OUTPUT", 9),
+    IngressCase("IPv4 fan-out: tagged, no devmap", replace(NO_FANOUT, vlan=100).build(), DROP, "DROP_NO_OUTPUT", 9),
+]
+
+
+@pytest.fixture(scope="module")
+def datapath():
+    """Overrides tests/bpf/conftest.py: this module needs the twin."""
+    dp = loader.Datapath(cflags=("-DMCR_TEST_TWINS",))
+    yield dp
+    dp.close()
+
+
+@pytest.fixture(scope="module")
+def one_cpu():
+    """The egress tells copies for one interface apart by a per-CPU counter,
+    and the kernel runs all copies of a broadcast on one CPU: so do the
+    tests."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
+
+
+@pytest.fixture(scope="module")
+def egress(datapath, one_cpu):
+    """egress(frame, iface) -> (XDP action, output frame): the twin, as if
+    the frame left through iface."""
+    prog_fd = datapath.load_func(TWIN)
+    map_fd = datapath._bpf[TWIN_EGRESS_MAP.encode()].map_fd
+
+    def run_copy(frame: bytes, iface: str):
+        libbpf.map_update(map_fd, ctypes.c_uint32(0), ctypes.c_uint32(IFINDEX[iface]))
+        return run(prog_fd, frame)
+
+    return run_copy
+
+
+@pytest.fixture(scope="module")
+def relay(datapath):
+    """RULES installed (input lo, outputs a and b); returns the maps."""
+    maps = datapath.maps
+    for rule_id, (text, outs, has_fanout) in RULES.items():
+        rule = parse_rule(text, "in")
+        values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface])
+                  for i, o in enumerate(rule.outputs)]
+        maps.reset_rule_counters(rule_id)
+        if has_fanout:
+            maps.set_fanout(rule_id, [(LO, datapath.egress_fd)] * len(outs))
+        maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, values))
+    maps.set_config(ssm_rules=sum("@" in text for text, _, _ in RULES.values()))
+    return maps
+
+
+def run(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
+    ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=LO, rx_queue_index=0)
+    action, out, _ = libbpf.test_run(prog_fd, frame, ctx)
+    return action, out
+
+
+def verdict_counts(maps) -> list[tuple[int, int]]:
+    return [(c.packets, c.bytes) for c in maps.verdicts()]
+
+
+def rule_counts(maps) -> dict[int, tuple[int, int, int, int]]:
+    fields = ("packets", "bytes", "forwarded", "dropped")
+    return {i: tuple(getattr(maps.rule_counters(i), f) for f in fields) for i in RULES}
+
+
+def output_counts(maps) -> dict[tuple[int, int], tuple[int, int]]:
+    return {(rule_id, i): (c.packets, c.bytes)
+            for rule_id, (_, outs, _) in RULES.items()
+            for i, c in enumerate(maps.output_counters(rule_id, len(outs)))}
+
+
+def assert_checksums_valid(frame: bytes) -> None:
+    """A second, independent opinion: scapy recomputes the IPv4 header and
+    UDP checksums (as in test_relay_prog.py)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    pkt = Ether(frame)
+    ip_check, udp_check = (pkt[IP].chksum if IP in pkt else None), pkt[UDP].chksum
+    if IP in pkt:
+        pkt[IP].chksum = None
+    pkt[UDP].chksum = None
+    fresh = Ether(bytes(pkt))
+    if IP in fresh:
+        assert fresh[IP].chksum == ip_check, "IP header checksum"
+    if udp_check != 0:  # 0: sent without a checksum (IPv4 only)
+        assert fresh[UDP].chksum == udp_check, "UDP checksum"
+
+
+@pytest.mark.parametrize("case", EGRESS_CASES, ids=lambda c: c.desc)
+def test_egress(relay, egress, case):
+    rules = rule_counts(relay)
+    for i, copy in enumerate(case.copies):
+        verdicts, outputs = verdict_counts(relay), output_counts(relay)
+
+        action, out = egress(case.frame, copy.iface)
+
+        where = f"copy {i} through {copy.iface}"
+        n = len(case.frame)
+        if copy.out is None:
+            assert action == DROP, where
+            v = abi.Verdict.EGRESS_DROP
+            verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
+        else:
+            assert action == PASS, where
+            assert out == copy.out, where
+            assert_checksums_valid(out)
+            packets_, bytes_ = outputs[copy.counted]
+            outputs[copy.counted] = (packets_ + 1, bytes_ + n)
+        assert verdict_counts(relay) == verdicts, where
+        assert output_counts(relay) == outputs, where
+    assert rule_counts(relay) == rules  # the ingress counted the input packet already
+
+
+@pytest.mark.parametrize("case", INGRESS_CASES, ids=lambda c: c.desc)
+def test_ingress_fanout(relay, run_xdp, case):
+    verdicts, rules, outputs = verdict_counts(relay), rule_counts(relay), output_counts(relay)
+
+    action, out = run_xdp(case.frame, LO)
+
+    assert action == case.action
+    if case.out is not ANY:
+        assert out == case.out
+    n, v = len(case.frame), abi.Verdict[case.verdict]
+    verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
+    assert verdict_counts(relay) == verdicts
+    packets_, bytes_, fwd, drop = rules[case.rule]
+    rules[case.rule] = (packets_ + 1, bytes_ + n, fwd + (action == REDIRECT), drop + (action != REDIRECT))
+    assert rule_counts(relay) == rules
+    assert output_counts(relay) == outputs  # the egress counts the copies
+
+
+@pytest.mark.parametrize("pkt, rule_id", [(replace(IN, vlan=100), 7), (replace(IN6, vlan=100), 8),
+                                          (replace(IN_WIDE, vlan=100, tpid=packets.ETH_P_8021AD), 10)],
+                         ids=["IPv4", "IPv6", "16 outputs"])
+def test_ingress_then_egress(relay, run_xdp, egress, pkt, rule_id):
+    """A tagged frame through the ingress, then its broadcast copies through
+    the egress in devmap order: every output gets its own rewrite."""
+    action, copy = run_xdp(pkt.build(), LO)
+    assert action == REDIRECT
+    for i, o in enumerate(RULES[rule_id][1]):
+        action, out = egress(copy, o.iface)
+        assert action == PASS, f"output {i}"
+        assert out == sent(pkt, o), f"output {i}"
+        assert_checksums_valid(out)
+
+
+def test_cleared_fanout_drops(datapath, relay, run_xdp):
+    """Clearing a live rule's devmap turns its redirect into DROP_NO_OUTPUT
+    (the relay never does it in this order, but the datapath must not mind)."""
+    pkt = replace(IN, dst="239.1.1.42")
+    rule = parse_rule(f"239.1.1.42:5001={spec(FAN4)}", "in")
+    values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface])
+              for i, o in enumerate(rule.outputs)]
+    rule_id = 12
+    relay.reset_rule_counters(rule_id)
+    relay.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, values))
+    try:
+        relay.set_fanout(rule_id, [(LO, datapath.egress_fd)] * len(values))
+        assert run_xdp(pkt.build(), LO)[0] == REDIRECT
+        relay.clear_fanout(rule_id)
+        before = verdict_counts(relay)[abi.Verdict.DROP_NO_OUTPUT][0]
+        assert run_xdp(pkt.build(), LO)[0] == DROP
+        assert verdict_counts(relay)[abi.Verdict.DROP_NO_OUTPUT][0] == before + 1
+    finally:
+        relay.delete_rule(encode.rule_key(rule, LO))
+        relay.clear_fanout(rule_id)
+
+
+def test_cases_are_what_they_claim():
+    """Guards on the tables themselves."""
+    assert len({c.desc for c in EGRESS_CASES}) == len(EGRESS_CASES)
+    assert len({c.desc for c in INGRESS_CASES}) == len(INGRESS_CASES)
+    for outs in (FAN4, FAN6):
+        assert [o.iface for o in outs].count("a") == 2  # one interface used twice ...
+        assert len({(o.group, o.port) for o in outs}) == len(outs)  # ... with different groups
+    for text, outs, _ in RULES.values():
+        assert len(parse_rule(text, "in").outputs) == len(outs) > 1
+    # Every output of a rule gets a frame different from the others'.
+    assert len({sent(IN, o) for o in FAN4}) == len(FAN4)

@@ -1,0 +1,274 @@
+"""The running relay's control socket and SIGHUP reload, end to end: a relay
+started through the real CLI in a namespace chain, changed through `mcr-xdp
+status|rule` and raw requests over its socket, and through its config file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION
+from relay_helpers import relay_cli, result, send, start_receiver, start_relay
+
+pytestmark = pytest.mark.e2e
+
+RULE_A = "in0/239.1.1.1:5001=out0/239.2.2.1:5002"
+RULE_B = "in0/239.1.1.2:5001=out0/239.2.2.2:5002"
+RULE_C = "in0/239.1.1.3:5001=out0/239.2.2.3:5002"
+
+
+@pytest.fixture
+def sock():
+    """A control socket path of the test's own (short: sun_path has 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="mcr-e2e-"))
+    yield str(path / "ctl.sock")
+    shutil.rmtree(path)
+
+
+def cli(chain, sock: str, *args: str):
+    """`mcr-xdp ARGS --socket SOCK` in the relay namespace."""
+    return relay_cli(chain, *args, "--socket", sock)
+
+
+def rule_list(chain, sock: str) -> list[dict]:
+    proc = cli(chain, sock, "rule", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def rule_texts(chain, sock: str) -> set[str]:
+    return {r["rule"] for r in rule_list(chain, sock)}
+
+
+def status(chain, sock: str) -> dict:
+    proc = cli(chain, sock, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def joined(chain) -> set[str]:
+    return chain.igmp_groups(chain.relay_in.ns, chain.IN)
+
+
+def xdp_prog_id(chain, iface: str) -> int:
+    words = chain.exec(chain.relay_in.ns, "ip", "-d", "link", "show", "dev", iface).stdout.split()
+    return int(words[words.index("prog/xdp") + 2])  # "prog/xdp id N"
+
+
+def stop_cleanly(relay) -> str:
+    """Stop the relay; it must exit 0 without a traceback. Returns its stderr."""
+    assert relay.stop() == 0
+    stderr = relay.stderr()
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def raw_request(path: str, data: bytes) -> dict:
+    """Bytes over the relay's socket as they are; the reply line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15)
+        s.connect(path)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before reading everything: the reply is waiting
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return json.loads(reply)
+
+
+def test_status(chain, sock):
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+
+    st = status(chain, sock)
+
+    [iface] = st["interfaces"]
+    assert iface["name"] == chain.IN
+    assert iface["mode"] == "xdp-native"
+    assert iface["prog_id"] == xdp_prog_id(chain, chain.IN)
+    assert (iface["rules"], iface["joins"]) == (1, 1)
+    assert st["rules"] == [{"id": 0, "rule": RULE_A}]
+    assert st["uptime"] >= 0
+    assert st["config"] is None
+    table = cli(chain, sock, "status")
+    assert table.returncode == 0, table.stderr
+    assert "xdp-native" in table.stdout and RULE_A in table.stdout
+    stop_cleanly(relay)
+
+
+def test_rule_add_list_del(chain, sock):
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+
+    added = cli(chain, sock, "rule", "add", RULE_B.removeprefix("in0/"))  # one input: INPUT/ may be left out
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"added rule 1: {RULE_B}"
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}, {"id": 1, "rule": RULE_B}]
+    assert {"239.1.1.1", "239.1.1.2"} <= joined(chain)
+    assert status(chain, sock)["interfaces"][0]["rules"] == 2
+
+    # The new rule is live: its stream arrives rewritten.
+    receiver = start_receiver(chain, "239.2.2.2", 5002, 500, idle=2.0)
+    send(chain, "239.1.1.2", 5001, 500, rate=2000)
+    got = result(receiver)
+    assert got["unique"] == 500 and got["destinations"] == {"239.2.2.2:5002": 500}, got
+
+    deleted = cli(chain, sock, "rule", "del", "1")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == f"deleted rule 1: {RULE_B}"
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}]
+    assert "239.1.1.2" not in joined(chain)
+
+    # ... and gone: nothing arrives any more.
+    receiver = start_receiver(chain, "239.2.2.2", 5002, 200, idle=1.0)
+    send(chain, "239.1.1.2", 5001, 200, rate=2000)
+    assert result(receiver)["received"] == 0
+
+    by_text = cli(chain, sock, "rule", "del", RULE_A)
+    assert by_text.returncode == 0, by_text.stderr
+    assert rule_list(chain, sock) == []
+    again = cli(chain, sock, "rule", "del", "0")
+    assert again.returncode != 0
+    assert again.stderr.strip() == "mcr-xdp: error: no rule with id 0"
+    stop_cleanly(relay)
+
+
+BAD_RULES = [
+    # (rules given to `rule add`, part of the one-line error)
+    (["239.1.1.5:5001=nope9"], "interface 'nope9' does not exist"),
+    (["239.1.1.5:5001=out0", "239.1.1.6:5001=in0"], "would loop"),  # the first alone would be fine
+    (["239.1.1.1:5001=out0"], "duplicate rule for in0 239.1.1.1:5001"),
+    (["239.1.1.5:5001=" + ",".join(f"out0/239.3.3.{i}:5002" for i in range(17))], "the limit is 16"),
+    (["239.9.9.9@239.1.1.5:5001=out0"], "not a unicast address"),
+    (["ff3e::5:5001=out0"], "write IPv6 groups in brackets"),
+    (["[ff3e::5]:5001=out0/239.3.3.3:5002"], "changes the IP version"),
+    (["239.1.1.5:5001"], "has no outputs"),
+    (["eth7/239.1.1.5:5001=out0"], "eth7, which is not an input of this relay"),
+]
+
+
+@pytest.mark.parametrize("rules, message", BAD_RULES, ids=[m for _, m in BAD_RULES])
+def test_bad_rule_add_changes_nothing(chain, sock, rules, message):
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+    before_rules, before_joins = rule_list(chain, sock), joined(chain)
+
+    proc = cli(chain, sock, "rule", "add", *rules)
+
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("mcr-xdp: error: ") and message in line, line
+    assert rule_list(chain, sock) == before_rules
+    assert joined(chain) == before_joins
+    stop_cleanly(relay)
+
+
+BAD_REQUESTS = [
+    # (description, bytes, part of the error reply)
+    ("malformed JSON", b'{"version": 1, "op"\n', "malformed request"),
+    ("not an object", b'["status"]\n', "malformed request"),
+    ("oversized", b'{"version": 1, "op": "status", "args": {"x": "' + b"x" * (2 * MAX_REQUEST) + b'"}}\n',
+     f"request larger than {MAX_REQUEST} bytes"),
+    ("unknown op", b'{"version": 1, "op": "shutdown", "args": {}}\n', "unknown operation 'shutdown'"),
+    ("unknown argument", b'{"version": 1, "op": "rule.del", "args": {"all": true}}\n', "rule.del does not take all"),
+    ("bad argument", b'{"version": 1, "op": "rule.add", "args": {"rules": "239.1.1.5:5001=out0"}}\n',
+     "a non-empty list of rule strings"),
+    ("wrong protocol version", b'{"version": 99, "op": "status", "args": {}}\n', "unsupported protocol version 99"),
+]
+
+
+def test_bad_requests_get_error_replies(chain, sock):
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+
+    for desc, data, message in BAD_REQUESTS:
+        reply = raw_request(sock, data)
+        assert reply["version"] == PROTOCOL_VERSION, desc
+        assert reply["ok"] is False, desc
+        assert message in reply["error"], (desc, reply)
+        assert relay.popen.poll() is None, desc
+
+    assert raw_request(sock, b'{"version": 1, "op": "rule.list", "args": {}}\n') == {
+        "version": PROTOCOL_VERSION, "ok": True, "result": [{"id": 0, "rule": RULE_A}]}
+    assert status(chain, sock)["rules"] == [{"id": 0, "rule": RULE_A}]
+    stop_cleanly(relay)
+
+
+def write_config(path: Path, *rules: str, extra: str = "") -> None:
+    body = ",\n".join(f'    "{r.removeprefix("in0/")}"' for r in rules)
+    path.write_text(f'{extra}interval = 1\n\n[inputs.in0]\nrules = [\n{body},\n]\n')
+
+
+def test_sighup_applies_the_config_difference(chain, sock, tmp_path):
+    cfg = tmp_path / "relay.toml"
+    write_config(cfg, RULE_A, RULE_B)
+    relay = start_relay(chain, "--config", str(cfg), "--socket", sock)
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}, {"id": 1, "rule": RULE_B}]
+    assert status(chain, sock)["config"] == str(cfg)
+
+    changed_a = "in0/239.1.1.1:5001=out0/239.2.2.9:5009"
+    write_config(cfg, changed_a, RULE_C)  # A changed, B removed, C added
+    relay.popen.send_signal(signal.SIGHUP)
+
+    line = relay.wait_for("reloaded")
+    assert line == f"reloaded {cfg}: 1 added, 1 removed, 1 changed"
+    rules = rule_list(chain, sock)
+    assert {r["rule"] for r in rules} == {changed_a, RULE_C}
+    assert {"id": 0, "rule": changed_a} in rules  # changed in place: same id, same counters
+    groups = joined(chain)
+    assert {"239.1.1.1", "239.1.1.3"} <= groups and "239.1.1.2" not in groups
+
+    # The changed rule forwards to its new group.
+    receiver = start_receiver(chain, "239.2.2.9", 5009, 300, idle=2.0)
+    send(chain, "239.1.1.1", 5001, 300, rate=2000)
+    assert result(receiver)["unique"] == 300
+
+    relay.popen.send_signal(signal.SIGHUP)  # the same file again: nothing to do
+    assert relay.wait_for("0 added, 0 removed") == f"reloaded {cfg}: 0 added, 0 removed, 0 changed"
+    assert rule_list(chain, sock) == rules
+    stop_cleanly(relay)
+
+
+BAD_RELOADS = [
+    # (description, config text, part of the error)
+    ("TOML syntax error", 'interval = 1\n[inputs.in0]\nrules = ["239.1.1.3:5001=out0"\n', "{cfg}:3: Unclosed array"),
+    ("bad rule", '[inputs.in0]\nrules = [\n  "239.1.1.3:5001=out0",\n  "10.1.1.1:5001=out0",\n]\n',
+     "{cfg}:4: inputs.in0.rules[1]: group 10.1.1.1 is not a multicast group"),
+    ("unknown interface", '[inputs.in0]\nrules = ["239.1.1.3:5001=nope9"]\n', "interface 'nope9' does not exist"),
+    ("new input interface", '[inputs.in0]\nrules = []\n[inputs.out0]\nrules = []\n',
+     "{cfg}: new input interfaces out0 need a restart"),
+    ("file removed", None, "{cfg}: cannot read: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize("text, message", [(t, m) for _, t, m in BAD_RELOADS], ids=[d for d, _, _ in BAD_RELOADS])
+def test_sighup_with_a_bad_config_changes_nothing(chain, sock, tmp_path, text, message):
+    cfg = tmp_path / "relay.toml"
+    write_config(cfg, RULE_A, RULE_B)
+    relay = start_relay(chain, "--config", str(cfg), "--socket", sock)
+    before_rules, before_joins = rule_list(chain, sock), joined(chain)
+
+    if text is None:
+        cfg.unlink()
+    else:
+        cfg.write_text(text)
+    relay.popen.send_signal(signal.SIGHUP)
+
+    # The reload runs before the relay serves this request: the signal is
+    # pending (and wakes the loop) before the connection is made.
+    assert rule_list(chain, sock) == before_rules
+    assert joined(chain) == before_joins
+    assert relay.popen.poll() is None
+    assert not any("reloaded" in line for line in relay.lines)
+    stderr = stop_cleanly(relay)
+    [line] = [line for line in stderr.splitlines() if "reload" in line]
+    assert line.startswith("mcr-xdp: reload failed, rules unchanged: "), line
+    assert message.format(cfg=cfg) in line, line

@@ -114,7 +114,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(128)
         sock.setblocking(False)
         return sock
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import config as config_mod, stats
 from .control import RequestError
-from .errors import RuleError
+from .errors import McrError, RuleError
 from .relay import Relay
 from .rules import parse_rule
 
@@ -66,7 +66,10 @@ class Service:
         missing = [i for i in cfg.interfaces if i not in self.relay.inputs]
         if missing:
             raise RuleError(f"{self.config_path}: new input interfaces {', '.join(missing)} need a restart")
-        removed, added, changed = self.relay.replace_rules(cfg.rules)
+        try:
+            removed, added, changed = self.relay.replace_rules(cfg.rules)
+        except McrError as exc:
+            raise config_mod.ConfigError(f"{self.config_path}: {exc}") from None
         return {"removed": [str(r) for r in removed], "added": [str(r) for r in added],
                 "changed": [str(r) for r in changed]}
 

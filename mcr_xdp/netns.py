@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,20 @@ class Chain(Topology):
             self.close()
             raise
         return self
+
+
+def remove_orphans(tags=("mcrt", "mcrd", "mcr-demo", "mcrx", "mcrb")) -> list[str]:
+    """Delete namespaces that a killed process of ours left behind: names
+    carry the creating pid (unique_prefix), so those whose pid is gone are
+    orphans. Returns what was removed."""
+    removed = []
+    rx = re.compile(rf"^(?:{'|'.join(map(re.escape, tags))})-(\d+)-\d+-")
+    for name in sorted(existing_namespaces()):
+        m = rx.match(name)
+        if m and not Path(f"/proc/{m[1]}").exists():
+            _run("ip", "netns", "del", name, check=False)
+            removed.append(name)
+    return removed
 
 
 def unique_prefix(tag: str = "mcr") -> str:

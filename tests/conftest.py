@@ -34,6 +34,17 @@ def _root_missing() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphan_namespaces():
+    """A test run killed before its finalizers (SIGKILL, a timeout) leaves
+    namespaces; sweep those of dead runs before this one starts."""
+    if os.geteuid() == 0:
+        from mcr_xdp.netns import remove_orphans
+
+        remove_orphans()
+    yield
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") or item.get_closest_marker("e2e"):
         reason = _root_missing()

@@ -15,7 +15,6 @@ from .errors import NotSupported, PrivilegeError, SetupError
 # a program (5.8) and BPF_F_BROADCAST redirects (5.15).
 MIN_KERNEL = (5, 15)
 
-BPFFS_MAGIC = 0xCAFE4A11
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int]:

@@ -29,4 +29,15 @@ BPF_PERCPU_ARRAY(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_O
  * of a rule (rule id * MCR_MAX_OUTPUTS + first such output). */
 BPF_PERCPU_ARRAY(mcr_egress_rr, __u32, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
+/* CPU steering (--steer-cpus): the ingress program hashes a flow to entry
+ * i < mcr_config.steer_cpus of mcr_steer, a CPU id, and redirects the frame
+ * to that CPU's mcr_cpumap entry, whose program (mcr_cpu_relay) forwards
+ * it. A cpumap may not have more entries than the kernel has CPUs
+ * (NR_CPUS): the loader passes the number of possible CPUs. */
+#ifndef MCR_NR_CPUS
+#define MCR_NR_CPUS 64
+#endif
+BPF_ARRAY(mcr_steer, __u32, MCR_MAX_CPUS);
+BPF_XDP_REDIRECT_MAP("cpumap", struct mcr_cpumap_val, mcr_cpumap, MCR_NR_CPUS);
+
 #endif /* MCR_MAPS_H */

@@ -14,12 +14,14 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 3
+#define MCR_ABI_VERSION 4
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
 #define MCR_MAX_OUTPUTS 16   /* outputs of one rule */
 #define MCR_MAX_PORTS   256  /* distinct output interfaces (devmap slots) */
+#define MCR_MAX_CPUS    256  /* entries of a steering list (--steer-cpus) */
+#define MCR_CPUMAP_QSIZE 2048 /* frames queued per steering CPU */
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
@@ -30,6 +32,8 @@
 #define MCR_MAP_FANOUT    "mcr_fanout"    /* array of devmaps: rule id -> that rule's outputs */
 #define MCR_MAP_CONFIG    "mcr_config"    /* array[1]: mcr_config */
 #define MCR_MAP_EGRESS_RR "mcr_egress_rr" /* percpu array: rotating index, one interface in several outputs */
+#define MCR_MAP_STEER     "mcr_steer"     /* array: i < mcr_config.steer_cpus -> CPU id */
+#define MCR_MAP_CPUMAP    "mcr_cpumap"    /* cpumap: CPU id -> mcr_cpumap_val (program mcr_cpu_relay) */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
  * after the datapath redirected them, per output ifindex. */
@@ -39,6 +43,8 @@
 /* Program names (function names in relay.c). */
 #define MCR_PROG_RELAY "mcr_relay"
 #define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of fan-out outputs */
+#define MCR_PROG_CPU "mcr_cpu_relay"  /* cpumap program: forwards steered frames on their CPU */
+#define MCR_PROG_TC "mcr_tc_relay"    /* clsact ingress program (tc_relay.c), --mode tc */
 
 /* Address families as stored in mcr_rule_key.family. */
 #define MCR_FAMILY_IPV4 4
@@ -91,6 +97,8 @@ struct mcr_output {
 	__u8 group[16];      /* new destination group */
 	__u32 ip_csum_delta; /* IPv4 header checksum delta */
 	__u32 l4_csum_delta; /* UDP checksum delta (pseudo header + port) */
+	__u32 pseudo_csum_delta; /* UDP checksum delta of the pseudo header alone
+				  * (TC: a partial checksum covers only that) */
 };
 
 struct mcr_rule {
@@ -102,6 +110,7 @@ struct mcr_rule {
 struct mcr_config {
 	__u32 abi_version;
 	__u32 ssm_rules;     /* number of source-specific rules: 0 skips that lookup */
+	__u32 steer_cpus;    /* CPUs in MCR_MAP_STEER: 0 forwards on the receiving CPU */
 };
 
 struct mcr_counter {
@@ -127,6 +136,12 @@ struct mcr_loss_key {
 struct mcr_loss {
 	__u64 xmit_drops;    /* xdp:xdp_devmap_xmit: the driver refused frames */
 	__u64 redirect_errors; /* xdp:xdp_redirect_err: the redirect itself failed */
+};
+
+/* Value of MCR_MAP_CPUMAP (struct bpf_cpumap_val). */
+struct mcr_cpumap_val {
+	__u32 qsize;         /* frames the CPU's queue holds */
+	__s32 prog_fd;       /* mcr_cpu_relay */
 };
 
 /* Value of MCR_MAP_TX_PORTS and of each fan-out devmap. */

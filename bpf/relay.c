@@ -4,7 +4,9 @@
  *
  * mcr_relay (ingress): parse -> look up the rule -> rewrite and redirect
  * (one output) or broadcast to the rule's devmap (several outputs), with
- * one exit that counts the verdict.
+ * one exit that counts the verdict. With steering on, matched frames are
+ * first handed to their flow's CPU, where mcr_cpu_relay (cpumap program)
+ * does the same forwarding.
  *
  * mcr_egress (devmap egress): runs on each broadcast copy, parses the
  * still-original headers again, finds the same rule, and applies the
@@ -15,164 +17,57 @@
  * untouched: the relay never takes traffic it was not told to relay.
  */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/in.h>
 
 #include "mcr_abi.h"
 #include "maps.h"
-#include "parsing.h"
-#include "rewrite.h"
+#include "forward.h"
 
-#define VLAN_HLEN 4
-#define MCR_MATCH MCR_V_MAX /* parse_packet: multicast UDP, key filled in */
+#define MCR_STEERED (MCR_V_MAX + 1) /* handed to another CPU, which counts it */
 
-struct pkt {
-	struct ethhdr *eth;
-	struct iphdr *iph;      /* one of iph / ip6h is set */
-	struct ipv6hdr *ip6h;
-	struct udphdr *udp;
-	int tagged;
-	__u8 hops;              /* TTL or hop limit */
-	struct mcr_rule_key key;
-};
-
-/* Parse up to UDP and fill in the lookup key (source left zero). Returns
- * MCR_MATCH, or the PASS verdict that says why the packet is not ours. */
-static __always_inline __u32 parse_packet(struct xdp_md *ctx, struct pkt *p)
+/* The steering CPU of a flow, NULL when steering is off. */
+static __always_inline __u32 *steer_cpu(struct mcr_config *cfg, struct pkt *p)
 {
-	struct cursor cur = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-	};
-	__be16 proto;
+	__u32 idx;
 
-	p->eth = parse_eth(&cur, &proto, &p->tagged);
-	if (!p->eth)
-		return MCR_V_PASS_MALFORMED;
-	if (proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *iph = parse_ipv4(&cur);
-
-		if (!iph)
-			return MCR_V_PASS_MALFORMED;
-		if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000))
-			return MCR_V_PASS_NOT_MULTICAST;
-		if (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET))
-			return MCR_V_PASS_FRAGMENT;
-		if (iph->protocol != IPPROTO_UDP)
-			return MCR_V_PASS_NOT_UDP;
-		p->iph = iph;
-		p->hops = iph->ttl;
-		p->key.family = MCR_FAMILY_IPV4;
-		*(__be32 *)p->key.group = iph->daddr;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6h = parse_ipv6(&cur);
-
-		if (!ip6h)
-			return MCR_V_PASS_MALFORMED;
-		if (ip6h->daddr.s6_addr[0] != 0xff)
-			return MCR_V_PASS_NOT_MULTICAST;
-		if (ip6h->nexthdr != IPPROTO_UDP)
-			return ip6h->nexthdr == IPPROTO_TCP || ip6h->nexthdr == IPPROTO_ICMPV6 ?
-			       MCR_V_PASS_NOT_UDP : MCR_V_PASS_IPV6_EXT;
-		p->ip6h = ip6h;
-		p->hops = ip6h->hop_limit;
-		p->key.family = MCR_FAMILY_IPV6;
-		__builtin_memcpy(p->key.group, &ip6h->daddr, sizeof(p->key.group));
-	} else {
-		return MCR_V_PASS_NOT_IP;
-	}
-	p->udp = parse_udp(&cur);
-	if (!p->udp)
-		return MCR_V_PASS_MALFORMED;
-	/* The UDP header must lie inside the IP packet, not in Ethernet padding. */
-	if (p->iph && bpf_ntohs(p->iph->tot_len) < p->iph->ihl * 4 + sizeof(struct udphdr))
-		return MCR_V_PASS_MALFORMED;
-	if (p->ip6h && bpf_ntohs(p->ip6h->payload_len) < sizeof(struct udphdr))
-		return MCR_V_PASS_MALFORMED;
-	/* IPv6 requires a UDP checksum: a zero one can't be updated, and the
-	 * receiving stack would drop the packet anyway. */
-	if (p->ip6h && !p->udp->check)
-		return MCR_V_PASS_MALFORMED;
-	p->key.ifindex = ctx->ingress_ifindex;
-	p->key.port = p->udp->dest;
-	return MCR_MATCH;
+	if (!cfg || !cfg->steer_cpus)
+		return NULL;
+	idx = flow_hash(p) % cfg->steer_cpus;
+	return mcr_steer.lookup(&idx);
 }
 
-/* (source, group, port) takes precedence over (group, port); the first
- * lookup is skipped while no source-specific rule exists. */
-static __always_inline struct mcr_rule *lookup_rule(struct pkt *p)
+/* Parse, look up, then rewrite and redirect (one output) or broadcast to
+ * the rule's devmap (several outputs); one exit counts the verdict. With
+ * may_steer (the ingress program) and steering on, a matched frame goes to
+ * its flow's CPU instead, where mcr_cpu_relay runs this again with
+ * may_steer off: the frame is counted once, by the CPU that forwards it. */
+static __always_inline int forward(struct xdp_md *ctx, int may_steer)
 {
-	__u32 zero = 0;
-	struct mcr_config *cfg = mcr_config.lookup(&zero);
-	struct mcr_rule *rule;
-
-	if (cfg && cfg->ssm_rules) {
-		if (p->iph)
-			*(__be32 *)p->key.source = p->iph->saddr;
-		else if (p->ip6h)
-			__builtin_memcpy(p->key.source, &p->ip6h->saddr, sizeof(p->key.source));
-		rule = mcr_rules.lookup(&p->key);
-		__builtin_memset(p->key.source, 0, sizeof(p->key.source));
-		if (rule)
-			return rule;
-	}
-	return mcr_rules.lookup(&p->key);
-}
-
-static __always_inline void rewrite(struct pkt *p, void *eth, const struct mcr_output *out)
-{
-	if (p->iph)
-		rewrite_ipv4(eth, p->iph, p->udp, out);
-	else if (p->ip6h)
-		rewrite_ipv6(eth, p->ip6h, p->udp, out);
-}
-
-static __always_inline void count(void *map_lookup_result, __u64 bytes)
-{
-	struct mcr_counter *c = map_lookup_result;
-
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
-}
-
-static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
-{
-	struct mcr_rule_counters *c = mcr_rule_stats.lookup(&id);
-
-	if (!c)
-		return;
-	c->packets++;
-	c->bytes += bytes;
-	if (forwarded)
-		c->forwarded++;
-	else
-		c->dropped++;
-}
-
-static __always_inline void count_output(__u32 id, __u32 idx, __u64 bytes)
-{
-	__u32 slot = id * MCR_MAX_OUTPUTS + idx;
-
-	count(mcr_output_stats.lookup(&slot), bytes);
-}
-
-int mcr_relay(struct xdp_md *ctx)
-{
-	__u64 bytes = ctx->data_end - ctx->data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct mcr_config *cfg = config();
 	struct pkt p = {};
 	struct mcr_rule *rule = NULL;
 	int action = XDP_PASS;
-	__u32 verdict;
+	__u32 verdict, *cpu;
 	void *fanout;
 
-	verdict = parse_packet(ctx, &p);
+	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p);
 	if (verdict != MCR_MATCH)
 		goto out;
-	rule = lookup_rule(&p);
+	rule = lookup_rule(cfg, &p);
 	if (!rule) {
 		verdict = MCR_V_PASS_NO_RULE;
 		goto out;
+	}
+	if (may_steer) {
+		cpu = steer_cpu(cfg, &p);
+		/* A CPU without a cpumap entry: forward here rather than lose it. */
+		if (cpu && mcr_cpumap.redirect_map(*cpu, 0) == XDP_REDIRECT) {
+			verdict = MCR_STEERED;
+			action = XDP_REDIRECT;
+			goto out;
+		}
 	}
 	action = XDP_DROP;
 	if (p.hops <= 1) {
@@ -216,10 +111,23 @@ int mcr_relay(struct xdp_md *ctx)
 		action = XDP_DROP;
 
 out:
-	count(mcr_verdicts.lookup(&verdict), bytes);
+	if (verdict == MCR_STEERED)
+		return action;
+	count_verdict(verdict, bytes);
 	if (rule)
 		count_rule(rule->id, bytes, action == XDP_REDIRECT);
 	return action;
+}
+
+int mcr_relay(struct xdp_md *ctx)
+{
+	return forward(ctx, 1);
+}
+
+/* The cpumap program: the same forwarding, on the CPU steering chose. */
+int mcr_cpu_relay(struct xdp_md *ctx)
+{
+	return forward(ctx, 0);
 }
 
 /* Which output of rule a copy leaving through egress_ifindex is. Usually
@@ -268,15 +176,16 @@ static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifi
  * of its rule that leaves through egress_ifindex. */
 static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 {
-	__u64 bytes = ctx->data_end - ctx->data;
-	__u32 verdict = MCR_V_EGRESS_DROP;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
 	struct mcr_rule *rule;
 	struct pkt p = {};
 	int idx;
 
-	if (parse_packet(ctx, &p) != MCR_MATCH || p.tagged)
+	if (parse_packet(data, data_end, ctx->ingress_ifindex, &p) != MCR_MATCH || p.tagged)
 		goto drop;
-	rule = lookup_rule(&p);
+	rule = lookup_rule(config(), &p);
 	if (!rule)
 		goto drop;
 	idx = egress_output(rule, egress_ifindex);
@@ -286,7 +195,7 @@ static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 	count_output(rule->id, idx, bytes);
 	return XDP_PASS;
 drop:
-	count(mcr_verdicts.lookup(&verdict), bytes);
+	count_verdict(MCR_V_EGRESS_DROP, bytes);
 	return XDP_DROP;
 }
 

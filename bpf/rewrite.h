@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * rewrite.h - header rewrite and incremental checksum helpers. The control
- * plane precomputes each output's checksum deltas (mcr_output), so the
+ * plane precomputes each output's checksum deltas (mcr_output), so the XDP
  * datapath only adds them: no per-packet helper calls, no loops.
  */
 #ifndef MCR_REWRITE_H
@@ -22,6 +22,29 @@ static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
 	return ~csum_fold((__u32)(__u16)~check + delta);
 }
 
+/* The fields an output changes, checksums aside: Ethernet header, group,
+ * port, TTL (hops: the TTL as received, so rewriting one packet for several
+ * outputs in turn still lowers it by one). The XDP rewrites below add the
+ * checksum deltas themselves; the TC program leaves them to the kernel's
+ * csum helpers, which also keep a partial (offloaded) checksum right. */
+static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, struct udphdr *udp,
+					      const struct mcr_output *out, __u8 hops)
+{
+	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
+	iph->daddr = *(const __be32 *)out->group;
+	iph->ttl = hops - 1;
+	udp->dest = out->port;
+}
+
+static __always_inline void write_fields_ipv6(void *eth, struct ipv6hdr *ip6h, struct udphdr *udp,
+					      const struct mcr_output *out, __u8 hops)
+{
+	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
+	__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
+	ip6h->hop_limit = hops - 1;
+	udp->dest = out->port;
+}
+
 /* Rewrite an IPv4/UDP packet for one output. The caller has checked the
  * TTL. A zero UDP checksum means "none" in IPv4 and stays zero; a computed
  * zero is sent as 0xffff (RFC 768). */
@@ -30,15 +53,12 @@ static __always_inline void rewrite_ipv4(struct ethhdr *eth, struct iphdr *iph,
 {
 	__u16 check;
 
-	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
-	iph->daddr = *(const __be32 *)out->group;
-	iph->ttl--;
 	iph->check = csum_apply(iph->check, out->ip_csum_delta);
-	udp->dest = out->port;
 	if (udp->check) {
 		check = csum_apply(udp->check, out->l4_csum_delta);
 		udp->check = check ? check : 0xffff;
 	}
+	write_fields_ipv4(eth, iph, udp, out, iph->ttl);
 }
 
 /* Rewrite an IPv6/UDP packet for one output. IPv6 has no header checksum;
@@ -49,12 +69,9 @@ static __always_inline void rewrite_ipv6(struct ethhdr *eth, struct ipv6hdr *ip6
 {
 	__u16 check;
 
-	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
-	__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
-	ip6h->hop_limit--;
-	udp->dest = out->port;
 	check = csum_apply(udp->check, out->l4_csum_delta);
 	udp->check = check ? check : 0xffff;
+	write_fields_ipv6(eth, ip6h, udp, out, ip6h->hop_limit);
 }
 
 #endif /* MCR_REWRITE_H */

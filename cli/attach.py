@@ -12,7 +12,8 @@ import typer
 from mcr_xdp import config as config_mod, control, stats
 from mcr_xdp.control import ControlServer
 from mcr_xdp.errors import McrError
-from mcr_xdp.loader import XdpMode
+from mcr_xdp.fallback import FANOUT_MODES
+from mcr_xdp.loader import Mode, XdpMode
 from mcr_xdp.metrics import MetricsServer, exposition
 from mcr_xdp.relay import Relay, RelayConfig
 from mcr_xdp.rules import parse_rule
@@ -36,8 +37,20 @@ def attach(
     rule: Annotated[list[str], typer.Option("--rule", "-r", help=RULE_HELP, show_default=False)] = [],  # noqa: B006
     config: Annotated[str | None, typer.Option("--config", "-c", help="TOML config file (inputs, rules, "
                                                "options); SIGHUP re-reads it.")] = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", show_default="auto", help=(
+        "How to relay: xdp-native, xdp-generic, tc (clsact + bpf_clone_redirect), userspace (PACKET_FANOUT "
+        "workers), or auto: the first of those, in that order, that works on each input."))] = None,
     xdp_mode: Annotated[XdpMode | None, typer.Option("--xdp-mode", show_default="auto",
-                                                     help="native, generic, or auto (native, else generic).")] = None,
+                                                     help="Alias: native = --mode xdp-native, generic = "
+                                                     "--mode xdp-generic, auto = --mode auto.")] = None,
+    steer_cpus: Annotated[str | None, typer.Option("--steer-cpus", metavar="LIST", help=(
+        "XDP: hash each flow (source, group, port) to one of these CPUs (e.g. 0,1 or 0-3), which forwards "
+        "it (cpumap); a stream never reorders. Off by default."), show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, show_default="one per CPU",
+                                                help="Userspace mode: worker processes.")] = None,
+    fanout: Annotated[str, typer.Option("--fanout", help="Userspace mode: how PACKET_FANOUT spreads packets "
+                                        "over the workers: hash (per flow, keeps order), cpu (by receiving "
+                                        "CPU), lb (round robin, may reorder a stream).")] = "hash",
     interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
                                                    help="Seconds between counter lines.")] = None,
     socket_path: SocketOpt = None,
@@ -47,7 +60,10 @@ def attach(
                                                      help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
                                                      show_default=False)] = None,
 ) -> None:
-    """Attach the XDP relay to the input interfaces and relay until Ctrl-C or SIGTERM.
+    """Attach the relay to the input interfaces and relay until Ctrl-C or SIGTERM.
+
+    Each input runs in the fastest mode that works there (--mode auto: native
+    XDP, generic XDP, TC, userspace); the first lines say which, and why.
 
     Rules can change at runtime (mcr-xdp rule, SIGHUP with --config).
 
@@ -63,11 +79,18 @@ def attach(
     rules = [*(file_cfg.rules if file_cfg else []), *(parse_rule(text, default) for text in rule)]
     if not rules:
         raise typer.BadParameter("give at least one --rule (or --config with rules)", param_hint="--rule")
-    mode = xdp_mode or (file_cfg.xdp_mode if file_cfg else None) or XdpMode.AUTO
+    if fanout not in FANOUT_MODES:
+        raise typer.BadParameter(f"{fanout!r} is not one of {', '.join(FANOUT_MODES)}", param_hint="--fanout")
+    try:
+        cpus = parse_cpu_list(steer_cpus) if steer_cpus else ()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--steer-cpus") from None
+    xdp = xdp_mode or (file_cfg.xdp_mode if file_cfg and mode is None else None) or XdpMode.AUTO
     interval = interval or (file_cfg.interval if file_cfg else None) or 5.0
     path = socket_path or (file_cfg.control_socket if file_cfg else None) or control.default_path()
 
-    relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=mode))
+    relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
+                              workers=workers, fanout=fanout))
     service = Service(relay, config)
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
@@ -107,13 +130,47 @@ def attach(
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
 
 
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """"0,1" or "0-3,6" -> CPU ids, in order, each once."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list like 0,1 or 0-3")
+        for cpu in range(int(lo), int(hi if sep else lo) + 1):
+            if cpu in cpus:
+                raise ValueError(f"{text!r} names CPU {cpu} twice")
+            cpus.append(cpu)
+    if not cpus:
+        raise ValueError(f"{text!r} names no CPU")
+    return tuple(cpus)
+
+
+def attach_line(a) -> str:
+    """What one input runs, as printed at attach."""
+    if a.mode in ("native", "generic"):
+        return f"attached {a.ifname}: XDP {a.mode} mode, program id {a.prog_id}"
+    if a.mode == "tc":
+        return f"attached {a.ifname}: TC mode (clsact ingress), program id {a.prog_id}"
+    return f"attached {a.ifname}: userspace mode (PACKET_FANOUT workers)"
+
+
 def _announce(relay: Relay, path: str) -> None:
     for a in relay.attachments.values():
         if a.notice:
             err.print(f"mcr-xdp: notice: {a.notice}", markup=False)
     installed = list(relay.rules.values())
-    for line in render.attach_lines(list(relay.attachments.values()), installed[:SHOWN_RULES]):
+    for a in relay.attachments.values():
+        out.print(attach_line(a), markup=False)
+    for line in render.attach_lines([], installed[:SHOWN_RULES]):
         out.print(line, markup=False)
+    st = relay.status()
+    if st.get("steering"):
+        out.print(f"steering flows over CPUs {','.join(map(str, st['steering']['cpus']))}", markup=False)
+    if st.get("userspace"):
+        us = st["userspace"]
+        groups = ", ".join(f"{name} group {gid}" for name, gid in us["fanout_groups"].items())
+        out.print(f"userspace: {len(us['workers'])} workers, fanout {us['fanout']} ({groups})", markup=False)
     if len(installed) > SHOWN_RULES:
         out.print(f"... and {len(installed) - SHOWN_RULES} more rules (mcr-xdp rule list)", markup=False)
     out.print(f"control socket {path}", markup=False)

@@ -18,16 +18,22 @@ def detach(
     interface: Annotated[str, typer.Argument(help="Interface to remove the relay's XDP program from.", show_default=False)],
     force: Annotated[bool, typer.Option("--force", help="Also remove an XDP program that is not mcr-xdp's.")] = False,
 ) -> None:
-    """Remove the XDP program a killed relay left on INTERFACE.
+    """Remove the XDP program or TC filter a killed relay left on INTERFACE.
 
     A running relay detaches by itself on Ctrl-C or SIGTERM; this is for the
-    program a relay that was killed with SIGKILL left behind.
+    program a relay that was killed with SIGKILL left behind. (Userspace-mode
+    workers end with their relay: they leave nothing.)
     """
     features.require_root("detach")
     link = lookup([interface])[interface]
+    tc = loader.tc_attached(link.ifindex)
+    if tc is not None:
+        loader.tc_detach(link.ifindex, interface)
+        out.print(f"removed the relay's TC filter ({tc.name}) from {interface}", markup=False)
     current = loader.attached(link.ifindex)
     if current is None:
-        out.print(f"{interface} has no XDP program; nothing to do", markup=False)
+        if tc is None:
+            out.print(f"{interface} has no XDP program or relay TC filter; nothing to do", markup=False)
         if pins.remove_if_orphaned(instance_name()):
             out.print(f"removed stale pinned maps ({pins.pin_dir(instance_name())})", markup=False)
         return

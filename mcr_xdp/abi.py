@@ -7,11 +7,13 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
 MAX_PORTS = 256
+MAX_CPUS = 256
+CPUMAP_QSIZE = 2048
 
 MAP_RULES = "mcr_rules"
 MAP_TX_PORTS = "mcr_tx_ports"
@@ -21,11 +23,15 @@ MAP_OUTPUT_STATS = "mcr_output_stats"
 MAP_FANOUT = "mcr_fanout"
 MAP_CONFIG = "mcr_config"
 MAP_EGRESS_RR = "mcr_egress_rr"
+MAP_STEER = "mcr_steer"
+MAP_CPUMAP = "mcr_cpumap"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
 
 PROG_RELAY = "mcr_relay"
 PROG_EGRESS = "mcr_egress"
+PROG_CPU = "mcr_cpu_relay"
+PROG_TC = "mcr_tc_relay"
 
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
@@ -70,6 +76,7 @@ class Output(ctypes.Structure):
         ("group", ctypes.c_uint8 * 16),
         ("ip_csum_delta", ctypes.c_uint32),
         ("l4_csum_delta", ctypes.c_uint32),
+        ("pseudo_csum_delta", ctypes.c_uint32),
     ]
 
 
@@ -85,6 +92,7 @@ class Config(ctypes.Structure):
     _fields_ = [
         ("abi_version", ctypes.c_uint32),
         ("ssm_rules", ctypes.c_uint32),
+        ("steer_cpus", ctypes.c_uint32),
     ]
 
 
@@ -118,6 +126,13 @@ class Loss(ctypes.Structure):
     ]
 
 
+class CpumapVal(ctypes.Structure):
+    _fields_ = [
+        ("qsize", ctypes.c_uint32),
+        ("prog_fd", ctypes.c_int32),
+    ]
+
+
 class DevmapVal(ctypes.Structure):
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -134,6 +149,7 @@ STRUCTS = {
     "mcr_rule_counters": RuleCounters,
     "mcr_config": Config,
     "mcr_devmap_val": DevmapVal,
+    "mcr_cpumap_val": CpumapVal,
     "mcr_loss_key": LossKey,
     "mcr_loss": Loss,
 }

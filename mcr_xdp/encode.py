@@ -52,6 +52,9 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     # through the pseudo header in both families.
     value.ip_csum_delta = csum.fold(addr_delta + csum.TTL_DECREMENT_DELTA) if group.version == 4 else 0
     value.l4_csum_delta = csum.fold(addr_delta + csum.delta(old_port, new_port))
+    # A partial (offloaded) UDP checksum holds only the pseudo header: TC
+    # updates it by this part alone and lets the kernel handle the port.
+    value.pseudo_csum_delta = addr_delta
     return value
 
 

@@ -1,7 +1,9 @@
 """Compile the datapath with bcc, attach it to interfaces, detach it.
 
-bcc compiles the C in bpf/ at run time; attach, detach and query go through
-libbpf so errors come back as errnos instead of bcc's stderr messages.
+bcc compiles the C in bpf/ at run time; XDP attach, detach and query go
+through libbpf so errors come back as errnos instead of bcc's stderr
+messages; the TC program is attached as a clsact ingress filter through
+netlink (pyroute2).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
+import os
 from pathlib import Path
 
 from . import abi, libbpf
-from .errors import AttachError, BusyError, SetupError
+from .errors import AttachError, BusyError, SetupError, UsageError
 from .features import require_toolchain
-from .maps import Maps
+from .maps import Maps, possible_cpus
 
 MAP_NAMES = (
     abi.MAP_RULES,
@@ -25,13 +28,61 @@ MAP_NAMES = (
     abi.MAP_FANOUT,
     abi.MAP_CONFIG,
     abi.MAP_EGRESS_RR,
+    abi.MAP_STEER,
+    abi.MAP_CPUMAP,
 )
+
+# The datapath is one bcc object: the XDP programs (relay.c) and the TC
+# program (tc_relay.c) share its maps. bcc rewrites map calls (map.lookup())
+# only in the file it compiles, never in headers it includes, so the code
+# both programs share (forward.h) is compiled as part of that one text, in
+# this order; `#line` keeps compiler messages pointing at the real files.
+DATAPATH_SOURCES = ("forward.h", "relay.c", "tc_relay.c")
 
 
 class XdpMode(str, enum.Enum):
+    """--xdp-mode, the older spelling of the XDP choices of --mode."""
+
     AUTO = "auto"
     NATIVE = "native"
     GENERIC = "generic"
+
+
+class Mode(str, enum.Enum):
+    """How an input interface relays: the mode ladder, fastest first."""
+
+    AUTO = "auto"
+    XDP_NATIVE = "xdp-native"
+    XDP_GENERIC = "xdp-generic"
+    TC = "tc"
+    USERSPACE = "userspace"
+
+
+LADDER = (Mode.XDP_NATIVE, Mode.XDP_GENERIC, Mode.TC, Mode.USERSPACE)
+BPF_MODES = (Mode.XDP_NATIVE, Mode.XDP_GENERIC, Mode.TC)
+
+# For tests: modes named here (comma-separated) fail to load as if the
+# kernel refused them, so the ladder's fall-through can be exercised.
+FAIL_MODES_ENV = "MCR_XDP_FAIL_MODES"
+
+
+def failing_modes() -> set[str]:
+    return {m.strip() for m in os.environ.get(FAIL_MODES_ENV, "").split(",") if m.strip()}
+
+
+def ladder(mode: Mode | None, xdp_mode: XdpMode | None = None) -> tuple[Mode, ...]:
+    """The modes to try, in order. --mode wins; --xdp-mode native|generic is
+    an alias for xdp-native|xdp-generic; auto (either) is the whole ladder."""
+    if mode is not None and xdp_mode not in (None, XdpMode.AUTO):
+        alias = Mode(f"xdp-{xdp_mode.value}")
+        if mode not in (Mode.AUTO, alias):
+            raise UsageError(f"--mode {mode.value} and --xdp-mode {xdp_mode.value} disagree: give one of them")
+        return (alias,)
+    if mode is None or mode == Mode.AUTO:
+        if xdp_mode in (None, XdpMode.AUTO):
+            return LADDER
+        return (Mode(f"xdp-{xdp_mode.value}"),)
+    return (mode,)
 
 
 _ATTACHED_MODE = {
@@ -54,16 +105,30 @@ def bpf_dir() -> Path:
     raise SetupError(f"the datapath sources (bpf/relay.c) are not installed beside {here}: reinstall mcr-xdp")
 
 
+def datapath_text(directory: Path | None = None) -> str:
+    """The datapath's translation unit (see DATAPATH_SOURCES)."""
+    directory = directory or bpf_dir()
+    return "".join(f'#line 1 "{directory / name}"\n' + (directory / name).read_text() + "\n"
+                   for name in DATAPATH_SOURCES)
+
+
 class Datapath:
-    """One compiled and loaded copy of bpf/relay.c: its program and maps."""
+    """One compiled and loaded copy of the datapath (DATAPATH_SOURCES): its
+    programs and maps. The XDP ingress and egress programs load at once; the
+    cpumap and TC programs when first asked for."""
 
     def __init__(self, cflags: tuple[str, ...] = ()):
         require_toolchain()
         from bcc import BPF, BPFAttachType
 
-        src = bpf_dir() / "relay.c"
+        directory = bpf_dir()
+        self._tc_fd: int | None = None
+        self._cpu_fd: int | None = None
+        self.steer_cpus: tuple[int, ...] = ()
         try:
-            self._bpf = BPF(src_file=str(src).encode(), cflags=[f"-I{src.parent}", *cflags])
+            # A cpumap may not have more entries than the kernel has CPUs.
+            self._bpf = BPF(text=datapath_text(directory).encode(),
+                            cflags=[f"-I{directory}", f"-DMCR_NR_CPUS={possible_cpus()}", *cflags])
             self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
             # Every output of a fan-out rule carries the egress program.
             self.egress_fd = self._bpf.load_func(abi.PROG_EGRESS.encode(), BPF.XDP,
@@ -81,19 +146,64 @@ class Datapath:
 
         return self._bpf.load_func(name.encode(), BPF.XDP).fd
 
+    @property
+    def tc_fd(self) -> int:
+        """The clsact ingress program (tc_relay.c), loaded on first use."""
+        if self._tc_fd is None:
+            from bcc import BPF
+
+            try:
+                self._tc_fd = self._bpf.load_func(abi.PROG_TC.encode(), BPF.SCHED_CLS).fd
+            except Exception as exc:  # bcc: bare Exception when the verifier refuses
+                raise AttachError(f"could not load the TC program: {_first_line(exc)}") from None
+        return self._tc_fd
+
+    @property
+    def cpu_fd(self) -> int:
+        """The cpumap program (steering), loaded on first use."""
+        if self._cpu_fd is None:
+            from bcc import BPF, BPFAttachType
+
+            try:
+                self._cpu_fd = self._bpf.load_func(abi.PROG_CPU.encode(), BPF.XDP,
+                                                   attach_type=BPFAttachType.XDP_CPUMAP).fd
+            except Exception as exc:  # bcc: bare Exception when the verifier refuses
+                raise AttachError(f"could not load the cpumap program: {_first_line(exc)}") from None
+        return self._cpu_fd
+
+    def set_steering(self, cpus: list[int] | tuple[int, ...]) -> None:
+        """Hash flows over these CPUs (empty: forward on the receiving CPU).
+        Entries go in before the count that makes them reachable."""
+        cpus = tuple(cpus)
+        if cpus:
+            self.maps.set_steering(cpus, self.cpu_fd)
+        self.steer_cpus = cpus
+        self.maps.set_steer_count(len(cpus))
+
     def close(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclasses.dataclass(frozen=True)
 class Attachment:
     ifindex: int
     ifname: str
-    mode: str  # "native" or "generic"
-    prog_id: int
+    mode: str  # "native" or "generic" (XDP), "tc", "userspace"
+    prog_id: int  # 0 in userspace mode
     notice: str = ""  # why the mode differs from the one asked for
+    tried: tuple[tuple[str, str], ...] = ()  # (mode, why it was not used), in ladder order
+
+    @property
+    def mode_name(self) -> str:
+        """The mode as --mode spells it: xdp-native, xdp-generic, tc, userspace."""
+        return f"xdp-{self.mode}" if self.mode in ("native", "generic") else self.mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,31 +223,6 @@ def attached(ifindex: int) -> Attached | None:
     return Attached(prog_id, _ATTACHED_MODE.get(q.attach_mode, "unknown"), libbpf.prog_name(prog_id))
 
 
-def attach(ifindex: int, ifname: str, prog_fd: int, mode: XdpMode) -> Attachment:
-    """Attach prog_fd to an interface that has no XDP program yet."""
-    current = attached(ifindex)
-    if current is not None:
-        raise BusyError(
-            f"{ifname} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}, "
-            f"{current.mode}); a relay may be running there: stop it or run `mcr-xdp detach {ifname}`"
-        )
-    prog_id = libbpf.prog_id(prog_fd)
-    tries = ["native", "generic"] if mode == XdpMode.AUTO else [mode.value]
-    notice = ""
-    for i, name in enumerate(tries):
-        try:
-            libbpf.xdp_attach(ifindex, prog_fd, libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[name])
-        except OSError as exc:
-            if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
-                raise BusyError(f"{ifname} already has an XDP program") from None
-            if i + 1 < len(tries):
-                notice = f"native XDP is not available on {ifname} ({exc.strerror}): using generic XDP, which is slower"
-                continue
-            raise AttachError(f"cannot attach {name} XDP to {ifname}: {exc.strerror}") from None
-        return Attachment(ifindex, ifname, name, prog_id, notice)
-    raise AssertionError("unreachable")
-
-
 def detach(ifindex: int, ifname: str, only_prog_id: int | None = None) -> Attached | None:
     """Remove the XDP program of an interface; with only_prog_id, only if it
     is that program. Returns what was removed."""
@@ -150,3 +235,118 @@ def detach(ifindex: int, ifname: str, only_prog_id: int | None = None) -> Attach
     except OSError as exc:
         raise AttachError(f"cannot detach XDP from {ifname}: {exc.strerror}") from None
     return current
+
+
+# -- TC (clsact ingress) ----------------------------------------------------
+
+# The relay's filter on an interface's clsact ingress hook: this priority,
+# this name. `tc filter show dev IFACE ingress` shows it as "mcr_tc_relay".
+TC_PRIORITY = 0x4D43
+TC_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+TC_EGRESS = 0xFFFFFFF3
+
+
+@dataclasses.dataclass(frozen=True)
+class TcFilter:
+    """A relay TC filter found on an interface."""
+
+    priority: int
+    name: str
+    qdisc_created: bool = False  # by this relay (removed with the filter if then empty)
+
+
+def _tc_filters(ipr, ifindex: int, parent: int) -> list:
+    return [m for m in ipr.get_filters(index=ifindex, parent=parent) if m.get_attr("TCA_KIND")]
+
+
+def tc_attached(ifindex: int) -> TcFilter | None:
+    """The relay's TC filter on ifindex, if any (a relay's, or one a killed
+    relay left)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            filters = _tc_filters(ipr, ifindex, TC_INGRESS)
+        except NetlinkError:
+            return None  # no clsact qdisc
+    for msg in filters:
+        opts = msg.get_attr("TCA_OPTIONS")
+        name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
+        if msg.get_attr("TCA_KIND") == "bpf" and name and name.startswith(abi.PROG_TC):
+            return TcFilter(msg["info"] >> 16, name)
+    return None
+
+
+def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> tuple[Attachment, bool]:
+    """Attach the TC program to ifindex's clsact ingress hook, creating the
+    clsact qdisc if the interface has none. Returns the attachment and
+    whether the qdisc was created (then tc_detach removes it too)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    if tc_attached(ifindex) is not None:
+        raise BusyError(f"{ifname} already has the relay's TC filter; a relay may be running there: "
+                        f"stop it or run `mcr-xdp detach {ifname}`")
+    with IPRoute() as ipr:
+        created = False
+        try:
+            ipr.tc("add", "clsact", ifindex)
+            created = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise AttachError(f"cannot add a clsact qdisc to {ifname}: {os.strerror(exc.code)}") from None
+        try:
+            ipr.tc("add-filter", "bpf", ifindex, ":1", fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
+                   classid=1, direct_action=True, prio=TC_PRIORITY)
+        except NetlinkError as exc:
+            if created:
+                _del_clsact(ipr, ifindex)
+            raise AttachError(f"cannot attach the TC program to {ifname}: {os.strerror(exc.code)}") from None
+    return Attachment(ifindex, ifname, "tc", libbpf.prog_id(prog_fd)), created
+
+
+def _del_clsact(ipr, ifindex: int) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ipr.tc("del", "clsact", ifindex)
+    except NetlinkError:
+        pass
+
+
+def tc_detach(ifindex: int, ifname: str, remove_qdisc: bool | None = None) -> TcFilter | None:
+    """Remove the relay's TC filter from ifindex; then the clsact qdisc too
+    if nothing else uses it (remove_qdisc None), or as told. Returns what
+    was removed."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    found = tc_attached(ifindex)
+    if found is None:
+        return None
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", ifindex, 0, parent=TC_INGRESS, prio=found.priority)
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:
+                raise AttachError(f"cannot remove the TC filter from {ifname}: {os.strerror(exc.code)}") from None
+        if remove_qdisc is None:
+            try:
+                remove_qdisc = not (_tc_filters(ipr, ifindex, TC_INGRESS) or _tc_filters(ipr, ifindex, TC_EGRESS))
+            except NetlinkError:
+                remove_qdisc = False
+        if remove_qdisc:
+            _del_clsact(ipr, ifindex)
+    return dataclasses.replace(found, qdisc_created=bool(remove_qdisc))
+
+
+def xdp_attach(ifindex: int, ifname: str, prog_fd: int, mode: str) -> Attachment:
+    """Attach prog_fd in one XDP mode ("native" or "generic"), nothing else."""
+    try:
+        libbpf.xdp_attach(ifindex, prog_fd, libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[mode])
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.EEXIST):
+            raise BusyError(f"{ifname} already has an XDP program") from None
+        raise AttachError(f"{ifname} refused {mode} XDP: {exc.strerror}") from None
+    return Attachment(ifindex, ifname, mode, libbpf.prog_id(prog_fd))

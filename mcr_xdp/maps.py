@@ -55,9 +55,30 @@ class Maps:
     def clear_port(self, slot: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
 
+    _ssm_rules = 0
+    _steer_cpus = 0
+
     def set_config(self, ssm_rules: int) -> None:
-        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=ssm_rules)
+        self._ssm_rules = ssm_rules
+        self._write_config()
+
+    def _write_config(self) -> None:
+        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=self._ssm_rules, steer_cpus=self._steer_cpus)
         libbpf.map_update(self._fd[abi.MAP_CONFIG], ctypes.c_uint32(0), cfg)
+
+    def set_steering(self, cpus: tuple[int, ...], prog_fd: int) -> None:
+        """Steering entries: mcr_steer[i] = cpus[i], and a cpumap entry
+        running prog_fd on each of those CPUs."""
+        for cpu in cpus:
+            val = abi.CpumapVal(qsize=abi.CPUMAP_QSIZE, prog_fd=prog_fd)
+            libbpf.map_update(self._fd[abi.MAP_CPUMAP], ctypes.c_uint32(cpu), val)
+        for i, cpu in enumerate(cpus):
+            libbpf.map_update(self._fd[abi.MAP_STEER], ctypes.c_uint32(i), ctypes.c_uint32(cpu))
+
+    def set_steer_count(self, n: int) -> None:
+        """How many mcr_steer entries the datapath hashes over (0: off)."""
+        self._steer_cpus = n
+        self._write_config()
 
     def set_fanout(self, rule_id: int, outputs: list[tuple[int, int]]) -> None:
         """Give rule_id a devmap of its outputs: entry i = (ifindex, egress

@@ -2,6 +2,12 @@
 datapath, the input interfaces it is attached to, its rules and its group
 memberships.
 
+Each input runs in the first mode of the ladder (loader.LADDER: native XDP,
+generic XDP, TC, userspace) that loads there; the three BPF modes share one
+compiled object and its maps, the userspace mode is a set of worker
+processes (mcr_xdp.fallback) that get the same rules. Rules go to every
+datapath the relay runs, so an input in any mode sees them all.
+
 Every change is checked in full before it touches the kernel, and applied in
 an order that never disturbs other rules: a new rule's fan-out map and group
 join exist before its map entry makes it live; a deleted rule stops matching
@@ -18,11 +24,11 @@ import time
 
 from . import abi, encode, features, libbpf, loader, pins, stats
 from .control import instance_name
-from .errors import BusyError, McrError, RuleError
+from .errors import AttachError, BusyError, McrError, RuleError, UsageError
 from .igmp import JoinPool
 from .links import Link, lookup
 from .links import counters as link_counters
-from .loader import Attachment, Datapath, XdpMode
+from .loader import Attachment, Datapath, Mode, XdpMode
 from .rules import Rule, diff, validate
 
 
@@ -32,6 +38,10 @@ class RelayConfig:
     rules: list[Rule]
     xdp_mode: XdpMode = XdpMode.AUTO
     instance: str | None = None  # pin directory name; None: this namespace's (control.instance_name)
+    mode: Mode | None = None  # None: from xdp_mode (loader.ladder)
+    steer_cpus: tuple[int, ...] = ()  # XDP: hash flows over these CPUs (cpumap)
+    workers: int | None = None  # userspace: worker processes (None: one per CPU)
+    fanout: str = "hash"  # userspace: PACKET_FANOUT mode (hash, cpu, lb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,10 @@ class Relay:
         self.pinned: str | None = None  # pins.pin_dir of this relay, once pinned
         self.pin_notice = ""
         self._slots: dict[int, int] = {}  # output ifindex -> devmap slot (single-output rules)
+        self.ladder: tuple[Mode, ...] = ()
+        self.bpf_error = ""  # why the BPF modes can't be used, when the datapath failed to load
+        self.fallback = None  # fallback.Fallback, once an input runs in userspace mode
+        self._tc_qdiscs: set[int] = set()  # ifindexes whose clsact qdisc this relay added
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -61,17 +75,17 @@ class Relay:
         features.require_root("attaching the relay")
         cfg = self.config
         links = self._check(cfg.rules, cfg.interfaces)
+        self.ladder = loader.ladder(cfg.mode, cfg.xdp_mode)
+        self._check_options()
         for name in cfg.interfaces:
             self._check_free(links[name])
-        features.require_toolchain()
-        features.require_kernel()
         try:
-            self.datapath = Datapath()
-            self._start_tracer()
+            self._load_datapath()
             for rule in cfg.rules:
                 self._install(rule, links)
             for name in cfg.interfaces:
                 self._attach(links[name])
+            self._drop_unused_datapath()
             self.started_at = time.monotonic()
             self._pin()
         except BaseException:
@@ -84,10 +98,13 @@ class Relay:
         errors = []
         for att in self.attachments.values():
             try:
-                loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
+                self._detach(att)
             except McrError as exc:
                 errors.append(exc)
         self.attachments.clear()
+        if self.fallback is not None:
+            self.fallback.close()
+            self.fallback = None
         for pool in self.joins.values():
             pool.close()
         self.joins.clear()
@@ -132,18 +149,143 @@ class Relay:
         validate([*existing, *rules], {n: link.ifindex for n, link in links.items()})
         return links
 
+    def _check_options(self) -> None:
+        cfg = self.config
+        if cfg.steer_cpus and not any(m in (Mode.XDP_NATIVE, Mode.XDP_GENERIC) for m in self.ladder):
+            raise UsageError("--steer-cpus steers XDP: it does not apply to --mode "
+                             + "/".join(m.value for m in self.ladder))
+        online = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
+        for cpu in cfg.steer_cpus:
+            if cpu not in online or cpu >= abi.MAX_CPUS:
+                raise UsageError(f"--steer-cpus: CPU {cpu} does not exist (CPUs: 0-{(os.cpu_count() or 1) - 1})")
+        if len(set(cfg.steer_cpus)) != len(cfg.steer_cpus):
+            raise UsageError("--steer-cpus names a CPU twice")
+        if (cfg.workers is not None or cfg.fanout != "hash") and Mode.USERSPACE not in self.ladder:
+            raise UsageError("--workers and --fanout are for the userspace mode: they do not apply to --mode "
+                             + "/".join(m.value for m in self.ladder))
+
     def _check_free(self, link: Link) -> None:
-        current = loader.attached(link.ifindex)
+        """Nothing of a relay on link yet: an XDP program or the relay's TC
+        filter (a running relay's, or one a killed relay left behind)."""
+        if not any(m in loader.BPF_MODES for m in self.ladder):
+            return
+        try:
+            current = loader.attached(link.ifindex)
+        except McrError:
+            current = None  # no libbpf: no BPF mode will load either
         if current is not None:
             raise BusyError(
                 f"{link.name} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}); "
                 f"a relay may be running there: stop it or run `mcr-xdp detach {link.name}`"
             )
+        if loader.tc_attached(link.ifindex) is not None:
+            raise BusyError(f"{link.name} already has the relay's TC filter; a relay may be running there: "
+                            f"stop it or run `mcr-xdp detach {link.name}`")
+
+    def _load_datapath(self) -> None:
+        """The BPF datapath, if the ladder has a BPF mode. If it can't load,
+        those modes are out and the reason goes with each attachment; with
+        no other mode left, that is the error."""
+        if not any(m in loader.BPF_MODES for m in self.ladder):
+            return
+        try:
+            features.require_toolchain()
+            features.require_kernel()
+            self.datapath = Datapath()
+        except McrError as exc:
+            if Mode.USERSPACE not in self.ladder:
+                raise
+            self.bpf_error = str(exc)
+            return
+        self._start_tracer()
+        if self.config.steer_cpus:
+            self.datapath.set_steering(self.config.steer_cpus)
 
     def _attach(self, link: Link) -> Attachment:
-        att = loader.attach(link.ifindex, link.name, self.datapath.prog_fd, self.config.xdp_mode)
-        self.attachments[link.name] = att
-        return att
+        """Try the ladder's modes in order on link; the first that loads
+        wins, and the attachment says why each earlier one did not."""
+        tried: list[tuple[str, str]] = []
+        failing = loader.failing_modes()
+        for mode in self.ladder:
+            try:
+                if mode.value in failing:
+                    raise AttachError(f"disabled by {loader.FAIL_MODES_ENV} (testing)")
+                att = self._attach_mode(link, mode)
+            except BusyError:
+                raise
+            except McrError as exc:
+                tried.append((mode.value, str(exc)))
+                continue
+            notice = ""
+            if tried:
+                why = "; ".join(f"{m}: {reason}" for m, reason in tried)
+                notice = f"{link.name} runs in {att.mode_name} mode ({why})"
+            att = dataclasses.replace(att, notice=notice, tried=tuple(tried))
+            self.attachments[link.name] = att
+            return att
+        why = "; ".join(f"{m}: {reason}" for m, reason in tried)
+        raise AttachError(f"no mode could relay on {link.name}: {why}")
+
+    def _attach_mode(self, link: Link, mode: Mode) -> Attachment:
+        if mode in loader.BPF_MODES and self.datapath is None:
+            raise AttachError(self.bpf_error or "the BPF datapath is not loaded")
+        if mode in (Mode.XDP_NATIVE, Mode.XDP_GENERIC):
+            return loader.xdp_attach(link.ifindex, link.name, self.datapath.prog_fd, mode.value.removeprefix("xdp-"))
+        if mode == Mode.TC:
+            att, created = loader.tc_attach(link.ifindex, link.name, self.datapath.tc_fd)
+            if created:
+                self._tc_qdiscs.add(link.ifindex)
+            return att
+        fallback = self._ensure_fallback()
+        fallback.add_input(link.ifindex, link.name)
+        return Attachment(link.ifindex, link.name, "userspace", 0)
+
+    def _drop_unused_datapath(self) -> None:
+        """Every input fell through to userspace: the BPF object (and the
+        loss tracer) would only hold memory and shadow the workers' counters."""
+        if self.datapath is None or any(a.mode != "userspace" for a in self.attachments.values()):
+            return
+        self.datapath.close()
+        self.datapath = None
+        self._slots.clear()
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
+            self.tracer_notice = ""
+
+    def _detach(self, att: Attachment) -> None:
+        if att.mode in ("native", "generic"):
+            loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
+        elif att.mode == "tc":
+            loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=att.ifindex in self._tc_qdiscs)
+            self._tc_qdiscs.discard(att.ifindex)
+        elif att.mode == "userspace" and self.fallback is not None:
+            self.fallback.remove_input(att.ifindex)
+
+    def _ensure_fallback(self):
+        """The userspace workers, started at the first userspace input with
+        every rule installed so far."""
+        if self.fallback is None:
+            from .fallback import Fallback
+
+            fallback = Fallback(self.config.workers, self.config.fanout)
+            fallback.start()
+            self.fallback = fallback
+            try:
+                for installed in self.rules.values():
+                    self._put_fallback(installed, fresh=True)
+            except BaseException:
+                self.fallback = None
+                fallback.close()
+                raise
+        return self.fallback
+
+    def _put_fallback(self, installed: InstalledRule, fresh: bool, outputs=None) -> None:
+        if outputs is None:
+            links = lookup([o.iface for o in installed.rule.outputs])
+            outputs = [encode.output_value(installed.rule, o, links[o.iface].ifindex, 0, links[o.iface].mac)
+                       for o in installed.rule.outputs]
+        self.fallback.put_rule(installed.rule_id, installed.ifindex, installed.rule, outputs, fresh)
 
     # -- rules -------------------------------------------------------------
 
@@ -183,6 +325,8 @@ class Relay:
         return removed, added, changed
 
     def _slot(self, ifindex: int) -> int:
+        if self.datapath is None:
+            return 0
         if ifindex not in self._slots:
             slot = len(self._slots)
             self.datapath.maps.set_port(slot, ifindex)
@@ -195,7 +339,7 @@ class Relay:
     def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None) -> InstalledRule:
         """Write one rule; with rule_id, replace that rule's outputs in place
         (same key, same counters)."""
-        maps = self.datapath.maps
+        maps = self.datapath.maps if self.datapath is not None else None
         replacing = rule_id is not None
         rule_id = self._free_id() if rule_id is None else rule_id
         n = len(rule.outputs)
@@ -204,20 +348,25 @@ class Relay:
             link = links[out.iface]
             slot = self._slot(link.ifindex) if n == 1 else i
             outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac))
-        if not replacing:
+        if not replacing and maps is not None:
             maps.reset_rule_counters(rule_id)
-        if n > 1:
+        if n > 1 and maps is not None:
             maps.set_fanout(rule_id, [(o.ifindex, self.datapath.egress_fd) for o in outputs])
         if not replacing:
             self._join(rule, links[rule.iface])
         installed = InstalledRule(rule_id, rule, links[rule.iface].ifindex)
         try:
-            maps.put_rule(encode.rule_key(rule, installed.ifindex), encode.rule_value(rule, rule_id, outputs))
+            if self.fallback is not None:
+                self._put_fallback(installed, fresh=not replacing, outputs=outputs)
+            if maps is not None:
+                maps.put_rule(encode.rule_key(rule, installed.ifindex), encode.rule_value(rule, rule_id, outputs))
         except BaseException:
             if not replacing:
+                if self.fallback is not None:
+                    self.fallback.delete_rule(rule_id)
                 self._leave(rule)
             raise
-        if n == 1:
+        if n == 1 and maps is not None:
             maps.clear_fanout(rule_id)
         self.rules[rule_id] = installed
         self._watch_outputs(rule, links)
@@ -227,15 +376,19 @@ class Relay:
     def _uninstall(self, rule_id: int) -> InstalledRule:
         installed = self.rules.pop(rule_id)
         rule = installed.rule
-        maps = self.datapath.maps
-        maps.delete_rule(encode.rule_key(rule, installed.ifindex))
-        maps.clear_fanout(rule_id)
+        if self.datapath is not None:
+            maps = self.datapath.maps
+            maps.delete_rule(encode.rule_key(rule, installed.ifindex))
+            maps.clear_fanout(rule_id)
+        if self.fallback is not None:
+            self.fallback.delete_rule(rule_id)
         self._leave(rule)
         self._update_config()
         return installed
 
     def _update_config(self) -> None:
-        self.datapath.maps.set_config(ssm_rules=sum(1 for r in self.rules.values() if r.rule.source is not None))
+        if self.datapath is not None:
+            self.datapath.maps.set_config(ssm_rules=sum(1 for r in self.rules.values() if r.rule.source is not None))
         if self.pinned is not None:
             pins.write_state(self.instance, self.pin_state())
 
@@ -258,6 +411,8 @@ class Relay:
     def _pin(self) -> None:
         """Pin the maps so stats stay readable if this process is killed;
         a relay that can't pin still relays, and says so."""
+        if self.datapath is None:
+            return  # userspace only: its counters live in the workers' shared memory
         try:
             self.pinned = str(pins.pin(self.instance, self.datapath.maps.fds, self.pin_state()))
         except (McrError, OSError) as exc:
@@ -301,11 +456,23 @@ class Relay:
         rules = {i: r.rule for i, r in self.rules.items()}
         names = dict.fromkeys([*self.inputs, *(o.iface for r in rules.values() for o in r.outputs)])
         return stats.collect(
-            self.datapath.maps,
+            self.counters(),
             rules,
             losses=self.tracer.read() if self.tracer is not None else None,
             links=link_counters(names),
         )
+
+    def counters(self):
+        """The Maps-like object stats.collect reads: the datapath's maps,
+        the userspace workers' counters, or both summed (inputs in different
+        modes share the rule ids)."""
+        if self.fallback is None:
+            return self.datapath.maps
+        if self.datapath is None:
+            return self.fallback.counters
+        from .fallback.counters import Combined
+
+        return Combined(self.datapath.maps, self.fallback.counters)
 
     @property
     def uptime(self) -> float:
@@ -319,9 +486,10 @@ class Relay:
                 {
                     "name": a.ifname,
                     "ifindex": a.ifindex,
-                    "mode": f"xdp-{a.mode}",
+                    "mode": a.mode_name,
                     "prog_id": a.prog_id,
                     "notice": a.notice,
+                    "not_used": [{"mode": m, "reason": why} for m, why in a.tried],
                     "rules": sum(1 for r in self.rules.values() if r.rule.iface == a.ifname),
                     "joins": len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
                 }
@@ -333,4 +501,8 @@ class Relay:
                                     *(a.notice for a in self.attachments.values())] if n],
             "pinned": self.pinned,
             "cpus": self.datapath.maps.ncpus if self.datapath is not None else 0,
+            "modes_tried": [m.value for m in self.ladder],
+            "steering": {"cpus": list(self.datapath.steer_cpus)} if self.datapath is not None
+            and self.datapath.steer_cpus else None,
+            "userspace": self.fallback.status() if self.fallback is not None else None,
         }

@@ -228,6 +228,7 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
             ready()
         timeout = first_timeout
         done = 0
+        last: dict[str, int] = {}  # stream -> highest sequence number so far
         while True:
             events = sel.select(timeout)
             if not events:
@@ -248,6 +249,9 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
                     elif seq in r.sequences:
                         r.duplicates += 1
                     else:
+                        if seq < last.get(key.data, -1):
+                            r.out_of_order += 1  # per stream, as receive() counts one stream
+                        last[key.data] = seq
                         r.sequences.add(seq)
                         r.unique += 1
                         if r.unique == expected:

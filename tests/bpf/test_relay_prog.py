@@ -296,11 +296,27 @@ def test_kernel_refuses_runt(relay, run_xdp):
     assert verdict_counts(relay) == verdicts
 
 
+# Maps of the loss tracer (bpf/trace.c), a separate object.
+TRACER_MAPS = {abi.MAP_LOSS, abi.MAP_LOSS_PROGS}
+
+
 def test_map_and_program_names(datapath):
     """Every MCR_MAP_* name (mirrored as abi.MAP_*) is a map of the compiled
-    object and the loader opens all of them; the program has its ABI name."""
+    datapath, or of the loss tracer, and the loader opens all the
+    datapath's; the program has its ABI name."""
     names = {value for key, value in vars(abi).items() if key.startswith("MAP_")}
-    assert set(loader.MAP_NAMES) == names
-    for name in names:
+    assert set(loader.MAP_NAMES) == names - TRACER_MAPS
+    for name in names - TRACER_MAPS:
         datapath._bpf[name.encode()]  # bcc raises KeyError for a table it does not have
     assert libbpf.prog_name(datapath.prog_id) == abi.PROG_RELAY
+
+
+def test_tracer_map_names():
+    from mcr_xdp.trace import LossTracer
+
+    tracer = LossTracer([])
+    try:
+        for name in TRACER_MAPS:
+            tracer._bpf[name.encode()]
+    finally:
+        tracer.close()

@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * forward.h - what every datapath program does the same way, whatever its
+ * hook: parse a frame into struct pkt, find its rule, count. Used by the XDP
+ * programs (relay.c) and the TC program (tc_relay.c); the helpers take plain
+ * data pointers and an ifindex, not a context, so both hooks share them.
+ */
+#ifndef MCR_FORWARD_H
+#define MCR_FORWARD_H
+
+#include <uapi/linux/in.h>
+
+#include "mcr_abi.h"
+#include "maps.h"
+#include "parsing.h"
+#include "rewrite.h"
+
+#define VLAN_HLEN 4
+#define MCR_MATCH MCR_V_MAX /* parse_packet: multicast UDP, key filled in */
+
+struct pkt {
+	struct ethhdr *eth;
+	struct iphdr *iph;      /* one of iph / ip6h is set */
+	struct ipv6hdr *ip6h;
+	struct udphdr *udp;
+	int tagged;
+	__u8 hops;              /* TTL or hop limit */
+	struct mcr_rule_key key;
+};
+
+/* Parse up to UDP and fill in the lookup key (source left zero). Returns
+ * MCR_MATCH, or the PASS verdict that says why the packet is not ours. */
+static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifindex, struct pkt *p)
+{
+	struct cursor cur = { .pos = data, .end = data_end };
+	__be16 proto;
+
+	p->eth = parse_eth(&cur, &proto, &p->tagged);
+	if (!p->eth)
+		return MCR_V_PASS_MALFORMED;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = parse_ipv4(&cur);
+
+		if (!iph)
+			return MCR_V_PASS_MALFORMED;
+		if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000))
+			return MCR_V_PASS_NOT_MULTICAST;
+		if (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET))
+			return MCR_V_PASS_FRAGMENT;
+		if (iph->protocol != IPPROTO_UDP)
+			return MCR_V_PASS_NOT_UDP;
+		p->iph = iph;
+		p->hops = iph->ttl;
+		p->key.family = MCR_FAMILY_IPV4;
+		*(__be32 *)p->key.group = iph->daddr;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h = parse_ipv6(&cur);
+
+		if (!ip6h)
+			return MCR_V_PASS_MALFORMED;
+		if (ip6h->daddr.s6_addr[0] != 0xff)
+			return MCR_V_PASS_NOT_MULTICAST;
+		if (ip6h->nexthdr != IPPROTO_UDP)
+			return ip6h->nexthdr == IPPROTO_TCP || ip6h->nexthdr == IPPROTO_ICMPV6 ?
+			       MCR_V_PASS_NOT_UDP : MCR_V_PASS_IPV6_EXT;
+		p->ip6h = ip6h;
+		p->hops = ip6h->hop_limit;
+		p->key.family = MCR_FAMILY_IPV6;
+		__builtin_memcpy(p->key.group, &ip6h->daddr, sizeof(p->key.group));
+	} else {
+		return MCR_V_PASS_NOT_IP;
+	}
+	p->udp = parse_udp(&cur);
+	if (!p->udp)
+		return MCR_V_PASS_MALFORMED;
+	/* The UDP header must lie inside the IP packet, not in Ethernet padding. */
+	if (p->iph && bpf_ntohs(p->iph->tot_len) < p->iph->ihl * 4 + sizeof(struct udphdr))
+		return MCR_V_PASS_MALFORMED;
+	if (p->ip6h && bpf_ntohs(p->ip6h->payload_len) < sizeof(struct udphdr))
+		return MCR_V_PASS_MALFORMED;
+	/* IPv6 requires a UDP checksum: a zero one can't be updated, and the
+	 * receiving stack would drop the packet anyway. */
+	if (p->ip6h && !p->udp->check)
+		return MCR_V_PASS_MALFORMED;
+	p->key.ifindex = ifindex;
+	p->key.port = p->udp->dest;
+	return MCR_MATCH;
+}
+
+static __always_inline struct mcr_config *config(void)
+{
+	__u32 zero = 0;
+
+	return mcr_config.lookup(&zero);
+}
+
+/* (source, group, port) takes precedence over (group, port); the first
+ * lookup is skipped while no source-specific rule exists. */
+static __always_inline struct mcr_rule *lookup_rule(struct mcr_config *cfg, struct pkt *p)
+{
+	struct mcr_rule *rule;
+
+	if (cfg && cfg->ssm_rules) {
+		if (p->iph)
+			*(__be32 *)p->key.source = p->iph->saddr;
+		else if (p->ip6h)
+			__builtin_memcpy(p->key.source, &p->ip6h->saddr, sizeof(p->key.source));
+		rule = mcr_rules.lookup(&p->key);
+		__builtin_memset(p->key.source, 0, sizeof(p->key.source));
+		if (rule)
+			return rule;
+	}
+	return mcr_rules.lookup(&p->key);
+}
+
+/* The header fields of one output, written in place (eth: where the new
+ * Ethernet header goes). Checksums are the caller's: XDP adds the deltas
+ * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. */
+static __always_inline void rewrite_fields(struct pkt *p, void *eth, const struct mcr_output *out)
+{
+	if (p->iph)
+		write_fields_ipv4(eth, p->iph, p->udp, out, p->hops);
+	else if (p->ip6h)
+		write_fields_ipv6(eth, p->ip6h, p->udp, out, p->hops);
+}
+
+/* Fields and checksums, from the original headers (XDP). */
+static __always_inline void rewrite(struct pkt *p, void *eth, const struct mcr_output *out)
+{
+	if (p->iph)
+		rewrite_ipv4(eth, p->iph, p->udp, out);
+	else if (p->ip6h)
+		rewrite_ipv6(eth, p->ip6h, p->udp, out);
+}
+
+static __always_inline void count(void *map_lookup_result, __u64 bytes)
+{
+	struct mcr_counter *c = map_lookup_result;
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline void count_verdict(__u32 verdict, __u64 bytes)
+{
+	count(mcr_verdicts.lookup(&verdict), bytes);
+}
+
+static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
+{
+	struct mcr_rule_counters *c = mcr_rule_stats.lookup(&id);
+
+	if (!c)
+		return;
+	c->packets++;
+	c->bytes += bytes;
+	if (forwarded)
+		c->forwarded++;
+	else
+		c->dropped++;
+}
+
+static __always_inline void count_output(__u32 id, __u32 idx, __u64 bytes)
+{
+	__u32 slot = id * MCR_MAX_OUTPUTS + idx;
+
+	count(mcr_output_stats.lookup(&slot), bytes);
+}
+
+/* A flow hash of (source, group, port): every packet of one stream gets
+ * the same value, so steering never splits (and reorders) a stream. */
+static __always_inline __u32 flow_hash(struct pkt *p)
+{
+	__u32 h = p->key.port * 0x9e3779b1;
+	const __u32 *w;
+	int i;
+
+	if (p->iph) {
+		h ^= p->iph->saddr * 0x85ebca6b;
+		h ^= p->iph->daddr * 0xc2b2ae35;
+	} else if (p->ip6h) {
+		w = (const __u32 *)&p->ip6h->saddr;
+#pragma unroll
+		for (i = 0; i < 8; i++)   /* saddr then daddr: adjacent in the header */
+			h = (h ^ w[i]) * 0x01000193;
+	}
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	return h;
+}
+
+#endif /* MCR_FORWARD_H */

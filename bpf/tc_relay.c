@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * tc_relay.c - the TC datapath (--mode tc): a clsact ingress program over
+ * the same rule maps, parse and lookup as the XDP programs (forward.h).
+ *
+ * For interfaces where XDP is unavailable, and for packets that must stay
+ * skbs: a local sender's packet may arrive with its UDP checksum still
+ * partial (CHECKSUM_PARTIAL, tx offload on), holding only the pseudo-header
+ * sum. Deltas added blindly would corrupt it, so the checksums go through
+ * bpf_l3_csum_replace / bpf_l4_csum_replace, which know the skb's checksum
+ * state: the pseudo-header part with BPF_F_PSEUDO_HDR, the port without it
+ * (a partial checksum does not cover the port yet; the device will).
+ *
+ * Each output but the last gets a clone (bpf_clone_redirect) of the packet
+ * rewritten for it; the last output takes the packet itself (bpf_redirect).
+ * The packet is rewritten output after output: output i's checksum change
+ * is the difference between its deltas and output i-1's.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "mcr_abi.h"
+#include "maps.h"
+#include "forward.h"
+
+/* Ethernet + tag + IPv4 with options + UDP: every header the program reads
+ * or writes, made linear and private (not shared with a clone) by
+ * bpf_skb_pull_data before each rewrite. */
+#define MCR_TC_HEADERS (ETH_HLEN + VLAN_HLEN + 60 + 8)
+
+/* a - b in ones' complement, for 16-bit folded deltas. */
+static __always_inline __u32 csum_sub16(__u32 a, __u32 b)
+{
+	return a + (0xffff ^ (b & 0xffff));
+}
+
+/* Linear, writable headers, parsed again: every helper that may move packet
+ * data (pull, csum_replace, clone_redirect, vlan_pop) invalidates the
+ * pointers of the previous parse. */
+static __always_inline int reparse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 len = skb->len < MCR_TC_HEADERS ? skb->len : MCR_TC_HEADERS;
+
+	if (bpf_skb_pull_data(skb, len))
+		return -1;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, p) != MCR_MATCH)
+		return -1;
+	return 0;
+}
+
+/* Rewrite the packet, which holds the headers of prev (NULL: as received),
+ * for out. */
+static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_output *out,
+				      const struct mcr_output *prev, __u8 hops)
+{
+	struct pkt p;
+	__u32 l3, l4, ip_diff, pseudo_diff;
+	__be16 old_port;
+
+	if (reparse(skb, &p))
+		return -1;
+	l3 = (void *)(p.iph ? (void *)p.iph : (void *)p.ip6h) - (void *)p.eth;
+	l4 = (void *)p.udp - (void *)p.eth;
+	old_port = p.udp->dest;
+	/* The frame as received, TTL and all: p.hops is the original TTL only
+	 * before the first rewrite, so the caller's value is used. */
+	p.hops = hops;
+	rewrite_fields(&p, p.eth, out);
+
+	ip_diff = prev ? csum_sub16(out->ip_csum_delta, prev->ip_csum_delta) : out->ip_csum_delta;
+	pseudo_diff = prev ? csum_sub16(out->pseudo_csum_delta, prev->pseudo_csum_delta) : out->pseudo_csum_delta;
+	if (p.iph && bpf_l3_csum_replace(skb, l3 + __builtin_offsetof(struct iphdr, check), 0, ip_diff, 0))
+		return -1;
+	/* A zero IPv4 UDP checksum means none and stays zero; a computed zero
+	 * is sent as 0xffff (BPF_F_MARK_MANGLED_0 does both). */
+	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), 0, pseudo_diff,
+				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), old_port, out->port,
+				BPF_F_MARK_MANGLED_0 | sizeof(__u16)))
+		return -1;
+	return 0;
+}
+
+int mcr_tc_relay(struct __sk_buff *skb)
+{
+	__u64 bytes = skb->len;
+	struct mcr_config *cfg = config();
+	struct mcr_rule *rule = NULL;
+	const struct mcr_output *prev = NULL;
+	int action = TC_ACT_UNSPEC;  /* not ours: on to the next filter, then the host */
+	struct pkt p = {};
+	__u32 verdict, n, i;
+	__u8 hops;
+
+	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p);
+	if (verdict != MCR_MATCH)
+		goto out;
+	rule = lookup_rule(cfg, &p);
+	if (!rule) {
+		verdict = MCR_V_PASS_NO_RULE;
+		goto out;
+	}
+	action = TC_ACT_SHOT;
+	if (p.hops <= 1) {
+		verdict = MCR_V_DROP_TTL;
+		goto out;
+	}
+	hops = p.hops;
+	verdict = MCR_V_DROP_NO_OUTPUT;
+	/* A tag belongs to the input segment, whether the device kept it in
+	 * the frame or took it into skb metadata. */
+	if ((p.tagged || skb->vlan_present) && bpf_skb_vlan_pop(skb))
+		goto out;
+
+	n = rule->n_outputs;
+	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
+		const struct mcr_output *out = &rule->out[i];
+
+		if (i >= n)
+			break;
+		if (tc_rewrite(skb, out, prev, hops))
+			goto out;
+		prev = out;
+		if (i + 1 == n) {
+			/* The last output takes the packet itself. */
+			action = bpf_redirect(out->ifindex, 0);
+			if (action == TC_ACT_REDIRECT) {
+				verdict = n == 1 ? MCR_V_REDIRECT : MCR_V_REDIRECT_MULTI;
+				count_output(rule->id, i, bytes);
+			} else {
+				action = TC_ACT_SHOT;
+			}
+			break;
+		}
+		if (bpf_clone_redirect(skb, out->ifindex, 0) == 0)
+			count_output(rule->id, i, bytes);
+	}
+
+out:
+	count_verdict(verdict, bytes);
+	if (rule)
+		count_rule(rule->id, bytes, action == TC_ACT_REDIRECT);
+	return action;
+}

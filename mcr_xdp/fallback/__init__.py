@@ -1,0 +1,302 @@
+"""The userspace fallback (--mode userspace): worker processes reading
+AF_PACKET rings in one PACKET_FANOUT group per input interface.
+
+The relay process creates every socket itself: a ring, a drop-all filter,
+the binding, the fanout group (an id the kernel makes unique), and only
+then the filter that admits the input's rule traffic, so no frame is ever
+delivered to two sockets. It hands each worker its socket of every input
+(SCM_RIGHTS over the worker's control socket) and keeps its own copy to
+change the filter when rules change. Fanout delivers each frame to exactly
+one socket and a worker sends exactly one frame per output: one copy out
+per packet in, whatever the number of workers.
+
+Workers are started once, at the first userspace input; rule changes reach
+them as messages over their control sockets, acknowledged before the relay
+goes on (a new rule is in every worker before the filter admits its
+traffic; a deleted one leaves the filter before the workers forget it).
+Counters live in shared memory, one block per worker, in the datapath's
+layout (counters.Counters is the Maps-like object stats.collect reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+from ..errors import AttachError, BusyError, UsageError
+from . import cbpf, packet
+from . import counters as cnt
+from .forward import entry_message
+
+FANOUT_MODES = tuple(packet.FANOUT)
+SYNC_TIMEOUT = 10.0  # seconds a worker may take to start or acknowledge
+
+
+@dataclasses.dataclass
+class _Input:
+    ifindex: int
+    ifname: str
+    group: int  # fanout group id
+    socks: list[socket.socket]  # one per worker, the relay's copies
+    endpoints: set  # (group, port) of its rules: the filter
+    lock: socket.socket  # keeps a second userspace relay off this input
+    ring_drops: int = 0  # frames the kernel found no ring space for, all workers
+
+
+@dataclasses.dataclass
+class _Rule:
+    ifindex: int
+    endpoint: tuple[str, int]
+    message: dict
+
+
+class Fallback:
+    def __init__(self, workers: int | None = None, fanout: str = "hash"):
+        if fanout not in packet.FANOUT:
+            raise UsageError(f"--fanout {fanout!r}: expected one of {', '.join(FANOUT_MODES)}")
+        n = workers if workers is not None else len(os.sched_getaffinity(0))
+        if n < 1:
+            raise UsageError("--workers must be at least 1")
+        self.nworkers = n
+        self.fanout = fanout
+        self.inputs: dict[int, _Input] = {}
+        self.rules: dict[int, _Rule] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.controls: list[socket.socket] = []
+        self.dead: set[int] = set()
+        self.counters: cnt.Counters | None = None
+        self._seq = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers (once)."""
+        fd = cnt.create(self.nworkers)
+        try:
+            self.counters = cnt.Counters(fd, self.nworkers)
+            for i in range(self.nworkers):
+                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "mcr_xdp.fallback.worker", str(i), str(theirs.fileno()), str(fd),
+                         str(os.getpid())],
+                        pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    )
+                finally:
+                    theirs.close()
+                self.procs.append(proc)
+                self.controls.append(mine)
+            for i in range(self.nworkers):
+                self._expect(i, "ready")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Stop the workers and close every socket. Safe to call twice."""
+        for control in self.controls:
+            try:
+                control.send(json.dumps({"op": "exit"}).encode())
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for control in self.controls:
+            control.close()
+        self.procs.clear()
+        self.controls.clear()
+        for inp in self.inputs.values():
+            for sock in inp.socks:
+                sock.close()
+            _unlock(inp.lock)
+        self.inputs.clear()
+        if self.counters is not None:
+            self.counters.close()
+            self.counters = None
+
+    # -- worker messages ---------------------------------------------------
+
+    def _send(self, msg: dict, fds: dict[int, int] | None = None) -> None:
+        """msg to every live worker; fds: worker index -> fd to pass along."""
+        data = json.dumps(msg).encode()
+        for i, control in enumerate(self.controls):
+            if i in self.dead:
+                continue
+            try:
+                if fds is not None:
+                    socket.send_fds(control, [data], [fds[i]])
+                else:
+                    control.send(data)
+            except OSError:
+                self._lost(i)
+
+    def _expect(self, i: int, key: str, value=None) -> None:
+        control = self.controls[i]
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([control], [], [], left)[0]:
+                raise AttachError(f"userspace worker {i} did not answer within {SYNC_TIMEOUT:.0f} s")
+            try:
+                data = control.recv(4096)
+            except OSError:  # reset: the worker died (SIGTERM to the whole group, OOM)
+                data = b""
+            if not data:
+                if key == "ready":
+                    raise AttachError(f"userspace worker {i} exited at start (see its message above)")
+                self._lost(i)
+                return
+            msg = json.loads(data)
+            if key in msg and (value is None or msg[key] == value):
+                return
+
+    def _sync(self) -> None:
+        """Wait until every live worker has handled every message so far."""
+        self._seq += 1
+        self._send({"op": "sync", "seq": self._seq})
+        for i in range(self.nworkers):
+            if i not in self.dead:
+                self._expect(i, "seq", self._seq)
+
+    def _lost(self, i: int) -> None:
+        """A worker died: close the relay's copies of its sockets, so its
+        share of each fanout group goes to the others."""
+        if i in self.dead:
+            return
+        self.dead.add(i)
+        for inp in self.inputs.values():
+            inp.socks[i].close()
+
+    def reap(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                self._lost(i)
+
+    # -- inputs ------------------------------------------------------------
+
+    def add_input(self, ifindex: int, ifname: str) -> int:
+        """Start relaying ifindex; returns its fanout group id."""
+        lock = _lock(ifindex, ifname)
+        socks = []
+        try:
+            socks = [packet.open_rx(ifindex) for _ in range(self.nworkers)]
+            group = packet.join_fanout(socks, self.fanout)
+        except OSError as exc:
+            for sock in socks:
+                sock.close()
+            _unlock(lock)
+            raise AttachError(f"cannot relay from {ifname} through packet sockets: {exc.strerror}") from None
+        inp = _Input(ifindex, ifname, group, socks, set(), lock)
+        self.inputs[ifindex] = inp
+        self._send({"op": "input", "ifindex": ifindex}, {i: s.fileno() for i, s in enumerate(socks)})
+        self._sync()
+        for r in self.rules.values():
+            if r.ifindex == ifindex:
+                inp.endpoints.add(r.endpoint)
+        self._refilter(inp)
+        return group
+
+    def remove_input(self, ifindex: int) -> None:
+        inp = self.inputs.pop(ifindex, None)
+        if inp is None:
+            return
+        for sock in inp.socks:
+            if sock.fileno() != -1:
+                cbpf.attach(sock, cbpf.drop_all())
+        self._send({"op": "drop-input", "ifindex": ifindex})
+        self._sync()
+        for sock in inp.socks:
+            sock.close()
+        _unlock(inp.lock)
+
+    def _refilter(self, inp: _Input) -> None:
+        prog = cbpf.rule_filter(inp.endpoints) if inp.endpoints else cbpf.drop_all()
+        for i, sock in enumerate(inp.socks):
+            if i not in self.dead:
+                cbpf.attach(sock, prog)
+
+    # -- rules -------------------------------------------------------------
+
+    def put_rule(self, rule_id: int, ifindex: int, rule, outputs, fresh: bool) -> None:
+        """Install or replace rule_id (rules.Rule, its encoded outputs);
+        fresh: a new id, whose counters start at zero."""
+        from .. import encode
+
+        key = encode.rule_key(rule, ifindex)
+        msg = entry_message(rule_id, ifindex, rule.family, bytes(key.source), bytes(key.group), rule.port, outputs)
+        if fresh:
+            self.counters.reset_rule(rule_id)
+        self._send(msg)
+        self._sync()
+        endpoint = (str(rule.group), rule.port)
+        self.rules[rule_id] = _Rule(ifindex, endpoint, msg)
+        inp = self.inputs.get(ifindex)
+        if inp is not None and endpoint not in inp.endpoints:
+            inp.endpoints.add(endpoint)
+            self._refilter(inp)
+
+    def delete_rule(self, rule_id: int) -> None:
+        r = self.rules.pop(rule_id, None)
+        if r is None:
+            return
+        inp = self.inputs.get(r.ifindex)
+        if inp is not None and not any(o.ifindex == r.ifindex and o.endpoint == r.endpoint
+                                       for o in self.rules.values()):
+            inp.endpoints.discard(r.endpoint)
+            self._refilter(inp)
+        self._send({"op": "del", "id": rule_id})
+        self._sync()
+
+    # -- observation -------------------------------------------------------
+
+    def ring_drops(self) -> dict[str, int]:
+        """Per input: frames lost because a worker's ring was full (the
+        worker fell behind), which no worker could count."""
+        for inp in self.inputs.values():
+            for sock in inp.socks:
+                if sock.fileno() != -1:
+                    inp.ring_drops += packet.ring_drops(sock)
+        return {inp.ifname: inp.ring_drops for inp in self.inputs.values()}
+
+    def status(self) -> dict:
+        self.reap()
+        return {
+            "ring_drops": self.ring_drops(),
+            "workers": [
+                {"worker": i, "pid": p.pid, "alive": i not in self.dead, **self.counters.worker_totals(i)}
+                for i, p in enumerate(self.procs)
+            ],
+            "fanout": self.fanout,
+            "fanout_groups": {inp.ifname: inp.group for inp in self.inputs.values()},
+        }
+
+
+def _lock(ifindex: int, ifname: str) -> socket.socket:
+    """An exclusive claim on an input of this network namespace: two
+    userspace relays on one input would both send every packet. An
+    abstract Unix socket name is per network namespace and goes away with
+    its process, however that ends: nothing to clean up."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(f"\0mcr-xdp/userspace/{ifindex}")
+    except OSError:
+        sock.close()
+        raise BusyError(f"another userspace relay reads {ifname}: stop it first") from None
+    return sock
+
+
+def _unlock(lock: socket.socket) -> None:
+    lock.close()

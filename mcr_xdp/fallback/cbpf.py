@@ -1,0 +1,132 @@
+"""Classic BPF socket filters for the fallback's packet sockets. Pure.
+
+The filter admits exactly the frames a rule of the input matches, by group
+and UDP port (sources are the worker's to check), and never the relay's own
+transmissions (PACKET_OUTGOING). Within BPF_MAXINSNS each (group, port)
+pair is tested exactly; past that the filter widens to "multicast UDP to a
+rule port", then to "multicast UDP", and the worker's lookup decides.
+
+Frames on a packet socket arrive without their VLAN tag (the kernel moves
+it into metadata before the taps run), so the IP header is at byte 14.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable
+
+SO_ATTACH_FILTER = 26
+BPF_MAXINSNS = 4096
+ACCEPT = 0x40000  # snap length: any frame this relay can see, whole
+PACKET_OUTGOING = 4
+SKF_AD_OFF = -0x1000
+SKF_AD_PKTTYPE = 4
+
+# Opcodes (linux/filter.h)
+LD_W_ABS, LD_H_ABS, LD_B_ABS = 0x20, 0x28, 0x30
+LD_H_IND = 0x48
+LDX_B_MSH = 0xB1
+LD_MEM, ST = 0x60, 0x02
+JA, JEQ, JGE, JSET = 0x05, 0x15, 0x35, 0x45
+RET = 0x06
+
+ETH = 14
+IP4_PROTO, IP4_FRAG, IP4_DADDR = ETH + 9, ETH + 6, ETH + 16
+IP6_NEXTHDR, IP6_DADDR, IP6_DPORT = ETH + 6, ETH + 24, ETH + 40 + 2
+
+Insn = tuple[int, int, int, int]  # code, jt, jf, k
+
+
+def _i(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> Insn:
+    return (code, jt, jf, k & 0xFFFFFFFF)
+
+
+def drop_all() -> list[Insn]:
+    return [_i(RET, 0)]
+
+
+def _v4(pairs: list[tuple[int, int]], ports: set[int], exact: bool, by_port: bool) -> list[Insn]:
+    prog = [
+        _i(LD_B_ABS, IP4_PROTO), _i(JEQ, 17, jt=1), _i(RET, 0),
+        _i(LD_H_ABS, IP4_FRAG), _i(JSET, 0x3FFF, jf=1), _i(RET, 0),  # fragments: the host's
+        _i(LDX_B_MSH, ETH), _i(LD_H_IND, ETH + 2), _i(ST, 0),        # M[0] = UDP destination port
+    ]
+    if exact:
+        for group, port in pairs:
+            prog += [_i(LD_W_ABS, IP4_DADDR), _i(JEQ, group, jf=3), _i(LD_MEM, 0), _i(JEQ, port, jf=1),
+                     _i(RET, ACCEPT)]
+        return prog + [_i(RET, 0)]
+    prog += [_i(LD_W_ABS, IP4_DADDR), _i(JGE, 0xE0000000, jt=1), _i(RET, 0), _i(JGE, 0xF0000000, jf=1),
+             _i(RET, 0)]
+    if by_port:
+        prog.append(_i(LD_MEM, 0))
+        for port in sorted(ports):
+            prog += [_i(JEQ, port, jf=1), _i(RET, ACCEPT)]
+        return prog + [_i(RET, 0)]
+    return prog + [_i(RET, ACCEPT)]
+
+
+def _v6(pairs: list[tuple[bytes, int]], ports: set[int], exact: bool, by_port: bool) -> list[Insn]:
+    prog = [
+        _i(LD_B_ABS, IP6_NEXTHDR), _i(JEQ, 17, jt=1), _i(RET, 0),
+        _i(LD_H_ABS, IP6_DPORT), _i(ST, 0),
+    ]
+    if exact:
+        for group, port in pairs:
+            words = struct.unpack("!4I", group)
+            for j, word in enumerate(words):
+                # Not this group: on to the next pair, 11 instructions per pair.
+                prog += [_i(LD_W_ABS, IP6_DADDR + 4 * j), _i(JEQ, word, jf=9 - 2 * j)]
+            prog += [_i(LD_MEM, 0), _i(JEQ, port, jf=1), _i(RET, ACCEPT)]
+        return prog + [_i(RET, 0)]
+    prog += [_i(LD_B_ABS, IP6_DADDR), _i(JEQ, 0xFF, jt=1), _i(RET, 0)]
+    if by_port:
+        prog.append(_i(LD_MEM, 0))
+        for port in sorted(ports):
+            prog += [_i(JEQ, port, jf=1), _i(RET, ACCEPT)]
+        return prog + [_i(RET, 0)]
+    return prog + [_i(RET, ACCEPT)]
+
+
+def rule_filter(endpoints: Iterable[tuple[str, int]]) -> list[Insn]:
+    """A filter admitting UDP to these (group, port) endpoints of one input,
+    received (not sent) by the interface."""
+    v4, v6 = set(), set()
+    for group, port in endpoints:
+        addr = ipaddress.ip_address(group)
+        if addr.version == 4:
+            v4.add((int(addr), port))
+        else:
+            v6.add((addr.packed, port))
+    v4_pairs, v6_pairs = sorted(v4), sorted(v6)
+    ports4, ports6 = {p for _, p in v4}, {p for _, p in v6}
+    for exact, by_port in ((True, False), (False, True), (False, False)):
+        prog = _program(v4_pairs, v6_pairs, ports4, ports6, exact, by_port)
+        if len(prog) <= BPF_MAXINSNS:
+            return prog
+    raise AssertionError("unreachable: the widest filter is a few instructions")
+
+
+def _program(v4_pairs, v6_pairs, ports4, ports6, exact, by_port) -> list[Insn]:
+    prog = [
+        _i(LD_W_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE), _i(JEQ, PACKET_OUTGOING, jf=1), _i(RET, 0),
+        _i(LD_H_ABS, 12),
+    ]
+    v4 = _v4(v4_pairs, ports4, exact, by_port) if v4_pairs else [_i(RET, 0)]
+    v6 = _v6(v6_pairs, ports6, exact, by_port) if v6_pairs else [_i(RET, 0)]
+    # IPv4: skip the long jump; otherwise jump over the IPv4 part (ja has a
+    # 32-bit offset, conditional jumps only 8 bits).
+    prog += [_i(JEQ, 0x0800, jt=1), _i(JA, len(v4))]
+    prog += v4
+    prog += [_i(JEQ, 0x86DD, jt=1), _i(RET, 0)]
+    return prog + v6
+
+
+def attach(sock: socket.socket, prog: list[Insn]) -> None:
+    """Attach (or atomically replace) sock's filter."""
+    raw = b"".join(struct.pack("HBBI", *insn) for insn in prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(prog), ctypes.addressof(buf)))

@@ -1,0 +1,115 @@
+"""The fallback's counters: one block of u64 per worker in a shared memory
+file, laid out like the datapath's maps (verdicts, rule counters, output
+counters), so a reader sums workers exactly as it sums CPUs.
+
+A worker writes only its own block; the relay only reads. Aligned 8-byte
+stores are single instructions on every platform the relay runs on, so a
+reader never sees a torn counter.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from .. import abi
+
+VERDICTS = 0
+RULES = VERDICTS + abi.VERDICT_MAX * 2  # packets, bytes per verdict
+OUTPUTS = RULES + abi.MAX_RULES * 4  # packets, bytes, forwarded, dropped per rule
+WORDS = OUTPUTS + abi.MAX_RULES * abi.MAX_OUTPUTS * 2  # packets, bytes per output
+BLOCK = -(-WORDS * 8 // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY  # a worker maps its own
+STRIDE = BLOCK // 8  # words from one worker's block to the next
+
+
+def rule_base(rule_id: int) -> int:
+    return RULES + rule_id * 4
+
+
+def output_base(rule_id: int, index: int) -> int:
+    return OUTPUTS + (rule_id * abi.MAX_OUTPUTS + index) * 2
+
+
+def create(workers: int) -> int:
+    """A zeroed memory file for workers blocks; returns its fd."""
+    fd = os.memfd_create("mcr-xdp-counters", os.MFD_CLOEXEC)
+    os.ftruncate(fd, BLOCK * workers)
+    return fd
+
+
+def open_block(fd: int, worker: int) -> tuple[mmap.mmap, memoryview]:
+    """A worker's block as (mapping, u64 view)."""
+    m = mmap.mmap(fd, BLOCK, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=BLOCK * worker)
+    return m, memoryview(m).cast("Q")
+
+
+class Counters:
+    """The relay's side: the Maps-like interface stats.collect takes (verdicts,
+    rule_counters, output_counters), summed over workers, plus per-worker
+    totals."""
+
+    def __init__(self, fd: int, workers: int):
+        self.workers = workers
+        self._map = mmap.mmap(fd, BLOCK * workers, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._map).cast("Q")
+
+    def _sum(self, index: int) -> int:
+        v = self._view
+        return sum(v[w * STRIDE + index] for w in range(self.workers))
+
+    def verdicts(self) -> list[abi.Counter]:
+        return [abi.Counter(self._sum(VERDICTS + 2 * i), self._sum(VERDICTS + 2 * i + 1))
+                for i in range(abi.VERDICT_MAX)]
+
+    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
+        base = rule_base(rule_id)
+        return abi.RuleCounters(*(self._sum(base + i) for i in range(4)))
+
+    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
+        return [abi.Counter(self._sum(output_base(rule_id, i)), self._sum(output_base(rule_id, i) + 1))
+                for i in range(n_outputs)]
+
+    def worker_totals(self, worker: int) -> dict[str, int]:
+        """Packets a worker saw, and those it forwarded (every verdict summed,
+        as the per-CPU view of the datapath)."""
+        v = self._view
+        base = worker * STRIDE
+        seen = sum(v[base + VERDICTS + 2 * i] for i in range(abi.VERDICT_MAX))
+        fwd = sum(v[base + VERDICTS + 2 * int(x)] for x in (abi.Verdict.REDIRECT, abi.Verdict.REDIRECT_MULTI))
+        return {"packets": seen, "forwarded": fwd}
+
+    def reset_rule(self, rule_id: int) -> None:
+        """Zero a rule's counters before its id is (re)used. Workers never
+        count a rule they do not have, so nothing writes these meanwhile."""
+        v = self._view
+        for w in range(self.workers):
+            base = w * STRIDE
+            for i in range(4):
+                v[base + rule_base(rule_id) + i] = 0
+            for i in range(abi.MAX_OUTPUTS * 2):
+                v[base + output_base(rule_id, 0) + i] = 0
+
+    def close(self) -> None:
+        self._view.release()
+        self._map.close()
+
+
+class Combined:
+    """Two Maps-like counter sources summed: a relay whose inputs run in
+    different modes (the datapath's maps and the workers' counters)."""
+
+    def __init__(self, *sources):
+        self.sources = sources
+
+    def verdicts(self) -> list[abi.Counter]:
+        rows = [s.verdicts() for s in self.sources]
+        return [abi.Counter(sum(r[i].packets for r in rows), sum(r[i].bytes for r in rows))
+                for i in range(abi.VERDICT_MAX)]
+
+    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
+        parts = [s.rule_counters(rule_id) for s in self.sources]
+        return abi.RuleCounters(*(sum(getattr(p, f) for p in parts) for f, _ in abi.RuleCounters._fields_))
+
+    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
+        rows = [s.output_counters(rule_id, n_outputs) for s in self.sources]
+        return [abi.Counter(sum(r[i].packets for r in rows), sum(r[i].bytes for r in rows)) for i in range(n_outputs)]

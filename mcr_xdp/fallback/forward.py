@@ -1,0 +1,211 @@
+"""The userspace datapath: the same parse, lookup and rewrite as bpf/, in
+Python, for the fallback workers. Pure: frames in, verdict and frames out.
+
+A rule arrives as the datapath's own encoding (encode.output_value: the
+Ethernet header, new group and port, checksum deltas), so both datapaths
+write identical packets. Frames come from a packet socket, which has
+already taken any VLAN tag off into metadata: the copies leave untagged,
+as the XDP path sends them.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from typing import NamedTuple
+
+from .. import abi
+from .counters import output_base, rule_base
+
+# Verdicts as plain ints: the per-packet path compares and shifts them.
+(PASS_NOT_IP, PASS_NOT_UDP, PASS_NOT_MULTICAST, PASS_FRAGMENT, PASS_NO_RULE, PASS_MALFORMED, PASS_IPV6_EXT,
+ DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI) = (int(abi.Verdict[name]) for name in (
+    "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
+    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI"))
+
+_ORDER = sys.byteorder  # the deltas are sums of 16-bit words in host order
+_IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
+_IP4 = struct.Struct("!BxHxxHBBH4s4s")  # at 14: version/IHL, total length, frag, TTL, protocol, check, src, dst
+_IP6 = struct.Struct("!HBB16s16s")  # at 18: payload length, next header, hop limit, src, dst
+_UDP = struct.Struct("!2s2s2sH")  # source port, destination port, length, check
+_ETH_IP4 = struct.Struct("!12s10sBBH4s4s")  # MACs, ethertype..frag, TTL, protocol, check, src, dst
+_ETH_IP6 = struct.Struct("!12s9sB16s16s")  # MACs, ethertype..next header, hop limit, src, dst
+
+
+class Out(NamedTuple):
+    index: int  # output index in the rule
+    ifindex: int
+    eth: bytes  # destination then source MAC
+    group: bytes  # 4 or 16 bytes
+    port: bytes  # network order
+    ip_delta: int  # checksum deltas, as 16-bit values in network order
+    l4_delta: int
+    counter: int  # its packets counter (counters.output_base)
+
+
+class Entry(NamedTuple):
+    rule_id: int
+    outputs: tuple[Out, ...]
+    counter: int  # the rule's packets counter (counters.rule_base)
+
+
+def entry_message(rule_id: int, ifindex: int, family: int, source: bytes, group: bytes, port: int,
+                  outputs: list[abi.Output]) -> dict:
+    """A rule as the relay sends it to its workers (JSON-able)."""
+    n = 4 if family == abi.FAMILY_IPV4 else 16
+    return {
+        "op": "put", "id": rule_id, "ifindex": ifindex, "source": source[:n].hex() if any(source) else "",
+        "group": group[:n].hex(), "port": port,
+        "outputs": [{"ifindex": o.ifindex, "eth": bytes(o.eth).hex(), "group": bytes(o.group)[:n].hex(),
+                     "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta} for o in outputs],
+    }
+
+
+def _network(delta: int) -> int:
+    """A delta of host-order words as the same delta of network-order words.
+    Ones'-complement sums do not care about byte order as long as every word
+    is swapped alike (RFC 1071, 2.(B)), so the fields are read in network
+    order here and the delta swapped once per rule instead."""
+    return int.from_bytes(delta.to_bytes(2, _ORDER), "big")
+
+
+def _apply(check: int, delta: int) -> int:
+    """RFC 1624 eqn. 3, as bpf/rewrite.h csum_apply; check and delta folded,
+    so one fold suffices."""
+    s = (~check & 0xFFFF) + delta
+    return ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
+
+
+def _udp_checksum(pseudo: bytes, segment: bytes) -> int:
+    """The full UDP checksum, for frames whose checksum the sender left
+    partial. The ones'-complement sum of 16-bit words is the big-endian
+    number mod 0xffff (2**16 = 1 mod 0xffff); a computed 0 is sent as 0xffff."""
+    data = pseudo + segment
+    if len(data) % 2:
+        data += b"\0"
+    s = int.from_bytes(data, "big") % 0xFFFF
+    return (~(s or 0xFFFF) & 0xFFFF) or 0xFFFF
+
+
+class Table:
+    """Rules by (input ifindex, source, group, port), as the worker holds
+    them; handle() is the per-packet path, written for CPython's speed:
+    one struct unpack per header, one pack per copy, ints for verdicts."""
+
+    def __init__(self):
+        self.by_key: dict[tuple, Entry] = {}
+        self.keys: dict[int, tuple] = {}  # rule id -> key
+        self.ssm: dict[int, int] = {}  # input ifindex -> source-specific rules on it
+
+    def put(self, msg: dict) -> Entry:
+        source = bytes.fromhex(msg["source"])
+        key = (msg["ifindex"], source, bytes.fromhex(msg["group"]), msg["port"].to_bytes(2, "big"))
+        self.delete(msg["id"])
+        outs = tuple(
+            Out(i, o["ifindex"], bytes.fromhex(o["eth"]), bytes.fromhex(o["group"]),
+                # o["port"] is the u16 as the datapath stores it (network order in memory)
+                o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i))
+            for i, o in enumerate(msg["outputs"])
+        )
+        entry = Entry(msg["id"], outs, rule_base(msg["id"]))
+        self.by_key[key] = entry
+        self.keys[msg["id"]] = key
+        if source:
+            self.ssm[key[0]] = self.ssm.get(key[0], 0) + 1
+        return entry
+
+    def delete(self, rule_id: int) -> None:
+        key = self.keys.pop(rule_id, None)
+        if key is None:
+            return
+        del self.by_key[key]
+        if key[1]:
+            self.ssm[key[0]] -= 1
+
+    def lookup(self, ifindex: int, source: bytes, group: bytes, port: bytes) -> Entry | None:
+        if self.ssm.get(ifindex):
+            entry = self.by_key.get((ifindex, source, group, port))
+            if entry is not None:
+                return entry
+        return self.by_key.get((ifindex, b"", group, port))
+
+    def handle(self, frame: bytes, ifindex: int, partial: bool = False):
+        """(verdict, entry, [(Out, frame to send)]) for one received frame;
+        entry is None when no rule matched. partial: the UDP checksum holds
+        only the pseudo header (TP_STATUS_CSUMNOTREADY)."""
+        n = len(frame)
+        et = frame[12:14]
+        if et == _IPV4:
+            if n < 34:
+                return PASS_MALFORMED, None, ()
+            vihl, tot, frag, ttl, proto, ip_check, src, group = _IP4.unpack_from(frame, 14)
+            ihl = (vihl & 0x0F) << 2
+            if vihl >> 4 != 4 or ihl < 20 or tot < ihl or 14 + tot > n:
+                return PASS_MALFORMED, None, ()
+            if group[0] & 0xF0 != 0xE0:
+                return PASS_NOT_MULTICAST, None, ()
+            if frag & 0x3FFF:
+                return PASS_FRAGMENT, None, ()
+            if proto != 17:
+                return PASS_NOT_UDP, None, ()
+            if tot < ihl + 8:
+                return PASS_MALFORMED, None, ()
+            l4 = 14 + ihl
+            sport, dport, ulen, udp_check = _UDP.unpack_from(frame, l4)
+            entry = None
+            if self.ssm.get(ifindex):
+                entry = self.by_key.get((ifindex, src, group, dport))
+            if entry is None:
+                entry = self.by_key.get((ifindex, b"", group, dport))
+                if entry is None:
+                    return PASS_NO_RULE, None, ()
+            if ttl <= 1:
+                return DROP_TTL, entry, ()
+            fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
+            sends = []
+            for out in entry.outputs:
+                if partial:  # the full checksum, over the rewritten pseudo header
+                    pseudo = src + out.group + b"\x00\x11" + ulen
+                    check = _udp_checksum(pseudo, sport + out.port + ulen + b"\0\0" + frame[l4 + 8:14 + tot])
+                elif udp_check:  # zero: no checksum, stays zero
+                    check = _apply(udp_check, out.l4_delta) or 0xFFFF
+                else:
+                    check = 0
+                sends.append((out, b"".join((
+                    _ETH_IP4.pack(out.eth, fixed, ttl - 1, 17, _apply(ip_check, out.ip_delta), src, out.group),
+                    options, _UDP.pack(sport, out.port, ulen, check), rest))))
+            return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
+        if n < 14:
+            return PASS_MALFORMED, None, ()
+        if et == _IPV6:
+            if n < 54:
+                return PASS_MALFORMED, None, ()
+            plen, nh, hops, src, group = _IP6.unpack_from(frame, 18)
+            if frame[14] >> 4 != 6 or 54 + plen > n:
+                return PASS_MALFORMED, None, ()
+            if group[0] != 0xFF:
+                return PASS_NOT_MULTICAST, None, ()
+            if nh != 17:
+                return (PASS_NOT_UDP if nh in (6, 58) else PASS_IPV6_EXT), None, ()
+            if n < 62 or plen < 8:
+                return PASS_MALFORMED, None, ()
+            sport, dport, ulen, udp_check = _UDP.unpack_from(frame, 54)
+            if not udp_check:
+                return PASS_MALFORMED, None, ()
+            entry = self.lookup(ifindex, src, group, dport)
+            if entry is None:
+                return PASS_NO_RULE, None, ()
+            if hops <= 1:
+                return DROP_TTL, entry, ()
+            fixed, rest = frame[12:21], frame[62:]
+            sends = []
+            for out in entry.outputs:
+                if partial:
+                    pseudo = src + out.group + b"\0\0" + ulen + b"\0\0\0\x11"
+                    check = _udp_checksum(pseudo, sport + out.port + ulen + b"\0\0" + frame[62:54 + plen])
+                else:
+                    check = _apply(udp_check, out.l4_delta) or 0xFFFF
+                sends.append((out, b"".join((_ETH_IP6.pack(out.eth, fixed, hops - 1, src, out.group),
+                                             _UDP.pack(sport, out.port, ulen, check), rest))))
+            return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
+        return PASS_NOT_IP, None, ()

@@ -19,3 +19,26 @@ test-unit: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The bpf and e2e suites on Debian 12's 6.1 kernel in a QEMU guest under
+# software emulation (slow: about a minute per e2e test; docs/vm.md).
+.PHONY: vm-test vm-clean
+vm-test: setup
+	@bash scripts/vm-test.sh
+
+vm-clean:
+	rm -rf .cache/vm
+
+# Benchmarks (docs/benchmarks.md). What only they need (socat, smcroute,
+# bpftool, perf, matplotlib) is installed here, not by setup. BENCH_ARGS
+# passes options, e.g. BENCH_ARGS="--relays ceiling,mcr-xdp-native".
+BENCH_ARGS ?=
+.PHONY: bench bench-quick bench-deps
+bench-deps: setup
+	@bash bench/deps.sh "$(VENV)"
+
+bench: bench-deps
+	$(PY) -m bench --plan full $(BENCH_ARGS)
+
+bench-quick: bench-deps
+	$(PY) -m bench --plan quick $(BENCH_ARGS)

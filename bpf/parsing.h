@@ -68,7 +68,9 @@ static __always_inline struct iphdr *parse_ipv4(struct cursor *c)
 	if (iph->version != 4 || iph->ihl < 5)
 		return NULL;
 	hlen = iph->ihl * 4;
-	if (c->pos + bpf_ntohs(iph->tot_len) > c->end || bpf_ntohs(iph->tot_len) < hlen)
+	/* Compared as lengths: 6.1's verifier refuses pointer + unbounded
+	 * length ("math between pkt pointer and register with unbounded min"). */
+	if (bpf_ntohs(iph->tot_len) > c->end - c->pos || bpf_ntohs(iph->tot_len) < hlen)
 		return NULL;
 	if (!cursor_take(c, hlen))
 		return NULL;
@@ -83,7 +85,7 @@ static __always_inline struct ipv6hdr *parse_ipv6(struct cursor *c)
 
 	if (!ip6h || ip6h->version != 6)
 		return NULL;
-	if (c->pos + bpf_ntohs(ip6h->payload_len) > c->end)
+	if (bpf_ntohs(ip6h->payload_len) > c->end - c->pos)
 		return NULL;
 	return ip6h;
 }

@@ -3,6 +3,7 @@ missing and what fixes it; the relay calls them before it changes anything."""
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
@@ -36,6 +37,9 @@ def require_kernel() -> None:
     try:
         fd = libbpf.devmap_create("mcr_probe", 1, 8)
     except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise PrivilegeError("creating BPF maps was refused: the relay needs CAP_BPF, CAP_NET_ADMIN "
+                                 "and CAP_PERFMON (or root)") from None
         raise NotSupported("devmap entries with programs", "5.8", exc.strerror) from None
     os.close(fd)
 

@@ -145,9 +145,11 @@ def prog_id(prog_fd: int) -> int:
 
 
 def prog_name(prog_id: int) -> str:
-    """Name of a loaded BPF program by id ('' if it is gone)."""
+    """Name of a loaded BPF program by id; '' if it is gone, or if opening
+    it by id is not allowed (BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN,
+    which a relay under systemd may run without)."""
     fd = lib().bpf_prog_get_fd_by_id(prog_id)
-    if fd == -errno.ENOENT:
+    if fd in (-errno.ENOENT, -errno.EPERM):
         return ""
     _check(fd, f"open BPF program {prog_id}")
     try:

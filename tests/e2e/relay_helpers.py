@@ -4,8 +4,13 @@ namespace chain (see conftest.chain), each process registered for cleanup."""
 from __future__ import annotations
 
 import json
+import os
 
 from mcr_xdp.netns import Chain, Proc, venv_bin
+
+# Slow hosts (a kernel under software emulation: make vm-test) scale every
+# wait: a bcc compile there takes ~30 s instead of ~1 s.
+SCALE = float(os.environ.get("MCR_TEST_TIMEOUT_SCALE", "1"))
 
 
 def mcr() -> str:
@@ -16,7 +21,7 @@ def start_relay(topo: Chain, *args: str, ready: str = "relaying") -> Proc:
     """`mcr-xdp attach ARGS` inside the relay namespace, once it relays."""
     proc = Proc(topo.popen(topo.relay_in.ns, mcr(), "attach", *args))
     topo.procs.append(proc)
-    proc.wait_for(ready, timeout=60)
+    proc.wait_for(ready, timeout=60 * SCALE)
     return proc
 
 
@@ -44,11 +49,11 @@ def start_sender(topo: Chain, group: str, port: int, count: int, rate: float, si
 def send(topo: Chain, group: str, port: int, count: int, rate: float, size: int = 64, ttl: int = 16,
          streams: int = 1, source: str | None = None, first_seq: int = 0) -> dict:
     proc = start_sender(topo, group, port, count, rate, size, ttl, streams, source, first_seq)
-    return json.loads(proc.wait_for('"sent"', timeout=count / rate + 60))
+    return json.loads(proc.wait_for('"sent"', timeout=(count / rate + 60) * SCALE))
 
 
 def result(receiver: Proc) -> dict:
-    return json.loads(receiver.wait_for('"received"', timeout=120))
+    return json.loads(receiver.wait_for('"received"', timeout=120 * SCALE))
 
 
 def relay_cli(topo: Chain, *args: str):

@@ -1,0 +1,31 @@
+"""The shell scripts, the provisioning path of the VMs among them, are
+shellcheck-clean at its default severity (style and up)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from pkgtools import ROOT, require
+
+SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("vagrant/*.sh")])
+
+
+def test_there_are_scripts():
+    assert ROOT / "scripts" / "setup.sh" in SCRIPTS
+    assert ROOT / "scripts" / "vm-test.sh" in SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shellcheck_clean(script):
+    shellcheck = require("shellcheck", "shellcheck")
+    run = subprocess.run([shellcheck, "--format=gcc", "--external-sources", str(script)],
+                         cwd=script.parent, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"shellcheck findings in {script.name}:\n{run.stdout}{run.stderr}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_strict_mode(script):
+    """Every script stops at the first failing command."""
+    assert "set -euo pipefail" in script.read_text(), f"{script.name} lacks `set -euo pipefail`"

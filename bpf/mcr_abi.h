@@ -39,6 +39,8 @@
  * after the datapath redirected them, per output ifindex. */
 #define MCR_MAP_LOSS      "mcr_loss"      /* percpu hash: mcr_loss_key -> mcr_loss */
 #define MCR_MAP_LOSS_PROGS "mcr_loss_progs" /* hash: prog id of this relay -> 1 */
+#define MCR_MAP_LOSS_MAPS "mcr_loss_maps" /* hash: map id of this relay's cpumap -> 1 */
+#define MCR_MAP_LOSS_STEER "mcr_loss_steer" /* percpu array[1]: u64 frames a full cpumap queue dropped */
 
 /* Program names (function names in relay.c). */
 #define MCR_PROG_RELAY "mcr_relay"

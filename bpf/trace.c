@@ -15,6 +15,8 @@
 
 BPF_PERCPU_HASH(mcr_loss, struct mcr_loss_key, struct mcr_loss, MCR_MAX_RULES);
 BPF_HASH(mcr_loss_progs, __u32, __u8, 64);
+BPF_HASH(mcr_loss_maps, __u32, __u8, 8);
+BPF_PERCPU_ARRAY(mcr_loss_steer, __u64, 1);
 
 TRACEPOINT_PROBE(xdp, xdp_devmap_xmit)
 {
@@ -47,6 +49,21 @@ static __always_inline void redirect_error(__u32 prog_id, __u32 from, __u32 to)
 TRACEPOINT_PROBE(xdp, xdp_redirect_err)
 {
 	redirect_error(args->prog_id, args->ifindex, args->to_ifindex);
+	return 0;
+}
+
+/* Steering: frames a full cpumap queue dropped (only this relay's cpumap,
+ * by map id). */
+TRACEPOINT_PROBE(xdp, xdp_cpumap_enqueue)
+{
+	__u32 map_id = args->map_id, zero = 0;
+	__u64 *drops;
+
+	if (!args->drops || !mcr_loss_maps.lookup(&map_id))
+		return 0;
+	drops = mcr_loss_steer.lookup(&zero);
+	if (drops)
+		*drops += args->drops;
 	return 0;
 }
 

@@ -147,6 +147,8 @@ def drops_table(snap: Snapshot, rates: Rates | None) -> Table:
         if packets:
             pps = rates.verdict_pps.get(name, 0.0) if rates else 0.0
             table.add_row(name, str(packets), si(pps), style="red" if name.startswith(("drop", "egress")) else None)
+    if snap.steering_lost:
+        table.add_row("lost in steering queues", str(snap.steering_lost), "", style="bold red")
     for name, i in snap.interfaces.items():
         if i.lost_after_redirect:
             table.add_row(f"lost after redirect on {name}", str(i.lost_after_redirect),

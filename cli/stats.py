@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Annotated
@@ -33,7 +34,7 @@ def fetch_json(socket_path: str | None) -> dict:
 def fetch(socket_path: str | None) -> tuple[stats.Snapshot, dict]:
     snap, status = stats.from_json(fetch_json(socket_path))
     # Rates need timestamps of this process's clock, not the relay's.
-    return stats.Snapshot(time.monotonic(), snap.verdicts, snap.rules, snap.cpus, snap.interfaces), status
+    return dataclasses.replace(snap, timestamp=time.monotonic()), status
 
 
 def stats_cmd(

@@ -27,6 +27,8 @@ MAP_STEER = "mcr_steer"
 MAP_CPUMAP = "mcr_cpumap"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
+MAP_LOSS_MAPS = "mcr_loss_maps"
+MAP_LOSS_STEER = "mcr_loss_steer"
 
 PROG_RELAY = "mcr_relay"
 PROG_EGRESS = "mcr_egress"

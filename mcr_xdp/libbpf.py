@@ -141,7 +141,13 @@ def _prog_info(prog_fd: int) -> bytes:
 
 def prog_id(prog_fd: int) -> int:
     """Kernel id of the program behind prog_fd."""
-    return struct.unpack_from("=I", _prog_info(prog_fd), _PROG_INFO_ID_OFFSET)[0]
+    return obj_id(prog_fd)
+
+
+def obj_id(fd: int) -> int:
+    """Kernel id of the program or map behind fd: both info structs start
+    with a u32 type and a u32 id."""
+    return struct.unpack_from("=I", _prog_info(fd), _PROG_INFO_ID_OFFSET)[0]
 
 
 def prog_name(prog_id: int) -> str:

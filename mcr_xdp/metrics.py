@@ -55,6 +55,8 @@ def exposition(snap: Snapshot, status: dict) -> str:
             for o in r.outputs:
                 d.metric(f"mcr_xdp_output_{field}_total", "counter", f"{field.capitalize()} sent to the output.",
                          getattr(o, field), rule_id=r.rule_id, output=o.output, interface=o.iface)
+    d.metric("mcr_xdp_steering_lost_total", "counter", "Frames a full CPU-steering queue dropped.",
+             snap.steering_lost)
     for c in snap.cpus:
         d.metric("mcr_xdp_cpu_packets_total", "counter", "Packets the datapath saw per CPU.", c.packets, cpu=c.cpu)
     for c in snap.cpus:

@@ -200,6 +200,8 @@ class Relay:
         self._start_tracer()
         if self.config.steer_cpus:
             self.datapath.set_steering(self.config.steer_cpus)
+            if self.tracer is not None and self.config.steer_cpus:
+                self.tracer.watch_prog(libbpf.prog_id(self.datapath.cpu_fd))
 
     def _attach(self, link: Link) -> Attachment:
         """Try the ladder's modes in order on link; the first that loads
@@ -441,7 +443,8 @@ class Relay:
         from .trace import LossTracer
 
         try:
-            self.tracer = LossTracer([self.datapath.prog_id, libbpf.prog_id(self.datapath.egress_fd)])
+            self.tracer = LossTracer([self.datapath.prog_id, libbpf.prog_id(self.datapath.egress_fd)],
+                                     [libbpf.obj_id(self.datapath.maps.fds[abi.MAP_CPUMAP])])
             self.tracer_notice = ""
         except McrError as exc:
             self.tracer = None
@@ -460,6 +463,7 @@ class Relay:
             rules,
             losses=self.tracer.read() if self.tracer is not None else None,
             links=link_counters(names),
+            steering_lost=self.tracer.steering_drops() if self.tracer is not None else 0,
         )
 
     def counters(self):

@@ -61,6 +61,7 @@ class Snapshot:
     rules: tuple[RuleStats, ...]
     cpus: tuple[CpuStats, ...] = ()
     interfaces: dict[str, InterfaceStats] = dataclasses.field(default_factory=dict)
+    steering_lost: int = 0  # frames a full CPU-steering (cpumap) queue dropped
 
     def verdict_packets(self, verdict: abi.Verdict) -> int:
         return self.verdicts.get(verdict.name.lower(), (0, 0))[0]
@@ -80,17 +81,19 @@ class Snapshot:
 
     @property
     def lost(self) -> int:
-        """Frames dropped by the kernel after a redirect, all outputs."""
-        return sum(i.lost_after_redirect for i in self.interfaces.values())
+        """Frames dropped by the kernel after a redirect: all outputs, and
+        the steering queues."""
+        return sum(i.lost_after_redirect for i in self.interfaces.values()) + self.steering_lost
 
 
 def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
-            links: dict | None = None, clock=time.monotonic) -> Snapshot:
+            links: dict | None = None, steering_lost: int = 0, clock=time.monotonic) -> Snapshot:
     """Read every counter once.
 
     rules: rule id -> rules.Rule; losses: output ifindex -> (xmit drops,
     redirect errors) from the loss tracer; links: name -> (ifindex, kernel
-    interface counters as a dict) from links.counters().
+    interface counters as a dict) from links.counters(); steering_lost:
+    cpumap queue drops from the loss tracer.
     """
     timestamp = clock()
     verdicts = {abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())}
@@ -117,7 +120,7 @@ def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
             counters.get("tx_packets", 0), counters.get("tx_dropped", 0),
             drops + errors,
         )
-    return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces)
+    return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, steering_lost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +183,7 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
         "schema_version": JSON_SCHEMA_VERSION,
         "timestamp": snap.timestamp,
         "totals": {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed,
-                   "lost_after_redirect": snap.lost},
+                   "lost_after_redirect": snap.lost, "lost_in_steering": snap.steering_lost},
         "verdicts": {name: {"packets": p, "bytes": b} for name, (p, b) in snap.verdicts.items()},
         "rules": [
             {
@@ -221,5 +224,6 @@ def from_json(data: dict) -> tuple[Snapshot, dict]:
         rules,
         tuple(CpuStats(c["cpu"], c["packets"], c["forwarded"]) for c in data["cpus"]),
         {n: InterfaceStats(**i) for n, i in data["interfaces"].items()},
+        data["totals"].get("lost_in_steering", 0),
     )
     return snap, data.get("status", {})

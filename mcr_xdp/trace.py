@@ -29,7 +29,10 @@ def ensure_tracefs() -> Path:
 
 
 class LossTracer:
-    def __init__(self, prog_ids: list[int]):
+    """prog_ids: this relay's XDP programs (redirect errors); map_ids: its
+    cpumaps (steering queue drops)."""
+
+    def __init__(self, prog_ids: list[int], map_ids: list[int] = ()):
         ensure_tracefs()
         from bcc import BPF
 
@@ -45,9 +48,13 @@ class LossTracer:
             raise McrError(f"cannot load the loss tracer: {exc}") from None
         self._loss_fd = self._bpf[abi.MAP_LOSS.encode()].map_fd
         self._progs_fd = self._bpf[abi.MAP_LOSS_PROGS.encode()].map_fd
+        self._steer_fd = self._bpf[abi.MAP_LOSS_STEER.encode()].map_fd
         self.ncpus = possible_cpus()
         for prog_id in prog_ids:
             libbpf.map_update(self._progs_fd, ctypes.c_uint32(prog_id), ctypes.c_uint8(1))
+        maps_fd = self._bpf[abi.MAP_LOSS_MAPS.encode()].map_fd
+        for map_id in map_ids:
+            libbpf.map_update(maps_fd, ctypes.c_uint32(map_id), ctypes.c_uint8(1))
         self.watched: set[int] = set()
 
     def watch(self, from_ifindex: int, to_ifindex: int) -> None:
@@ -67,6 +74,16 @@ class LossTracer:
                 result[pair[1]] = (drops + sum(v.xmit_drops for v in values),
                                    errors + sum(v.redirect_errors for v in values))
         return result
+
+    def watch_prog(self, prog_id: int) -> None:
+        """Count redirect errors of this program too (the cpumap program)."""
+        libbpf.map_update(self._progs_fd, ctypes.c_uint32(prog_id), ctypes.c_uint8(1))
+
+    def steering_drops(self) -> int:
+        """Frames this relay's full cpumap queues dropped, all CPUs."""
+        values = (ctypes.c_uint64 * self.ncpus)()
+        libbpf.map_lookup(self._steer_fd, ctypes.c_uint32(0), values)
+        return sum(values)
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -297,7 +297,7 @@ def test_kernel_refuses_runt(relay, run_xdp):
 
 
 # Maps of the loss tracer (bpf/trace.c), a separate object.
-TRACER_MAPS = {abi.MAP_LOSS, abi.MAP_LOSS_PROGS}
+TRACER_MAPS = {abi.MAP_LOSS, abi.MAP_LOSS_PROGS, abi.MAP_LOSS_MAPS, abi.MAP_LOSS_STEER}
 
 
 def test_map_and_program_names(datapath):

@@ -69,7 +69,12 @@ def test_prometheus_matches_json(chain):
     rule = snap["rules"][0]
     assert rule["packets"] == count
     for name, v in snap["verdicts"].items():
-        assert samples[("mcr_xdp_verdict_packets_total", (("reason", name),))] == v["packets"]
+        metric = samples[("mcr_xdp_verdict_packets_total", (("reason", name),))]
+        if name.startswith("pass_"):
+            # Read after the JSON: the host's own IGMP/MLD may pass in between.
+            assert metric >= v["packets"]
+        else:
+            assert metric == v["packets"]
     labels = (("interface", "in0"), ("rule", rule["rule"]), ("rule_id", "0"))
     assert samples[("mcr_xdp_rule_packets_total", labels)] == rule["packets"]
     assert samples[("mcr_xdp_rule_forwarded_total", labels)] == rule["forwarded"] == count

@@ -4,6 +4,7 @@ and the rendered tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,12 +78,25 @@ def test_json_matches_schema_and_round_trips():
     snap = snapshot(3.5, 1234, lost=9, ttl_drops=2)
     data = stats.as_json(snap, STATUS)
     jsonschema.validate(data, SCHEMA)
-    assert data["totals"] == {"forwarded": 2468, "dropped": 2, "passed": 7, "lost_after_redirect": 9}
+    assert data["totals"] == {"forwarded": 2468, "dropped": 2, "passed": 7, "lost_after_redirect": 9,
+                              "lost_in_steering": 0}
     assert data["rules"][1]["outputs"][1] == {"output": "out1", "interface": "out1", "packets": 1234,
                                               "bytes": 123400}
     back, status = stats.from_json(json.loads(json.dumps(data)))
     assert back == snap
     assert status == STATUS
+
+
+def test_steering_queue_losses_count_as_lost_everywhere():
+    snap = dataclasses.replace(snapshot(3.5, 100, lost=9), steering_lost=40)
+    assert snap.lost == 49
+    data = stats.as_json(snap, STATUS)
+    jsonschema.validate(data, SCHEMA)
+    assert data["totals"]["lost_in_steering"] == 40 and data["totals"]["lost_after_redirect"] == 49
+    assert stats.from_json(data)[0] == snap
+    samples = {s.name: s.value for f in text_string_to_metric_families(exposition(snap, STATUS)) for s in f.samples}
+    assert samples["mcr_xdp_steering_lost_total"] == 40
+    assert "lost in steering queues" in text(render.drops_table(snap, None))
 
 
 def test_json_of_another_schema_is_refused():

@@ -14,6 +14,7 @@ from mcr_xdp.control import ControlServer
 from mcr_xdp.errors import McrError
 from mcr_xdp.fallback import FANOUT_MODES
 from mcr_xdp.loader import Mode, XdpMode
+from mcr_xdp.maps import parse_cpu_list
 from mcr_xdp.metrics import MetricsServer, exposition
 from mcr_xdp.relay import Relay, RelayConfig
 from mcr_xdp.rules import parse_rule
@@ -48,9 +49,9 @@ def attach(
         "it (cpumap); a stream never reorders. Off by default."), show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, show_default="one per CPU",
                                                 help="Userspace mode: worker processes.")] = None,
-    fanout: Annotated[str, typer.Option("--fanout", help="Userspace mode: how PACKET_FANOUT spreads packets "
-                                        "over the workers: hash (per flow, keeps order), cpu (by receiving "
-                                        "CPU), lb (round robin, may reorder a stream).")] = "hash",
+    fanout: Annotated[str | None, typer.Option("--fanout", show_default="hash", help=(
+        "Userspace mode: how PACKET_FANOUT spreads packets over the workers: hash (per flow, keeps order), "
+        "cpu (by receiving CPU), lb (round robin, may reorder a stream)."))] = None,
     interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
                                                    help="Seconds between counter lines.")] = None,
     socket_path: SocketOpt = None,
@@ -79,12 +80,17 @@ def attach(
     rules = [*(file_cfg.rules if file_cfg else []), *(parse_rule(text, default) for text in rule)]
     if not rules:
         raise typer.BadParameter("give at least one --rule (or --config with rules)", param_hint="--rule")
+    fanout = fanout or (file_cfg.fanout if file_cfg else None) or "hash"
     if fanout not in FANOUT_MODES:
         raise typer.BadParameter(f"{fanout!r} is not one of {', '.join(FANOUT_MODES)}", param_hint="--fanout")
     try:
         cpus = parse_cpu_list(steer_cpus) if steer_cpus else ()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--steer-cpus") from None
+    if file_cfg is not None:
+        mode = mode or file_cfg.mode
+        cpus = cpus or file_cfg.steer_cpus
+        workers = workers or file_cfg.workers
     xdp = xdp_mode or (file_cfg.xdp_mode if file_cfg and mode is None else None) or XdpMode.AUTO
     interval = interval or (file_cfg.interval if file_cfg else None) or 5.0
     path = socket_path or (file_cfg.control_socket if file_cfg else None) or control.default_path()
@@ -128,22 +134,6 @@ def attach(
         wake_r.close()
         wake_w.close()
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
-
-
-def parse_cpu_list(text: str) -> tuple[int, ...]:
-    """"0,1" or "0-3,6" -> CPU ids, in order, each once."""
-    cpus: list[int] = []
-    for part in text.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise ValueError(f"{text!r} is not a CPU list like 0,1 or 0-3")
-        for cpu in range(int(lo), int(hi if sep else lo) + 1):
-            if cpu in cpus:
-                raise ValueError(f"{text!r} names CPU {cpu} twice")
-            cpus.append(cpu)
-    if not cpus:
-        raise ValueError(f"{text!r} names no CPU")
-    return tuple(cpus)
 
 
 def attach_line(a) -> str:

@@ -1,6 +1,10 @@
 """The relay's TOML configuration file.
 
     xdp_mode = "auto"                       # optional: auto, native, generic
+    mode = "auto"                           # optional: auto, xdp-native, xdp-generic, tc, userspace
+    steer_cpus = "0-3"                      # optional: XDP CPU steering
+    workers = 2                             # optional: userspace mode workers
+    fanout = "hash"                         # optional: userspace mode: hash, cpu, lb
     control_socket = "/run/mcr-xdp/mcr-xdp.sock"   # optional
     interval = 5                            # optional: seconds between counter lines
 
@@ -21,10 +25,11 @@ import tomllib
 from pathlib import Path
 
 from .errors import McrError, UsageError
-from .loader import XdpMode
+from .loader import Mode, XdpMode
+from .maps import parse_cpu_list
 from .rules import Rule, parse_rule
 
-TOP_KEYS = {"xdp_mode", "control_socket", "interval", "inputs"}
+TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "inputs"}
 INPUT_KEYS = {"rules"}
 
 
@@ -38,6 +43,10 @@ class FileConfig:
     interfaces: list[str]
     rules: list[Rule]
     xdp_mode: XdpMode | None = None
+    mode: Mode | None = None
+    steer_cpus: tuple[int, ...] = ()
+    workers: int | None = None
+    fanout: str | None = None
     control_socket: str | None = None
     interval: float | None = None
 
@@ -81,6 +90,28 @@ def load(path: str | Path) -> FileConfig:
             cfg.xdp_mode = XdpMode(data["xdp_mode"])
         except ValueError:
             fail(_line_of(lines, r"^\s*xdp_mode\s*="), "xdp_mode", f"{data['xdp_mode']!r} is not one of auto, native, generic")
+    if "mode" in data:
+        try:
+            cfg.mode = Mode(data["mode"])
+        except ValueError:
+            fail(_line_of(lines, _key("mode")), "mode",
+                 f"{data['mode']!r} is not one of {', '.join(m.value for m in Mode)}")
+    if "steer_cpus" in data:
+        try:
+            value = data["steer_cpus"]
+            cfg.steer_cpus = parse_cpu_list(",".join(map(str, value)) if isinstance(value, list) else str(value))
+        except ValueError as exc:
+            fail(_line_of(lines, _key("steer_cpus")), "steer_cpus", str(exc))
+    if "workers" in data:
+        if not isinstance(data["workers"], int) or isinstance(data["workers"], bool) or data["workers"] < 1:
+            fail(_line_of(lines, _key("workers")), "workers", "must be a whole number of at least 1")
+        cfg.workers = data["workers"]
+    if "fanout" in data:
+        from .fallback import FANOUT_MODES
+
+        if data["fanout"] not in FANOUT_MODES:
+            fail(_line_of(lines, _key("fanout")), "fanout", f"{data['fanout']!r} is not one of {', '.join(FANOUT_MODES)}")
+        cfg.fanout = data["fanout"]
     if "control_socket" in data:
         if not isinstance(data["control_socket"], str) or not data["control_socket"].startswith("/"):
             fail(_line_of(lines, r"^\s*control_socket\s*="), "control_socket", "must be an absolute path")

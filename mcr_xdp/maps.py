@@ -23,6 +23,22 @@ def possible_cpus() -> int:
     return count
 
 
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """"0,1" or "0-3,6" -> CPU ids, in order, each once."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list like 0,1 or 0-3")
+        for cpu in range(int(lo), int(hi if sep else lo) + 1):
+            if cpu in cpus:
+                raise ValueError(f"{text!r} names CPU {cpu} twice")
+            cpus.append(cpu)
+    if not cpus:
+        raise ValueError(f"{text!r} names no CPU")
+    return tuple(cpus)
+
+
 def _sum_percpu(values) -> ctypes.Structure:
     total = type(values[0])()
     for name, _ in total._fields_:

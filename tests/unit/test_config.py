@@ -98,7 +98,7 @@ BAD = [
         colour = "blue"
         [inputs.eth0]
         rules = ["239.1.1.1:5001=eth1"]
-        """, 3, "colour", "unknown key (known: control_socket, inputs, interval, xdp_mode)"),
+        """, 3, "colour", "unknown key (known: control_socket, fanout, inputs, interval, mode, steer_cpus, workers, xdp_mode)"),
     Bad("unknown top-level table (typo of inputs)", """\
         xdp_mode = "native"
 
@@ -294,3 +294,28 @@ def test_check_unreadable_file(public_dir):
 
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"mcr-xdp: error: {path}: cannot read: Permission denied"
+
+
+def test_mode_options(tmp_path):
+    path = tmp_path / "modes.toml"
+    path.write_text('mode = "tc"\nsteer_cpus = [0, 1]\nworkers = 3\nfanout = "cpu"\n'
+                    '[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
+    cfg = config.load(path)
+    assert (cfg.mode.value, cfg.steer_cpus, cfg.workers, cfg.fanout) == ("tc", (0, 1), 3, "cpu")
+    path.write_text('steer_cpus = "0-2"\n[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
+    assert config.load(path).steer_cpus == (0, 1, 2)
+
+
+@pytest.mark.parametrize("line, key, message", [
+    ('mode = "fast"', "mode", "is not one of auto, xdp-native"),
+    ('steer_cpus = "0,x"', "steer_cpus", "is not a CPU list"),
+    ("workers = 0", "workers", "at least 1"),
+    ('fanout = "random"', "fanout", "is not one of"),
+])
+def test_bad_mode_options_name_line_and_key(tmp_path, line, key, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'interval = 5\n{line}\n[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    assert str(err.value).startswith(f"{path}:2: {key}: ")
+    assert message in str(err.value)

@@ -12,7 +12,7 @@ from mcr_xdp.errors import UsageError
 from mcr_xdp.fallback import Fallback
 from mcr_xdp.fallback import counters as cnt
 from mcr_xdp.loader import LADDER, Mode, XdpMode, failing_modes, ladder
-from mcr_xdp_cli.attach import parse_cpu_list
+from mcr_xdp.maps import parse_cpu_list
 
 
 @pytest.mark.parametrize("mode, xdp_mode, expected", [

@@ -19,21 +19,15 @@ PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmo
           make shellcheck vagrant vagrant-libvirt systemd)
 
 log() { printf 'setup: %s\n' "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: needs root (apt-get, /lib/modules, bpffs): run 'sudo make setup'" >&2
     exit 1
 fi
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+install_missing "${PACKAGES[@]}"
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Kernels that ship no
 # headers of their own get Debian's newest linux-headers-*-amd64: the XDP

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# Helpers shared by the project's shell scripts (sourced, not run).
+# Helpers shared by the project's shell scripts (sourced, not run; the
+# callers set the same options).
+set -euo pipefail
 
 # install_missing PKG...: apt-get install the Debian packages not installed
 # yet; nothing (and no apt-get update) when all are there. Callers define

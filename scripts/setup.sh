@@ -19,7 +19,7 @@ PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmo
           make shellcheck vagrant vagrant-libvirt systemd)
 
 log() { printf 'setup: %s\n' "$*"; }
-# shellcheck source=scripts/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -99,7 +99,7 @@ def header(snap: Snapshot, rates: Rates | None, status: dict) -> Text:
         text.append(f"\nforwarding {si(rates.forwarded_pps, 'pps')}, dropping {si(rates.dropped_pps, 'pps')}, "
                     f"passing {si(rates.passed_pps, 'pps')} to the host")
         if rates.lost_pps:
-            text.append(f", losing {si(rates.lost_pps, 'pps')} after redirect", style="bold red")
+            text.append(f", losing {si(rates.lost_pps, 'pps')} outside the datapath (see verdicts)", style="bold red")
     for notice in status.get("notices", []):
         text.append(f"\nnotice: {notice}", style="yellow")
     return text
@@ -150,6 +150,8 @@ def drops_table(snap: Snapshot, rates: Rates | None) -> Table:
     if snap.steering_lost:
         table.add_row("lost in steering queues", str(snap.steering_lost), "", style="bold red")
     for name, i in snap.interfaces.items():
+        if i.lost_in_ring:
+            table.add_row(f"lost in userspace ring on {name}", str(i.lost_in_ring), "", style="bold red")
         if i.lost_after_redirect:
             table.add_row(f"lost after redirect on {name}", str(i.lost_after_redirect),
                           si(rates.interface_lost_pps.get(name, 0.0) if rates else 0.0), style="bold red")

@@ -63,7 +63,8 @@ def exposition(snap: Snapshot, status: dict) -> str:
         d.metric("mcr_xdp_cpu_forwarded_total", "counter", "Packets forwarded per CPU.", c.forwarded, cpu=c.cpu)
     for field, help_ in (("rx_packets", "Interface receive packets."), ("rx_dropped", "Interface receive drops."),
                          ("tx_packets", "Interface transmit packets."), ("tx_dropped", "Interface transmit drops."),
-                         ("lost_after_redirect", "Frames the kernel dropped after XDP redirected them here.")):
+                         ("lost_after_redirect", "Frames the kernel dropped after XDP redirected them here."),
+                         ("lost_in_ring", "Input frames a full userspace-mode ring had no room for.")):
         for i in snap.interfaces.values():
             d.metric(f"mcr_xdp_interface_{field}_total", "counter", help_, getattr(i, field), interface=i.name)
     return "\n".join(d.lines) + "\n"

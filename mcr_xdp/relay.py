@@ -464,6 +464,7 @@ class Relay:
             losses=self.tracer.read() if self.tracer is not None else None,
             links=link_counters(names),
             steering_lost=self.tracer.steering_drops() if self.tracer is not None else 0,
+            ring_drops=self.fallback.ring_drops() if self.fallback is not None else None,
         )
 
     def counters(self):

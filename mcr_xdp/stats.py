@@ -52,6 +52,7 @@ class InterfaceStats:
     tx_packets: int = 0
     tx_dropped: int = 0
     lost_after_redirect: int = 0  # frames the kernel dropped after XDP redirected them here
+    lost_in_ring: int = 0  # input frames a full userspace-mode ring had no room for (tp_drops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,20 +81,31 @@ class Snapshot:
         return sum(p for name, (p, _) in self.verdicts.items() if name.startswith("pass"))
 
     @property
+    def lost_after_redirect(self) -> int:
+        """Frames the kernel dropped after a redirect, all outputs."""
+        return sum(i.lost_after_redirect for i in self.interfaces.values())
+
+    @property
+    def lost_in_ring(self) -> int:
+        return sum(i.lost_in_ring for i in self.interfaces.values())
+
+    @property
     def lost(self) -> int:
-        """Frames dropped by the kernel after a redirect: all outputs, and
-        the steering queues."""
-        return sum(i.lost_after_redirect for i in self.interfaces.values()) + self.steering_lost
+        """Every loss outside the datapath's own verdicts: after redirect,
+        in steering queues, in userspace-mode rings."""
+        return self.lost_after_redirect + self.steering_lost + self.lost_in_ring
 
 
 def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
-            links: dict | None = None, steering_lost: int = 0, clock=time.monotonic) -> Snapshot:
+            links: dict | None = None, steering_lost: int = 0, ring_drops: dict[str, int] | None = None,
+            clock=time.monotonic) -> Snapshot:
     """Read every counter once.
 
     rules: rule id -> rules.Rule; losses: output ifindex -> (xmit drops,
     redirect errors) from the loss tracer; links: name -> (ifindex, kernel
     interface counters as a dict) from links.counters(); steering_lost:
-    cpumap queue drops from the loss tracer.
+    cpumap queue drops from the loss tracer; ring_drops: input name -> frames
+    the userspace workers' rings dropped.
     """
     timestamp = clock()
     verdicts = {abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())}
@@ -118,7 +130,7 @@ def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
             name,
             counters.get("rx_packets", 0), counters.get("rx_dropped", 0),
             counters.get("tx_packets", 0), counters.get("tx_dropped", 0),
-            drops + errors,
+            drops + errors, (ring_drops or {}).get(name, 0),
         )
     return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, steering_lost)
 
@@ -183,7 +195,8 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
         "schema_version": JSON_SCHEMA_VERSION,
         "timestamp": snap.timestamp,
         "totals": {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed,
-                   "lost_after_redirect": snap.lost, "lost_in_steering": snap.steering_lost},
+                   "lost": snap.lost, "lost_after_redirect": snap.lost_after_redirect,
+                   "lost_in_steering": snap.steering_lost, "lost_in_ring": snap.lost_in_ring},
         "verdicts": {name: {"packets": p, "bytes": b} for name, (p, b) in snap.verdicts.items()},
         "rules": [
             {

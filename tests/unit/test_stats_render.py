@@ -78,8 +78,8 @@ def test_json_matches_schema_and_round_trips():
     snap = snapshot(3.5, 1234, lost=9, ttl_drops=2)
     data = stats.as_json(snap, STATUS)
     jsonschema.validate(data, SCHEMA)
-    assert data["totals"] == {"forwarded": 2468, "dropped": 2, "passed": 7, "lost_after_redirect": 9,
-                              "lost_in_steering": 0}
+    assert data["totals"] == {"forwarded": 2468, "dropped": 2, "passed": 7, "lost": 9, "lost_after_redirect": 9,
+                              "lost_in_steering": 0, "lost_in_ring": 0}
     assert data["rules"][1]["outputs"][1] == {"output": "out1", "interface": "out1", "packets": 1234,
                                               "bytes": 123400}
     back, status = stats.from_json(json.loads(json.dumps(data)))
@@ -92,11 +92,23 @@ def test_steering_queue_losses_count_as_lost_everywhere():
     assert snap.lost == 49
     data = stats.as_json(snap, STATUS)
     jsonschema.validate(data, SCHEMA)
-    assert data["totals"]["lost_in_steering"] == 40 and data["totals"]["lost_after_redirect"] == 49
+    assert data["totals"]["lost_in_steering"] == 40 and data["totals"]["lost"] == 49
     assert stats.from_json(data)[0] == snap
     samples = {s.name: s.value for f in text_string_to_metric_families(exposition(snap, STATUS)) for s in f.samples}
     assert samples["mcr_xdp_steering_lost_total"] == 40
     assert "lost in steering queues" in text(render.drops_table(snap, None))
+
+
+def test_ring_losses_of_a_userspace_input():
+    snap = snapshot(3.5, 100)
+    snap = dataclasses.replace(snap, interfaces={**snap.interfaces,
+                                                 "in0": stats.InterfaceStats("in0", rx_packets=5, lost_in_ring=7)})
+    assert snap.lost == 7 and snap.lost_in_ring == 7
+    data = stats.as_json(snap, STATUS)
+    jsonschema.validate(data, SCHEMA)
+    assert data["totals"]["lost_in_ring"] == 7 and data["interfaces"]["in0"]["lost_in_ring"] == 7
+    assert stats.from_json(data)[0] == snap
+    assert "lost in userspace ring on in0" in text(render.drops_table(snap, None))
 
 
 def test_json_of_another_schema_is_refused():
@@ -144,7 +156,7 @@ def test_dashboard_text():
     prev, cur = snapshot(10.0, 1000), snapshot(12.0, 3000, lost=50, ttl_drops=10)
     shown = text(render.dashboard(cur, stats.rate(prev, cur), STATUS))
     assert "up 00:01:01" in shown and "in0 (xdp-native, prog 42)" in shown
-    assert "losing 25 pps after redirect" in shown
+    assert "losing 25 pps outside the datapath" in shown
     assert "in0/239.1.1.1:5001=out0/239.2.2.2:5002" in shown
     assert "-> out1" in shown  # fan-out rows per output
     assert "1.0 k" in shown  # the rule's rate

@@ -44,6 +44,8 @@ CACHE=${VM_CACHE:-$ROOT/.cache/vm}
 VM_TESTS=${VM_TESTS:-tests/bpf tests/e2e}
 
 log() { printf 'vm-test: %s\n' "$*" >&2; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. scripts/lib.sh
 die() { log "$*"; exit 2; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (apt-get, BPF in the guest): run 'sudo make vm-test'"
@@ -53,15 +55,7 @@ VENV=$(cd "$VENV" && pwd)
 # QEMU and what virtme-ng's guest init needs (without udev the guest's exit
 # code is always 255). Installed here, not by setup.sh, so that a plain setup
 # stays lean.
-missing=()
-for pkg in "${HOST_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+install_missing "${HOST_PACKAGES[@]}"
 if [ ! -x "$VENV/bin/vng" ]; then
     log "installing virtme-ng into $VENV (the project's 'vm' extra)"
     "$VENV/bin/python" -m pip install -q -e '.[test,vm]'

@@ -13,7 +13,7 @@ import typer
 from mcr_xdp import __version__
 from mcr_xdp.errors import McrError
 
-from . import attach, config_cmd, demo, detach, rule, stats, status
+from . import attach, config_cmd, demo, detach, gen, rule, stats, status
 from .console import err
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ for name, command in (
     ("status", status.status),
     ("stats", stats.stats_cmd),
     ("demo", demo.demo),
+    ("gen", gen.gen),
 ):
     app.command(name)(reports_errors(command))
 for name, sub in (("rule", rule.app), ("config", config_cmd.app)):

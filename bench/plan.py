@@ -1,0 +1,117 @@
+"""What a benchmark run measures: blocks of (relays x layouts x payload
+sizes x offered rates) at some number of streams and outputs.
+
+Rates are written as strings so plans read like the table they produce:
+"flat" (as fast as the generator goes), "200000" (fixed, packets per
+second), "c0.85" (fixed, that fraction of the ceiling's flat-out rate
+measured earlier in the same run, same layout and size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+LAYOUTS = {
+    "default": "generator and all veth receive work (relay input, sink) on CPU 0; userspace relays pinned to CPU 1",
+    "threaded": "relay on its own CPU: the relay input's NAPI is a kthread pinned to CPU 1 (with any userspace "
+                "relay); the generator stays on CPU 0",
+}
+NOISE_LIMIT = 0.15  # CPUs other processes may use during a run before it is repeated
+ALL_RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", "mcr-xdp-generic", "mcr-xdp-tc",
+              "mcr-xdp-userspace", "socat", "smcroute")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    name: str
+    relays: tuple[str, ...]
+    sizes: tuple[int, ...] = (64,)
+    layouts: tuple[str, ...] = ("default",)
+    rates: tuple[str, ...] = ("flat",)
+    streams: int = 1
+    outputs: int = 1
+    exact: int = 0  # > 0: send exactly this many packets per run (count check) instead of timing
+    socket_check: bool = False  # before measuring, a socket-level integrity run through the relay
+    repeats: int | None = None  # None: the plan's
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    name: str
+    blocks: tuple[Block, ...]
+    repeats: int = 3
+    seconds: float = 2.0
+    retries: int = 1  # extra attempts for a run during which other processes were busy
+
+    @property
+    def max_outputs(self) -> int:
+        return max((b.outputs for b in self.blocks), default=1)
+
+
+def rate_pps(rate: str, ceiling: float | None) -> float | None:
+    """Offered packets per second of a rate spec; None for flat out."""
+    if rate == "flat":
+        return None
+    if rate.startswith("c"):
+        if not ceiling:
+            raise ValueError(f"rate {rate} needs the ceiling measured first in this run")
+        return float(rate[1:]) * ceiling
+    return float(rate)
+
+
+BOTH = ("default", "threaded")
+
+QUICK = Plan(
+    "quick",
+    (
+        Block("relays", ALL_RELAYS, sizes=(64,), layouts=("default",), rates=("flat",)),
+        Block("relays", ("ceiling", "bare-redirect", "mcr-xdp-native", "socat", "smcroute"), sizes=(64,),
+              layouts=("threaded",), rates=("flat",)),
+        # Userspace relays and kernel routing peak below flat out (a flood starves them).
+        Block("peak", ("socat",), sizes=(64,), rates=("50000",)),
+        Block("peak", ("smcroute",), sizes=(64,), rates=("300000",)),
+        Block("loss", ("mcr-xdp-native",), sizes=(64,), layouts=("default",), rates=("c0.85",)),
+        Block("loss", ("mcr-xdp-native",), sizes=(64,), layouts=("threaded",), rates=("c0.95",)),
+        Block("rules", ("mcr-xdp-native",), sizes=(64,), streams=1000),
+        Block("fan-out", ("mcr-xdp-native",), sizes=(64,), outputs=8),
+    ),
+    repeats=3,
+    seconds=0.6,
+    retries=0,  # stays under 2 minutes; noise is reported, not retried
+)
+
+FULL = Plan(
+    "full",
+    (
+        Block("relays", ALL_RELAYS, sizes=(64, 1316), layouts=BOTH,
+              rates=("flat", "50000", "300000", "1000000"), socket_check=True),
+        Block("loss", ("mcr-xdp-native",), sizes=(64, 1316), layouts=("default",), rates=("c0.85",)),
+        Block("loss", ("mcr-xdp-native",), sizes=(64, 1316), layouts=("threaded",), rates=("c0.95",)),
+        *(Block("rules", ("mcr-xdp-native", "mcr-xdp-generic", "smcroute"), sizes=(64, 1316), streams=n)
+          for n in (10, 100, 1000)),
+        *(Block("fan-out", ("mcr-xdp-native", "smcroute"), sizes=(64,), outputs=n) for n in (2, 4, 8)),
+        # The predecessor's count checks: every packet sent arrives once.
+        # "2 workers": the userspace mode runs one worker per CPU, two here.
+        Block("exact", ("mcr-xdp-native", "mcr-xdp-userspace", "socat", "smcroute"), rates=("10000",),
+              exact=10_000, repeats=1),
+        Block("exact", ("mcr-xdp-native", "mcr-xdp-userspace", "socat", "smcroute"), rates=("5000",),
+              exact=50_000, repeats=1),
+        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=2, exact=100_000, repeats=1),
+        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=5, exact=100_000, repeats=1),
+    ),
+    repeats=3,
+    seconds=0.8,
+)
+
+# The predecessor's soak: 9M packets at 150 kpps (a minute per run), with
+# one output and duplicated to two.
+LONG = Plan(
+    "long",
+    (
+        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("150000",), exact=9_000_000),
+        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("150000",), exact=9_000_000, outputs=2),
+    ),
+    repeats=1,
+)
+
+PLANS = {p.name: p for p in (QUICK, FULL, LONG)}

@@ -1,0 +1,316 @@
+"""Every relay the benchmark compares, behind one small interface: start it
+on a chain for some number of streams, say where stream i comes out, stop
+it, and tell which processes do its work (for CPU accounting).
+
+Stream i enters as group IN_GROUP + i, port IN_PORT. Relays that can
+rewrite send it out as OUT_GROUP + i, port OUT_PORT; smcroute cannot and
+keeps the group and port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from mcr_xdp.netns import Chain, Proc, TopologyError, venv_bin
+
+from .sink import Sink
+
+IN_GROUP, IN_PORT = "239.1.0.1", 5001
+OUT_GROUP, OUT_PORT = "239.2.0.1", 5002
+READY_TIMEOUT = 120.0
+
+
+class NotAvailable(Exception):
+    """This relay (or this scenario for it) cannot run here; the message
+    says why and goes into the table."""
+
+
+def group(base: str, i: int) -> str:
+    return str(ipaddress.IPv4Address(base) + i)
+
+
+class Relay:
+    key = ""  # short id used in JSON
+    label = ""  # name in the table
+    max_streams = 1 << 16
+    max_outputs = 1
+    userspace = False  # does the relay's work run in its own processes?
+
+    def __init__(self):
+        self.topo: Chain | None = None
+        self.procs: list[Proc] = []
+        self.streams = 0
+        self.outputs = 1
+
+    def unavailable(self) -> str | None:
+        """Why this relay cannot run on this machine, or None."""
+        return None
+
+    def start(self, topo: Chain, streams: int, outputs: int = 1) -> None:
+        if streams > self.max_streams:
+            raise NotAvailable(f"{self.label} is measured with up to {self.max_streams} stream(s)")
+        if outputs > self.max_outputs:
+            raise NotAvailable(f"{self.label}: fan-out to {outputs} outputs is not available")
+        self.topo, self.streams, self.outputs = topo, streams, outputs
+        self._start()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def out_endpoint(self, i: int = 0) -> tuple[str, int]:
+        return group(OUT_GROUP, i), OUT_PORT
+
+    def own_counter(self):
+        """A counter function when the relay itself is where packets are
+        counted (the ceiling); None to count at the sinks."""
+        return None
+
+    def pids(self) -> list[int]:
+        """Processes doing the relay's forwarding work (userspace relays)."""
+        return []
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def _popen(self, *cmd: str, cpu: int | None = None, **kwargs) -> Proc:
+        if cpu is not None:
+            cmd = ("taskset", "-c", str(cpu), *cmd)
+        proc = Proc(self.topo.popen(self.topo.relay_in.ns, *cmd, **kwargs))
+        self.procs.append(proc)
+        return proc
+
+
+class Ceiling(Relay):
+    """XDP_DROP at the relay's input: what the generator and the input veth
+    deliver when relaying costs nothing."""
+
+    key, label = "ceiling", "ceiling (XDP_DROP at input)"
+
+    def __init__(self):
+        super().__init__()
+        self.sink: Sink | None = None
+
+    def _start(self) -> None:
+        self.sink = Sink()
+        self.sink.attach(self.topo.relay_in.ns, self.topo.IN)
+
+    def own_counter(self):
+        return lambda: self.sink.count()[0]
+
+    def stop(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+
+
+class BareRedirect(Relay):
+    """Reference: an XDP program that sends every frame straight to the
+    output, no parsing, no rewrite. What the second veth hop costs."""
+
+    key, label = "bare-redirect", "bare XDP redirect (reference)"
+
+    def __init__(self):
+        super().__init__()
+        self.prog: Sink | None = None
+
+    def out_endpoint(self, i: int = 0) -> tuple[str, int]:
+        return group(IN_GROUP, i), IN_PORT
+
+    def _start(self) -> None:
+        from .nsutil import ifindex
+
+        out = self.topo.relay_out[0]
+        self.prog = Sink(redirect_to=ifindex(out.ns, out.name))
+        self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+
+    def stop(self) -> None:
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
+
+
+class McrXdp(Relay):
+    """mcr-xdp through its CLI, as a user starts it."""
+
+    max_outputs = 8
+
+    def __init__(self, mode: str = "native", cli_mode: str | None = None, steer_cpus: str | None = None):
+        super().__init__()
+        self.mode, self.cli_mode, self.steer_cpus = mode, cli_mode, steer_cpus
+        self.key = f"mcr-xdp-{mode}" + ("-steer" if steer_cpus else "")
+        self.userspace = mode == "userspace"
+        self.label = f"mcr-xdp {mode}" + (" XDP" if cli_mode is None else "") + (
+            f", steering to CPUs {steer_cpus}" if steer_cpus else "")
+        self.prog_id: int | None = None
+
+    def unavailable(self) -> str | None:
+        if self.cli_mode is not None and not has_mode_option():
+            return f"not available yet (mcr-xdp attach has no --mode; {self.mode} mode has not landed)"
+        if self.steer_cpus and "--steer-cpus" not in attach_options():
+            return "not available yet (mcr-xdp attach has no --steer-cpus; CPU steering has not landed)"
+        return None
+
+    def rules(self) -> list[str]:
+        outs = [self.topo.relay_out[o].name for o in range(self.outputs)]
+        rules = []
+        for i in range(self.streams):
+            targets = ",".join(f"{name}/{group(OUT_GROUP, i)}:{OUT_PORT}" for name in outs)
+            rules += ["--rule", f"{group(IN_GROUP, i)}:{IN_PORT}={targets}"]
+        return rules
+
+    def _start(self) -> None:
+        mode = ["--mode", self.cli_mode] if self.cli_mode else ["--xdp-mode", self.mode]
+        if self.steer_cpus:
+            mode += ["--steer-cpus", self.steer_cpus]
+        # A control socket of its own, so it never meets a relay someone else runs.
+        sock = ["--socket", f"/run/mcr-bench-{os.getpid()}-{self.key}.sock"] if "--socket" in attach_options() else []
+        proc = self._popen(venv_bin("mcr-xdp"), "attach", self.topo.IN, *self.rules(), *mode, *sock,
+                           "--interval", "3600")
+        try:
+            proc.wait_for("relaying", timeout=READY_TIMEOUT)
+        except TopologyError as exc:
+            self.stop()
+            raise NotAvailable(_first_error(str(exc))) from None
+        for line in proc.lines:
+            if m := re.search(r"program id (\d+)", line):
+                self.prog_id = int(m[1])
+            if "XDP" in line and self.cli_mode is None and f"{self.mode} mode" not in line:
+                self.stop()
+                raise NotAvailable(f"asked for {self.mode} XDP, got: {line}")
+
+    def pids(self) -> list[int]:
+        # The attach process and its children: the control plane (idle while
+        # measuring) and, in userspace mode, the forwarding workers.
+        return [p.popen.pid for p in self.procs]
+
+
+class Socat(Relay):
+    """The predecessor's reference baseline: one socat per stream, receiving
+    on a socket joined to the group and sending to the new group."""
+
+    key, label = "socat", "socat"
+    max_streams = 1
+    userspace = True
+
+    def __init__(self, cpu: int = 1):
+        super().__init__()
+        self.cpu = cpu
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("socat") else "socat is not installed (apt-get install socat)"
+
+    def _start(self) -> None:
+        out = self.topo.relay_out[0]
+        recv = f"UDP4-RECV:{IN_PORT},ip-add-membership={IN_GROUP}:{self.topo.IN},reuseaddr"
+        send = f"UDP4-SENDTO:{OUT_GROUP}:{OUT_PORT},ip-multicast-if={out.ip},ip-multicast-ttl=16"
+        self._popen("socat", "-u", recv, send, cpu=self.cpu, stderr=subprocess.STDOUT)
+        _wait_udp_socket(self.topo, IN_PORT, self.procs[-1])
+
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self.procs]
+
+
+class Smcroute(Relay):
+    """Kernel multicast routing, set up by smcrouted: (S,G)-less (*,G)
+    routes from the input to the outputs. It cannot rewrite the group, so
+    it is measured same-group."""
+
+    key, label = "smcroute", "kernel mroute (smcroute)"
+    max_outputs = 8
+
+    def __init__(self):
+        super().__init__()
+        self.tmp: str | None = None
+
+    def unavailable(self) -> str | None:
+        if not (shutil.which("smcrouted") and shutil.which("smcroutectl")):
+            return "smcroute is not installed (apt-get install smcroute)"
+        return None
+
+    def out_endpoint(self, i: int = 0) -> tuple[str, int]:
+        return group(IN_GROUP, i), IN_PORT
+
+    def _start(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="mcr-bench-smcroute-")
+        outs = " ".join(self.topo.relay_out[o].name for o in range(self.outputs))
+        lines = [f"phyint {self.topo.IN} enable"]
+        lines += [f"phyint {self.topo.relay_out[o].name} enable" for o in range(self.outputs)]
+        lines += [f"mroute from {self.topo.IN} group {group(IN_GROUP, i)} to {outs}" for i in range(self.streams)]
+        conf = os.path.join(self.tmp, "smcroute.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        ident = os.path.basename(self.tmp)
+        self.sock = os.path.join(self.tmp, "smcroute.sock")
+        self._popen("smcrouted", "-n", "-N", "-f", conf, "-i", ident, "-u", self.sock,
+                    "-P", os.path.join(self.tmp, "smcroute.pid"), "-l", "err", stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            show = self.topo.exec(self.topo.relay_in.ns, "smcroutectl", "-u", self.sock, "show", "routes",
+                                  check=False)
+            if show.returncode == 0 and show.stdout.count(group(IN_GROUP, self.streams - 1)) >= 1:
+                return
+            if self.procs[-1].popen.poll() is not None or time.monotonic() > deadline:
+                err = " ".join(self.procs[-1].lines).strip()
+                self.stop()
+                raise NotAvailable(f"smcrouted did not install its routes: {err or show.stderr.strip()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def _wait_udp_socket(topo: Chain, port: int, proc: Proc, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = topo.exec(topo.relay_in.ns, "ss", "-Hlun", f"sport = :{port}", check=False).stdout
+        if out.strip():
+            return
+        if proc.popen.poll() is not None:
+            raise NotAvailable(f"{proc.popen.args[3:]} exited: {' '.join(proc.lines).strip()}")
+        time.sleep(0.1)
+    raise NotAvailable(f"no socket on UDP port {port} after {timeout:g} s")
+
+
+def _first_error(text: str) -> str:
+    for line in text.splitlines():
+        if "error" in line.lower():
+            return line.strip().split("error: ", 1)[-1]
+    return text.strip().splitlines()[-1] if text.strip() else "failed to start"
+
+
+_ATTACH_OPTIONS: set[str] | None = None
+
+
+def attach_options() -> set[str]:
+    """The long options `mcr-xdp attach` offers (--mode, --socket appear as
+    those features land)."""
+    global _ATTACH_OPTIONS
+    if _ATTACH_OPTIONS is None:
+        env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+        text = subprocess.run([venv_bin("mcr-xdp"), "attach", "--help"], capture_output=True, text=True,
+                              env=env).stdout
+        _ATTACH_OPTIONS = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text))
+    return _ATTACH_OPTIONS
+
+
+def has_mode_option() -> bool:
+    """Whether `mcr-xdp attach` offers --mode (the TC and userspace modes)."""
+    return "--mode" in attach_options()
+
+
+def all_relays(socat_cpu: int = 1) -> list[Relay]:
+    """In measurement order: the ceiling first, since fixed-rate points of
+    the others are fractions of it."""
+    return [Ceiling(), BareRedirect(), McrXdp("native"), McrXdp("native", steer_cpus="0,1"), McrXdp("generic"),
+            McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"), Socat(socat_cpu), Smcroute()]

@@ -102,7 +102,7 @@ def ok(proc: subprocess.CompletedProcess, args) -> None:
 
 def test_readme_has_examples_of_every_command():
     seen = {args[0] for args in readme_commands()}
-    assert {"attach", "rule", "status", "stats", "config", "detach", "demo"} <= seen
+    assert {"attach", "rule", "status", "stats", "config", "detach", "demo", "gen"} <= seen
 
 
 def test_every_readme_example_runs(host):
@@ -122,7 +122,7 @@ def test_every_readme_example_runs(host):
             demo = subprocess.run([mcr(), *args], capture_output=True, text=True, timeout=300)
             ok(demo, args)
             assert "every packet arrived once" in demo.stdout
-        elif args[0] == "config":
+        elif args[0] in ("config", "gen"):
             ok(run(host, args), args)
         elif args[0] == "detach":
             # What detach is for: the program a killed relay left behind.

@@ -31,6 +31,7 @@ from dataclasses import replace
 import packets
 import pytest
 from packets import Udp4, Udp6, mac
+from test_relay_prog import assert_checksums_valid
 
 from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
@@ -253,24 +254,6 @@ def output_counts(maps) -> dict[tuple[int, int], tuple[int, int]]:
     return {(rule_id, i): (c.packets, c.bytes)
             for rule_id, (_, outs, _) in RULES.items()
             for i, c in enumerate(maps.output_counters(rule_id, len(outs)))}
-
-
-def assert_checksums_valid(frame: bytes) -> None:
-    """A second, independent opinion: scapy recomputes the IPv4 header and
-    UDP checksums (as in test_relay_prog.py)."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
-    pkt = Ether(frame)
-    ip_check, udp_check = (pkt[IP].chksum if IP in pkt else None), pkt[UDP].chksum
-    if IP in pkt:
-        pkt[IP].chksum = None
-    pkt[UDP].chksum = None
-    fresh = Ether(bytes(pkt))
-    if IP in fresh:
-        assert fresh[IP].chksum == ip_check, "IP header checksum"
-    if udp_check != 0:  # 0: sent without a checksum (IPv4 only)
-        assert fresh[UDP].chksum == udp_check, "UDP checksum"
 
 
 @pytest.mark.parametrize("case", EGRESS_CASES, ids=lambda c: c.desc)

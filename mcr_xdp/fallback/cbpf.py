@@ -61,6 +61,12 @@ def _v4(pairs: list[tuple[int, int]], ports: set[int], exact: bool, by_port: boo
         return prog + [_i(RET, 0)]
     prog += [_i(LD_W_ABS, IP4_DADDR), _i(JGE, 0xE0000000, jt=1), _i(RET, 0), _i(JGE, 0xF0000000, jf=1),
              _i(RET, 0)]
+    return _accept_ports(prog, ports, by_port)
+
+
+def _accept_ports(prog: list[Insn], ports: set[int], by_port: bool) -> list[Insn]:
+    """Any multicast group: accept the rules' ports (the destination port is
+    in scratch memory 0), or every port when there are too many to list."""
     if by_port:
         prog.append(_i(LD_MEM, 0))
         for port in sorted(ports):
@@ -83,12 +89,7 @@ def _v6(pairs: list[tuple[bytes, int]], ports: set[int], exact: bool, by_port: b
             prog += [_i(LD_MEM, 0), _i(JEQ, port, jf=1), _i(RET, ACCEPT)]
         return prog + [_i(RET, 0)]
     prog += [_i(LD_B_ABS, IP6_DADDR), _i(JEQ, 0xFF, jt=1), _i(RET, 0)]
-    if by_port:
-        prog.append(_i(LD_MEM, 0))
-        for port in sorted(ports):
-            prog += [_i(JEQ, port, jf=1), _i(RET, ACCEPT)]
-        return prog + [_i(RET, 0)]
-    return prog + [_i(RET, ACCEPT)]
+    return _accept_ports(prog, ports, by_port)
 
 
 def rule_filter(endpoints: Iterable[tuple[str, int]]) -> list[Insn]:

@@ -56,6 +56,27 @@ def result(receiver: Proc) -> dict:
     return json.loads(receiver.wait_for('"received"', timeout=120 * SCALE))
 
 
+def relay_streams(topo: Chain, streams: int, per_stream: int, *relay_args: str) -> dict[str, dict]:
+    """streams concurrent streams at 2k pps each through a relay started
+    with relay_args (one rule per stream, 239.10.0.x -> 239.20.0.x); the
+    receiver's result per "group:port"."""
+    import ipaddress
+
+    in_first, out_first = ipaddress.ip_address("239.10.0.1"), ipaddress.ip_address("239.20.0.1")
+    rules = []
+    for i in range(streams):
+        rules += ["--rule", f"{in_first + i}:5001={topo.OUT}/{out_first + i}:5002"]
+    start_relay(topo, topo.IN, *rules, *relay_args)
+    assert {str(in_first + i) for i in range(streams)} <= topo.igmp_groups(topo.relay_in.ns, topo.IN)
+    receiver = start_receiver(topo, str(out_first), 5002, per_stream, streams=streams)
+    send(topo, str(in_first), 5001, per_stream, rate=2000, streams=streams)
+    got = result(receiver)
+    if streams == 1:
+        got = {f"{out_first}:5002": got}
+    assert sorted(got) == sorted(f"{out_first + i}:5002" for i in range(streams))
+    return got
+
+
 def relay_cli(topo: Chain, *args: str):
     """`mcr-xdp ARGS` inside the relay namespace (control socket commands)."""
     return topo.exec(topo.relay_in.ns, mcr(), *args, check=False)

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from relay_helpers import relay_cli, result, send, start_receiver, start_relay, start_sender
+from relay_helpers import relay_cli, relay_streams, result, send, start_receiver, start_relay, start_sender
 
 pytestmark = pytest.mark.e2e
 
@@ -50,21 +50,8 @@ def test_one_output_interface_twice_with_two_groups(chain):
 @pytest.mark.parametrize("streams", [1, 2, 5, 50])
 def test_concurrent_streams_no_loss(chain, streams):
     """The predecessor lost everything once two groups were joined."""
-    per_stream = 2000
-    in_first, out_first = ipaddress.ip_address("239.10.0.1"), ipaddress.ip_address("239.20.0.1")
-    rules = []
-    for i in range(streams):
-        rules += ["--rule", f"{in_first + i}:5001={chain.OUT}/{out_first + i}:5002"]
-    start_relay(chain, chain.IN, *rules)
-    assert {str(in_first + i) for i in range(streams)} <= chain.igmp_groups(chain.relay_in.ns, chain.IN)
-    receiver = start_receiver(chain, str(out_first), 5002, per_stream, streams=streams)
-    send(chain, str(in_first), 5001, per_stream, rate=2000, streams=streams)
-    got = result(receiver)
-    if streams == 1:
-        got = {f"{out_first}:5002": got}
-    assert len(got) == streams
-    for i in range(streams):
-        assert_intact(got[f"{out_first + i}:5002"], per_stream)
+    for got in relay_streams(chain, streams, 2000).values():
+        assert_intact(got, 2000)
 
 
 def test_thousand_rules_and_memberships(chain, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.netns import Proc
-from relay_helpers import mcr, relay_cli, result, send, start_receiver, start_relay
+from relay_helpers import mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 
@@ -90,20 +90,8 @@ def test_two_workers_exact_count(chain, mode, count, rate):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("streams", [1, 2, 5])
 def test_concurrent_streams_no_loss(chain, mode, streams):
-    per_stream = 2000
-    in_first, out_first = ipaddress.ip_address("239.10.0.1"), ipaddress.ip_address("239.20.0.1")
-    rules = []
-    for i in range(streams):
-        rules += ["--rule", f"{in_first + i}:5001={chain.OUT}/{out_first + i}:5002"]
-    start_relay(chain, chain.IN, *rules, *MODES[mode])
-    receiver = start_receiver(chain, str(out_first), 5002, per_stream, streams=streams)
-    send(chain, str(in_first), 5001, per_stream, rate=2000, streams=streams)
-    got = result(receiver)
-    if streams == 1:
-        got = {f"{out_first}:5002": got}
-    assert len(got) == streams
-    for i in range(streams):
-        assert_exact(got[f"{out_first + i}:5002"], per_stream)
+    for got in relay_streams(chain, streams, 2000, *MODES[mode]).values():
+        assert_exact(got, 2000)
 
 
 @pytest.mark.parametrize("chain", [3], indirect=True)

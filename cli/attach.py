@@ -136,23 +136,12 @@ def attach(
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
 
 
-def attach_line(a) -> str:
-    """What one input runs, as printed at attach."""
-    if a.mode in ("native", "generic"):
-        return f"attached {a.ifname}: XDP {a.mode} mode, program id {a.prog_id}"
-    if a.mode == "tc":
-        return f"attached {a.ifname}: TC mode (clsact ingress), program id {a.prog_id}"
-    return f"attached {a.ifname}: userspace mode (PACKET_FANOUT workers)"
-
-
 def _announce(relay: Relay, path: str) -> None:
     for a in relay.attachments.values():
         if a.notice:
             err.print(f"mcr-xdp: notice: {a.notice}", markup=False)
     installed = list(relay.rules.values())
-    for a in relay.attachments.values():
-        out.print(attach_line(a), markup=False)
-    for line in render.attach_lines([], installed[:SHOWN_RULES]):
+    for line in render.attach_lines(list(relay.attachments.values()), installed[:SHOWN_RULES]):
         out.print(line, markup=False)
     st = relay.status()
     if st.get("steering"):

@@ -45,12 +45,17 @@ def status(st: dict) -> list:
     return [head, table, rule_list(st["rules"])]
 
 
+def attach_line(a: Attachment) -> str:
+    """What one input runs, as printed at attach."""
+    if a.mode in ("native", "generic"):
+        return f"attached {a.ifname}: XDP {a.mode} mode, program id {a.prog_id}"
+    if a.mode == "tc":
+        return f"attached {a.ifname}: TC mode (clsact ingress), program id {a.prog_id}"
+    return f"attached {a.ifname}: userspace mode (PACKET_FANOUT workers)"
+
+
 def attach_lines(attachments: list[Attachment], rules: list[InstalledRule]) -> list[str]:
-    lines = [
-        f"attached {a.ifname}: XDP {a.mode} mode, program id {a.prog_id}" for a in attachments
-    ]
-    lines += [f"rule {r.rule_id}: {r.rule}" for r in rules]
-    return lines
+    return [attach_line(a) for a in attachments] + [f"rule {r.rule_id}: {r.rule}" for r in rules]
 
 
 def counter_line(snap: Snapshot, rates: Rates | None) -> str:
@@ -60,26 +65,6 @@ def counter_line(snap: Snapshot, rates: Rates | None) -> str:
     if rates is not None:
         line += f" | {si(rates.forwarded_pps, 'pps')} forwarded, {si(rates.dropped_pps, 'pps')} dropped"
     return line
-
-
-def verdict_table(snap: Snapshot) -> Table:
-    table = Table(title="verdicts", title_justify="left")
-    table.add_column("verdict")
-    table.add_column("packets", justify="right")
-    table.add_column("bytes", justify="right")
-    for name, (packets, nbytes) in snap.verdicts.items():
-        if packets:
-            table.add_row(name, str(packets), str(nbytes))
-    return table
-
-
-def rules_table(snap: Snapshot) -> Table:
-    table = Table(title="rules", title_justify="left")
-    for col in ("id", "rule", "packets", "bytes", "forwarded", "dropped"):
-        table.add_column(col, justify="right" if col not in ("rule",) else "left")
-    for r in snap.rules:
-        table.add_row(str(r.rule_id), r.rule, str(r.packets), str(r.bytes), str(r.forwarded), str(r.dropped))
-    return table
 
 
 # -- live view (TUI) and one-shot stats tables ------------------------------

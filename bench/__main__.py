@@ -4,6 +4,7 @@
     sudo .venv/bin/python -m bench --plan quick    # under 2 minutes (make bench-quick)
     sudo .venv/bin/python -m bench --relays ceiling,mcr-xdp-native --sizes 64
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
+    sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
     sudo .venv/bin/python -m bench cleanup         # remove what a killed run left
     .venv/bin/python -m bench report --from bench/results/full-TIME.json   # table and plot again
 
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from mcr_xdp.abi import MAX_RULES
 from mcr_xdp.errors import McrError
 from mcr_xdp.features import require_root, require_toolchain
 
@@ -52,7 +54,7 @@ def wait_quiet(limit: float, threshold: float = 0.3) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", nargs="?", default="run", choices=("run", "profile", "report", "cleanup"))
+    p.add_argument("action", nargs="?", default="run", choices=("run", "profile", "lookup", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -72,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="PNG path (default: docs/benchmarks[-PLAN].png); 'none' to skip")
     p.add_argument("--layout", default="default", choices=("default", "threaded"), help="profile: the layout")
     p.add_argument("--streams", type=int, default=1, help="profile: number of streams (rules)")
+    p.add_argument("--rules", type=int, default=1000, help="lookup: rules in the maps (default 1000)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the 1-minute load average to drop below 0.3")
     a = p.parse_args(argv)
+    if not 1 <= a.rules <= MAX_RULES:
+        p.error(f"--rules must be 1..{MAX_RULES} (the datapath's MCR_MAX_RULES)")
 
     if a.action == "report":
         if not a.source:
@@ -95,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         require_toolchain()
         if a.wait_quiet:
             wait_quiet(a.wait_quiet)
+        if a.action == "lookup":
+            from . import lookup
+
+            doc = lookup.measure(rules=a.rules, rounds=a.repeats or 5)
+            print(lookup.render(doc))
+            a.results.mkdir(parents=True, exist_ok=True)
+            path = a.results / f"lookup-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            path.write_text(json.dumps(doc, indent=1))
+            log(f"wrote {path}")
+            return 0
         if a.action == "profile":
             from . import profile
 

@@ -5,6 +5,7 @@
     sudo .venv/bin/python -m bench --relays ceiling,mcr-xdp-native --sizes 64
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
+    sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
     sudo .venv/bin/python -m bench cleanup         # remove what a killed run left
     .venv/bin/python -m bench report --from bench/results/full-TIME.json   # table and plot again
 
@@ -54,7 +55,7 @@ def wait_quiet(limit: float, threshold: float = 0.3) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", nargs="?", default="run", choices=("run", "profile", "lookup", "report", "cleanup"))
+    p.add_argument("action", nargs="?", default="run", choices=("run", "profile", "lookup", "packet-tx", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -100,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         require_toolchain()
         if a.wait_quiet:
             wait_quiet(a.wait_quiet)
+        if a.action == "packet-tx":
+            from . import packet_tx
+
+            doc = packet_tx.measure(rounds=a.repeats or 3)
+            print(packet_tx.render(doc))
+            a.results.mkdir(parents=True, exist_ok=True)
+            path = a.results / f"packet-tx-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            path.write_text(json.dumps(doc, indent=1))
+            log(f"wrote {path}")
+            return 0
         if a.action == "lookup":
             from . import lookup
 

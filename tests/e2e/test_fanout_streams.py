@@ -54,13 +54,16 @@ def test_concurrent_streams_no_loss(chain, streams):
         assert_intact(got, 2000)
 
 
-def test_thousand_rules_and_memberships(chain, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--mode", "userspace", "--workers", "2"]], ids=["xdp", "userspace"])
+def test_thousand_rules_and_memberships(chain, tmp_path, mode):
+    """In userspace mode the packet filter holds at most 815 exact IPv4
+    pairs: 1000 rules take its wider form, and the workers the rest."""
     n = 1000
     in_first, out_first = ipaddress.ip_address("239.30.0.1"), ipaddress.ip_address("239.40.0.1")
     lines = [f'  "{in_first + i}:5001={chain.OUT}/{out_first + i}:5002",' for i in range(n)]
     cfg = tmp_path / "relay.toml"
     cfg.write_text("[inputs.in0]\nrules = [\n" + "\n".join(lines) + "\n]\n")
-    relay = start_relay(chain, "--config", str(cfg))
+    relay = start_relay(chain, "--config", str(cfg), *mode)
     assert relay.wait_for("more rules")
     joined = chain.igmp_groups(chain.relay_in.ns, chain.IN)
     assert {str(in_first + i) for i in range(n)} <= joined

@@ -52,6 +52,15 @@ def wait_quiet(limit: float, threshold: float = 0.3) -> None:
         time.sleep(10)
 
 
+def _publish(results: Path, name: str, doc: dict, render) -> None:
+    """Print a measurement and write it as results/NAME-TIME.json."""
+    print(render(doc))
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    log(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,34 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.action == "packet-tx":
             from . import packet_tx
 
-            doc = packet_tx.measure(rounds=a.repeats or 3)
-            print(packet_tx.render(doc))
-            a.results.mkdir(parents=True, exist_ok=True)
-            path = a.results / f"packet-tx-{time.strftime('%Y%m%d-%H%M%S')}.json"
-            path.write_text(json.dumps(doc, indent=1))
-            log(f"wrote {path}")
+            _publish(a.results, "packet-tx", packet_tx.measure(rounds=a.repeats or 3), packet_tx.render)
             return 0
         if a.action == "lookup":
             from . import lookup
 
-            doc = lookup.measure(rules=a.rules, rounds=a.repeats or 5)
-            print(lookup.render(doc))
-            a.results.mkdir(parents=True, exist_ok=True)
-            path = a.results / f"lookup-{time.strftime('%Y%m%d-%H%M%S')}.json"
-            path.write_text(json.dumps(doc, indent=1))
-            log(f"wrote {path}")
+            _publish(a.results, "lookup", lookup.measure(rules=a.rules, rounds=a.repeats or 5), lookup.render)
             return 0
         if a.action == "profile":
             from . import profile
 
             for key in (a.relays.split(",") if a.relays else ["mcr-xdp-native"]):
                 prof = profile.profile(key, a.layout, int(a.sizes or 64), a.seconds or 3.0, a.streams)
-                print(profile.render(prof))
+                _publish(a.results, f"profile-{key}-{a.layout}", prof, profile.render)
                 print()
-                a.results.mkdir(parents=True, exist_ok=True)
-                path = a.results / f"profile-{key}-{a.layout}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-                path.write_text(json.dumps(prof, indent=1))
-                log(f"wrote {path}")
             return 0
         if (os.cpu_count() or 1) < 2:
             log("warning: one CPU only; the threaded layout will share it with the generator")

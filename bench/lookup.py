@@ -70,13 +70,8 @@ def _key40(k, i):
     return k
 
 
-def _key12(k, i):
-    k.ifindex, k.port = IFINDEX, 0x8913
-    k.group = int.from_bytes(bytes((239, 1 + i // 250, 1, 1 + i % 250)), "little")
-    return k
-
-
-def _key8(k, i):
+def _key_small(k, i):
+    """struct bl_key12 or bl_key8: the same fields, other widths."""
     k.ifindex, k.port = IFINDEX, 0x8913
     k.group = int.from_bytes(bytes((239, 1 + i // 250, 1, 1 + i % 250)), "little")
     return k
@@ -87,14 +82,13 @@ def micro(rules: int, repeat: int, rounds: int) -> dict:
 
     directory = loader.bpf_dir()
     try:
-        bpf = BPF(src_file=str(directory / "bench_lookup.c").encode(),
-                  cflags=[f"-I{directory}", f"-DBL_RULES={rules}"])
+        bpf = BPF(src_file=str(directory / "bench_lookup.c").encode(), cflags=[f"-I{directory}"])
     except Exception as exc:  # bcc raises bare Exception
         raise AttachError(f"could not compile bench_lookup.c: {exc}") from None
     try:
         _fill(bpf[b"bl_rules40"], rules, _key40)
-        _fill(bpf[b"bl_rules12"], rules, _key12)
-        _fill(bpf[b"bl_rules8"], rules, _key8)
+        _fill(bpf[b"bl_rules12"], rules, _key_small)
+        _fill(bpf[b"bl_rules8"], rules, _key_small)
         data = frame()
         fds = {name: bpf.load_func(name.encode(), BPF.XDP).fd for name in ("bl_empty", *PROGRAMS)}
         empty = _time(fds["bl_empty"], data, IFINDEX, repeat, rounds, libbpf.XDP_DROP)

@@ -11,16 +11,13 @@
  *   bl_count1  one per-CPU counter update
  *   bl_count3  three, as relay.c does for a forwarded packet
  *
- * The hash maps hold BL_RULES entries (-D at compile time), the key looked
- * up among them.
+ * bench/lookup.py fills each hash map with as many rules as the relay is
+ * timed with, the key looked up among them.
  */
 #include <uapi/linux/bpf.h>
 
 #include "mcr_abi.h"
 
-#ifndef BL_RULES
-#define BL_RULES 1000
-#endif
 #define BL_IFINDEX 3
 #define BL_GROUP 0x010101efU /* 239.1.1.1 as it sits in the packet (little-endian load) */
 #define BL_PORT 0x8913U      /* 5001, network order */

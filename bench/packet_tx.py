@@ -47,11 +47,16 @@ def _rx_packets(topo: Topology, ns: str, dev: str) -> int:
 class _TxRing:
     def __init__(self, dev: str):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-        self.sock.setsockopt(SOL_PACKET, PACKET_TX_RING, struct.pack("=4I", BLOCK_SIZE, BLOCK_NR, FRAME_SIZE, FRAMES))
-        self.sock.bind((dev, 0))
-        self.map = mmap.mmap(self.sock.fileno(), BLOCK_SIZE * BLOCK_NR, mmap.MAP_SHARED,
-                             mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+            self.sock.setsockopt(SOL_PACKET, PACKET_TX_RING,
+                                 struct.pack("=4I", BLOCK_SIZE, BLOCK_NR, FRAME_SIZE, FRAMES))
+            self.sock.bind((dev, 0))
+            self.map = mmap.mmap(self.sock.fileno(), BLOCK_SIZE * BLOCK_NR, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            self.sock.close()
+            raise
         self.next = 0
 
     def put(self, data: bytes, flush: bool = True) -> None:
@@ -92,10 +97,11 @@ def _ring(dev: str, data: bytes, n: int, flush: bool) -> float:
                 ring.sock.send(b"")
         if flush:
             ring.sock.send(b"")
+        elapsed = time.perf_counter() - t
         if not flush:  # nothing may leave afterwards
             for k in range(FRAMES):
                 ring.map[k * FRAME_SIZE] = TP_STATUS_AVAILABLE
-        return time.perf_counter() - t
+        return elapsed
     finally:
         ring.close()
 

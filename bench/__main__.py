@@ -64,7 +64,8 @@ def _publish(results: Path, name: str, doc: dict, render) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", nargs="?", default="run", choices=("run", "profile", "lookup", "packet-tx", "report", "cleanup"))
+    p.add_argument("action", nargs="?", default="run",
+                   choices=("run", "profile", "lookup", "packet-tx", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")

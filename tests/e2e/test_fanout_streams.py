@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from relay_helpers import relay_cli, relay_streams, result, send, start_receiver, start_relay, start_sender
+from relay_helpers import SCALE, relay_cli, relay_streams, result, send, start_receiver, start_relay, start_sender
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +97,7 @@ def test_rules_change_while_traffic_flows(chain, mode):
     deleted = relay_cli(chain, "rule", "del", rule_id)
     assert deleted.returncode == 0, deleted.stderr
     send(chain, extra[0], 5001, 200, rate=1000, first_seq=200)
-    flow.wait_for('"sent"', timeout=60)
+    flow.wait_for('"sent"', timeout=60 * SCALE)
 
     got = result(steady_rx)
     assert_intact(got, count)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from mcr_xdp.netns import Proc, Topology, Veth, unique_prefix, venv_bin
+from relay_helpers import SCALE
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -35,20 +36,23 @@ def test_every_packet_arrives_intact(pair, count, rate, size):
         recv = Proc(topo.python(right.ns, "-m", "mcr_xdp.traffic", "recv", "--group", GROUP, "--port", str(PORT),
                                 "--iface", right.name, "--count", str(count), "--idle-timeout", "2"))
         procs.append(recv)
-        recv.wait_for("ready")
+        recv.wait_for("ready", timeout=30 * SCALE)
         send = Proc(topo.popen(left.ns, venv_bin("mcr-xdp"), "gen", "--group", GROUP, "--port", str(PORT),
                                "--iface", left.name, "--count", str(count), "--rate", str(rate), "--size",
                                str(size), "--ttl", "2", "--json"))
         procs.append(send)
-        summary = json.loads(send.wait_for('"sent"', timeout=60))
-        assert send.popen.wait(10) == 0
-        got = json.loads(recv.wait_for('"received"', timeout=60))
+        summary = json.loads(send.wait_for('"sent"', timeout=60 * SCALE))
+        assert send.popen.wait(10 * SCALE) == 0
+        got = json.loads(recv.wait_for('"received"', timeout=60 * SCALE))
     finally:
         for p in procs:
             p.stop()
     assert summary["sent"] == count and summary["last_seq"] == count - 1 and not summary["interrupted"]
     if rate:
-        assert summary["pps"] == pytest.approx(rate, rel=0.2)
+        # Paced: never faster than asked. A host SCALE times slower (make
+        # vm-test: 20 kpps asked gives ~6.5 kpps under emulation) may fall
+        # short by as much; the speed itself is the benchmark's business.
+        assert rate * 0.8 / SCALE <= summary["pps"] <= rate * 1.2
     assert got["missing"] == 0 and got["duplicates"] == 0 and got["corrupt"] == 0
     assert got["unique"] == count and got["out_of_order"] == 0
     assert got["destinations"] == {f"{GROUP}:{PORT}": count}

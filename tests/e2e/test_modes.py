@@ -17,7 +17,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.netns import Proc
-from relay_helpers import mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
+from relay_helpers import SCALE, mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +167,7 @@ def test_auto_falls_through_to_the_next_mode(chain, failing, expected):
     relay = Proc(chain.popen(chain.relay_in.ns, mcr(), "attach", chain.IN, "--rule",
                              f"239.1.1.1:5001={chain.OUT}/239.2.2.2:5002", env=env))
     chain.procs.append(relay)
-    relay.wait_for("relaying", timeout=60)
+    relay.wait_for("relaying", timeout=60 * SCALE)
     iface = interface_mode(chain)
     assert iface["mode"] == expected
     assert [n["mode"] for n in iface["not_used"]] == failing.split(",")

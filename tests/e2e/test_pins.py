@@ -10,7 +10,7 @@ import pytest
 
 from mcr_xdp import pins
 from mcr_xdp.netns import Proc
-from relay_helpers import mcr, result, send, start_receiver
+from relay_helpers import SCALE, mcr, result, send, start_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ def test_killed_relay_stats_from_pins_then_detach(chain):
                                                      "239.1.1.1:5001=out0/239.2.2.2:5002"),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         chain.procs.append(relay)
-        relay.wait_for("relaying", timeout=60)
+        relay.wait_for("relaying", timeout=60 * SCALE)
         assert (pins.pin_dir(instance) / "mcr_rules").exists() and pins.state_path(instance).is_file()
         relay.stop(sig=9)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp.netns import Proc, Topology, Veth, existing_namespaces, unique_prefix
-from relay_helpers import mcr
+from relay_helpers import SCALE, mcr
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def host(tmp_path):
         assert not {n for n in existing_namespaces() if n.startswith(topo.prefix + "-")}
 
 
-def run(topo, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def run(topo, args: list[str], timeout: float = 60 * SCALE) -> subprocess.CompletedProcess:
     args = [topo.config if a == CONFIG_IN_DOCS else a for a in args]
     return subprocess.run(["ip", "netns", "exec", topo.ns("host"), mcr(), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
@@ -78,7 +78,7 @@ def start(topo, args: list[str]) -> Proc:
     return proc
 
 
-def in_terminal(topo, args: list[str], ready: str, timeout: float = 60) -> None:
+def in_terminal(topo, args: list[str], ready: str, timeout: float = 60 * SCALE) -> None:
     """Run a full-screen command in a pseudo-terminal (script(1)), wait
     until it drew `ready`, press q, and expect a clean exit."""
     args = [str(topo.config) if a == CONFIG_IN_DOCS else a for a in args]
@@ -90,7 +90,7 @@ def in_terminal(topo, args: list[str], ready: str, timeout: float = 60) -> None:
     time.sleep(1)
     proc.popen.stdin.write("q")
     proc.popen.stdin.flush()
-    proc.popen.wait(20)
+    proc.popen.wait(20 * SCALE)
     assert proc.popen.returncode == 0, proc.lines[-20:]
     assert not any("Traceback" in line for line in proc.lines)
 
@@ -116,10 +116,10 @@ def test_every_readme_example_runs(host):
             in_terminal(host, args, ready="q or Ctrl-C quits")
         elif args[0] == "attach":
             proc = start(host, args)
-            proc.wait_for("relaying", timeout=60)
+            proc.wait_for("relaying", timeout=60 * SCALE)
             assert proc.stop() == 0, proc.lines
         elif args[0] == "demo":
-            demo = subprocess.run([mcr(), *args], capture_output=True, text=True, timeout=300)
+            demo = subprocess.run([mcr(), *args], capture_output=True, text=True, timeout=300 * SCALE)
             ok(demo, args)
             assert "every packet arrived once" in demo.stdout
         elif args[0] in ("config", "gen"):
@@ -127,7 +127,7 @@ def test_every_readme_example_runs(host):
         elif args[0] == "detach":
             # What detach is for: the program a killed relay left behind.
             killed = start(host, ["attach", "eth0", "--rule", "239.1.1.1:5001=eth1"])
-            killed.wait_for("relaying", timeout=60)
+            killed.wait_for("relaying", timeout=60 * SCALE)
             killed.stop(sig=9)
             done = run(host, args)
             ok(done, args)
@@ -135,14 +135,14 @@ def test_every_readme_example_runs(host):
         else:  # rule, status, stats: against a running relay
             if relay is None:
                 relay = start(host, ["attach", "eth0", "--rule", "239.1.1.1:5001=eth1/239.2.2.2:5002"])
-                relay.wait_for("relaying", timeout=60)
+                relay.wait_for("relaying", timeout=60 * SCALE)
             if "--live" in args:
                 in_terminal(host, args, ready="per CPU")
             elif "--watch" in args:
                 proc = host.popen(host.ns("host"), mcr(), *args)
-                time.sleep(3)
+                time.sleep(3 * SCALE)  # the CLI's start-up, then a line or two
                 proc.terminate()
-                stdout, stderr = proc.communicate(timeout=10)
+                stdout, stderr = proc.communicate(timeout=10 * SCALE)
                 assert stdout.strip() and "Traceback" not in stderr, stderr
             else:
                 ok(run(host, args), args)

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay_helpers import mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
+from relay_helpers import SCALE, mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +92,7 @@ def test_json_watch_prints_one_object_per_line(chain):
         lines = [proc.stdout.readline() for _ in range(3)]
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(10 * SCALE)
     objects = [json.loads(line) for line in lines]
     assert [o["schema_version"] for o in objects] == [1, 1, 1]
     assert objects[0]["timestamp"] < objects[2]["timestamp"]

@@ -21,8 +21,8 @@ from mcr_xdp import encode, libbpf, loader
 from mcr_xdp.errors import AttachError
 from mcr_xdp.rules import parse_rule
 
-IFINDEX = 3  # as BL_IFINDEX in bench_lookup.c
-LO = 1
+IFINDEX = 3  # as BL_IFINDEX in bench_lookup.c: the rule keys' input, a constant in the programs
+LO = 1  # the context's ingress interface: the kernel refuses (ENODEV) one this namespace lacks
 GROUP, PORT = "239.1.1.1", 5001  # BL_GROUP, BL_PORT
 SHORT = 250  # runs per call of a program that rewrites its frame (TTL 255 down to 6)
 
@@ -91,11 +91,11 @@ def micro(rules: int, repeat: int, rounds: int) -> dict:
         _fill(bpf[b"bl_rules8"], rules, _key_small)
         data = frame()
         fds = {name: bpf.load_func(name.encode(), BPF.XDP).fd for name in ("bl_empty", *PROGRAMS)}
-        empty = _time(fds["bl_empty"], data, IFINDEX, repeat, rounds, libbpf.XDP_DROP)
+        empty = _time(fds["bl_empty"], data, LO, repeat, rounds, libbpf.XDP_DROP)
         out = {"empty_ns": empty,
-               "empty_short_ns": _time(fds["bl_empty"], data, IFINDEX, SHORT, repeat // SHORT, libbpf.XDP_DROP)}
+               "empty_short_ns": _time(fds["bl_empty"], data, LO, SHORT, repeat // SHORT, libbpf.XDP_DROP)}
         for name in PROGRAMS:
-            out[name] = _time(fds[name], data, IFINDEX, repeat, rounds, libbpf.XDP_DROP) - empty
+            out[name] = _time(fds[name], data, LO, repeat, rounds, libbpf.XDP_DROP) - empty
         return out
     finally:
         bpf.cleanup()

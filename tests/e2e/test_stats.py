@@ -23,7 +23,7 @@ def capture(session: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 
 
-def wait_screen(session: str, pattern: str, timeout: float = 20.0) -> str:
+def wait_screen(session: str, pattern: str, timeout: float = 20.0 * SCALE) -> str:
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
@@ -36,7 +36,9 @@ def wait_screen(session: str, pattern: str, timeout: float = 20.0) -> str:
 
 def test_live_view_in_tmux_shows_the_rate_and_quits_on_q(chain):
     start_relay(chain, chain.IN, "--rule", RULE)
-    flow = start_sender(chain, "239.1.1.1", 5001, 16000, rate=2000)
+    # 8 s of traffic, or SCALE times that: the view must start while it flows
+    # (make vm-test: ~20 s to start under emulation).
+    flow = start_sender(chain, "239.1.1.1", 5001, int(16000 * SCALE), rate=2000)
     session = f"mcrt-{os.getpid()}"
     # The size must come from the terminal, not from COLUMNS/LINES the test
     # process may carry into the tmux server's environment.

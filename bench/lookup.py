@@ -118,7 +118,7 @@ def relay(rules: int, repeat: int, rounds: int, empty: float, empty_short: float
             out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=1,
                                       src_mac=bytes.fromhex("0200000000aa"))
             dp.maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, i, [out]))
-        dp.maps.set_port(1, LO)
+        dp.maps.set_port(1, LO, dp.egress_fd)
         hit = _time(dp.prog_fd, frame(ttl=255), LO, SHORT, repeat // SHORT, libbpf.XDP_REDIRECT) - empty_short
         miss = _time(dp.prog_fd, frame("239.250.250.250"), LO, repeat, rounds, libbpf.XDP_PASS) - empty
         return {"mcr_relay_forward": hit, "mcr_relay_no_rule": miss}

@@ -148,18 +148,32 @@ static __always_inline void count_verdict(__u32 verdict, __u64 bytes)
 	count(mcr_verdicts.lookup(&verdict), bytes);
 }
 
-static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
+/* A rule's counters in two steps: matched (the packet count doubles as the
+ * rule's per-CPU packet number, struct mcr_meta.seq), then the outcome. */
+static __always_inline struct mcr_rule_counters *count_match(__u32 id, __u64 bytes)
 {
 	struct mcr_rule_counters *c = mcr_rule_stats.lookup(&id);
 
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+	return c;
+}
+
+static __always_inline void count_outcome(struct mcr_rule_counters *c, int forwarded)
+{
 	if (!c)
 		return;
-	c->packets++;
-	c->bytes += bytes;
 	if (forwarded)
 		c->forwarded++;
 	else
 		c->dropped++;
+}
+
+static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
+{
+	count_outcome(count_match(id, bytes), forwarded);
 }
 
 static __always_inline void count_output(__u32 id, __u32 idx, __u64 bytes)

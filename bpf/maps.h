@@ -12,7 +12,8 @@ BPF_HASH(mcr_rules, struct mcr_rule_key, struct mcr_rule, MCR_MAX_RULES);
 BPF_ARRAY(mcr_config, struct mcr_config, 1);
 
 /* One output per slot for single-output rules. bcc's BPF_DEVMAP has a
- * 4-byte value; this form carries a program slot too. */
+ * 4-byte value; this form carries a program slot too (mcr_egress, as every
+ * output does: see struct mcr_meta). */
 BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_tx_ports, MCR_MAX_PORTS);
 
 /* Fan-out: rule id -> a devmap of that rule's outputs, each entry carrying
@@ -25,9 +26,14 @@ BPF_PERCPU_ARRAY(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
 BPF_PERCPU_ARRAY(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
 BPF_PERCPU_ARRAY(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
-/* Egress: per-CPU rotating index for one interface used by several outputs
- * of a rule (rule id * MCR_MAX_OUTPUTS + first such output). */
-BPF_PERCPU_ARRAY(mcr_egress_rr, __u32, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
+/* Egress: which copy of a packet comes next, for one interface used by
+ * several outputs of a rule (key: rule id * MCR_MAX_OUTPUTS + first such
+ * output), per CPU. The control plane only zeroes it. */
+struct mcr_egress_state {
+	__u32 seq;   /* mcr_meta.seq of the packet whose copies are being placed */
+	__u32 next;  /* rank of the next copy among that interface's outputs */
+};
+BPF_PERCPU_ARRAY(mcr_egress_rr, struct mcr_egress_state, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
 /* CPU steering (--steer-cpus): the ingress program hashes a flow to entry
  * i < mcr_config.steer_cpus of mcr_steer, a CPU id, and redirects the frame

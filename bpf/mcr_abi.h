@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 4
+#define MCR_ABI_VERSION 5
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -44,7 +44,8 @@
 
 /* Program names (function names in relay.c). */
 #define MCR_PROG_RELAY "mcr_relay"
-#define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of fan-out outputs */
+#define MCR_PROG_RELAY_GENERIC "mcr_relay_skb" /* the same, for generic (skb) XDP */
+#define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of every output */
 #define MCR_PROG_CPU "mcr_cpu_relay"  /* cpumap program: forwards steered frames on their CPU */
 #define MCR_PROG_TC "mcr_tc_relay"    /* clsact ingress program (tc_relay.c), --mode tc */
 
@@ -69,7 +70,8 @@ enum mcr_verdict {
 	MCR_V_DROP_NO_OUTPUT = 8,    /* matched, but the output is missing */
 	MCR_V_REDIRECT = 9,          /* forwarded to one output */
 	MCR_V_REDIRECT_MULTI = 10,   /* forwarded to several outputs (one count per input packet) */
-	MCR_V_EGRESS_DROP = 11,      /* a fan-out copy whose rule or output vanished (rule deleted) */
+	MCR_V_EGRESS_DROP = 11,      /* a copy the egress program could not place (its rule or
+				      * output vanished, or more copies than outputs) */
 	MCR_V_MAX = 12,
 };
 
@@ -138,6 +140,28 @@ struct mcr_loss_key {
 struct mcr_loss {
 	__u64 xmit_drops;    /* xdp:xdp_devmap_xmit: the driver refused frames */
 	__u64 redirect_errors; /* xdp:xdp_redirect_err: the redirect itself failed */
+};
+
+/*
+ * XDP metadata: what the ingress program tells the egress program about a
+ * frame it redirected. In native XDP the kernel runs ONE devmap egress
+ * program per device queue flush, the one of the flush's first frame, on
+ * frames of every rule and input that share the device; so every devmap
+ * entry carries mcr_egress, and each frame says what it needs. It sits at
+ * the front of the metadata area (anything already there stays behind it)
+ * and the egress program removes it. Generic XDP and drivers without
+ * metadata support carry none: the egress program then works from the
+ * original headers and the context's ingress interface.
+ */
+#define MCR_META_DONE   0x4d435231 /* rewritten at ingress (one output): pass it */
+#define MCR_META_EGRESS 0x4d435232 /* original headers: rewrite for the egress interface */
+#define MCR_META_STEER  0x4d435233 /* native XDP handed it to a steering CPU */
+
+struct mcr_meta {
+	__u32 magic;         /* MCR_META_* */
+	__u32 ifindex;       /* input interface (the rule key's), MCR_META_EGRESS */
+	__u32 seq;           /* per-CPU packet number of the rule: copies of one
+			      * packet share it (MCR_META_EGRESS) */
 };
 
 /* Value of MCR_MAP_CPUMAP (struct bpf_cpumap_val). */

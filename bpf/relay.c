@@ -2,14 +2,20 @@
 /*
  * relay.c - the XDP datapath.
  *
- * mcr_relay (ingress): parse -> look up the rule -> rewrite and redirect
- * (one output) or broadcast to the rule's devmap (several outputs), with
- * one exit that counts the verdict. With steering on, matched frames are
- * first handed to their flow's CPU, where mcr_cpu_relay (cpumap program)
- * does the same forwarding.
+ * mcr_relay (ingress, native XDP): parse -> look up the rule -> rewrite
+ * and redirect (one output) or broadcast to the rule's devmap (several
+ * outputs), with one exit that counts the verdict. Each redirected frame
+ * carries a struct mcr_meta saying whether it is rewritten already. With
+ * steering on, matched frames are first handed to their flow's CPU, where
+ * mcr_cpu_relay (cpumap program) does the same forwarding.
  *
- * mcr_egress (devmap egress): runs on each broadcast copy, parses the
- * still-original headers again, finds the same rule, and applies the
+ * mcr_relay_skb (ingress, generic XDP): the same, but the egress
+ * program cannot see metadata on the skb path, so every frame leaves the
+ * ingress program with its original headers (only a VLAN tag goes).
+ *
+ * mcr_egress (devmap egress, on every output): passes frames rewritten at
+ * ingress; any other frame it parses again, finds the same rule (the input
+ * interface from the metadata, else from the context) and applies the
  * rewrite of the output that leaves through ctx->egress_ifindex (see
  * egress_output for one interface used by several outputs).
  *
@@ -35,21 +41,75 @@ static __always_inline __u32 *steer_cpu(struct mcr_config *cfg, struct pkt *p)
 	return mcr_steer.lookup(&idx);
 }
 
-/* Parse, look up, then rewrite and redirect (one output) or broadcast to
- * the rule's devmap (several outputs); one exit counts the verdict. With
- * may_steer (the ingress program) and steering on, a matched frame goes to
- * its flow's CPU instead, where mcr_cpu_relay runs this again with
- * may_steer off: the frame is counted once, by the CPU that forwards it. */
-static __always_inline int forward(struct xdp_md *ctx, int may_steer)
+/* Our metadata, at the front of the metadata area; NULL when the frame has
+ * none (it is reserved at ingress, and never visible on the skb path). */
+static __always_inline struct mcr_meta *meta_of(struct xdp_md *ctx)
+{
+	struct mcr_meta *m = (void *)(long)ctx->data_meta;
+
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return NULL;
+	return m;
+}
+
+static __always_inline void meta_set(struct xdp_md *ctx, __u32 magic, __u32 ifindex, __u32 seq)
+{
+	struct mcr_meta *m = meta_of(ctx);
+
+	if (m) {
+		m->magic = magic;
+		m->ifindex = ifindex;
+		m->seq = seq;
+	}
+}
+
+static __always_inline int meta_ours(struct mcr_meta *m)
+{
+	return m && (m->magic == MCR_META_DONE || m->magic == MCR_META_EGRESS || m->magic == MCR_META_STEER);
+}
+
+/* Reserve room for struct mcr_meta (before the parse: the helper
+ * invalidates packet pointers). 1 when there is room. A frame that carries
+ * ours already keeps it (a test run repeats on one buffer; the egress
+ * program removes ours before a frame leaves). */
+static __always_inline int meta_reserve(struct xdp_md *ctx)
+{
+	if (meta_ours(meta_of(ctx)))
+		return 1;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mcr_meta)))
+		return 0;
+	meta_set(ctx, MCR_META_STEER, 0, 0);
+	return 1;
+}
+
+static __always_inline void meta_release(struct xdp_md *ctx)
+{
+	bpf_xdp_adjust_meta(ctx, (int)sizeof(struct mcr_meta));
+}
+
+/* Parse, look up, then redirect to the rule's output (one) or broadcast to
+ * its devmap (several); one exit counts the verdict. With may_steer (the
+ * ingress programs) and steering on, a matched frame goes to its flow's
+ * CPU instead, where mcr_cpu_relay runs this again with may_steer off: the
+ * frame is counted once, by the CPU that forwards it.
+ *
+ * has_meta: the frame carries a reserved struct mcr_meta that the egress
+ * program will see (native XDP on a driver with metadata support). Then a
+ * one-output frame is rewritten here (MCR_META_DONE) and every other one
+ * leaves original (MCR_META_EGRESS, with its input and packet number).
+ * Without it every frame leaves original, for the egress program to
+ * rewrite from the context's ingress interface. */
+static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_meta)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
 	struct mcr_config *cfg = config();
+	struct mcr_rule_counters *counters = NULL;
 	struct pkt p = {};
 	struct mcr_rule *rule = NULL;
-	int action = XDP_PASS;
-	__u32 verdict, *cpu;
+	int action = XDP_PASS, done = 0;
+	__u32 verdict, *cpu, seq = 0;
 	void *fanout;
 
 	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p);
@@ -63,12 +123,19 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer)
 	if (may_steer) {
 		cpu = steer_cpu(cfg, &p);
 		/* A CPU without a cpumap entry: forward here rather than lose it. */
-		if (cpu && mcr_cpumap.redirect_map(*cpu, 0) == XDP_REDIRECT) {
-			verdict = MCR_STEERED;
-			action = XDP_REDIRECT;
-			goto out;
+		if (cpu) {
+			if (has_meta)
+				meta_set(ctx, MCR_META_STEER, 0, 0);
+			if (mcr_cpumap.redirect_map(*cpu, 0) == XDP_REDIRECT) {
+				verdict = MCR_STEERED;
+				action = XDP_REDIRECT;
+				goto out;
+			}
 		}
 	}
+	counters = count_match(rule->id, bytes);
+	if (counters)
+		seq = (__u32)counters->packets;
 	action = XDP_DROP;
 	if (p.hops <= 1) {
 		verdict = MCR_V_DROP_TTL;
@@ -76,30 +143,34 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer)
 	}
 	verdict = MCR_V_DROP_NO_OUTPUT;
 
-	if (rule->n_outputs == 1) {
+	if (rule->n_outputs == 1 && has_meta) {
 		/* A tag belongs to the input segment: the copy leaves untagged,
 		 * its new Ethernet header written in front of the inner ethertype. */
 		rewrite(&p, p.tagged ? (void *)p.eth + VLAN_HLEN : (void *)p.eth, &rule->out[0]);
-		if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
-			goto out;
-		action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
-		if (action == XDP_REDIRECT) {
-			verdict = MCR_V_REDIRECT;
-			count_output(rule->id, 0, bytes);
-		}
-		goto out;
-	}
-
-	/* Several outputs: every copy is rewritten by its egress program, so
-	 * the headers stay original here; only the tag goes. adjust_head
-	 * drops the first 4 bytes, so the MACs move over the tag first. */
-	if (p.tagged) {
+		done = 1;
+	} else if (p.tagged) {
+		/* Headers stay original for the egress program; only the tag
+		 * goes. adjust_head drops the first 4 bytes, so the MACs move
+		 * over the tag first. */
 		__u8 macs[2 * ETH_ALEN];
 
 		__builtin_memcpy(macs, p.eth, sizeof(macs));
 		__builtin_memcpy((void *)p.eth + VLAN_HLEN, macs, sizeof(macs));
-		if (bpf_xdp_adjust_head(ctx, VLAN_HLEN))
-			goto out;
+	}
+	/* The metadata moves with adjust_head. */
+	if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
+		goto out;
+	if (has_meta)
+		meta_set(ctx, done ? MCR_META_DONE : MCR_META_EGRESS, p.key.ifindex, seq);
+
+	if (rule->n_outputs == 1) {
+		action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
+		if (action == XDP_REDIRECT) {
+			verdict = MCR_V_REDIRECT;
+			if (done)  /* else the egress program counts it */
+				count_output(rule->id, 0, bytes);
+		}
+		goto out;
 	}
 	fanout = mcr_fanout.lookup(&rule->id);
 	if (!fanout)
@@ -113,34 +184,48 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer)
 out:
 	if (verdict == MCR_STEERED)
 		return action;
+	/* Frames for the host leave as they came. */
+	if (has_meta && action == XDP_PASS)
+		meta_release(ctx);
 	count_verdict(verdict, bytes);
-	if (rule)
-		count_rule(rule->id, bytes, action == XDP_REDIRECT);
+	count_outcome(counters, action == XDP_REDIRECT);
 	return action;
 }
 
 int mcr_relay(struct xdp_md *ctx)
 {
-	return forward(ctx, 1);
+	return forward(ctx, 1, meta_reserve(ctx));
 }
 
-/* The cpumap program: the same forwarding, on the CPU steering chose. */
+int mcr_relay_skb(struct xdp_md *ctx)
+{
+	return forward(ctx, 1, 0);
+}
+
+/* The cpumap program: the same forwarding, on the CPU steering chose. A
+ * frame from native XDP brings the metadata its ingress program reserved
+ * (MCR_META_STEER); on the skb path (generic XDP) none is visible, and
+ * the egress program will see none either. */
 int mcr_cpu_relay(struct xdp_md *ctx)
 {
-	return forward(ctx, 0);
+	struct mcr_meta *m = meta_of(ctx);
+
+	return forward(ctx, 0, m && m->magic == MCR_META_STEER);
 }
 
 /* Which output of rule a copy leaving through egress_ifindex is. Usually
  * one output uses that interface. When k > 1 do (one interface, several
  * groups), the copies are told apart by order: the broadcast enqueues them
- * in devmap key order and the device's queue runs them in that order on
- * this CPU, so a per-CPU rotating index hands out output 1, 2, .., k. (The
- * kernel runs one egress program per device and flush, not each entry's
- * own, so the program itself can't carry the index.) */
-static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifindex)
+ * in devmap key order, the device's queue runs them in that order on this
+ * CPU, and the control plane keeps those outputs in the rule's order. With
+ * the packet number from the metadata the first copy of each packet is
+ * output 1 again, whatever was lost before; without it (generic XDP, whose
+ * copies are never dropped between two of an interface's outputs) a per-CPU
+ * rotating index hands out 1, 2, .., k. */
+static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifindex, struct mcr_meta *m)
 {
 	__u32 first = MCR_MAX_OUTPUTS, k = 0, pick, slot;
-	__u32 *rr;
+	struct mcr_egress_state *st;
 	int i;
 
 	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
@@ -155,11 +240,18 @@ static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifi
 	if (k <= 1)
 		return k ? (int)first : -1;
 	slot = rule->id * MCR_MAX_OUTPUTS + first;
-	rr = mcr_egress_rr.lookup(&slot);
-	if (!rr)
+	st = mcr_egress_rr.lookup(&slot);
+	if (!st)
 		return -1;
-	pick = *rr % k;
-	*rr = pick + 1;
+	if (m) {
+		pick = st->seq == m->seq ? st->next : 0;
+		st->seq = m->seq;
+		if (pick >= k)
+			return -1;  /* more copies than outputs: never sent twice */
+	} else {
+		pick = st->next % k;
+	}
+	st->next = pick + 1;
 	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
 		if (i >= rule->n_outputs)
 			break;
@@ -172,23 +264,38 @@ static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifi
 	return -1;
 }
 
-/* Rewrite one broadcast copy (original, untagged headers) for the output
- * of its rule that leaves through egress_ifindex. */
+/* Place one redirected frame on egress_ifindex: pass it if the ingress
+ * program rewrote it, else rewrite its original (untagged) headers for the
+ * output of its rule that leaves there. Our metadata goes either way. */
 static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u64 bytes = data_end - data;
+	struct mcr_meta meta = {}, *m = meta_of(ctx);
+	__u32 ifindex = ctx->ingress_ifindex;
 	struct mcr_rule *rule;
 	struct pkt p = {};
+	void *data, *data_end;
+	__u64 bytes;
 	int idx;
 
-	if (parse_packet(data, data_end, ctx->ingress_ifindex, &p) != MCR_MATCH || p.tagged)
+	if (meta_ours(m) && m->magic != MCR_META_STEER) {
+		meta = *m;
+		bpf_xdp_adjust_meta(ctx, (int)sizeof(meta));
+		if (meta.magic == MCR_META_DONE)
+			return XDP_PASS;
+		ifindex = meta.ifindex;
+		m = &meta;
+	} else {
+		m = NULL;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	bytes = data_end - data;
+	if (parse_packet(data, data_end, ifindex, &p) != MCR_MATCH || p.tagged)
 		goto drop;
 	rule = lookup_rule(config(), &p);
 	if (!rule)
 		goto drop;
-	idx = egress_output(rule, egress_ifindex);
+	idx = egress_output(rule, egress_ifindex, m);
 	if (idx < 0 || idx >= MCR_MAX_OUTPUTS)
 		goto drop;
 	rewrite(&p, p.eth, &rule->out[idx]);

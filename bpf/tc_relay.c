@@ -95,6 +95,11 @@ int mcr_tc_relay(struct __sk_buff *skb)
 	__u8 hops;
 
 	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p);
+	/* Two tags (QinQ): the kernel took the outer one into skb metadata
+	 * before this hook. The XDP programs see both and pass such a frame
+	 * as not IP; so does this one. */
+	if (verdict == MCR_MATCH && p.tagged && skb->vlan_present)
+		verdict = MCR_V_PASS_NOT_IP;
 	if (verdict != MCR_MATCH)
 		goto out;
 	rule = lookup_rule(cfg, &p);

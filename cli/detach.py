@@ -37,7 +37,7 @@ def detach(
         if pins.remove_if_orphaned(instance_name()):
             out.print(f"removed stale pinned maps ({pins.pin_dir(instance_name())})", markup=False)
         return
-    if current.name != abi.PROG_RELAY and not force:
+    if current.name not in (abi.PROG_RELAY, abi.PROG_RELAY_GENERIC) and not force:
         raise UsageError(
             f"{interface} carries XDP program {current.prog_id} ({current.name or 'unnamed'}), "
             "which is not mcr-xdp's: add --force to remove it anyway"

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -31,9 +31,14 @@ MAP_LOSS_MAPS = "mcr_loss_maps"
 MAP_LOSS_STEER = "mcr_loss_steer"
 
 PROG_RELAY = "mcr_relay"
+PROG_RELAY_GENERIC = "mcr_relay_skb"
 PROG_EGRESS = "mcr_egress"
 PROG_CPU = "mcr_cpu_relay"
 PROG_TC = "mcr_tc_relay"
+
+META_DONE = 0x4D435231
+META_EGRESS = 0x4D435232
+META_STEER = 0x4D435233
 
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
@@ -135,6 +140,14 @@ class CpumapVal(ctypes.Structure):
     ]
 
 
+class Meta(ctypes.Structure):
+    _fields_ = [
+        ("magic", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("seq", ctypes.c_uint32),
+    ]
+
+
 class DevmapVal(ctypes.Structure):
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -154,4 +167,5 @@ STRUCTS = {
     "mcr_cpumap_val": CpumapVal,
     "mcr_loss_key": LossKey,
     "mcr_loss": Loss,
+    "mcr_meta": Meta,
 }

@@ -205,19 +205,39 @@ def map_delete(map_fd: int, key) -> bool:
     return True
 
 
-def test_run(prog_fd: int, data: bytes, ctx: XdpMd | None = None, repeat: int = 1, out_size: int = 4096):
-    """BPF_PROG_TEST_RUN: run prog_fd once on data. Returns (retval, output
-    bytes, duration in ns)."""
-    data_in = ctypes.create_string_buffer(data, len(data))
+def test_run_meta(prog_fd: int, data: bytes, ctx: XdpMd | None = None, repeat: int = 1,
+                  out_size: int = 4096, meta: bytes = b"") -> tuple[int, bytes, bytes, int]:
+    """BPF_PROG_TEST_RUN: run prog_fd once on data, with meta in front of it
+    as XDP metadata (needs an XdpMd ctx). Returns (retval, metadata out, frame out,
+    duration in ns)."""
+    if meta and ctx is None:
+        raise ValueError("XDP metadata needs a context")
+    buf = meta + data
+    data_in = ctypes.create_string_buffer(buf, len(buf))
     data_out = ctypes.create_string_buffer(out_size)
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts))
     opts.data_in = ctypes.cast(data_in, ctypes.c_void_p)
-    opts.data_size_in = len(data)
+    opts.data_size_in = len(buf)
     opts.data_out = ctypes.cast(data_out, ctypes.c_void_p)
     opts.data_size_out = out_size
     opts.repeat = repeat
-    if ctx is not None:
+    ctx_out = XdpMd()
+    if isinstance(ctx, XdpMd):
+        ctx = XdpMd.from_buffer_copy(ctx)
+        ctx.data, ctx.data_end = len(meta), len(buf)
+        # The frame out starts with the metadata; ctx_out.data is its length.
+        opts.ctx_out = ctypes.cast(ctypes.pointer(ctx_out), ctypes.c_void_p)
+        opts.ctx_size_out = ctypes.sizeof(ctx_out)
+    if ctx is not None:  # an XdpMd or a TC program's struct __sk_buff
         opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
         opts.ctx_size_in = ctypes.sizeof(ctx)
     _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
-    return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
+    out = data_out.raw[: opts.data_size_out]
+    return opts.retval, out[: ctx_out.data], out[ctx_out.data:], opts.duration
+
+
+def test_run(prog_fd: int, data: bytes, ctx: XdpMd | None = None, repeat: int = 1, out_size: int = 4096):
+    """BPF_PROG_TEST_RUN: run prog_fd once on data. Returns (retval, output
+    frame without metadata, duration in ns)."""
+    retval, _, out, duration = test_run_meta(prog_fd, data, ctx, repeat, out_size)
+    return retval, out, duration

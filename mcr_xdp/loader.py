@@ -130,14 +130,22 @@ class Datapath:
             self._bpf = BPF(text=datapath_text(directory).encode(),
                             cflags=[f"-I{directory}", f"-DMCR_NR_CPUS={possible_cpus()}", *cflags])
             self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
-            # Every output of a fan-out rule carries the egress program.
+            # Generic XDP gets its own ingress program: the egress program
+            # sees no metadata on the skb path (struct mcr_meta).
+            self.generic_fd = self._bpf.load_func(abi.PROG_RELAY_GENERIC.encode(), BPF.XDP).fd
+            # Every output (devmap entry) carries the egress program.
             self.egress_fd = self._bpf.load_func(abi.PROG_EGRESS.encode(), BPF.XDP,
                                                  attach_type=BPFAttachType.XDP_DEVMAP).fd
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise AttachError(f"could not compile or load the XDP program: {exc}") from None
         self.prog_id = libbpf.prog_id(self.prog_fd)
+        self.generic_prog_id = libbpf.prog_id(self.generic_fd)
         self.maps = Maps({name: self._bpf[name.encode()].map_fd for name in MAP_NAMES})
         self.maps.set_config(ssm_rules=0)
+
+    def xdp_fd(self, mode: str) -> int:
+        """The ingress program for an XDP mode ("native" or "generic")."""
+        return self.generic_fd if mode == "generic" else self.prog_fd
 
     def load_func(self, name: str) -> int:
         """The fd of another XDP program of the same object (tests: the

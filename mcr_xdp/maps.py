@@ -64,8 +64,9 @@ class Maps:
     def delete_rule(self, key: abi.RuleKey) -> bool:
         return libbpf.map_delete(self._fd[abi.MAP_RULES], key)
 
-    def set_port(self, slot: int, ifindex: int) -> None:
-        val = abi.DevmapVal(ifindex=ifindex, prog_fd=-1)
+    def set_port(self, slot: int, ifindex: int, prog_fd: int) -> None:
+        """tx_ports[slot]: ifindex, with the egress program prog_fd."""
+        val = abi.DevmapVal(ifindex=ifindex, prog_fd=prog_fd)
         libbpf.map_update(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot), val)
 
     def clear_port(self, slot: int) -> None:

@@ -232,7 +232,8 @@ class Relay:
         if mode in loader.BPF_MODES and self.datapath is None:
             raise AttachError(self.bpf_error or "the BPF datapath is not loaded")
         if mode in (Mode.XDP_NATIVE, Mode.XDP_GENERIC):
-            return loader.xdp_attach(link.ifindex, link.name, self.datapath.prog_fd, mode.value.removeprefix("xdp-"))
+            xdp_mode = mode.value.removeprefix("xdp-")
+            return loader.xdp_attach(link.ifindex, link.name, self.datapath.xdp_fd(xdp_mode), xdp_mode)
         if mode == Mode.TC:
             att, created = loader.tc_attach(link.ifindex, link.name, self.datapath.tc_fd)
             if created:
@@ -331,7 +332,7 @@ class Relay:
             return 0
         if ifindex not in self._slots:
             slot = len(self._slots)
-            self.datapath.maps.set_port(slot, ifindex)
+            self.datapath.maps.set_port(slot, ifindex, self.datapath.egress_fd)
             self._slots[ifindex] = slot
         return self._slots[ifindex]
 
@@ -443,7 +444,8 @@ class Relay:
         from .trace import LossTracer
 
         try:
-            self.tracer = LossTracer([self.datapath.prog_id, libbpf.prog_id(self.datapath.egress_fd)],
+            self.tracer = LossTracer([self.datapath.prog_id, self.datapath.generic_prog_id,
+                                      libbpf.prog_id(self.datapath.egress_fd)],
                                      [libbpf.obj_id(self.datapath.maps.fds[abi.MAP_CPUMAP])])
             self.tracer_notice = ""
         except McrError as exc:

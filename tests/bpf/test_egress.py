@@ -66,6 +66,7 @@ FAN6 = [Out("a", "ff3e::2:2", 5002, "33:33:00:02:00:02"), Out("b", "ff3e::3:3", 
 SSM = [Out("a", "239.5.5.5", 5005, "01:00:5e:05:05:05"), Out("b", "239.6.6.6", 5006, "01:00:5e:06:06:06")]
 # MAX_OUTPUTS outputs, a and b taking turns: each interface 8 times.
 WIDE = [Out("ab"[i % 2], f"239.16.0.{i}", 6000 + i, f"01:00:5e:10:00:{i:02x}") for i in range(abi.MAX_OUTPUTS)]
+SINGLE = [Out("b", "239.7.7.7", 5007, "01:00:5e:07:07:07")]
 SSM_SOURCE = "203.0.113.9"
 
 
@@ -81,6 +82,7 @@ RULES = {
     9: (f"239.1.1.9:5001={spec(FAN4)}", FAN4, False),  # its devmap is missing
     10: (f"239.1.1.16:5001={spec(WIDE)}", WIDE, True),
     11: (f"{SSM_SOURCE}@239.1.1.1:5001={spec(SSM)}", SSM, True),  # beats rule 7 for its source
+    13: (f"239.1.1.13:5001={spec(SINGLE)}", SINGLE, False),  # one output: tx_ports, no devmap of its own
 }
 
 IN = Udp4()  # 239.1.1.1:5001 from 192.0.2.1:40000, TTL 64, DF: rule 7
@@ -251,9 +253,12 @@ def rule_counts(maps) -> dict[int, tuple[int, int, int, int]]:
 
 
 def output_counts(maps) -> dict[tuple[int, int], tuple[int, int]]:
-    return {(rule_id, i): (c.packets, c.bytes)
-            for rule_id, (_, outs, _) in RULES.items()
-            for i, c in enumerate(maps.output_counters(rule_id, len(outs)))}
+    counts = {(rule_id, i): (c.packets, c.bytes)
+              for rule_id, (_, outs, _) in RULES.items()
+              for i, c in enumerate(maps.output_counters(rule_id, len(outs)))}
+    counts[(OTHER_RULE_ID, 0)] = tuple(getattr(maps.output_counters(OTHER_RULE_ID, 1)[0], f)
+                                       for f in ("packets", "bytes"))
+    return counts
 
 
 @pytest.mark.parametrize("case", EGRESS_CASES, ids=lambda c: c.desc)
@@ -344,6 +349,184 @@ def test_cases_are_what_they_claim():
         assert [o.iface for o in outs].count("a") == 2  # one interface used twice ...
         assert len({(o.group, o.port) for o in outs}) == len(outs)  # ... with different groups
     for text, outs, _ in RULES.values():
-        assert len(parse_rule(text, "in").outputs) == len(outs) > 1
+        assert len(parse_rule(text, "in").outputs) == len(outs) >= 1
     # Every output of a rule gets a frame different from the others'.
     assert len({sent(IN, o) for o in FAN4}) == len(FAN4)
+
+
+# -- struct mcr_meta: what the ingress tells the egress ----------------------
+#
+# In native XDP the kernel runs the egress program of a device queue's first
+# frame, with that frame's input as the context's ingress interface, over
+# every frame queued in the flush (kernel/bpf/devmap.c bq_enqueue): frames of
+# single-output and fan-out rules and of several inputs meet there. So every
+# frame carries a struct mcr_meta, and the egress program goes by it.
+
+SINGLE_IN = replace(IN, dst="239.1.1.13")
+# Another input (its ifindex need not exist: a map key) with its own rule
+# for IN's group and port: the test runs report lo as the input, as a batch
+# headed by a frame from lo would.
+OTHER_INPUT, NO_RULES_INPUT = 99, 98
+OTHER_RULE_ID, OTHER = 14, Out("b", "239.8.8.8", 5008, "01:00:5e:08:08:08")
+
+
+def meta(magic: int, ifindex: int = LO, seq: int = 0) -> bytes:
+    return bytes(abi.Meta(magic=magic, ifindex=ifindex, seq=seq))
+
+
+DONE = abi.META_DONE
+EGRESS = abi.META_EGRESS
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaCopy:
+    iface: str
+    meta: bytes  # the frame's metadata as the ingress left it
+    out: bytes | None  # expected output; None: XDP_DROP, counted EGRESS_DROP
+    counted: tuple[int, int] | None = None  # (rule id, output index) whose counter moves
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaCase:
+    desc: str
+    frame: bytes
+    copies: tuple[MetaCopy, ...]  # in the order the device queue runs them
+
+
+def _seq_copies(seq: int, *ifaces_and_outs) -> tuple[MetaCopy, ...]:
+    return tuple(MetaCopy(iface, meta(EGRESS, LO, seq), sent(IN, FAN4[i]) if i is not None else None,
+                          (7, i) if i is not None else None) for iface, i in ifaces_and_outs)
+
+
+META_CASES = [
+    MetaCase("DONE: rewritten at ingress, passed as it is", sent(SINGLE_IN, SINGLE[0]),
+             (MetaCopy("b", meta(DONE), sent(SINGLE_IN, SINGLE[0])),
+              MetaCopy("a", meta(DONE), sent(SINGLE_IN, SINGLE[0])))),
+    MetaCase("DONE: passed even where its group matches a rule (no second rewrite)", IN.build(),
+             (MetaCopy("a", meta(DONE), IN.build()),)),
+    MetaCase("EGRESS: single-output rule rewritten here", SINGLE_IN.build(),
+             (MetaCopy("b", meta(EGRESS, LO, 1), sent(SINGLE_IN, SINGLE[0]), (13, 0)),)),
+    MetaCase("EGRESS: the input comes from the metadata, not the batch", IN.build(),
+             (MetaCopy("b", meta(EGRESS, OTHER_INPUT, 2), sent(IN, OTHER), (OTHER_RULE_ID, 0)),)),
+    MetaCase("EGRESS: no rule under the frame's own input: dropped", IN.build(),
+             (MetaCopy("b", meta(EGRESS, NO_RULES_INPUT, 3), None),)),
+    MetaCase("EGRESS: copies of one packet: a, b, a get outputs 0, 1, 2", IN.build(),
+             _seq_copies(10, ("a", 0), ("b", 1), ("a", 2))),
+    MetaCase("EGRESS: a packet whose second copy on a was lost, then the next: starts over", IN.build(),
+             _seq_copies(11, ("a", 0)) + _seq_copies(12, ("a", 0), ("a", 2))),
+    MetaCase("EGRESS: more copies on a than a has outputs: the third is dropped", IN.build(),
+             _seq_copies(13, ("a", 0), ("a", 2), ("a", None))),
+    MetaCase("EGRESS: IPv6 copies", IN6.build(),
+             tuple(MetaCopy(o.iface, meta(EGRESS, LO, 14), sent(IN6, o), (8, i)) for i, o in enumerate(FAN6))),
+    MetaCase("someone else's metadata: as if none (context input, rotation)", IN.build(),
+             (MetaCopy("b", (0x12345678).to_bytes(4, "little") * 3, sent(IN, FAN4[1]), (7, 1)),)),
+]
+
+
+@pytest.fixture(scope="module")
+def other_input(datapath, relay):
+    """OTHER_INPUT's rule for IN's group and port."""
+    rule = parse_rule(f"239.1.1.1:5001={spec([OTHER])}", "in")
+    value = encode.output_value(rule, rule.outputs[0], ifindex=IFINDEX["b"], slot=0, src_mac=MACS["b"])
+    relay.reset_rule_counters(OTHER_RULE_ID)
+    relay.put_rule(encode.rule_key(rule, OTHER_INPUT), encode.rule_value(rule, OTHER_RULE_ID, [value]))
+    yield relay
+    relay.delete_rule(encode.rule_key(rule, OTHER_INPUT))
+
+
+@pytest.fixture(scope="module")
+def egress_meta(datapath, one_cpu):
+    """egress_meta(frame, iface, meta, ctx ingress) -> (action, metadata out,
+    frame out): the twin, as if the frame left through iface."""
+    prog_fd = datapath.load_func(TWIN)
+    map_fd = datapath._bpf[TWIN_EGRESS_MAP.encode()].map_fd
+
+    def run_copy(frame: bytes, iface: str, meta_in: bytes):
+        libbpf.map_update(map_fd, ctypes.c_uint32(0), ctypes.c_uint32(IFINDEX[iface]))
+        ctx = libbpf.XdpMd(ingress_ifindex=LO)
+        action, meta_out, out, _ = libbpf.test_run_meta(prog_fd, frame, ctx, meta=meta_in)
+        return action, meta_out, out
+
+    return run_copy
+
+
+@pytest.mark.parametrize("case", META_CASES, ids=lambda c: c.desc)
+def test_egress_by_metadata(other_input, egress_meta, case):
+    relay = other_input
+    rules = rule_counts(relay)
+    for i, copy in enumerate(case.copies):
+        verdicts, outputs = verdict_counts(relay), output_counts(relay)
+
+        action, meta_out, out = egress_meta(case.frame, copy.iface, copy.meta)
+
+        where = f"copy {i} through {copy.iface}"
+        n = len(case.frame)
+        if copy.out is None:
+            assert action == DROP, where
+            v = abi.Verdict.EGRESS_DROP
+            verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
+        else:
+            assert action == PASS, where
+            assert out == copy.out, where
+            assert_checksums_valid(out)
+            ours = int.from_bytes(copy.meta[:4], "little") in (DONE, EGRESS)
+            assert meta_out == (b"" if ours else copy.meta), f"{where}: our metadata leaves, others' stays"
+            if copy.counted is not None:
+                packets_, bytes_ = outputs[copy.counted]
+                outputs[copy.counted] = (packets_ + 1, bytes_ + n)
+        assert verdict_counts(relay) == verdicts, where
+        assert output_counts(relay) == outputs, where
+    assert rule_counts(relay) == rules
+
+
+@pytest.fixture(scope="module")
+def single_port(datapath, relay):
+    """Rule 13's output slot: b's ifindex does not exist, so its tx_ports
+    entry points at lo (a test run never transmits)."""
+    datapath.maps.set_port(0, LO, datapath.egress_fd)
+    return relay
+
+
+@pytest.mark.parametrize("pkt, rule_id, magic, out", [
+    (SINGLE_IN, 13, DONE, sent(SINGLE_IN, SINGLE[0])),
+    (replace(SINGLE_IN, vlan=100), 13, DONE, sent(SINGLE_IN, SINGLE[0])),
+    (IN, 7, EGRESS, IN.build()),
+    (replace(IN6, vlan=100), 8, EGRESS, IN6.build()),
+], ids=["one output: rewritten, DONE", "one output, tagged: rewritten untagged, DONE",
+        "fan-out: original, EGRESS with input and packet number", "IPv6 fan-out, tagged: untagged, EGRESS"])
+def test_ingress_leaves_metadata(datapath, single_port, one_cpu, pkt, rule_id, magic, out):
+    ctx = libbpf.XdpMd(ingress_ifindex=LO)
+    action, meta_out, frame, _ = libbpf.test_run_meta(datapath.prog_fd, pkt.build(), ctx)
+    assert action == REDIRECT
+    assert frame == out
+    m = abi.Meta.from_buffer_copy(meta_out)
+    assert len(meta_out) == ctypes.sizeof(abi.Meta)
+    assert m.magic == magic
+    if magic == EGRESS:
+        assert (m.ifindex, m.seq) == (LO, single_port.rule_counters(rule_id).packets & 0xFFFFFFFF)
+
+
+def test_ingress_passes_host_traffic_without_metadata(datapath, single_port):
+    ctx = libbpf.XdpMd(ingress_ifindex=LO)
+    frame = replace(IN, dst="239.9.9.9").build()
+    action, meta_out, out, _ = libbpf.test_run_meta(datapath.prog_fd, frame, ctx)
+    assert (action, meta_out, out) == (PASS, b"", frame)
+
+
+@pytest.mark.parametrize("pkt, rule_id", [(replace(SINGLE_IN, vlan=100), 13), (replace(IN, vlan=100), 7)],
+                         ids=["one output", "fan-out"])
+def test_generic_ingress_leaves_headers_for_the_egress(datapath, single_port, egress_meta, pkt, rule_id):
+    """mcr_relay_skb (generic XDP): no metadata, headers original (the tag
+    goes), nothing counted per output; the egress program rewrites from the
+    context's input (generic XDP gives each copy its entry's program at once)."""
+    outputs = output_counts(single_port)
+    ctx = libbpf.XdpMd(ingress_ifindex=LO)
+    action, meta_out, frame, _ = libbpf.test_run_meta(datapath.generic_fd, pkt.build(), ctx)
+    assert (action, meta_out, frame) == (REDIRECT, b"", replace(pkt, vlan=None).build())
+    assert output_counts(single_port) == outputs
+    outs = RULES[rule_id][1]
+    for i, o in enumerate(outs):
+        action, _, out = egress_meta(frame, o.iface, b"")
+        assert (action, out) == (PASS, sent(pkt, o)), f"output {i}"
+        outputs[(rule_id, i)] = (outputs[(rule_id, i)][0] + 1, outputs[(rule_id, i)][1] + len(frame))
+    assert output_counts(single_port) == outputs

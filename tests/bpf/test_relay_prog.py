@@ -221,7 +221,7 @@ def relay(datapath):
         rule = parse_rule(text, "in")
         out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC)
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
-    maps.set_port(SLOT_LO, LO)
+    maps.set_port(SLOT_LO, LO, datapath.egress_fd)
     maps.set_config(ssm_rules=sum("@" in text for text, _ in RULES.values()))
     return maps
 

@@ -34,7 +34,7 @@ def steered(datapath):
     rule = parse_rule("239.1.1.1:5001=lo/239.2.2.2:5002", "in")
     out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=0, src_mac=bytes(6))
     maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, 0, [out]))
-    maps.set_port(0, LO)
+    maps.set_port(0, LO, datapath.egress_fd)
     maps.reset_rule_counters(0)
     datapath.set_steering([0])
     yield datapath

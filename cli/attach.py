@@ -180,6 +180,10 @@ def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval:
         if time.monotonic() < deadline:
             continue
         deadline += interval
+        try:
+            relay.refresh_outputs()
+        except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
+            err.print(f"mcr-xdp: could not re-check the outputs: {exc}", markup=False)
         cur = relay.snapshot()
         if view is not None:
             view.update(cur, service.status())

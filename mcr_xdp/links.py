@@ -17,6 +17,7 @@ class Link:
     mac: bytes
     kind: str  # "veth", "dummy", ... ("" for physical NICs)
     up: bool
+    mtu: int = 1500
 
 
 def _link(msg) -> Link:
@@ -29,6 +30,7 @@ def _link(msg) -> Link:
         mac=parse_mac(address),
         kind=kind or "",
         up=bool(msg["flags"] & 1),
+        mtu=msg.get_attr("IFLA_MTU") or 0,
     )
 
 

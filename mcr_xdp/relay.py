@@ -51,6 +51,14 @@ class InstalledRule:
     ifindex: int  # of the input interface, as the map key holds it
 
 
+def _delivery_order(rule: Rule, links: dict[str, Link]) -> tuple[int, ...]:
+    """The ifindexes of rule's outputs as its fan-out devmap lists them: up
+    before down, then by MTU, largest first; a stable sort, so outputs on
+    one interface keep the rule's order (Relay._set_fanout)."""
+    outs = [links[o.iface] for o in rule.outputs]
+    return tuple(link.ifindex for link in sorted(outs, key=lambda link: (not link.up, -link.mtu)))
+
+
 class Relay:
     def __init__(self, config: RelayConfig):
         self.config = config
@@ -64,6 +72,7 @@ class Relay:
         self.pinned: str | None = None  # pins.pin_dir of this relay, once pinned
         self.pin_notice = ""
         self._slots: dict[int, int] = {}  # output ifindex -> devmap slot (single-output rules)
+        self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self.ladder: tuple[Mode, ...] = ()
         self.bpf_error = ""  # why the BPF modes can't be used, when the datapath failed to load
         self.fallback = None  # fallback.Fallback, once an input runs in userspace mode
@@ -110,6 +119,7 @@ class Relay:
         self.joins.clear()
         self.rules.clear()
         self._slots.clear()
+        self._fanout_order.clear()
         if self.datapath is not None:
             self.datapath.close()
             self.datapath = None
@@ -251,6 +261,7 @@ class Relay:
         self.datapath.close()
         self.datapath = None
         self._slots.clear()
+        self._fanout_order.clear()
         if self.tracer is not None:
             self.tracer.close()
             self.tracer = None
@@ -354,7 +365,7 @@ class Relay:
         if not replacing and maps is not None:
             maps.reset_rule_counters(rule_id)
         if n > 1 and maps is not None:
-            maps.set_fanout(rule_id, [(o.ifindex, self.datapath.egress_fd) for o in outputs])
+            self._set_fanout(rule_id, rule, links)
         if not replacing:
             self._join(rule, links[rule.iface])
         installed = InstalledRule(rule_id, rule, links[rule.iface].ifindex)
@@ -371,10 +382,44 @@ class Relay:
             raise
         if n == 1 and maps is not None:
             maps.clear_fanout(rule_id)
+            self._fanout_order.pop(rule_id, None)
         self.rules[rule_id] = installed
         self._watch_outputs(rule, links)
         self._update_config()
         return installed
+
+    def _set_fanout(self, rule_id: int, rule: Rule, links: dict[str, Link]) -> tuple:
+        """Write a fan-out rule's devmap with the outputs that can take a
+        frame first: up before down, then by MTU, largest first. Generic
+        XDP clones a broadcast entry by entry and gives up at the first
+        entry that can't take the frame (down, or an MTU below the frame:
+        kernel/bpf/devmap.c dev_map_redirect_multi), so a dead output
+        listed first would take every later one with it. Outputs on one
+        interface keep the rule's order (the egress program tells them apart
+        by it). Returns the order written."""
+        ifindexes = _delivery_order(rule, links)
+        self.datapath.maps.set_fanout(rule_id, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
+        self._fanout_order[rule_id] = ifindexes
+        return ifindexes
+
+    def refresh_outputs(self) -> list[int]:
+        """Re-order fan-out devmaps whose outputs went up, down or changed
+        MTU since they were written (see _set_fanout). Returns the rule ids
+        rewritten."""
+        if self.datapath is None or not self._fanout_order:
+            return []
+        from .links import all_links
+
+        links = all_links()
+        changed = []
+        for rule_id, installed in self.rules.items():
+            rule = installed.rule
+            if rule_id not in self._fanout_order or any(o.iface not in links for o in rule.outputs):
+                continue
+            if _delivery_order(rule, links) != self._fanout_order[rule_id]:
+                self._set_fanout(rule_id, rule, links)
+                changed.append(rule_id)
+        return changed
 
     def _uninstall(self, rule_id: int) -> InstalledRule:
         installed = self.rules.pop(rule_id)
@@ -383,6 +428,7 @@ class Relay:
             maps = self.datapath.maps
             maps.delete_rule(encode.rule_key(rule, installed.ifindex))
             maps.clear_fanout(rule_id)
+            self._fanout_order.pop(rule_id, None)
         if self.fallback is not None:
             self.fallback.delete_rule(rule_id)
         self._leave(rule)

@@ -48,6 +48,34 @@ def lookup(names) -> dict[str, Link]:
     return {name: links[name] for name in names}
 
 
+VLAN_RX_FEATURES = ("rx-vlan-hw-parse", "rx-vlan-stag-hw-parse")  # ethtool -k: rx-vlan-offload, ...
+
+
+def generic_xdp_vlan_blind(link: Link) -> str:
+    """Why generic XDP on link may miss a frame's VLAN tag ("" when it sees
+    every tag). Generic XDP runs on the skb before the kernel takes a tag
+    out of the frame, but a tag already in skb metadata it can neither see
+    nor remove, and the relayed frame leaves with it (docs/architecture.md)."""
+    if link.kind == "veth":
+        return ("a veth hands over the tags its peer sends with tx VLAN offload in skb metadata, whatever its "
+                "own offload settings")
+    try:
+        from pyroute2.ethtool import Ethtool
+
+        ethtool = Ethtool()
+        try:
+            features = ethtool.get_features(link.name).features
+        finally:
+            ethtool.close()
+    except Exception:  # noqa: BLE001 - no ethtool answer: nothing known against generic XDP
+        return ""
+    on = [name for name in VLAN_RX_FEATURES if name in features and features[name].enable]
+    if not on:
+        return ""
+    return (f"receive VLAN offload is on ({', '.join(on)}), so tags arrive in skb metadata; "
+            f"`ethtool -K {link.name} rxvlan off rx-vlan-stag-hw-parse off` keeps them in the frame")
+
+
 STAT_FIELDS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 

@@ -26,7 +26,7 @@ from . import abi, encode, features, libbpf, loader, pins, stats
 from .control import instance_name
 from .errors import AttachError, BusyError, McrError, RuleError, UsageError
 from .igmp import JoinPool
-from .links import Link, lookup
+from .links import Link, generic_xdp_vlan_blind, lookup
 from .links import counters as link_counters
 from .loader import Attachment, Datapath, Mode, XdpMode
 from .rules import Rule, diff, validate
@@ -228,7 +228,7 @@ class Relay:
             except McrError as exc:
                 tried.append((mode.value, str(exc)))
                 continue
-            notice = ""
+            notice = att.notice
             if tried:
                 why = "; ".join(f"{m}: {reason}" for m, reason in tried)
                 notice = f"{link.name} runs in {att.mode_name} mode ({why})"
@@ -242,8 +242,15 @@ class Relay:
         if mode in loader.BPF_MODES and self.datapath is None:
             raise AttachError(self.bpf_error or "the BPF datapath is not loaded")
         if mode in (Mode.XDP_NATIVE, Mode.XDP_GENERIC):
+            notice = ""
+            if mode == Mode.XDP_GENERIC and (blind := generic_xdp_vlan_blind(link)):
+                if mode != self.ladder[-1]:  # a later mode of the ladder removes every tag
+                    raise AttachError(f"generic XDP can't remove a VLAN tag held in skb metadata: {blind}")
+                notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
+                          f"tag still on ({blind}); --mode xdp-native or tc removes it")
             xdp_mode = mode.value.removeprefix("xdp-")
-            return loader.xdp_attach(link.ifindex, link.name, self.datapath.xdp_fd(xdp_mode), xdp_mode)
+            att = loader.xdp_attach(link.ifindex, link.name, self.datapath.xdp_fd(xdp_mode), xdp_mode)
+            return dataclasses.replace(att, notice=notice)
         if mode == Mode.TC:
             att, created = loader.tc_attach(link.ifindex, link.name, self.datapath.tc_fd)
             if created:

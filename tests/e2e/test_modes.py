@@ -157,7 +157,9 @@ def test_steering_keeps_each_stream_in_order_and_uses_both_cpus(chain):
 
 
 @pytest.mark.parametrize("failing, expected", [
-    ("xdp-native", "xdp-generic"),
+    # On a veth, generic XDP is passed over: it can't remove a VLAN tag the
+    # peer sends in skb metadata (test_vlan.py), and TC can.
+    ("xdp-native", "tc"),
     ("xdp-native,xdp-generic", "tc"),
     ("xdp-native,xdp-generic,tc", "userspace"),
 ])
@@ -170,8 +172,10 @@ def test_auto_falls_through_to_the_next_mode(chain, failing, expected):
     relay.wait_for("relaying", timeout=60 * SCALE)
     iface = interface_mode(chain)
     assert iface["mode"] == expected
-    assert [n["mode"] for n in iface["not_used"]] == failing.split(",")
-    assert all("MCR_XDP_FAIL_MODES" in n["reason"] for n in iface["not_used"])
+    reasons = {n["mode"]: n["reason"] for n in iface["not_used"]}
+    assert list(reasons) == ["xdp-native", "xdp-generic", "tc"][:len(iface["not_used"])]
+    for mode, reason in reasons.items():
+        assert ("MCR_XDP_FAIL_MODES" if mode in failing.split(",") else "VLAN tag") in reason, reasons
     receiver = start_receiver(chain, "239.2.2.2", 5002, count)
     send(chain, "239.1.1.1", 5001, count, rate=2000)
     assert_exact(result(receiver), count, "239.2.2.2:5002")

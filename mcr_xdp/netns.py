@@ -136,11 +136,15 @@ class Chain(Topology):
 
     IN, OUT = "in0", "out0"
 
-    def __init__(self, prefix: str, outputs: int = 1):
+    def __init__(self, prefix: str, outputs: int = 1, inputs: int = 1):
         super().__init__(prefix)
         self.outputs = outputs
-        self.src = Veth(self.ns("src"), "veth0", "10.200.1.1/24", "fd00:200:1::1/64")
-        self.relay_in = Veth(self.ns("relay"), self.IN, "10.200.1.2/24", "fd00:200:1::2/64")
+        # Input i > 0: its own sender namespace src<i> behind relay interface in<i>.
+        self.srcs = [Veth(self.ns(f"src{i}" if i else "src"), "veth0", f"10.200.{1 + i}.1/24",
+                          f"fd00:200:{1 + i}::1/64") for i in range(inputs)]
+        self.relay_ins = [Veth(self.ns("relay"), f"in{i}", f"10.200.{1 + i}.2/24", f"fd00:200:{1 + i}::2/64")
+                          for i in range(inputs)]
+        self.src, self.relay_in = self.srcs[0], self.relay_ins[0]
         self.relay_out = [Veth(self.ns("relay"), f"out{i}", f"10.201.{i}.1/24", f"fd00:201:{i}::1/64")
                           for i in range(outputs)]
         self.sink = [Veth(self.ns(f"sink{i}" if outputs > 1 else "sink"), "veth0", f"10.201.{i}.2/24",
@@ -148,11 +152,10 @@ class Chain(Topology):
 
     def build(self) -> Chain:
         try:
-            for role in ("src", "relay"):
-                self.add_ns(role)
-            for sink in self.sink:
-                self.add_ns(sink.ns[len(self.prefix) + 1:])
-            self.link(self.src, self.relay_in)
+            for end in [*self.srcs, self.relay_in, *self.sink]:
+                self.add_ns(end.ns[len(self.prefix) + 1:])
+            for src, relay_in in zip(self.srcs, self.relay_ins):
+                self.link(src, relay_in)
             for out, sink in zip(self.relay_out, self.sink):
                 self.link(out, sink)
         except BaseException:

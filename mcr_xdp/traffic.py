@@ -158,6 +158,12 @@ def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total
     return result
 
 
+def parse_dest(text: str) -> tuple[str, int]:
+    """"239.1.1.1:5001" or "[ff3e::1]:5001" -> (group, port)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def stream_list(group: str, port: int, streams: int) -> list[tuple[str, int]]:
     """streams consecutive groups from group, all on port."""
     first = ipaddress.ip_address(group)
@@ -270,8 +276,10 @@ def _main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("send", "recv"):
         c = sub.add_parser(name)
-        c.add_argument("--group", required=True)
-        c.add_argument("--port", type=int, required=True)
+        c.add_argument("--group")
+        c.add_argument("--port", type=int)
+        c.add_argument("--dest", action="append", default=[], metavar="GROUP:PORT",
+                       help="a stream (repeatable; [v6]:port for IPv6), instead of --group/--port/--streams")
         c.add_argument("--iface")
         c.add_argument("--count", type=int, default=1000)
     for c in sub.choices.values():
@@ -286,13 +294,18 @@ def _main(argv=None) -> int:
     r.add_argument("--idle-timeout", type=float, default=3.0)
     r.add_argument("--timeout", type=float, default=120.0)
     a = p.parse_args(argv)
-    if a.streams > 1 and a.cmd == "send":
-        took = send_streams(stream_list(a.group, a.port, a.streams), a.count, a.rate, a.size, a.iface, a.ttl,
-                            a.source)
-        print(json.dumps({"sent": a.count * a.streams, "seconds": round(took, 3)}), flush=True)
+    if a.dest:
+        streams = [parse_dest(d) for d in a.dest]
+    elif a.group is None or a.port is None:
+        p.error("give --group and --port, or --dest")
+    else:
+        streams = stream_list(a.group, a.port, a.streams)
+    if a.cmd == "send" and (len(streams) > 1 or a.dest):
+        took = send_streams(streams, a.count, a.rate, a.size, a.iface, a.ttl, a.source)
+        print(json.dumps({"sent": a.count * len(streams), "seconds": round(took, 3)}), flush=True)
         return 0
-    if a.streams > 1:
-        res = receive_streams(stream_list(a.group, a.port, a.streams), a.count, a.iface, a.idle_timeout,
+    if len(streams) > 1 or a.dest:
+        res = receive_streams(streams, a.count, a.iface, a.idle_timeout,
                               ready=lambda: print("ready", flush=True))
         print(json.dumps({k: r.as_dict(a.count) for k, r in res.items()}), flush=True)
         return 0

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def chain(request):
-    outputs = getattr(request, "param", 1)
-    topo = Chain(unique_prefix("mcrt"), outputs=outputs)
+    # param: the number of outputs, or a dict of Chain's keyword arguments.
+    param = getattr(request, "param", 1)
+    topo = Chain(unique_prefix("mcrt"), **(param if isinstance(param, dict) else {"outputs": param}))
     procs: list[Proc] = []
     topo.procs = procs
     try:

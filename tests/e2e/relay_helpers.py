@@ -17,9 +17,9 @@ def mcr() -> str:
     return venv_bin("mcr-xdp")
 
 
-def start_relay(topo: Chain, *args: str, ready: str = "relaying") -> Proc:
+def start_relay(topo: Chain, *args: str, ready: str = "relaying", env: dict | None = None) -> Proc:
     """`mcr-xdp attach ARGS` inside the relay namespace, once it relays."""
-    proc = Proc(topo.popen(topo.relay_in.ns, mcr(), "attach", *args))
+    proc = Proc(topo.popen(topo.relay_in.ns, mcr(), "attach", *args, env=env))
     topo.procs.append(proc)
     proc.wait_for(ready, timeout=60 * SCALE)
     return proc

@@ -292,6 +292,7 @@ def _main(argv=None) -> int:
     s.add_argument("--first-seq", type=int, default=0)
     r = sub.choices["recv"]
     r.add_argument("--idle-timeout", type=float, default=3.0)
+    r.add_argument("--first-timeout", type=float, default=20.0, help="seconds to wait for the first packet")
     r.add_argument("--timeout", type=float, default=120.0)
     a = p.parse_args(argv)
     if a.dest:
@@ -305,7 +306,7 @@ def _main(argv=None) -> int:
         print(json.dumps({"sent": a.count * len(streams), "seconds": round(took, 3)}), flush=True)
         return 0
     if len(streams) > 1 or a.dest:
-        res = receive_streams(streams, a.count, a.iface, a.idle_timeout,
+        res = receive_streams(streams, a.count, a.iface, a.idle_timeout, a.first_timeout,
                               ready=lambda: print("ready", flush=True))
         print(json.dumps({k: r.as_dict(a.count) for k, r in res.items()}), flush=True)
         return 0

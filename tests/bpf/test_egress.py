@@ -269,21 +269,29 @@ def test_egress(relay, egress, case):
 
         action, out = egress(case.frame, copy.iface)
 
-        where = f"copy {i} through {copy.iface}"
-        n = len(case.frame)
-        if copy.out is None:
-            assert action == DROP, where
-            v = abi.Verdict.EGRESS_DROP
-            verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
-        else:
-            assert action == PASS, where
-            assert out == copy.out, where
-            assert_checksums_valid(out)
-            packets_, bytes_ = outputs[copy.counted]
-            outputs[copy.counted] = (packets_ + 1, bytes_ + n)
-        assert verdict_counts(relay) == verdicts, where
-        assert output_counts(relay) == outputs, where
+        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted,
+                   f"copy {i} through {copy.iface}")
     assert rule_counts(relay) == rules  # the ingress counted the input packet already
+
+
+def check_copy(relay, verdicts, outputs, n: int, action: int, out: bytes, expected: bytes | None,
+               counted: tuple[int, int] | None, where: str) -> None:
+    """One copy through the egress: dropped and counted EGRESS_DROP
+    (expected None), or passed as expected with valid checksums and counted
+    for its output; verdicts and outputs are the counts before it."""
+    if expected is None:
+        assert action == DROP, where
+        v = abi.Verdict.EGRESS_DROP
+        verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
+    else:
+        assert action == PASS, where
+        assert out == expected, where
+        assert_checksums_valid(out)
+        if counted is not None:
+            packets_, bytes_ = outputs[counted]
+            outputs[counted] = (packets_ + 1, bytes_ + n)
+    assert verdict_counts(relay) == verdicts, where
+    assert output_counts(relay) == outputs, where
 
 
 @pytest.mark.parametrize("case", INGRESS_CASES, ids=lambda c: c.desc)
@@ -460,22 +468,10 @@ def test_egress_by_metadata(other_input, egress_meta, case):
         action, meta_out, out = egress_meta(case.frame, copy.iface, copy.meta)
 
         where = f"copy {i} through {copy.iface}"
-        n = len(case.frame)
-        if copy.out is None:
-            assert action == DROP, where
-            v = abi.Verdict.EGRESS_DROP
-            verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
-        else:
-            assert action == PASS, where
-            assert out == copy.out, where
-            assert_checksums_valid(out)
+        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted, where)
+        if action == PASS:
             ours = int.from_bytes(copy.meta[:4], "little") in (DONE, EGRESS)
             assert meta_out == (b"" if ours else copy.meta), f"{where}: our metadata leaves, others' stays"
-            if copy.counted is not None:
-                packets_, bytes_ = outputs[copy.counted]
-                outputs[copy.counted] = (packets_ + 1, bytes_ + n)
-        assert verdict_counts(relay) == verdicts, where
-        assert output_counts(relay) == outputs, where
     assert rule_counts(relay) == rules
 
 

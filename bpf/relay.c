@@ -192,9 +192,18 @@ out:
 	return action;
 }
 
+/* Only a frame to a multicast MAC can be ours: every other frame (the
+ * host's unicast traffic) goes on without touching its metadata area. */
+static __always_inline int multicast_mac(struct xdp_md *ctx)
+{
+	__u8 *dst = (void *)(long)ctx->data;
+
+	return (void *)(dst + 1) <= (void *)(long)ctx->data_end && (dst[0] & 1);
+}
+
 int mcr_relay(struct xdp_md *ctx)
 {
-	return forward(ctx, 1, meta_reserve(ctx));
+	return forward(ctx, 1, multicast_mac(ctx) && meta_reserve(ctx));
 }
 
 int mcr_relay_skb(struct xdp_md *ctx)

@@ -395,7 +395,7 @@ class Relay:
         self._update_config()
         return installed
 
-    def _set_fanout(self, rule_id: int, rule: Rule, links: dict[str, Link]) -> tuple:
+    def _set_fanout(self, rule_id: int, rule: Rule, links: dict[str, Link]) -> None:
         """Write a fan-out rule's devmap with the outputs that can take a
         frame first: up before down, then by MTU, largest first. Generic
         XDP clones a broadcast entry by entry and gives up at the first
@@ -403,11 +403,10 @@ class Relay:
         kernel/bpf/devmap.c dev_map_redirect_multi), so a dead output
         listed first would take every later one with it. Outputs on one
         interface keep the rule's order (the egress program tells them apart
-        by it). Returns the order written."""
+        by it)."""
         ifindexes = _delivery_order(rule, links)
         self.datapath.maps.set_fanout(rule_id, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
         self._fanout_order[rule_id] = ifindexes
-        return ifindexes
 
     def refresh_outputs(self) -> list[int]:
         """Re-order fan-out devmaps whose outputs went up, down or changed
@@ -423,7 +422,10 @@ class Relay:
             rule = installed.rule
             if rule_id not in self._fanout_order or any(o.iface not in links for o in rule.outputs):
                 continue
-            if _delivery_order(rule, links) != self._fanout_order[rule_id]:
+            order = _delivery_order(rule, links)
+            if sorted(order) != sorted(self._fanout_order[rule_id]):
+                continue  # an output was re-created under a new ifindex: the rule itself needs rewriting
+            if order != self._fanout_order[rule_id]:
                 self._set_fanout(rule_id, rule, links)
                 changed.append(rule_id)
         return changed

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -101,7 +102,7 @@ def _families(dests) -> list[list[str]]:
     return [group for group in (v4, v6) if group]
 
 
-def run_scenario(topo, scenario: Scenario, *relay_args: str, env: dict | None = None) -> dict:
+def run_scenario(topo, scenario: Scenario, *relay_args: str, env: dict | None = None, after_start=None) -> dict:
     """Start the relay, the receivers (expected streams and, on every sink,
     every input group as a leak detector), send every stream at once;
     return {sink index: {stream: result}}, the UDP checksum errors and the
@@ -109,6 +110,8 @@ def run_scenario(topo, scenario: Scenario, *relay_args: str, env: dict | None = 
     inputs = sorted({topo.relay_ins[i].name for i, _ in scenario.sends})
     rules = [a for r in scenario.rules for a in ("--rule", r)]
     relay = start_relay(topo, *inputs, *rules, *relay_args, env=env)
+    if after_start is not None:
+        after_start()
     sent = sorted({d for _, dests in scenario.sends for d in dests})
     receivers = []
     for i, want in enumerate(scenario.expect):
@@ -231,4 +234,16 @@ def test_dead_first_output_spares_the_others(chain, dead, mode):
     else:
         chain.exec(chain.relay_in.ns, "ip", "link", "set", "out0", "mtu", "300")
     res = run_scenario(chain, DEAD_FIRST, *MODES[mode])
+    assert_exact(res, DEAD_FIRST, ["239.1.1.1:5001"])
+
+
+@pytest.mark.parametrize("chain", [{"outputs": 2}], indirect=True)
+def test_first_output_going_down_moves_behind_the_others(chain):
+    """Generic XDP: an output that goes down while the relay runs is moved
+    behind the others at the next counter interval."""
+    def first_output_down():
+        chain.exec(chain.relay_in.ns, "ip", "link", "set", "out0", "down")
+        time.sleep(2.5 * SCALE)  # two --interval ticks
+
+    res = run_scenario(chain, DEAD_FIRST, *MODES["generic"], "--interval", "1", after_start=first_output_down)
     assert_exact(res, DEAD_FIRST, ["239.1.1.1:5001"])

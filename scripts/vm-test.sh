@@ -12,6 +12,8 @@
 #   VM_TESTS="tests/bpf tests/e2e"   what pytest runs in the guest
 #   PYTEST_ARGS=...   passed to pytest after VM_TESTS
 #   VM_CACHE=.cache/vm  where the kernel image is downloaded and unpacked
+#   MCR_TEST_TIMEOUT_SCALE=10  how much slower the guest is taken to be: the
+#                     e2e waits grow and the streams' rates shrink by it
 #
 # The kernel's ABI and version are those of the installed
 # linux-headers-6.1.0-*-amd64 package, so the headers bcc compiles against
@@ -100,6 +102,7 @@ fi
 kvm=(--disable-kvm) accel="software emulation"
 if [ "${VM_KVM:-0}" = 1 ]; then kvm=() accel=KVM; fi
 guest_env=(VENV="$VENV" VM_TESTS="$VM_TESTS" PYTEST_ARGS="${PYTEST_ARGS:-}" VM_CI="${CI:-}")
+[ -n "${MCR_TEST_TIMEOUT_SCALE:-}" ] && guest_env+=(MCR_TEST_TIMEOUT_SCALE="$MCR_TEST_TIMEOUT_SCALE")
 log "booting $kver ($version) under $accel, ${VM_MEM:-2G}, ${VM_CPUS:-2} CPUs; running pytest $VM_TESTS ${PYTEST_ARGS:-}"
 start=$SECONDS
 rc=0

@@ -101,7 +101,9 @@ fi
 
 kvm=(--disable-kvm) accel="software emulation"
 if [ "${VM_KVM:-0}" = 1 ]; then kvm=() accel=KVM; fi
-guest_env=(VENV="$VENV" VM_TESTS="$VM_TESTS" PYTEST_ARGS="${PYTEST_ARGS:-}" VM_CI="${CI:-}")
+# PYTHONPATH: the guest runs this tree's code (a git worktree too), not
+# whatever checkout the venv's editable install points at.
+guest_env=(PYTHONPATH="$ROOT" VENV="$VENV" VM_TESTS="$VM_TESTS" PYTEST_ARGS="${PYTEST_ARGS:-}" VM_CI="${CI:-}")
 [ -n "${MCR_TEST_TIMEOUT_SCALE:-}" ] && guest_env+=(MCR_TEST_TIMEOUT_SCALE="$MCR_TEST_TIMEOUT_SCALE")
 log "booting $kver ($version) under $accel, ${VM_MEM:-2G}, ${VM_CPUS:-2} CPUs; running pytest $VM_TESTS ${PYTEST_ARGS:-}"
 start=$SECONDS

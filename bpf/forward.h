@@ -113,6 +113,20 @@ static __always_inline struct mcr_rule *lookup_rule(struct mcr_config *cfg, stru
 	return mcr_rules.lookup(&p->key);
 }
 
+/* The rule of a parsed packet (verdict MCR_MATCH), or NULL with the
+ * verdict that says why not: the start every ingress program shares. */
+static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struct pkt *p, __u32 *verdict)
+{
+	struct mcr_rule *rule;
+
+	if (*verdict != MCR_MATCH)
+		return NULL;
+	rule = lookup_rule(cfg, p);
+	if (!rule)
+		*verdict = MCR_V_PASS_NO_RULE;
+	return rule;
+}
+
 /* The header fields of one output, written in place (eth: where the new
  * Ethernet header goes). Checksums are the caller's: XDP adds the deltas
  * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. */

@@ -113,13 +113,9 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	void *fanout;
 
 	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p);
-	if (verdict != MCR_MATCH)
+	rule = match_rule(cfg, &p, &verdict);
+	if (!rule)
 		goto out;
-	rule = lookup_rule(cfg, &p);
-	if (!rule) {
-		verdict = MCR_V_PASS_NO_RULE;
-		goto out;
-	}
 	if (may_steer) {
 		cpu = steer_cpu(cfg, &p);
 		/* A CPU without a cpumap entry: forward here rather than lose it. */

@@ -100,13 +100,9 @@ int mcr_tc_relay(struct __sk_buff *skb)
 	 * as not IP; so does this one. */
 	if (verdict == MCR_MATCH && p.tagged && skb->vlan_present)
 		verdict = MCR_V_PASS_NOT_IP;
-	if (verdict != MCR_MATCH)
+	rule = match_rule(cfg, &p, &verdict);
+	if (!rule)
 		goto out;
-	rule = lookup_rule(cfg, &p);
-	if (!rule) {
-		verdict = MCR_V_PASS_NO_RULE;
-		goto out;
-	}
 	action = TC_ACT_SHOT;
 	if (p.hops <= 1) {
 		verdict = MCR_V_DROP_TTL;

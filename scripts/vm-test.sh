@@ -34,6 +34,12 @@ if [ "${1:-}" = --in-guest ]; then
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
     modprobe veth
     [ -n "${VM_CI:-}" ] && export CI=$VM_CI
+    # The CLI package is the directory cli/, imported as mcr_xdp_cli: name it
+    # so on PYTHONPATH too, or the guest would run the checkout the venv's
+    # editable install points at (see guest_env below).
+    mkdir -p /tmp/vm-test-path
+    ln -sfn "$ROOT/cli" /tmp/vm-test-path/mcr_xdp_cli
+    export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/vm-test-path
     # Software emulation is ~20x slower: the e2e waits scale with this.
     export MCR_TEST_TIMEOUT_SCALE=${MCR_TEST_TIMEOUT_SCALE:-10}
     # shellcheck disable=SC2086 # VM_TESTS and PYTEST_ARGS are word lists

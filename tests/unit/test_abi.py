@@ -134,3 +134,31 @@ def test_python_constants_all_in_header():
     for name in dir(abi):
         if re.fullmatch(r"(ABI_VERSION|MAX_\w+|MAP_\w+|PROG_\w+|FAMILY_\w+)", name):
             assert f"MCR_{name}" in DEFINES, name
+
+
+# The header's layout as the compiler sees it (every size, offset and
+# constant the probe prints but the version itself), per ABI version. A
+# layout change without a bump of MCR_ABI_VERSION fails the first check; a
+# bump fails the second until the new layout is recorded here: pins, the
+# state file and (later) an adopted datapath are refused across versions
+# (pins.check_abi), which only protects anyone if the version moves.
+LAYOUTS = {
+    5: "9a6503aeb3f346d9f1eadef59868a0faa3239167bf08f4971c569891d10cb54e",
+}
+
+
+def _layout_digest(probe: dict) -> str:
+    import hashlib
+
+    layout = {k: v for k, v in probe.items() if k != "MCR_ABI_VERSION"}
+    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
+
+
+def test_layout_change_bumps_the_abi_version(probe):
+    digest = _layout_digest(probe)
+    assert probe["MCR_ABI_VERSION"] == abi.ABI_VERSION
+    recorded = LAYOUTS.get(abi.ABI_VERSION)
+    assert recorded is not None, (f"MCR_ABI_VERSION {abi.ABI_VERSION} has no recorded layout: add "
+                                  f"{abi.ABI_VERSION}: \"{digest}\" to LAYOUTS")
+    assert recorded == digest, (f"bpf/mcr_abi.h's layout changed but MCR_ABI_VERSION is still {abi.ABI_VERSION}: "
+                                "bump it (here, in bpf/mcr_abi.h and mcr_xdp/abi.py) and record the new layout")

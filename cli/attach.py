@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import time
 from typing import Annotated
 
 import typer
 
-from mcr_xdp import config as config_mod, control, stats
-from mcr_xdp.control import ControlServer
-from mcr_xdp.errors import McrError
+from mcr_xdp import config as config_mod
+from mcr_xdp import control, stats
+from mcr_xdp.daemon import Daemon
 from mcr_xdp.fallback import FANOUT_MODES
-from mcr_xdp.loader import Mode, XdpMode
 from mcr_xdp.maps import parse_cpu_list
-from mcr_xdp.metrics import MetricsServer, exposition
+from mcr_xdp.modes import Mode, XdpMode
 from mcr_xdp.relay import Relay, RelayConfig
 from mcr_xdp.rules import parse_rule
-from mcr_xdp.service import Service
 
 from . import render
 from .console import err, out
@@ -97,107 +92,66 @@ def attach(
 
     relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
                               workers=workers, fanout=fanout))
-    service = Service(relay, config)
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
-    old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    server = metrics = None
-    try:
-        relay.start()
-        server = ControlServer(path, service.handle)
-        server.add_reader(wake_r, "signal")
-        if metrics_addr:
-            metrics = MetricsServer(metrics_addr, lambda: exposition(relay.snapshot(), service.status()))
-            server.add_reader(metrics.sock, metrics.serve)
-        _announce(relay, path)
-        if metrics is not None:
-            out.print(f"metrics at http://{metrics.address[0]}:{metrics.address[1]}/metrics", markup=False)
+    with Daemon(relay, path, config, metrics_addr, interval) as daemon:
+        _announce(daemon)
         if tui:
             with LiveView(handle_sigterm=False) as view:
                 if view.stdin is not None:
-                    server.add_reader(view.stdin, "key")
-                _loop(relay, service, server, wake_r, interval, view)
+                    daemon.add_reader(view.stdin, "key")
+                daemon.run(ViewReport(daemon, view))
         else:
-            _loop(relay, service, server, wake_r, interval)
-    finally:
-        if metrics is not None:
-            metrics.close()
-        if server is not None:
-            server.close()
-        relay.stop()
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
+            daemon.run(LineReport(daemon))
+        out.print(render.counter_line(relay.snapshot(), None), markup=False)
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
 
 
-def _announce(relay: Relay, path: str) -> None:
-    for a in relay.attachments.values():
-        if a.notice:
-            err.print(f"mcr-xdp: notice: {a.notice}", markup=False)
-    installed = list(relay.rules.values())
-    for line in render.attach_lines(list(relay.attachments.values()), installed[:SHOWN_RULES]):
+def _announce(daemon: Daemon) -> None:
+    st = daemon.service.status()
+    for i in st["interfaces"]:
+        if i["notice"]:
+            err.print(f"mcr-xdp: notice: {i['notice']}", markup=False)
+    for line in render.attach_lines(st, SHOWN_RULES):
         out.print(line, markup=False)
-    st = relay.status()
-    if st.get("steering"):
-        out.print(f"steering flows over CPUs {','.join(map(str, st['steering']['cpus']))}", markup=False)
-    if st.get("userspace"):
-        us = st["userspace"]
-        groups = ", ".join(f"{name} group {gid}" for name, gid in us["fanout_groups"].items())
-        out.print(f"userspace: {len(us['workers'])} workers, fanout {us['fanout']} ({groups})", markup=False)
-    if len(installed) > SHOWN_RULES:
-        out.print(f"... and {len(installed) - SHOWN_RULES} more rules (mcr-xdp rule list)", markup=False)
-    out.print(f"control socket {path}", markup=False)
+    if daemon.metrics is not None:
+        host, port = daemon.metrics.address
+        out.print(f"metrics at http://{host}:{port}/metrics", markup=False)
+    out.print(f"control socket {daemon.socket_path}", markup=False)
     out.print("relaying; Ctrl-C or SIGTERM detaches", markup=False)
 
 
-def _loop(relay: Relay, service: Service, server: ControlServer, wake, interval: float,
-          view: LiveView | None = None) -> None:
-    """Serve the control socket and signals; every interval print a counter
-    line (or refresh the live view) until SIGINT, SIGTERM or q."""
-    prev = relay.snapshot()
-    if view is not None:
-        view.update(prev, service.status())
-    deadline = time.monotonic() + interval
-    while True:
-        woke = server.poll(max(0.0, deadline - time.monotonic()))
-        if "key" in woke and view.quit_pressed():
-            break
-        if "signal" in woke:
-            try:
-                signums = wake.recv(64)
-            except BlockingIOError:
-                signums = b""
-            if signal.SIGHUP in signums:
-                _reload(service)
-            if signal.SIGINT in signums or signal.SIGTERM in signums:
-                break
-        if time.monotonic() < deadline:
-            continue
-        deadline += interval
-        try:
-            relay.refresh_outputs()
-        except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
-            err.print(f"mcr-xdp: could not re-check the outputs: {exc}", markup=False)
-        cur = relay.snapshot()
-        if view is not None:
-            view.update(cur, service.status())
-        else:
+class LineReport:
+    """A counter line every interval (daemon.Reporter)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def tick(self, prev, cur, status) -> None:
+        if prev is not None:
             out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
-        prev = cur
-    out.print(render.counter_line(relay.snapshot(), None), markup=False)
+
+    def reloaded(self, result, error) -> None:
+        if error is not None:
+            err.print(f"mcr-xdp: reload failed, rules unchanged: {error}", markup=False)
+            return
+        out.print(f"reloaded {self.daemon.service.config_path}: {len(result['added'])} added, "
+                  f"{len(result['removed'])} removed, {len(result['changed'])} changed", markup=False)
+
+    def warn(self, text: str) -> None:
+        err.print(f"mcr-xdp: {text}", markup=False)
+
+    def wants_quit(self, woke) -> bool:
+        return False
 
 
-def _reload(service: Service) -> None:
-    try:
-        result = service.reload()
-    except McrError as exc:
-        err.print(f"mcr-xdp: reload failed, rules unchanged: {exc}", markup=False)
-        return
-    out.print(f"reloaded {service.config_path}: {len(result['added'])} added, {len(result['removed'])} removed, "
-              f"{len(result['changed'])} changed", markup=False)
+class ViewReport(LineReport):
+    """The live view, refreshed every interval; q quits."""
+
+    def __init__(self, daemon: Daemon, view: LiveView):
+        super().__init__(daemon)
+        self.view = view
+
+    def tick(self, prev, cur, status) -> None:
+        self.view.update(cur, status)
+
+    def wants_quit(self, woke) -> bool:
+        return "key" in woke and self.view.quit_pressed()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from mcr_xdp.loader import Attachment
-from mcr_xdp.relay import InstalledRule
+from mcr_xdp.modes import Mode
 from mcr_xdp.stats import Rates, Snapshot
 
 
@@ -41,21 +40,39 @@ def status(st: dict) -> list:
     for col in ("interface", "mode", "program", "rules", "joins"):
         table.add_column(col, justify="right" if col in ("program", "rules", "joins") else "left")
     for i in st["interfaces"]:
-        table.add_row(i["name"], i["mode"], str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
+        table.add_row(i["name"], mode_text(i), str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
     return [head, table, rule_list(st["rules"])]
 
 
-def attach_line(a: Attachment) -> str:
-    """What one input runs, as printed at attach."""
-    if a.mode in ("native", "generic"):
-        return f"attached {a.ifname}: XDP {a.mode} mode, program id {a.prog_id}"
-    if a.mode == "tc":
-        return f"attached {a.ifname}: TC mode (clsact ingress), program id {a.prog_id}"
-    return f"attached {a.ifname}: userspace mode (PACKET_FANOUT workers)"
+def mode_text(i: dict) -> str:
+    """An input's mode as status lists it; a killed relay's input whose
+    program is gone says so."""
+    return i["mode"] + ("" if i.get("attached", True) else " (detached)")
 
 
-def attach_lines(attachments: list[Attachment], rules: list[InstalledRule]) -> list[str]:
-    return [attach_line(a) for a in attachments] + [f"rule {r.rule_id}: {r.rule}" for r in rules]
+def attach_line(i: dict) -> str:
+    """What one input (of status's "interfaces") runs, as printed at attach."""
+    mode = Mode(i["mode"])
+    if mode.is_xdp:
+        return f"attached {i['name']}: XDP {mode.value.removeprefix('xdp-')} mode, program id {i['prog_id']}"
+    if mode == Mode.TC:
+        return f"attached {i['name']}: TC mode (clsact ingress), program id {i['prog_id']}"
+    return f"attached {i['name']}: userspace mode (PACKET_FANOUT workers)"
+
+
+def attach_lines(status: dict, shown_rules: int) -> list[str]:
+    rules = status["rules"]
+    lines = [attach_line(i) for i in status["interfaces"]]
+    lines += [f"rule {r['id']}: {r['rule']}" for r in rules[:shown_rules]]
+    if status.get("steering"):
+        lines.append(f"steering flows over CPUs {','.join(map(str, status['steering']['cpus']))}")
+    if status.get("userspace"):
+        us = status["userspace"]
+        groups = ", ".join(f"{name} group {gid}" for name, gid in us["fanout_groups"].items())
+        lines.append(f"userspace: {len(us['workers'])} workers, fanout {us['fanout']} ({groups})")
+    if len(rules) > shown_rules:
+        lines.append(f"... and {len(rules) - shown_rules} more rules (mcr-xdp rule list)")
+    return lines
 
 
 def counter_line(snap: Snapshot, rates: Rates | None) -> str:
@@ -75,7 +92,7 @@ def _bar(share: float, width: int = 20) -> str:
 
 
 def header(snap: Snapshot, rates: Rates | None, status: dict) -> Text:
-    ifaces = ", ".join(f"{i['name']} ({i['mode']}, prog {i['prog_id']})" for i in status.get("interfaces", []))
+    ifaces = ", ".join(f"{i['name']} ({mode_text(i)}, prog {i['prog_id']})" for i in status.get("interfaces", []))
     text = Text.assemble(
         ("mcr-xdp", "bold"), f"  up {duration(status.get('uptime', 0))}",
         f"  CPUs {status.get('cpus', len(snap.cpus))}", f"  inputs {ifaces or '-'}",

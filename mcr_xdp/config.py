@@ -25,8 +25,8 @@ import tomllib
 from pathlib import Path
 
 from .errors import McrError, UsageError
-from .loader import Mode, XdpMode
 from .maps import parse_cpu_list
+from .modes import Mode, XdpMode
 from .rules import Rule, parse_rule
 
 TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "inputs"}
@@ -89,7 +89,8 @@ def load(path: str | Path) -> FileConfig:
         try:
             cfg.xdp_mode = XdpMode(data["xdp_mode"])
         except ValueError:
-            fail(_line_of(lines, r"^\s*xdp_mode\s*="), "xdp_mode", f"{data['xdp_mode']!r} is not one of auto, native, generic")
+            fail(_line_of(lines, r"^\s*xdp_mode\s*="), "xdp_mode",
+                 f"{data['xdp_mode']!r} is not one of auto, native, generic")
     if "mode" in data:
         try:
             cfg.mode = Mode(data["mode"])
@@ -110,7 +111,8 @@ def load(path: str | Path) -> FileConfig:
         from .fallback import FANOUT_MODES
 
         if data["fanout"] not in FANOUT_MODES:
-            fail(_line_of(lines, _key("fanout")), "fanout", f"{data['fanout']!r} is not one of {', '.join(FANOUT_MODES)}")
+            fail(_line_of(lines, _key("fanout")), "fanout",
+                 f"{data['fanout']!r} is not one of {', '.join(FANOUT_MODES)}")
         cfg.fanout = data["fanout"]
     if "control_socket" in data:
         if not isinstance(data["control_socket"], str) or not data["control_socket"].startswith("/"):

@@ -9,15 +9,15 @@ netlink (pyroute2).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import errno
 import os
 from pathlib import Path
 
 from . import abi, libbpf
-from .errors import AttachError, BusyError, SetupError, UsageError
+from .errors import AttachError, BusyError, SetupError
 from .features import require_toolchain
 from .maps import Maps, possible_cpus
+from .modes import Mode
 
 MAP_NAMES = (
     abi.MAP_RULES,
@@ -40,58 +40,16 @@ MAP_NAMES = (
 DATAPATH_SOURCES = ("forward.h", "relay.c", "tc_relay.c")
 
 
-class XdpMode(str, enum.Enum):
-    """--xdp-mode, the older spelling of the XDP choices of --mode."""
-
-    AUTO = "auto"
-    NATIVE = "native"
-    GENERIC = "generic"
-
-
-class Mode(str, enum.Enum):
-    """How an input interface relays: the mode ladder, fastest first."""
-
-    AUTO = "auto"
-    XDP_NATIVE = "xdp-native"
-    XDP_GENERIC = "xdp-generic"
-    TC = "tc"
-    USERSPACE = "userspace"
-
-
-LADDER = (Mode.XDP_NATIVE, Mode.XDP_GENERIC, Mode.TC, Mode.USERSPACE)
-BPF_MODES = (Mode.XDP_NATIVE, Mode.XDP_GENERIC, Mode.TC)
-
-# For tests: modes named here (comma-separated) fail to load as if the
-# kernel refused them, so the ladder's fall-through can be exercised.
-FAIL_MODES_ENV = "MCR_XDP_FAIL_MODES"
-
-
-def failing_modes() -> set[str]:
-    return {m.strip() for m in os.environ.get(FAIL_MODES_ENV, "").split(",") if m.strip()}
-
-
-def ladder(mode: Mode | None, xdp_mode: XdpMode | None = None) -> tuple[Mode, ...]:
-    """The modes to try, in order. --mode wins; --xdp-mode native|generic is
-    an alias for xdp-native|xdp-generic; auto (either) is the whole ladder."""
-    if mode is not None and xdp_mode not in (None, XdpMode.AUTO):
-        alias = Mode(f"xdp-{xdp_mode.value}")
-        if mode not in (Mode.AUTO, alias):
-            raise UsageError(f"--mode {mode.value} and --xdp-mode {xdp_mode.value} disagree: give one of them")
-        return (alias,)
-    if mode is None or mode == Mode.AUTO:
-        if xdp_mode in (None, XdpMode.AUTO):
-            return LADDER
-        return (Mode(f"xdp-{xdp_mode.value}"),)
-    return (mode,)
-
-
-_ATTACHED_MODE = {
+# How the kernel says an XDP program is attached; the relay's own modes
+# are two of them (offload and several at once are someone else's).
+_ATTACHED_KIND = {
     libbpf.XDP_ATTACHED_DRV: "native",
     libbpf.XDP_ATTACHED_SKB: "generic",
     libbpf.XDP_ATTACHED_HW: "offload",
     libbpf.XDP_ATTACHED_MULTI: "multi",
 }
-_MODE_FLAGS = {"native": libbpf.XDP_FLAGS_DRV_MODE, "generic": libbpf.XDP_FLAGS_SKB_MODE}
+_KIND_MODE = {"native": Mode.XDP_NATIVE, "generic": Mode.XDP_GENERIC}
+_MODE_FLAGS = {Mode.XDP_NATIVE: libbpf.XDP_FLAGS_DRV_MODE, Mode.XDP_GENERIC: libbpf.XDP_FLAGS_SKB_MODE}
 
 
 def bpf_dir() -> Path:
@@ -143,9 +101,9 @@ class Datapath:
         self.maps = Maps({name: self._bpf[name.encode()].map_fd for name in MAP_NAMES})
         self.maps.set_config(ssm_rules=0)
 
-    def xdp_fd(self, mode: str) -> int:
-        """The ingress program for an XDP mode ("native" or "generic")."""
-        return self.generic_fd if mode == "generic" else self.prog_fd
+    def xdp_fd(self, mode: Mode) -> int:
+        """The ingress program for an XDP mode."""
+        return self.generic_fd if mode == Mode.XDP_GENERIC else self.prog_fd
 
     def load_func(self, name: str) -> int:
         """The fd of another XDP program of the same object (tests: the
@@ -200,27 +158,17 @@ def _first_line(exc: Exception) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Attachment:
-    ifindex: int
-    ifname: str
-    mode: str  # "native" or "generic" (XDP), "tc", "userspace"
-    prog_id: int  # 0 in userspace mode
-    notice: str = ""  # why the mode differs from the one asked for
-    tried: tuple[tuple[str, str], ...] = ()  # (mode, why it was not used), in ladder order
-
-    @property
-    def mode_name(self) -> str:
-        """The mode as --mode spells it: xdp-native, xdp-generic, tc, userspace."""
-        return f"xdp-{self.mode}" if self.mode in ("native", "generic") else self.mode
-
-
-@dataclasses.dataclass(frozen=True)
 class Attached:
     """What an interface carries now."""
 
     prog_id: int
-    mode: str
+    kind: str  # as the kernel attached it: native, generic, offload, multi
     name: str
+
+    @property
+    def mode(self) -> Mode | None:
+        """The relay mode this attachment is (None: not one of the relay's)."""
+        return _KIND_MODE.get(self.kind)
 
 
 def attached(ifindex: int) -> Attached | None:
@@ -228,7 +176,7 @@ def attached(ifindex: int) -> Attached | None:
     if not q.prog_id and not (q.drv_prog_id or q.skb_prog_id or q.hw_prog_id):
         return None
     prog_id = q.prog_id or q.drv_prog_id or q.skb_prog_id or q.hw_prog_id
-    return Attached(prog_id, _ATTACHED_MODE.get(q.attach_mode, "unknown"), libbpf.prog_name(prog_id))
+    return Attached(prog_id, _ATTACHED_KIND.get(q.attach_mode, "unknown"), libbpf.prog_name(prog_id))
 
 
 def detach(ifindex: int, ifname: str, only_prog_id: int | None = None) -> Attached | None:
@@ -286,10 +234,10 @@ def tc_attached(ifindex: int) -> TcFilter | None:
     return None
 
 
-def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> tuple[Attachment, bool]:
+def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> bool:
     """Attach the TC program to ifindex's clsact ingress hook, creating the
-    clsact qdisc if the interface has none. Returns the attachment and
-    whether the qdisc was created (then tc_detach removes it too)."""
+    clsact qdisc if the interface has none. Returns whether the qdisc was
+    created (then tc_detach removes it too)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -311,7 +259,7 @@ def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> tuple[Attachment, bool
             if created:
                 _del_clsact(ipr, ifindex)
             raise AttachError(f"cannot attach the TC program to {ifname}: {os.strerror(exc.code)}") from None
-    return Attachment(ifindex, ifname, "tc", libbpf.prog_id(prog_fd)), created
+    return created
 
 
 def _del_clsact(ipr, ifindex: int) -> None:
@@ -349,12 +297,11 @@ def tc_detach(ifindex: int, ifname: str, remove_qdisc: bool | None = None) -> Tc
     return dataclasses.replace(found, qdisc_created=bool(remove_qdisc))
 
 
-def xdp_attach(ifindex: int, ifname: str, prog_fd: int, mode: str) -> Attachment:
-    """Attach prog_fd in one XDP mode ("native" or "generic"), nothing else."""
+def xdp_attach(ifindex: int, ifname: str, prog_fd: int, mode: Mode) -> None:
+    """Attach prog_fd in one XDP mode, nothing else."""
     try:
         libbpf.xdp_attach(ifindex, prog_fd, libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[mode])
     except OSError as exc:
         if exc.errno in (errno.EBUSY, errno.EEXIST):
             raise BusyError(f"{ifname} already has an XDP program") from None
-        raise AttachError(f"{ifname} refused {mode} XDP: {exc.strerror}") from None
-    return Attachment(ifindex, ifname, mode, libbpf.prog_id(prog_fd))
+        raise AttachError(f"{ifname} refused {mode.value.removeprefix('xdp-')} XDP: {exc.strerror}") from None

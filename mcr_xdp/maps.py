@@ -126,6 +126,12 @@ class Maps:
         per_verdict = [self._percpu(abi.MAP_VERDICTS, v, abi.Counter) for v in range(abi.VERDICT_MAX)]
         return [[per_verdict[v][cpu] for v in range(abi.VERDICT_MAX)] for cpu in range(self.ncpus)]
 
+    def cpu_totals(self) -> list[tuple[int, int]]:
+        """(packets seen, packets forwarded) per CPU (backends.CounterSource)."""
+        forward = (abi.Verdict.REDIRECT, abi.Verdict.REDIRECT_MULTI)
+        return [(sum(c.packets for c in per), sum(per[v].packets for v in forward))
+                for per in self.verdicts_per_cpu()]
+
     def rule_counters(self, rule_id: int) -> abi.RuleCounters:
         return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
 

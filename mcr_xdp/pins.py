@@ -2,9 +2,11 @@
 
 The relay pins its datapath maps under /sys/fs/bpf/mcr-xdp/INSTANCE/ and
 writes /run/mcr-xdp/INSTANCE.state.json naming its rules, inputs and
-programs (bpffs holds only BPF objects), and removes both when it stops. A relay killed with SIGKILL leaves its XDP program attached and
-forwarding with the rules it had; `mcr-xdp stats` then reads these pins,
-and `mcr-xdp detach` removes the program and the pins.
+programs (bpffs holds only BPF objects), and removes both when it stops.
+A relay killed with SIGKILL leaves its program attached and forwarding with
+the rules it had; `mcr-xdp stats` then reads these pins (refused when
+another datapath ABI version wrote them), and `mcr-xdp detach` removes the
+program and the pins.
 
 Inside `ip netns exec` /sys is a fresh mount without bpffs: the relay
 mounts one there, private to that mount namespace, so the pins go with it.
@@ -18,14 +20,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import libbpf
+from . import abi, libbpf
 from .errors import McrError
 from .maps import Maps
+from .modes import Mode
 
 BPFFS = Path("/sys/fs/bpf")
 ROOT = BPFFS / "mcr-xdp"
 STATE_DIR = Path("/run/mcr-xdp")
 BPFFS_MAGIC = 0xCAFE4A11
+STATE_VERSION = 2  # the state file's own layout; the maps' is abi.ABI_VERSION
+
+
+class AbiMismatch(McrError):
+    """Pins written by a datapath of another ABI version: their maps' layout
+    is not the one this mcr-xdp reads."""
 
 
 def is_bpffs(path: Path) -> bool:
@@ -58,6 +67,48 @@ def pin(instance: str, map_fds: dict[str, int], state: dict) -> Path:
         libbpf.obj_pin(fd, str(directory / name))
     write_state(instance, state)
     return directory
+
+
+def make_state(pid: int, started: float, inputs: dict, rules: dict) -> dict:
+    """The state a relay writes beside its pins. inputs: name -> (ifindex,
+    prog_id, Mode); rules: id -> rules.Rule."""
+    return {
+        "version": STATE_VERSION,
+        "abi_version": abi.ABI_VERSION,
+        "pid": pid,
+        "started": started,
+        "inputs": {name: {"ifindex": ifindex, "prog_id": prog_id, "mode": mode.value}
+                   for name, (ifindex, prog_id, mode) in inputs.items()},
+        "rules": {str(i): str(r) for i, r in rules.items()},
+    }
+
+
+def check_abi(found: dict, where: Path) -> None:
+    """Refuse pins (or a datapath) of another ABI version: reading their maps
+    with this layout would show wrong numbers."""
+    version = found.get("abi_version")
+    if version != abi.ABI_VERSION:
+        raise AbiMismatch(
+            f"the pinned maps in {where} are of datapath ABI version {version if version is not None else 'unknown'}"
+            f" (an older or newer mcr-xdp); this mcr-xdp reads version {abi.ABI_VERSION}: read them with the "
+            "mcr-xdp that pinned them, or `mcr-xdp detach IFACE` to remove that relay's program and pins")
+
+
+def still_attached(info: dict) -> bool:
+    """Whether a killed relay's input (its state entry) still carries the
+    relay's program."""
+    from . import loader
+
+    try:
+        mode = Mode(info.get("mode"))
+    except ValueError:
+        return False
+    if mode.is_xdp:
+        current = loader.attached(info["ifindex"])
+        return current is not None and current.prog_id == info["prog_id"]
+    if mode == Mode.TC:  # the kernel's filter dump through pyroute2 names no program id: the name must do
+        return loader.tc_attached(info["ifindex"]) is not None
+    return False  # userspace workers end with their relay
 
 
 def state_path(instance: str) -> Path:
@@ -116,49 +167,39 @@ class PinnedMaps(Maps):
 
 def read_stats(instance: str):
     """(Snapshot, status) of a relay that is gone, from its pins; None if
-    it left none."""
+    it left none. AbiMismatch if another version of the datapath wrote them."""
     from . import loader, stats
     from .links import counters
     from .rules import parse_rule
+    from .status import InputStatus, document
 
-    state = read_state(instance)
-    if state is None:
+    found = read_state(instance)
+    if found is None:
         return None
-    rules = {int(i): parse_rule(text) for i, text in state["rules"].items()}
+    check_abi(found, pin_dir(instance))
+    rules = {int(i): parse_rule(text) for i, text in found["rules"].items()}
     maps = PinnedMaps(instance, loader.MAP_NAMES)
     try:
-        names = [*state["inputs"], *(o.iface for r in rules.values() for o in r.outputs)]
-        snap = stats.collect(maps, rules, links=counters(names))
+        names = [*found["inputs"], *(o.iface for r in rules.values() for o in r.outputs)]
+        snap = stats.collect([maps], rules, links=counters(names))
     finally:
         maps.close()
-    interfaces = []
-    for name, info in state["inputs"].items():
-        current = loader.attached(info["ifindex"])
-        still = current is not None and current.prog_id == info["prog_id"]
-        interfaces.append({"name": name, "ifindex": info["ifindex"], "prog_id": info["prog_id"],
-                           "mode": f"xdp-{info['mode']}" + ("" if still else " (detached)"),
-                           "rules": sum(1 for r in rules.values() if r.iface == name), "joins": 0})
-    status = {
-        "uptime": 0, "interfaces": interfaces, "cpus": maps.ncpus,
-        "rules": [{"id": i, "rule": str(r)} for i, r in sorted(rules.items())],
-        "notices": [f"the relay (pid {state['pid']}) is gone: counters from its pinned maps in {pin_dir(instance)}; "
-                    "its XDP program still forwards with these rules, without group joins; "
-                    "`mcr-xdp detach IFACE` removes it"],
-        "pinned": str(pin_dir(instance)),
-    }
-    return snap, status
+    inputs = [InputStatus(name, info["ifindex"], Mode(info["mode"]), info["prog_id"],
+                          rules=sum(1 for r in rules.values() if r.iface == name), attached=still_attached(info))
+              for name, info in found["inputs"].items()]
+    gone = (f"the relay (pid {found['pid']}) is gone: counters from its pinned maps in {pin_dir(instance)}; "
+            "its program still forwards with these rules, without group joins; "
+            "`mcr-xdp detach IFACE` removes it")
+    return snap, document(0, inputs, rules, notices=[gone],
+                          parts=[{"cpus": maps.ncpus, "pinned": str(pin_dir(instance))}])
 
 
 def remove_if_orphaned(instance: str) -> bool:
     """Remove the pins of a relay none of whose programs is attached any
     more (after `mcr-xdp detach`). Returns whether they were removed."""
-    from . import loader
-
-    state = read_state(instance)
-    if state is None:
+    found = read_state(instance)
+    if found is None:
         return False
-    for info in state["inputs"].values():
-        current = loader.attached(info["ifindex"])
-        if current is not None and current.prog_id == info["prog_id"]:
-            return False
+    if any(still_attached(info) for info in found["inputs"].values()):
+        return False
     return remove(instance)

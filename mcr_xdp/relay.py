@@ -1,19 +1,18 @@
-"""The facade the CLI and the control socket call: one relay = one loaded
-datapath, the input interfaces it is attached to, its rules and its group
-memberships.
+"""The facade the CLI and the control socket call: one relay = its input
+interfaces, its rules, its group memberships and the backends that move
+its packets (mcr_xdp.backends).
 
-Each input runs in the first mode of the ladder (loader.LADDER: native XDP,
-generic XDP, TC, userspace) that loads there; the three BPF modes share one
-compiled object and its maps, the userspace mode is a set of worker
-processes (mcr_xdp.fallback) that get the same rules. Rules go to every
-datapath the relay runs, so an input in any mode sees them all.
+Each input runs in the first mode of the ladder (modes.LADDER: native XDP,
+generic XDP, TC, userspace) that works there, on the backend of that mode;
+the relay opens a backend when an input first tries one of its modes and
+gives it every rule, so an input in any mode sees them all.
 
 Every change is checked in full before it touches the kernel, and applied in
-an order that never disturbs other rules: a new rule's fan-out map and group
-join exist before its map entry makes it live; a deleted rule stops matching
-before its outputs and joins go. start() writes every rule before it
-attaches, so the first packet already sees them, and undoes what it did if a
-later step fails; stop() is idempotent and safe after a partial start.
+an order that never disturbs other rules: a new rule's group is joined before
+any backend makes it live; a deleted rule stops matching before its joins go.
+start() writes every rule before it attaches, so the first packet already
+sees them, and undoes what it did if a later step fails; stop() is
+idempotent and safe after a partial start.
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ import dataclasses
 import os
 import time
 
-from . import abi, encode, features, libbpf, loader, pins, stats
+from . import abi, features, pins, stats
+from .backends import Attachment, Backend, InstalledRule, Losses, backend_class
 from .control import instance_name
 from .errors import AttachError, BusyError, McrError, RuleError, UsageError
 from .igmp import JoinPool
-from .links import Link, generic_xdp_vlan_blind, lookup
+from .links import Link, all_links, lookup
 from .links import counters as link_counters
-from .loader import Attachment, Datapath, Mode, XdpMode
+from .modes import FAIL_MODES_ENV, Mode, XdpMode, failing_modes, ladder
 from .rules import Rule, diff, validate
+from .status import InputStatus, document
 
 
 @dataclasses.dataclass
@@ -38,45 +39,24 @@ class RelayConfig:
     rules: list[Rule]
     xdp_mode: XdpMode = XdpMode.AUTO
     instance: str | None = None  # pin directory name; None: this namespace's (control.instance_name)
-    mode: Mode | None = None  # None: from xdp_mode (loader.ladder)
+    mode: Mode | None = None  # None: from xdp_mode (modes.ladder)
     steer_cpus: tuple[int, ...] = ()  # XDP: hash flows over these CPUs (cpumap)
     workers: int | None = None  # userspace: worker processes (None: one per CPU)
     fanout: str = "hash"  # userspace: PACKET_FANOUT mode (hash, cpu, lb)
 
 
-@dataclasses.dataclass(frozen=True)
-class InstalledRule:
-    rule_id: int
-    rule: Rule
-    ifindex: int  # of the input interface, as the map key holds it
-
-
-def _delivery_order(rule: Rule, links: dict[str, Link]) -> tuple[int, ...]:
-    """The ifindexes of rule's outputs as its fan-out devmap lists them: up
-    before down, then by MTU, largest first; a stable sort, so outputs on
-    one interface keep the rule's order (Relay._set_fanout)."""
-    outs = [links[o.iface] for o in rule.outputs]
-    return tuple(link.ifindex for link in sorted(outs, key=lambda link: (not link.up, -link.mtu)))
-
-
 class Relay:
     def __init__(self, config: RelayConfig):
         self.config = config
-        self.datapath: Datapath | None = None
+        self.ladder: tuple[Mode, ...] = ()
         self.attachments: dict[str, Attachment] = {}
         self.rules: dict[int, InstalledRule] = {}
         self.joins: dict[str, JoinPool] = {}
+        self.backends: dict[type, Backend] = {}  # backend class -> the open backend
+        self._unavailable: dict[type, str] = {}  # backend class -> why it did not open
+        self._runs_on: dict[str, Backend] = {}  # input name -> its backend
         self.started_at: float | None = None
-        self.tracer = None
-        self.tracer_notice = ""
-        self.pinned: str | None = None  # pins.pin_dir of this relay, once pinned
-        self.pin_notice = ""
-        self._slots: dict[int, int] = {}  # output ifindex -> devmap slot (single-output rules)
-        self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
-        self.ladder: tuple[Mode, ...] = ()
-        self.bpf_error = ""  # why the BPF modes can't be used, when the datapath failed to load
-        self.fallback = None  # fallback.Fallback, once an input runs in userspace mode
-        self._tc_qdiscs: set[int] = set()  # ifindexes whose clsact qdisc this relay added
+        self.pinned: str | None = None  # where the pinned maps are, once pinned
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -84,17 +64,18 @@ class Relay:
         features.require_root("attaching the relay")
         cfg = self.config
         links = self._check(cfg.rules, cfg.interfaces)
-        self.ladder = loader.ladder(cfg.mode, cfg.xdp_mode)
+        self.ladder = ladder(cfg.mode, cfg.xdp_mode)
         self._check_options()
         for name in cfg.interfaces:
-            self._check_free(links[name])
+            for cls in dict.fromkeys(backend_class(m) for m in self.ladder):
+                cls.check_free(links[name])
         try:
-            self._load_datapath()
+            self._open_first()
             for rule in cfg.rules:
                 self._install(rule, links)
             for name in cfg.interfaces:
                 self._attach(links[name])
-            self._drop_unused_datapath()
+            self._close_unused()
             self.started_at = time.monotonic()
             self._pin()
         except BaseException:
@@ -103,32 +84,23 @@ class Relay:
         return list(self.attachments.values())
 
     def stop(self) -> None:
-        """Detach, leave the groups, free the datapath. Safe to call twice."""
+        """Detach, leave the groups, close the backends. Safe to call twice."""
         errors = []
-        for att in self.attachments.values():
+        for name, att in self.attachments.items():
             try:
-                self._detach(att)
+                self._runs_on[name].detach(att)
             except McrError as exc:
                 errors.append(exc)
         self.attachments.clear()
-        if self.fallback is not None:
-            self.fallback.close()
-            self.fallback = None
+        self._runs_on.clear()
+        for backend in self.backends.values():
+            backend.close()
+        self.backends.clear()
         for pool in self.joins.values():
             pool.close()
         self.joins.clear()
         self.rules.clear()
-        self._slots.clear()
-        self._fanout_order.clear()
-        if self.datapath is not None:
-            self.datapath.close()
-            self.datapath = None
-        if self.tracer is not None:
-            self.tracer.close()
-            self.tracer = None
-        if self.pinned is not None:
-            pins.remove(self.instance)
-            self.pinned = None
+        self.pinned = None
         if errors:
             raise errors[0]
 
@@ -161,7 +133,7 @@ class Relay:
 
     def _check_options(self) -> None:
         cfg = self.config
-        if cfg.steer_cpus and not any(m in (Mode.XDP_NATIVE, Mode.XDP_GENERIC) for m in self.ladder):
+        if cfg.steer_cpus and not any(m.is_xdp for m in self.ladder):
             raise UsageError("--steer-cpus steers XDP: it does not apply to --mode "
                              + "/".join(m.value for m in self.ladder))
         online = os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))
@@ -174,139 +146,78 @@ class Relay:
             raise UsageError("--workers and --fanout are for the userspace mode: they do not apply to --mode "
                              + "/".join(m.value for m in self.ladder))
 
-    def _check_free(self, link: Link) -> None:
-        """Nothing of a relay on link yet: an XDP program or the relay's TC
-        filter (a running relay's, or one a killed relay left behind)."""
-        if not any(m in loader.BPF_MODES for m in self.ladder):
-            return
-        try:
-            current = loader.attached(link.ifindex)
-        except McrError:
-            current = None  # no libbpf: no BPF mode will load either
-        if current is not None:
-            raise BusyError(
-                f"{link.name} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}); "
-                f"a relay may be running there: stop it or run `mcr-xdp detach {link.name}`"
-            )
-        if loader.tc_attached(link.ifindex) is not None:
-            raise BusyError(f"{link.name} already has the relay's TC filter; a relay may be running there: "
-                            f"stop it or run `mcr-xdp detach {link.name}`")
+    # -- backends and inputs -----------------------------------------------
 
-    def _load_datapath(self) -> None:
-        """The BPF datapath, if the ladder has a BPF mode. If it can't load,
-        those modes are out and the reason goes with each attachment; with
-        no other mode left, that is the error."""
-        if not any(m in loader.BPF_MODES for m in self.ladder):
-            return
+    def _open_first(self) -> None:
+        """The backend of the ladder's first mode opens before any rule is
+        written, so the first packet on an input already sees them all. If
+        it can't, its modes are out and the reason goes with each input;
+        with no other backend in the ladder, that is the error."""
+        cls = backend_class(self.ladder[0])
         try:
-            features.require_toolchain()
-            features.require_kernel()
-            self.datapath = Datapath()
+            self._open(cls)
         except McrError as exc:
-            if Mode.USERSPACE not in self.ladder:
+            if all(backend_class(m) is cls for m in self.ladder):
                 raise
-            self.bpf_error = str(exc)
-            return
-        self._start_tracer()
-        if self.config.steer_cpus:
-            self.datapath.set_steering(self.config.steer_cpus)
-            if self.tracer is not None and self.config.steer_cpus:
-                self.tracer.watch_prog(libbpf.prog_id(self.datapath.cpu_fd))
+            self._unavailable[cls] = str(exc)
+
+    def _open(self, cls: type) -> Backend:
+        """Open a backend and give it every rule installed so far."""
+        backend = cls.open(self.config)
+        try:
+            if self.rules:
+                links = lookup(dict.fromkeys(n for r in self.rules.values() for n in _names(r.rule)))
+                for installed in self.rules.values():
+                    backend.put_rule(installed, links, fresh=True)
+        except BaseException:
+            backend.close()
+            raise
+        self.backends[cls] = backend
+        return backend
+
+    def _backend_for(self, mode: Mode) -> Backend:
+        cls = backend_class(mode)
+        if cls in self.backends:
+            return self.backends[cls]
+        if cls in self._unavailable:
+            raise AttachError(self._unavailable[cls])
+        return self._open(cls)
 
     def _attach(self, link: Link) -> Attachment:
         """Try the ladder's modes in order on link; the first that loads
         wins, and the attachment says why each earlier one did not."""
-        tried: list[tuple[str, str]] = []
-        failing = loader.failing_modes()
-        for mode in self.ladder:
+        tried: list[tuple[Mode, str]] = []
+        failing = failing_modes()
+        for i, mode in enumerate(self.ladder):
             try:
                 if mode.value in failing:
-                    raise AttachError(f"disabled by {loader.FAIL_MODES_ENV} (testing)")
-                att = self._attach_mode(link, mode)
+                    raise AttachError(f"disabled by {FAIL_MODES_ENV} (testing)")
+                backend = self._backend_for(mode)
+                att = backend.attach(link, mode, last_resort=i == len(self.ladder) - 1)
             except BusyError:
                 raise
             except McrError as exc:
-                tried.append((mode.value, str(exc)))
+                tried.append((mode, str(exc)))
                 continue
             notice = att.notice
             if tried:
-                why = "; ".join(f"{m}: {reason}" for m, reason in tried)
-                notice = f"{link.name} runs in {att.mode_name} mode ({why})"
+                why = "; ".join(f"{m.value}: {reason}" for m, reason in tried)
+                notice = f"{link.name} runs in {att.mode.value} mode ({why})"
             att = dataclasses.replace(att, notice=notice, tried=tuple(tried))
             self.attachments[link.name] = att
+            self._runs_on[link.name] = backend
             return att
-        why = "; ".join(f"{m}: {reason}" for m, reason in tried)
+        why = "; ".join(f"{m.value}: {reason}" for m, reason in tried)
         raise AttachError(f"no mode could relay on {link.name}: {why}")
 
-    def _attach_mode(self, link: Link, mode: Mode) -> Attachment:
-        if mode in loader.BPF_MODES and self.datapath is None:
-            raise AttachError(self.bpf_error or "the BPF datapath is not loaded")
-        if mode in (Mode.XDP_NATIVE, Mode.XDP_GENERIC):
-            notice = ""
-            if mode == Mode.XDP_GENERIC and (blind := generic_xdp_vlan_blind(link)):
-                if mode != self.ladder[-1]:  # a later mode of the ladder removes every tag
-                    raise AttachError(f"generic XDP can't remove a VLAN tag held in skb metadata: {blind}")
-                notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
-                          f"tag still on ({blind}); --mode xdp-native or tc removes it")
-            xdp_mode = mode.value.removeprefix("xdp-")
-            att = loader.xdp_attach(link.ifindex, link.name, self.datapath.xdp_fd(xdp_mode), xdp_mode)
-            return dataclasses.replace(att, notice=notice)
-        if mode == Mode.TC:
-            att, created = loader.tc_attach(link.ifindex, link.name, self.datapath.tc_fd)
-            if created:
-                self._tc_qdiscs.add(link.ifindex)
-            return att
-        fallback = self._ensure_fallback()
-        fallback.add_input(link.ifindex, link.name)
-        return Attachment(link.ifindex, link.name, "userspace", 0)
-
-    def _drop_unused_datapath(self) -> None:
-        """Every input fell through to userspace: the BPF object (and the
-        loss tracer) would only hold memory and shadow the workers' counters."""
-        if self.datapath is None or any(a.mode != "userspace" for a in self.attachments.values()):
-            return
-        self.datapath.close()
-        self.datapath = None
-        self._slots.clear()
-        self._fanout_order.clear()
-        if self.tracer is not None:
-            self.tracer.close()
-            self.tracer = None
-            self.tracer_notice = ""
-
-    def _detach(self, att: Attachment) -> None:
-        if att.mode in ("native", "generic"):
-            loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
-        elif att.mode == "tc":
-            loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=att.ifindex in self._tc_qdiscs)
-            self._tc_qdiscs.discard(att.ifindex)
-        elif att.mode == "userspace" and self.fallback is not None:
-            self.fallback.remove_input(att.ifindex)
-
-    def _ensure_fallback(self):
-        """The userspace workers, started at the first userspace input with
-        every rule installed so far."""
-        if self.fallback is None:
-            from .fallback import Fallback
-
-            fallback = Fallback(self.config.workers, self.config.fanout)
-            fallback.start()
-            self.fallback = fallback
-            try:
-                for installed in self.rules.values():
-                    self._put_fallback(installed, fresh=True)
-            except BaseException:
-                self.fallback = None
-                fallback.close()
-                raise
-        return self.fallback
-
-    def _put_fallback(self, installed: InstalledRule, fresh: bool, outputs=None) -> None:
-        if outputs is None:
-            links = lookup([o.iface for o in installed.rule.outputs])
-            outputs = [encode.output_value(installed.rule, o, links[o.iface].ifindex, 0, links[o.iface].mac)
-                       for o in installed.rule.outputs]
-        self.fallback.put_rule(installed.rule_id, installed.ifindex, installed.rule, outputs, fresh)
+    def _close_unused(self) -> None:
+        """A backend no input runs on (every input fell through past it)
+        would only hold memory, and its counters would shadow the others."""
+        used = {id(b) for b in self._runs_on.values()}
+        for cls, backend in list(self.backends.items()):
+            if id(backend) not in used:
+                backend.close()
+                del self.backends[cls]
 
     # -- rules -------------------------------------------------------------
 
@@ -345,136 +256,47 @@ class Relay:
             self._install(rule, links)
         return removed, added, changed
 
-    def _slot(self, ifindex: int) -> int:
-        if self.datapath is None:
-            return 0
-        if ifindex not in self._slots:
-            slot = len(self._slots)
-            self.datapath.maps.set_port(slot, ifindex, self.datapath.egress_fd)
-            self._slots[ifindex] = slot
-        return self._slots[ifindex]
-
     def _free_id(self) -> int:
         return next(i for i in range(len(self.rules) + 1) if i not in self.rules)
 
     def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None) -> InstalledRule:
-        """Write one rule; with rule_id, replace that rule's outputs in place
-        (same key, same counters)."""
-        maps = self.datapath.maps if self.datapath is not None else None
+        """Join the rule's group, then write the rule to every backend; with
+        rule_id, replace that rule's outputs in place (same key, same
+        counters)."""
         replacing = rule_id is not None
-        rule_id = self._free_id() if rule_id is None else rule_id
-        n = len(rule.outputs)
-        outputs = []
-        for i, out in enumerate(rule.outputs):
-            link = links[out.iface]
-            slot = self._slot(link.ifindex) if n == 1 else i
-            outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac))
-        if not replacing and maps is not None:
-            maps.reset_rule_counters(rule_id)
-        if n > 1 and maps is not None:
-            self._set_fanout(rule_id, rule, links)
+        installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex)
         if not replacing:
             self._join(rule, links[rule.iface])
-        installed = InstalledRule(rule_id, rule, links[rule.iface].ifindex)
+        done = []
         try:
-            if self.fallback is not None:
-                self._put_fallback(installed, fresh=not replacing, outputs=outputs)
-            if maps is not None:
-                maps.put_rule(encode.rule_key(rule, installed.ifindex), encode.rule_value(rule, rule_id, outputs))
+            for backend in self.backends.values():
+                backend.put_rule(installed, links, fresh=not replacing)
+                done.append(backend)
         except BaseException:
             if not replacing:
-                if self.fallback is not None:
-                    self.fallback.delete_rule(rule_id)
+                for backend in done:
+                    backend.delete_rule(installed)
                 self._leave(rule)
             raise
-        if n == 1 and maps is not None:
-            maps.clear_fanout(rule_id)
-            self._fanout_order.pop(rule_id, None)
-        self.rules[rule_id] = installed
-        self._watch_outputs(rule, links)
-        self._update_config()
+        self.rules[installed.rule_id] = installed
+        self._save_state()
         return installed
-
-    def _set_fanout(self, rule_id: int, rule: Rule, links: dict[str, Link]) -> None:
-        """Write a fan-out rule's devmap with the outputs that can take a
-        frame first: up before down, then by MTU, largest first. Generic
-        XDP clones a broadcast entry by entry and gives up at the first
-        entry that can't take the frame (down, or an MTU below the frame:
-        kernel/bpf/devmap.c dev_map_redirect_multi), so a dead output
-        listed first would take every later one with it. Outputs on one
-        interface keep the rule's order (the egress program tells them apart
-        by it)."""
-        ifindexes = _delivery_order(rule, links)
-        self.datapath.maps.set_fanout(rule_id, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
-        self._fanout_order[rule_id] = ifindexes
-
-    def refresh_outputs(self) -> list[int]:
-        """Re-order fan-out devmaps whose outputs went up, down or changed
-        MTU since they were written (see _set_fanout). Returns the rule ids
-        rewritten."""
-        if self.datapath is None or not self._fanout_order:
-            return []
-        from .links import all_links
-
-        links = all_links()
-        changed = []
-        for rule_id, installed in self.rules.items():
-            rule = installed.rule
-            if rule_id not in self._fanout_order or any(o.iface not in links for o in rule.outputs):
-                continue
-            order = _delivery_order(rule, links)
-            if sorted(order) != sorted(self._fanout_order[rule_id]):
-                continue  # an output was re-created under a new ifindex: the rule itself needs rewriting
-            if order != self._fanout_order[rule_id]:
-                self._set_fanout(rule_id, rule, links)
-                changed.append(rule_id)
-        return changed
 
     def _uninstall(self, rule_id: int) -> InstalledRule:
         installed = self.rules.pop(rule_id)
-        rule = installed.rule
-        if self.datapath is not None:
-            maps = self.datapath.maps
-            maps.delete_rule(encode.rule_key(rule, installed.ifindex))
-            maps.clear_fanout(rule_id)
-            self._fanout_order.pop(rule_id, None)
-        if self.fallback is not None:
-            self.fallback.delete_rule(rule_id)
-        self._leave(rule)
-        self._update_config()
+        for backend in self.backends.values():
+            backend.delete_rule(installed)
+        self._leave(installed.rule)
+        self._save_state()
         return installed
 
-    def _update_config(self) -> None:
-        if self.datapath is not None:
-            self.datapath.maps.set_config(ssm_rules=sum(1 for r in self.rules.values() if r.rule.source is not None))
-        if self.pinned is not None:
-            pins.write_state(self.instance, self.pin_state())
-
-    # -- pins --------------------------------------------------------------
-
-    @property
-    def instance(self) -> str:
-        return self.config.instance or instance_name()
-
-    def pin_state(self) -> dict:
-        return {
-            "version": 1,
-            "pid": os.getpid(),
-            "started": time.time() - self.uptime,
-            "inputs": {a.ifname: {"ifindex": a.ifindex, "prog_id": a.prog_id, "mode": a.mode}
-                       for a in self.attachments.values()},
-            "rules": {str(i): str(r.rule) for i, r in self.rules.items()},
-        }
-
-    def _pin(self) -> None:
-        """Pin the maps so stats stay readable if this process is killed;
-        a relay that can't pin still relays, and says so."""
-        if self.datapath is None:
-            return  # userspace only: its counters live in the workers' shared memory
-        try:
-            self.pinned = str(pins.pin(self.instance, self.datapath.maps.fds, self.pin_state()))
-        except (McrError, OSError) as exc:
-            self.pin_notice = f"maps not pinned, stats need the running relay: {exc}"
+    def refresh_outputs(self) -> list[int]:
+        """Let the backends re-check what depends on the outputs' state
+        (up, down, MTU). Returns the rule ids rewritten."""
+        if not self.rules:
+            return []
+        links = all_links()
+        return [rule_id for backend in self.backends.values() for rule_id in backend.refresh_outputs(links)]
 
     def _join(self, rule: Rule, link: Link) -> None:
         pool = self.joins.get(link.name)
@@ -491,80 +313,51 @@ class Relay:
         if pool is not None and not still_needed:
             pool.leave(rule.group, rule.source)
 
+    # -- pins --------------------------------------------------------------
+
+    @property
+    def instance(self) -> str:
+        return self.config.instance or instance_name()
+
+    def pin_state(self) -> dict:
+        return pins.make_state(os.getpid(), time.time() - self.uptime,
+                          {a.ifname: (a.ifindex, a.prog_id, a.mode) for a in self.attachments.values()},
+                          {i: r.rule for i, r in self.rules.items()})
+
+    def _pin(self) -> None:
+        for backend in self.backends.values():
+            self.pinned = backend.pin(self.instance, self.pin_state()) or self.pinned
+
+    def _save_state(self) -> None:
+        if self.pinned is not None:
+            state = self.pin_state()
+            for backend in self.backends.values():
+                backend.save_state(state)
+
     # -- observation -------------------------------------------------------
-
-    def _start_tracer(self) -> None:
-        """Count losses after redirect where tracepoints allow; without them
-        the relay still runs and status says it is blind to those."""
-        from .trace import LossTracer
-
-        try:
-            self.tracer = LossTracer([self.datapath.prog_id, self.datapath.generic_prog_id,
-                                      libbpf.prog_id(self.datapath.egress_fd)],
-                                     [libbpf.obj_id(self.datapath.maps.fds[abi.MAP_CPUMAP])])
-            self.tracer_notice = ""
-        except McrError as exc:
-            self.tracer = None
-            self.tracer_notice = f"losses after redirect are not counted: {exc}"
-
-    def _watch_outputs(self, rule: Rule, links: dict[str, Link]) -> None:
-        if self.tracer is not None:
-            for out in rule.outputs:
-                self.tracer.watch(links[rule.iface].ifindex, links[out.iface].ifindex)
 
     def snapshot(self) -> stats.Snapshot:
         rules = {i: r.rule for i, r in self.rules.items()}
         names = dict.fromkeys([*self.inputs, *(o.iface for r in rules.values() for o in r.outputs)])
-        return stats.collect(
-            self.counters(),
-            rules,
-            losses=self.tracer.read() if self.tracer is not None else None,
-            links=link_counters(names),
-            steering_lost=self.tracer.steering_drops() if self.tracer is not None else 0,
-            ring_drops=self.fallback.ring_drops() if self.fallback is not None else None,
-        )
-
-    def counters(self):
-        """The Maps-like object stats.collect reads: the datapath's maps,
-        the userspace workers' counters, or both summed (inputs in different
-        modes share the rule ids)."""
-        if self.fallback is None:
-            return self.datapath.maps
-        if self.datapath is None:
-            return self.fallback.counters
-        from .fallback.counters import Combined
-
-        return Combined(self.datapath.maps, self.fallback.counters)
+        losses = [b.losses() for b in self.backends.values()]
+        total = Losses({k: v for loss in losses for k, v in loss.after_redirect.items()},
+                       sum(loss.steering for loss in losses),
+                       {k: v for loss in losses for k, v in loss.ring.items()})
+        return stats.collect([b.counters for b in self.backends.values()], rules, total, link_counters(names))
 
     @property
     def uptime(self) -> float:
         return 0.0 if self.started_at is None else time.monotonic() - self.started_at
 
     def status(self) -> dict:
-        return {
-            "abi_version": abi.ABI_VERSION,
-            "uptime": round(self.uptime, 1),
-            "interfaces": [
-                {
-                    "name": a.ifname,
-                    "ifindex": a.ifindex,
-                    "mode": a.mode_name,
-                    "prog_id": a.prog_id,
-                    "notice": a.notice,
-                    "not_used": [{"mode": m, "reason": why} for m, why in a.tried],
-                    "rules": sum(1 for r in self.rules.values() if r.rule.iface == a.ifname),
-                    "joins": len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
-                }
-                for a in self.attachments.values()
-            ],
-            "rules": [{"id": i, "rule": str(r.rule)} for i, r in sorted(self.rules.items())],
-            "loss_tracer": self.tracer is not None,
-            "notices": [n for n in [self.tracer_notice, self.pin_notice,
-                                    *(a.notice for a in self.attachments.values())] if n],
-            "pinned": self.pinned,
-            "cpus": self.datapath.maps.ncpus if self.datapath is not None else 0,
-            "modes_tried": [m.value for m in self.ladder],
-            "steering": {"cpus": list(self.datapath.steer_cpus)} if self.datapath is not None
-            and self.datapath.steer_cpus else None,
-            "userspace": self.fallback.status() if self.fallback is not None else None,
-        }
+        inputs = [InputStatus(a.ifname, a.ifindex, a.mode, a.prog_id,
+                              rules=sum(1 for r in self.rules.values() if r.rule.iface == a.ifname),
+                              joins=len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
+                              notice=a.notice, tried=a.tried)
+                  for a in self.attachments.values()]
+        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()},
+                        modes_tried=self.ladder, parts=[b.status() for b in self.backends.values()])
+
+
+def _names(rule: Rule) -> list[str]:
+    return [rule.iface, *(o.iface for o in rule.outputs)]

@@ -4,7 +4,8 @@ data."""
 
 from __future__ import annotations
 
-from . import config as config_mod, stats
+from . import config as config_mod
+from . import stats
 from .control import RequestError
 from .errors import McrError, RuleError
 from .relay import Relay

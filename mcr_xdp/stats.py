@@ -1,5 +1,6 @@
-"""Counters in three pure steps: collect (read maps, sum CPUs, timestamp
-at read), compute (rates between two snapshots), render (mcr_xdp_cli.render).
+"""Counters in three pure steps: collect (read every backend's counter
+source, sum CPUs and backends, timestamp at read), compute (rates between
+two snapshots), render (mcr_xdp_cli.render).
 
 A snapshot travels as JSON (`as_json`, schema in docs/stats-json.md) over
 the control socket and back (`from_json`), so a client computes rates from
@@ -10,8 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import abi
+from .backends import Losses
+
+if TYPE_CHECKING:
+    from .backends import CounterSource
 
 JSON_SCHEMA_VERSION = 1
 FORWARD_VERDICTS = (abi.Verdict.REDIRECT, abi.Verdict.REDIRECT_MULTI)
@@ -96,43 +103,45 @@ class Snapshot:
         return self.lost_after_redirect + self.steering_lost + self.lost_in_ring
 
 
-def collect(maps, rules: dict, losses: dict[int, tuple[int, int]] | None = None,
-            links: dict | None = None, steering_lost: int = 0, ring_drops: dict[str, int] | None = None,
-            clock=time.monotonic) -> Snapshot:
-    """Read every counter once.
+def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None = None,
+            links: dict | None = None, clock=time.monotonic) -> Snapshot:
+    """Read every counter once, summing the sources (the backends a relay
+    runs share its rule ids).
 
-    rules: rule id -> rules.Rule; losses: output ifindex -> (xmit drops,
-    redirect errors) from the loss tracer; links: name -> (ifindex, kernel
-    interface counters as a dict) from links.counters(); steering_lost:
-    cpumap queue drops from the loss tracer; ring_drops: input name -> frames
-    the userspace workers' rings dropped.
+    rules: rule id -> rules.Rule; losses: what the backends lost outside
+    their verdicts; links: name -> (ifindex, kernel interface counters as a
+    dict) from links.counters().
     """
     timestamp = clock()
-    verdicts = {abi.Verdict(i).name.lower(): (c.packets, c.bytes) for i, c in enumerate(maps.verdicts())}
+    losses = losses or Losses()
+    verdict_rows = [s.verdicts() for s in sources]
+    verdicts = {abi.Verdict(i).name.lower(): (sum(r[i].packets for r in verdict_rows),
+                                              sum(r[i].bytes for r in verdict_rows))
+                for i in range(abi.VERDICT_MAX)}
     rows = []
     for rule_id, rule in sorted(rules.items()):
-        c = maps.rule_counters(rule_id)
-        outs = maps.output_counters(rule_id, len(rule.outputs))
+        parts = [s.rule_counters(rule_id) for s in sources]
+        outs = [s.output_counters(rule_id, len(rule.outputs)) for s in sources]
+        packets, nbytes, forwarded, dropped = (sum(getattr(p, f) for p in parts)
+                                               for f in ("packets", "bytes", "forwarded", "dropped"))
         rows.append(RuleStats(
-            rule_id, str(rule), rule.iface, c.packets, c.bytes, c.forwarded, c.dropped,
-            tuple(OutputStats(str(o), o.iface, oc.packets, oc.bytes) for o, oc in zip(rule.outputs, outs)),
+            rule_id, str(rule), rule.iface, packets, nbytes, forwarded, dropped,
+            tuple(OutputStats(str(o), o.iface, sum(oc[i].packets for oc in outs), sum(oc[i].bytes for oc in outs))
+                  for i, o in enumerate(rule.outputs)),
         ))
-    cpus = ()
-    if hasattr(maps, "verdicts_per_cpu"):
-        cpus = tuple(
-            CpuStats(cpu, sum(c.packets for c in per), sum(per[v].packets for v in FORWARD_VERDICTS))
-            for cpu, per in enumerate(maps.verdicts_per_cpu())
-        )
+    per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
+    cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
+                          sum(t[cpu][1] for t in per_cpu if cpu < len(t)))
+                 for cpu in range(max((len(t) for t in per_cpu), default=0)))
     interfaces = {}
     for name, (ifindex, counters) in (links or {}).items():
-        drops, errors = (losses or {}).get(ifindex, (0, 0))
         interfaces[name] = InterfaceStats(
             name,
             counters.get("rx_packets", 0), counters.get("rx_dropped", 0),
             counters.get("tx_packets", 0), counters.get("tx_dropped", 0),
-            drops + errors, (ring_drops or {}).get(name, 0),
+            losses.after_redirect.get(ifindex, 0), losses.ring.get(name, 0),
         )
-    return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, steering_lost)
+    return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, losses.steering)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,9 +44,8 @@ def open_block(fd: int, worker: int) -> tuple[mmap.mmap, memoryview]:
 
 
 class Counters:
-    """The relay's side: the Maps-like interface stats.collect takes (verdicts,
-    rule_counters, output_counters), summed over workers, plus per-worker
-    totals."""
+    """The relay's side: a backends.CounterSource summed over workers, plus
+    per-worker totals."""
 
     def __init__(self, fd: int, workers: int):
         self.workers = workers
@@ -68,6 +67,11 @@ class Counters:
     def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
         return [abi.Counter(self._sum(output_base(rule_id, i)), self._sum(output_base(rule_id, i) + 1))
                 for i in range(n_outputs)]
+
+    def cpu_totals(self) -> list[tuple[int, int]]:
+        """Workers are not CPUs: their totals are in the backend's status
+        (backends.CounterSource)."""
+        return []
 
     def worker_totals(self, worker: int) -> dict[str, int]:
         """Packets a worker saw, and those it forwarded (every verdict summed,
@@ -92,24 +96,3 @@ class Counters:
     def close(self) -> None:
         self._view.release()
         self._map.close()
-
-
-class Combined:
-    """Two Maps-like counter sources summed: a relay whose inputs run in
-    different modes (the datapath's maps and the workers' counters)."""
-
-    def __init__(self, *sources):
-        self.sources = sources
-
-    def verdicts(self) -> list[abi.Counter]:
-        rows = [s.verdicts() for s in self.sources]
-        return [abi.Counter(sum(r[i].packets for r in rows), sum(r[i].bytes for r in rows))
-                for i in range(abi.VERDICT_MAX)]
-
-    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
-        parts = [s.rule_counters(rule_id) for s in self.sources]
-        return abi.RuleCounters(*(sum(getattr(p, f) for p in parts) for f, _ in abi.RuleCounters._fields_))
-
-    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
-        rows = [s.output_counters(rule_id, n_outputs) for s in self.sources]
-        return [abi.Counter(sum(r[i].packets for r in rows), sum(r[i].bytes for r in rows)) for i in range(n_outputs)]

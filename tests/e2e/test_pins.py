@@ -22,10 +22,11 @@ def in_relay_netns(chain, *args: str, **kwargs):
     return ["nsenter", f"--net=/run/netns/{chain.relay_in.ns}", *args]
 
 
-def test_killed_relay_stats_from_pins_then_detach(chain):
+@pytest.mark.parametrize("mode", ["xdp-native", "tc"])
+def test_killed_relay_stats_from_pins_then_detach(chain, mode):
     instance = f"netns-{chain.relay_in.ns}"
     try:
-        relay = Proc(subprocess.Popen(in_relay_netns(chain, mcr(), "attach", chain.IN, "--rule",
+        relay = Proc(subprocess.Popen(in_relay_netns(chain, mcr(), "attach", chain.IN, "--mode", mode, "--rule",
                                                      "239.1.1.1:5001=out0/239.2.2.2:5002"),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         chain.procs.append(relay)
@@ -43,6 +44,11 @@ def test_killed_relay_stats_from_pins_then_detach(chain):
         assert snap["rules"][0]["rule"] == "in0/239.1.1.1:5001=out0/239.2.2.2:5002"
         assert snap["rules"][0]["forwarded"] == 700
         assert "is gone" in snap["status"]["notices"][0]
+        # The killed relay's input, in its own mode, still attached.
+        assert [(i["name"], i["mode"], i["attached"]) for i in snap["status"]["interfaces"]] == [
+            (chain.IN, mode, True)]
+        table = subprocess.run(in_relay_netns(chain, mcr(), "stats"), capture_output=True, text=True)
+        assert f"{chain.IN} ({mode}, prog" in table.stdout and "detached" not in table.stdout, table.stdout
 
         detach = subprocess.run(in_relay_netns(chain, mcr(), "detach", chain.IN), capture_output=True, text=True)
         assert detach.returncode == 0, detach.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mcr_xdp.loader import FAIL_MODES_ENV
+from mcr_xdp.modes import FAIL_MODES_ENV
 from relay_helpers import SCALE, relay_cli, send, start_receiver, start_relay
 from test_shared_outputs import COUNT, MODES, SCENARIOS, assert_exact, run_scenario
 

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from mcr_xdp import abi
+from mcr_xdp import abi, stats
 from mcr_xdp.errors import UsageError
 from mcr_xdp.fallback import Fallback
 from mcr_xdp.fallback import counters as cnt
-from mcr_xdp.loader import LADDER, Mode, XdpMode, failing_modes, ladder
+from mcr_xdp.modes import LADDER, Mode, XdpMode, failing_modes, ladder
 from mcr_xdp.maps import parse_cpu_list
 
 
@@ -93,8 +93,8 @@ def test_counters_sum_workers_in_the_datapath_layout():
         reader.reset_rule(abi.MAX_RULES - 1)
         assert reader.rule_counters(abi.MAX_RULES - 1).packets == 0
         assert reader.output_counters(abi.MAX_RULES - 1, abi.MAX_OUTPUTS)[-1].packets == 0
-        combined = cnt.Combined(reader, reader)
-        assert combined.verdicts()[abi.Verdict.REDIRECT].packets == 120
+        combined = stats.collect([reader, reader], {}, clock=lambda: 0.0)
+        assert combined.verdicts["redirect"][0] == 120 and combined.cpus == ()
     finally:
         for m, c in blocks:
             c.release()

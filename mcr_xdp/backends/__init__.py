@@ -1,0 +1,125 @@
+"""Backends: what moves a relay's packets. One protocol for all of them,
+so the relay (mcr_xdp.relay) holds no branch per datapath.
+
+- backends.bpf.BpfBackend: the compiled datapath (XDP native and generic,
+  TC), its maps, devmap slots, the loss tracer and the pinned maps;
+- backends.userspace.UserspaceBackend: the PACKET_FANOUT workers.
+
+A relay opens a backend the first time an input tries one of its modes,
+hands it every rule it has, and from then on every rule change; an input
+attaches to exactly one backend. Several backends can run at once (inputs
+in different modes): their counters share the relay's rule ids and are
+summed by stats.collect over CounterSource.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Protocol
+
+from ..modes import Mode
+
+if TYPE_CHECKING:
+    from .. import abi
+    from ..links import Link
+    from ..relay import RelayConfig
+    from ..rules import Rule
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    """One input as it runs."""
+
+    ifindex: int
+    ifname: str
+    mode: Mode
+    prog_id: int  # 0 in userspace mode
+    notice: str = ""  # why the mode differs from the one asked for, or what it cannot do
+    tried: tuple[tuple[Mode, str], ...] = ()  # (mode, why it was not used), in ladder order
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledRule:
+    rule_id: int
+    rule: Rule
+    ifindex: int  # of the input interface, as the map key holds it
+
+
+@dataclasses.dataclass(frozen=True)
+class Losses:
+    """Frames lost outside the datapath's own verdicts."""
+
+    after_redirect: dict[int, int] = dataclasses.field(default_factory=dict)  # output ifindex -> frames
+    steering: int = 0  # in CPU-steering (cpumap) queues
+    ring: dict[str, int] = dataclasses.field(default_factory=dict)  # input name -> frames a full ring dropped
+
+
+class CounterSource(Protocol):
+    """Counters laid out as the datapath's maps: verdicts, per rule, per
+    rule output; each summed over the CPUs or workers that wrote them."""
+
+    def verdicts(self) -> list[abi.Counter]: ...
+
+    def rule_counters(self, rule_id: int) -> abi.RuleCounters: ...
+
+    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]: ...
+
+    def cpu_totals(self) -> list[tuple[int, int]]:
+        """(packets seen, packets forwarded) per CPU; [] when the source
+        does not count per CPU."""
+
+
+class Backend(Protocol):
+    modes: tuple[Mode, ...]  # the modes an input can run in on this backend
+    counters: CounterSource
+
+    @classmethod
+    def open(cls, config: RelayConfig) -> Backend:
+        """Load the backend; McrError (with the reason) if it can't."""
+
+    @staticmethod
+    def check_free(link: Link) -> None:
+        """BusyError if another relay's program holds link."""
+
+    def attach(self, link: Link, mode: Mode, last_resort: bool) -> Attachment:
+        """Relay link's traffic in mode. last_resort: no later mode of the
+        ladder is left, so a mode with a known limit runs (with a notice)
+        rather than fail."""
+
+    def detach(self, att: Attachment) -> None: ...
+
+    def put_rule(self, installed: InstalledRule, links: dict[str, Link], fresh: bool) -> None:
+        """Install or replace (same id) a rule; fresh: a new id, whose
+        counters start at zero. links: every interface the rule names."""
+
+    def delete_rule(self, installed: InstalledRule) -> None: ...
+
+    def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
+        """Re-check what depends on the outputs' state (up, MTU); returns
+        the rule ids changed."""
+
+    def losses(self) -> Losses: ...
+
+    def status(self) -> dict:
+        """This backend's part of the relay's status (status.document):
+        some of cpus, steering, loss_tracer, pinned, userspace, notices."""
+
+    def pin(self, instance: str, state: dict) -> str | None:
+        """Keep the counters readable after the process dies; returns where,
+        or None if this backend has nothing that outlives it."""
+
+    def save_state(self, state: dict) -> None:
+        """The pinned state changed (rules, inputs)."""
+
+    def close(self) -> None: ...
+
+
+def backend_class(mode: Mode) -> type:
+    """The backend that runs mode."""
+    if mode.is_bpf:
+        from .bpf import BpfBackend
+
+        return BpfBackend
+    from .userspace import UserspaceBackend
+
+    return UserspaceBackend

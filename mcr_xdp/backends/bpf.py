@@ -1,0 +1,299 @@
+"""The kernel datapath as a backend: one compiled object (loader.Datapath)
+serving XDP native, XDP generic and TC inputs, its maps, the devmap slots
+of single-output rules, the loss tracer and the pinned maps.
+
+Rule writes keep the datapath's invariants (docs/architecture.md): a
+fan-out rule's devmap exists before the rule entry that reaches it; a
+single-output rule's slot is in mcr_tx_ports before the entry that names
+it, and leaves only after no entry names it.
+"""
+
+from __future__ import annotations
+
+from .. import abi, encode, features, libbpf, loader, pins
+from ..errors import AttachError, McrError, RuleError
+from ..links import Link, generic_xdp_vlan_blind
+from ..modes import BPF_MODES, Mode
+from . import Attachment, InstalledRule, Losses
+
+
+class SlotAllocator:
+    """Slots of mcr_tx_ports (abi.MAX_PORTS): one per output interface of
+    single-output rules, shared by every rule that outputs there and freed
+    with the last of them, so churn through many interfaces (re-created
+    VPN or container links get new ifindexes) never runs out."""
+
+    def __init__(self, size: int = abi.MAX_PORTS):
+        self.size = size
+        self._slot: dict[int, int] = {}  # ifindex -> slot
+        self._users: dict[int, set[int]] = {}  # ifindex -> rule ids
+
+    def acquire(self, rule_id: int, ifindex: int) -> tuple[int, bool]:
+        """ifindex's slot, with rule_id among its users; and whether the slot
+        is new (its devmap entry must be written)."""
+        if ifindex in self._slot:
+            self._users[ifindex].add(rule_id)
+            return self._slot[ifindex], False
+        used = set(self._slot.values())
+        slot = next((s for s in range(self.size) if s not in used), None)
+        if slot is None:
+            raise RuleError(f"more than {self.size} output interfaces in single-output rules")
+        self._slot[ifindex] = slot
+        self._users[ifindex] = {rule_id}
+        return slot, True
+
+    def release(self, rule_id: int, keep: tuple[int, ...] = ()) -> list[int]:
+        """rule_id no longer outputs anywhere but keep (ifindexes); returns
+        the slots no rule uses any more."""
+        freed = []
+        for ifindex in [i for i, users in self._users.items() if rule_id in users and i not in keep]:
+            users = self._users[ifindex]
+            users.discard(rule_id)
+            if not users:
+                del self._users[ifindex]
+                freed.append(self._slot.pop(ifindex))
+        return freed
+
+    def held(self, rule_id: int) -> tuple[int, ...]:
+        """The ifindexes whose slots rule_id uses."""
+        return tuple(i for i, users in self._users.items() if rule_id in users)
+
+    @property
+    def in_use(self) -> dict[int, int]:
+        """ifindex -> slot."""
+        return dict(self._slot)
+
+
+def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
+    """The ifindexes of rule's outputs as its fan-out devmap lists them: up
+    before down, then by MTU, largest first; a stable sort, so outputs on
+    one interface keep the rule's order (BpfBackend._set_fanout)."""
+    outs = [links[o.iface] for o in rule.outputs]
+    return tuple(link.ifindex for link in sorted(outs, key=lambda link: (not link.up, -link.mtu)))
+
+
+class BpfBackend:
+    modes = BPF_MODES
+
+    def __init__(self, steer_cpus: tuple[int, ...] = ()):
+        features.require_toolchain()
+        features.require_kernel()
+        self.datapath = loader.Datapath()
+        self.counters = self.datapath.maps
+        self._slots = SlotAllocator()
+        self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
+        self._rules: dict[int, InstalledRule] = {}
+        self._tc_qdiscs: set[int] = set()  # ifindexes whose clsact qdisc this backend added
+        self.tracer = None
+        self.tracer_notice = ""
+        self.instance: str | None = None
+        self.pinned: str | None = None
+        self.pin_notice = ""
+        try:
+            self._start_tracer()
+            if steer_cpus:
+                self.datapath.set_steering(steer_cpus)
+                if self.tracer is not None:
+                    self.tracer.watch_prog(libbpf.prog_id(self.datapath.cpu_fd))
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, config) -> BpfBackend:
+        return cls(config.steer_cpus)
+
+    @staticmethod
+    def check_free(link: Link) -> None:
+        """Nothing of a relay on link yet: an XDP program or the relay's TC
+        filter (a running relay's, or one a killed relay left behind)."""
+        from ..errors import BusyError
+
+        try:
+            current = loader.attached(link.ifindex)
+        except McrError:
+            current = None  # no libbpf: no BPF mode will load either
+        if current is not None:
+            raise BusyError(
+                f"{link.name} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}); "
+                f"a relay may be running there: stop it or run `mcr-xdp detach {link.name}`"
+            )
+        if loader.tc_attached(link.ifindex) is not None:
+            raise BusyError(f"{link.name} already has the relay's TC filter; a relay may be running there: "
+                            f"stop it or run `mcr-xdp detach {link.name}`")
+
+    # -- inputs --------------------------------------------------------------
+
+    def attach(self, link: Link, mode: Mode, last_resort: bool) -> Attachment:
+        if mode.is_xdp:
+            notice = ""
+            if mode == Mode.XDP_GENERIC and (blind := generic_xdp_vlan_blind(link)):
+                if not last_resort:  # a later mode of the ladder removes every tag
+                    raise AttachError(f"generic XDP can't remove a VLAN tag held in skb metadata: {blind}")
+                notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
+                          f"tag still on ({blind}); --mode xdp-native or tc removes it")
+            fd = self.datapath.xdp_fd(mode)
+            loader.xdp_attach(link.ifindex, link.name, fd, mode)
+            return Attachment(link.ifindex, link.name, mode, libbpf.prog_id(fd), notice)
+        fd = self.datapath.tc_fd
+        if loader.tc_attach(link.ifindex, link.name, fd):
+            self._tc_qdiscs.add(link.ifindex)
+        return Attachment(link.ifindex, link.name, Mode.TC, libbpf.prog_id(fd))
+
+    def detach(self, att: Attachment) -> None:
+        if att.mode.is_xdp:
+            loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
+        else:
+            loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=att.ifindex in self._tc_qdiscs)
+            self._tc_qdiscs.discard(att.ifindex)
+
+    # -- rules ---------------------------------------------------------------
+
+    def put_rule(self, installed: InstalledRule, links: dict[str, Link], fresh: bool) -> None:
+        maps = self.datapath.maps
+        rule, rule_id = installed.rule, installed.rule_id
+        kept = self._slots.held(rule_id)
+        single = len(rule.outputs) == 1
+        outputs = []
+        try:
+            for i, out in enumerate(rule.outputs):
+                link = links[out.iface]
+                slot = self._slot(rule_id, link.ifindex) if single else i
+                outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac))
+            if fresh:
+                maps.reset_rule_counters(rule_id)
+            if not single:
+                self._set_fanout(rule_id, rule, links)
+            maps.put_rule(encode.rule_key(rule, installed.ifindex), encode.rule_value(rule, rule_id, outputs))
+        except BaseException:
+            self._free_slots(rule_id, keep=kept)  # what this call acquired
+            raise
+        if single:
+            maps.clear_fanout(rule_id)
+            self._fanout_order.pop(rule_id, None)
+        self._free_slots(rule_id, keep=_single_output(installed, links))
+        self._rules[rule_id] = installed
+        if self.tracer is not None:
+            for out in rule.outputs:
+                self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
+        self._count_ssm()
+
+    def delete_rule(self, installed: InstalledRule) -> None:
+        maps = self.datapath.maps
+        maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
+        maps.clear_fanout(installed.rule_id)
+        self._fanout_order.pop(installed.rule_id, None)
+        self._free_slots(installed.rule_id)
+        self._rules.pop(installed.rule_id, None)
+        self._count_ssm()
+
+    def _slot(self, rule_id: int, ifindex: int) -> int:
+        slot, new = self._slots.acquire(rule_id, ifindex)
+        if new:
+            try:
+                self.datapath.maps.set_port(slot, ifindex, self.datapath.egress_fd)
+            except BaseException:
+                self._slots.release(rule_id)
+                raise
+        return slot
+
+    def _free_slots(self, rule_id: int, keep: tuple[int, ...] = ()) -> None:
+        """Slots no rule entry names any more: cleared, so a frame of a rule
+        deleted meanwhile finds an empty slot rather than another output."""
+        for slot in self._slots.release(rule_id, keep):
+            self.datapath.maps.clear_port(slot)
+
+    def _count_ssm(self) -> None:
+        self.datapath.maps.set_config(ssm_rules=sum(1 for r in self._rules.values() if r.rule.source is not None))
+
+    def _set_fanout(self, rule_id: int, rule, links: dict[str, Link]) -> None:
+        """Write a fan-out rule's devmap with the outputs that can take a
+        frame first: up before down, then by MTU, largest first. Generic
+        XDP clones a broadcast entry by entry and gives up at the first
+        entry that can't take the frame (down, or an MTU below the frame:
+        kernel/bpf/devmap.c dev_map_redirect_multi), so a dead output
+        listed first would take every later one with it. Outputs on one
+        interface keep the rule's order (the egress program tells them apart
+        by it)."""
+        ifindexes = delivery_order(rule, links)
+        self.datapath.maps.set_fanout(rule_id, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
+        self._fanout_order[rule_id] = ifindexes
+
+    def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
+        """Re-order fan-out devmaps whose outputs went up, down or changed
+        MTU since they were written (see _set_fanout)."""
+        changed = []
+        for rule_id, order in list(self._fanout_order.items()):
+            rule = self._rules[rule_id].rule
+            if any(o.iface not in links for o in rule.outputs):
+                continue
+            now = delivery_order(rule, links)
+            if sorted(now) != sorted(order):
+                continue  # an output was re-created under a new ifindex: the rule itself needs rewriting
+            if now != order:
+                self._set_fanout(rule_id, rule, links)
+                changed.append(rule_id)
+        return changed
+
+    # -- observation ---------------------------------------------------------
+
+    def _start_tracer(self) -> None:
+        """Count losses after redirect where tracepoints allow; without them
+        the relay still runs and status says it is blind to those."""
+        from ..trace import LossTracer
+
+        dp = self.datapath
+        try:
+            self.tracer = LossTracer([dp.prog_id, dp.generic_prog_id, libbpf.prog_id(dp.egress_fd)],
+                                     [libbpf.obj_id(dp.maps.fds[abi.MAP_CPUMAP])])
+        except McrError as exc:
+            self.tracer_notice = f"losses after redirect are not counted: {exc}"
+
+    def losses(self) -> Losses:
+        if self.tracer is None:
+            return Losses()
+        return Losses({ifindex: drops + errors for ifindex, (drops, errors) in self.tracer.read().items()},
+                      self.tracer.steering_drops())
+
+    def status(self) -> dict:
+        dp = self.datapath
+        return {
+            "cpus": dp.maps.ncpus,
+            "steering": {"cpus": list(dp.steer_cpus)} if dp.steer_cpus else None,
+            "loss_tracer": self.tracer is not None,
+            "pinned": self.pinned,
+            "notices": [n for n in (self.tracer_notice, self.pin_notice) if n],
+        }
+
+    # -- pins ----------------------------------------------------------------
+
+    def pin(self, instance: str, state: dict) -> str | None:
+        """Pin the maps so stats stay readable if this process is killed;
+        a relay that can't pin still relays, and says so."""
+        try:
+            self.pinned = str(pins.pin(instance, self.datapath.maps.fds, state))
+            self.instance = instance
+        except (McrError, OSError) as exc:
+            self.pin_notice = f"maps not pinned, stats need the running relay: {exc}"
+        return self.pinned
+
+    def save_state(self, state: dict) -> None:
+        if self.pinned is not None:
+            pins.write_state(self.instance, state)
+
+    def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
+        if self.datapath is not None:
+            self.datapath.close()
+            self.datapath = None
+        if self.pinned is not None:
+            pins.remove(self.instance)
+            self.pinned = None
+
+
+def _single_output(installed: InstalledRule, links: dict[str, Link]) -> tuple[int, ...]:
+    """The ifindex of a single-output rule's output (its slot), else ()."""
+    outs = installed.rule.outputs
+    return (links[outs[0].iface].ifindex,) if len(outs) == 1 else ()

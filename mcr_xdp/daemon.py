@@ -1,0 +1,151 @@
+"""The relay as a running process: it starts the relay, serves the control
+socket and the metrics endpoint, takes signals (SIGHUP reloads the config,
+SIGINT and SIGTERM stop), and every interval re-checks the outputs and
+hands a counter snapshot to whoever shows it (a Reporter: counter lines, the
+live view). The CLI only parses options and renders.
+
+Signals arrive through a wakeup fd polled with the sockets, so a handler
+never runs relay code in the middle of another operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from typing import Protocol
+
+from . import stats
+from .control import ControlServer
+from .errors import McrError
+from .metrics import MetricsServer, exposition
+from .relay import Relay
+from .service import Service
+
+WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Reporter(Protocol):
+    def tick(self, prev: stats.Snapshot | None, cur: stats.Snapshot, status: dict) -> None:
+        """A snapshot every interval (prev None: the first, at start)."""
+
+    def reloaded(self, result: dict | None, error: McrError | None) -> None:
+        """A SIGHUP reload's outcome (Service.reload's result, or why it
+        failed and the rules are unchanged)."""
+
+    def warn(self, text: str) -> None: ...
+
+    def wants_quit(self, woke: list[str]) -> bool:
+        """Whether one of the readers the reporter added (Daemon.add_reader)
+        asked to stop."""
+
+
+class Daemon:
+    def __init__(self, relay: Relay, socket_path: str, config_path: str | None = None,
+                 metrics_addr: str | None = None, interval: float = 5.0):
+        self.relay = relay
+        self.service = Service(relay, config_path)
+        self.socket_path = socket_path
+        self.metrics_addr = metrics_addr
+        self.interval = interval
+        self.server: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self._wake: socket.socket | None = None  # readable when a signal came
+        self._stack = contextlib.ExitStack()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Signals first (a SIGTERM during start stops the relay cleanly
+        once it is up), then the relay, then the servers; each undone in
+        reverse by close(), also after a partial start."""
+        stack = self._stack = contextlib.ExitStack()
+        try:
+            wake_r, wake_w = socket.socketpair()
+            stack.callback(wake_w.close)
+            stack.callback(wake_r.close)
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+            self._wake = wake_r
+            previous = {sig: signal.signal(sig, lambda *_: None) for sig in WATCHED}
+            old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+            stack.callback(_restore_signals, previous, old_wakeup)
+            stack.callback(self.relay.stop)
+            self.relay.start()
+            self.server = ControlServer(self.socket_path, self.service.handle)
+            stack.callback(self.server.close)
+            self.server.add_reader(wake_r, "signal")
+            if self.metrics_addr:
+                self.metrics = MetricsServer(self.metrics_addr,
+                                             lambda: exposition(self.relay.snapshot(), self.service.status()))
+                stack.callback(self.metrics.close)
+                self.server.add_reader(self.metrics.sock, self.metrics.serve)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop serving, detach the relay, restore the signal handlers."""
+        self._stack.close()
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_reader(self, fileobj, tag: str) -> None:
+        """Wake the loop when fileobj is readable (Reporter.wants_quit sees tag)."""
+        self.server.add_reader(fileobj, tag)
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self, report: Reporter) -> None:
+        """Serve the control socket and signals; every interval re-check the
+        outputs and report a snapshot, until SIGINT, SIGTERM or the reporter
+        wants to quit."""
+        prev = self.relay.snapshot()
+        report.tick(None, prev, self.service.status())
+        deadline = time.monotonic() + self.interval
+        while True:
+            woke = self.server.poll(max(0.0, deadline - time.monotonic()))
+            if report.wants_quit(woke):
+                return
+            if "signal" in woke:
+                signums = self._signals()
+                if signal.SIGHUP in signums:
+                    self._reload(report)
+                if signal.SIGINT in signums or signal.SIGTERM in signums:
+                    return
+            if time.monotonic() < deadline:
+                continue
+            deadline += self.interval
+            try:
+                self.relay.refresh_outputs()
+            except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
+                report.warn(f"could not re-check the outputs: {exc}")
+            cur = self.relay.snapshot()
+            report.tick(prev, cur, self.service.status())
+            prev = cur
+
+    def _signals(self) -> bytes:
+        try:
+            return self._wake.recv(64)
+        except BlockingIOError:
+            return b""
+
+    def _reload(self, report: Reporter) -> None:
+        try:
+            result = self.service.reload()
+        except McrError as exc:
+            report.reloaded(None, exc)
+            return
+        report.reloaded(result, None)
+
+
+def _restore_signals(previous: dict, old_wakeup: int) -> None:
+    signal.set_wakeup_fd(old_wakeup)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

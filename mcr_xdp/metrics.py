@@ -40,9 +40,9 @@ def exposition(snap: Snapshot, status: dict) -> str:
     d = _Doc()
     d.metric("mcr_xdp_uptime_seconds", "gauge", "Seconds since the relay attached.", status.get("uptime", 0))
     d.metric("mcr_xdp_rules", "gauge", "Rules installed.", len(snap.rules))
-    for name, (packets, nbytes) in snap.verdicts.items():
+    for name, (packets, _) in snap.verdicts.items():
         d.metric("mcr_xdp_verdict_packets_total", "counter", "Packets by datapath verdict.", packets, reason=name)
-    for name, (packets, nbytes) in snap.verdicts.items():
+    for name, (_, nbytes) in snap.verdicts.items():
         d.metric("mcr_xdp_verdict_bytes_total", "counter", "Bytes by datapath verdict.", nbytes, reason=name)
     for field, help_ in (("packets", "Packets matching the rule."), ("bytes", "Bytes matching the rule."),
                          ("forwarded", "Packets of the rule handed to its outputs."),

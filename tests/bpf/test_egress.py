@@ -12,7 +12,7 @@ mcr_egress_twin (compiled with -DMCR_TEST_TWINS) runs the same code with the
 egress ifindex taken from the map mcr_twin_egress. A "broadcast" below runs
 the twin once per devmap entry, in key order, as the kernel does.
 
-Expected frames are built by tests/packets.py from a description of each
+Expected frames are built by tests/fixtures/packets.py from a description of each
 output, with checksums computed from scratch, and a second opinion from
 scapy; nothing here calls the rewrite or checksum code under test. Frames
 arrive on lo. The output interfaces a and b are ifindex numbers only: the
@@ -28,13 +28,13 @@ import dataclasses
 import os
 from dataclasses import replace
 
-import packets
 import pytest
-from packets import Udp4, Udp6, mac
-from test_relay_prog import assert_checksums_valid
 
 from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
+from tests.fixtures import packets
+from tests.fixtures.packets import Udp4, Udp6, mac
+from tests.fixtures.xdp_table import assert_checksums_valid
 
 pytestmark = pytest.mark.root
 

@@ -16,10 +16,10 @@ import ctypes
 from dataclasses import replace
 
 import pytest
-from packets import Udp4
 
 from mcr_xdp import abi, encode, libbpf
 from mcr_xdp.rules import parse_rule
+from tests.fixtures.packets import Udp4
 
 pytestmark = pytest.mark.root
 

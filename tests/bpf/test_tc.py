@@ -1,7 +1,7 @@
 """The TC program (bpf/tc_relay.c) under BPF_PROG_TEST_RUN.
 
 It must relay exactly like the XDP ingress program: the whole single-output
-packet table of test_relay_prog.py runs through it, with TC's actions in
+packet table of tests/fixtures/xdp_table.py runs through it, with TC's actions in
 place of XDP's (redirect: TC_ACT_REDIRECT, drop: TC_ACT_SHOT, pass:
 TC_ACT_UNSPEC, so a later filter still sees the packet). Fan-out differs:
 every output but the last gets a clone sent at once (bpf_clone_redirect),
@@ -22,11 +22,11 @@ import struct
 from dataclasses import replace
 
 import pytest
-import test_relay_prog as xdp_table
-from packets import Udp4, Udp6, mac
 
 from mcr_xdp import abi, encode, libbpf
 from mcr_xdp.rules import parse_rule
+from tests.fixtures import xdp_table
+from tests.fixtures.packets import Udp4, Udp6, mac
 
 pytestmark = pytest.mark.root
 

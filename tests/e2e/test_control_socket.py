@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION
-from relay_helpers import relay_cli, result, send, start_receiver, start_relay
+from tests.fixtures.relay import relay_cli, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 

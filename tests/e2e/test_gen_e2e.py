@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mcr_xdp.netns import Proc, Topology, Veth, unique_prefix, venv_bin
-from relay_helpers import SCALE
+from tests.fixtures.relay import SCALE
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

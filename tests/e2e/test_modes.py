@@ -17,7 +17,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.netns import Proc
-from relay_helpers import SCALE, mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
+from tests.fixtures.relay import SCALE, mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 
 from mcr_xdp import pins
 from mcr_xdp.netns import Proc
-from relay_helpers import SCALE, mcr, result, send, start_receiver
+from tests.fixtures.relay import SCALE, mcr, result, send, start_receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp.netns import Proc, Topology, Veth, existing_namespaces, unique_prefix
-from relay_helpers import SCALE, mcr
+from tests.fixtures.relay import SCALE, mcr
 
 pytestmark = pytest.mark.e2e
 

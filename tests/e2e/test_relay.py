@@ -6,18 +6,12 @@ import subprocess
 
 import pytest
 
-from relay_helpers import mcr, result, send, start_receiver, start_relay
+from tests.fixtures.relay import mcr, result, send, start_receiver, start_relay, xdp_prog
 
 pytestmark = pytest.mark.e2e
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
 OUT_GROUP, OUT_PORT = "239.2.2.2", 5002
-
-
-def xdp_prog(topo, ns: str, iface: str) -> str:
-    """The XDP part of `ip link show` for iface ('' when none is attached)."""
-    line = topo.exec(ns, "ip", "-d", "link", "show", "dev", iface).stdout
-    return " ".join(w for w in line.split() if w.startswith(("xdp", "prog/xdp")))
 
 
 def test_stream_relayed_with_rewrite(chain):

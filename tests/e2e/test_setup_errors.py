@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay_helpers import mcr
-from test_relay import xdp_prog
+from tests.fixtures.relay import mcr, xdp_prog
 
 pytestmark = pytest.mark.e2e
 

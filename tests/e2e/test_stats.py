@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay_helpers import SCALE, mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
+from tests.fixtures.relay import SCALE, mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp.modes import FAIL_MODES_ENV
-from relay_helpers import SCALE, relay_cli, send, start_receiver, start_relay
-from test_shared_outputs import COUNT, MODES, SCENARIOS, assert_exact, run_scenario
+from tests.fixtures.relay import SCALE, relay_cli, send, start_receiver, start_relay
+from tests.fixtures.shared_outputs import MODES, SCENARIOS, assert_exact, run_scenario
 
 pytestmark = pytest.mark.e2e
 

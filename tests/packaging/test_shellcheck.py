@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pkgtools import ROOT, require
+from tests.fixtures.pkgtools import ROOT, require
 
 SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("vagrant/*.sh")])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pkgtools import ROOT, missing, require
+from tests.fixtures.pkgtools import ROOT, missing, require
 
 UNIT = ROOT / "systemd" / "mcr-xdp@.service"
 INSTALLED_BINARY = "/usr/local/bin/mcr-xdp"

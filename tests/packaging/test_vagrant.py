@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from pkgtools import ROOT, missing, require
+from tests.fixtures.pkgtools import ROOT, missing, require
 
 VAGRANT_DIR = ROOT / "vagrant"
 VAGRANTFILE = VAGRANT_DIR / "Vagrantfile"

@@ -8,7 +8,6 @@ constant as JSON; each one must equal its Python mirror. Needs gcc only.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp import abi
+from tests.fixtures.policy import skip_or_fail
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mcr_abi.h"
 HEADER_TEXT = HEADER.read_text()
@@ -27,15 +27,6 @@ DEFINES = re.findall(r"^#define[ \t]+(MCR_\w+)[ \t]+\S", HEADER_TEXT, re.M)
 STRING_DEFINES = re.findall(r'^#define[ \t]+(MCR_\w+)[ \t]+"', HEADER_TEXT, re.M)
 VERDICT_NAMES = re.findall(r"^\s*(MCR_V_\w+)\s*=", HEADER_TEXT, re.M)
 STRUCT_NAMES = re.findall(r"^struct\s+(mcr_\w+)\s*\{", HEADER_TEXT, re.M)
-
-
-def _skip_or_fail(reason: str) -> None:
-    # tests/conftest.py's policy. tests/ is not a package, so every conftest.py
-    # is the module `conftest` and the last one imported wins: load by path.
-    spec = importlib.util.spec_from_file_location("_mcr_test_policy", Path(__file__).parents[1] / "conftest.py")
-    policy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(policy)
-    policy.skip_or_fail(reason)
 
 
 def _python_name(c_name: str) -> str:
@@ -67,7 +58,7 @@ def _probe_source() -> str:
 def probe(tmp_path_factory) -> dict:
     gcc = shutil.which("gcc")
     if gcc is None:
-        _skip_or_fail("needs gcc to compile the ABI probe")
+        skip_or_fail("needs gcc to compile the ABI probe")
     tmp = tmp_path_factory.mktemp("abi")
     (tmp / "probe.c").write_text(_probe_source())
     cc = subprocess.run(

@@ -1,5 +1,5 @@
 """Ones'-complement arithmetic (mcr_xdp.csum) against checksums recomputed
-from scratch by tests/packets.py, which shares no code with it.
+from scratch by tests/fixtures/packets.py, which shares no code with it.
 
 Random cases come from random.Random with a fixed seed, so a failure
 reproduces; the seed and case number are in the test id.
@@ -12,11 +12,11 @@ import random
 import struct
 import sys
 
-import packets
 import pytest
 
 from mcr_xdp import csum, encode
 from mcr_xdp.rules import parse_rule
+from tests.fixtures import packets
 
 SEED = 0x4D4352
 CASES = 200

@@ -13,9 +13,9 @@ import struct
 from dataclasses import replace
 
 import pytest
-from packets import Udp4, Udp6, arp_request, IP_MF
 
 from mcr_xdp.fallback import cbpf
+from tests.fixtures.packets import IP_MF, Udp4, Udp6, arp_request
 
 PACKET_HOST, PACKET_MULTICAST, PACKET_OUTGOING = 0, 2, 4
 

@@ -1,5 +1,5 @@
 """The userspace datapath (mcr_xdp.fallback.forward) against the XDP
-program's own packet table (tests/bpf/test_relay_prog.py): same verdicts,
+program's own packet table (tests/fixtures/xdp_table.py): same verdicts,
 byte-identical output frames. No privileges: it is plain Python.
 
 Frames reach a packet socket without their VLAN tag (the kernel moves it to
@@ -10,19 +10,15 @@ about XDP's devmap slots do not apply (userspace sends by interface).
 from __future__ import annotations
 
 import struct
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from mcr_xdp import abi, encode
 from mcr_xdp.fallback.forward import Table, entry_message
 from mcr_xdp.rules import parse_rule
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bpf"))
-import test_relay_prog as xdp_table  # noqa: E402  (the table lives with the XDP tests)
-from packets import Udp4, Udp6, inet_checksum, mac  # noqa: E402
+from tests.fixtures import xdp_table
+from tests.fixtures.packets import Udp4, Udp6, inet_checksum, mac
 
 LO = xdp_table.LO
 OUT_MAC = xdp_table.OUT_MAC

@@ -5,9 +5,12 @@ One request per connection: a JSON object on one line,
 answered by one line,
     {"version": 1, "ok": true, "result": ...} or {"version": 1, "ok": false, "error": "..."}
 The socket is mode 0600 and the server also checks the peer's uid with
-SO_PEERCRED: only root may talk to the relay. Requests are capped at
-MAX_REQUEST bytes and a few seconds; the server is single-threaded and
-non-blocking, driven by the relay's own event loop (no thread per request).
+SO_PEERCRED: only root, or the user the server runs as, may talk to it. A
+relay runs as root, so for a relay that is root alone; admitting the
+server's own user (whom the 0600 file lets connect anyway) makes the
+protocol testable without root. Requests are capped at MAX_REQUEST bytes
+and a few seconds; the server is single-threaded and non-blocking, driven
+by the relay's own event loop (no thread per request).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class ControlServer:
     def __init__(self, path: str, handler: Callable[[str, dict], object]):
         self.path = path
         self.handler = handler
+        self._peers = {0, os.geteuid()}
         self.sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._listen = self._bind(path)
@@ -149,7 +153,7 @@ class ControlServer:
         except OSError:
             return
         pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != 0:
+        if uid not in self._peers:
             self._reply(sock, {"ok": False, "error": "permission denied: the control socket is for root only"})
             return
         sock.setblocking(False)

@@ -3,69 +3,28 @@
 A ControlServer runs in a thread of the test with a fake handler (the
 relay's Service is not involved); requests go through the real client,
 control.request(), or raw bytes over the socket where the client would not
-send them. Tests that switch to another user need root.
+send them. Server and client run as the same user, which the server lets
+in; peers of another user are refused (tests/e2e/test_control_peers.py,
+which needs root to be another user).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 import socket
 import stat
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from mcr_xdp import control
-from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION, ControlError, ControlServer, RequestError
-from mcr_xdp.errors import BusyError, RuleError
-
-NOBODY = 65534
-
-
-def fake_handler(op: str, args: dict):
-    """Stands in for the relay's Service.handle."""
-    if op == "echo":
-        return args
-    if op == "refuse":
-        raise RuleError("no rule with id 7")
-    if op == "crash":
-        raise ZeroDivisionError("division by zero")
-    raise RequestError(f"unknown operation {op!r}")
-
-
-class Served:
-    """A ControlServer polled by a thread until stop()."""
-
-    def __init__(self, path: str, handler=fake_handler):
-        self.calls: list[tuple[str, dict]] = []
-
-        def recording(op, args):
-            self.calls.append((op, args))
-            return handler(op, args)
-
-        self.server = ControlServer(path, recording)
-        self.path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.server.poll(0.05)
-        finally:
-            self.server.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        assert not self._thread.is_alive()
+from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION, ControlError, ControlServer
+from mcr_xdp.errors import BusyError
+from tests.fixtures.control import Served, fake_handler, raw, read_reply, req
 
 
 @pytest.fixture
@@ -91,35 +50,6 @@ def serve(sock_dir):
     yield start
     for served in started:
         served.stop()
-
-
-def raw(path: str, data: bytes, timeout: float = 10.0) -> dict:
-    """Send bytes as they are, then read the one-line reply. The server may
-    answer (and close) before it has read everything: a refused send still
-    leaves the reply to read."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        return read_reply(sock)
-
-
-def read_reply(sock: socket.socket) -> dict:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    assert data.count(b"\n") == 1 and data.endswith(b"\n"), data
-    return json.loads(data)
-
-
-def req(op: str, args=None, version=PROTOCOL_VERSION, **extra) -> bytes:
-    return json.dumps({"version": version, "op": op, "args": {} if args is None else args, **extra}).encode() + b"\n"
 
 
 # -- requests and replies ---------------------------------------------------------
@@ -326,62 +256,3 @@ def test_other_file_in_the_way_is_left_alone(sock_dir, kind):
 def test_no_relay(sock_dir):
     with pytest.raises(ControlError, match="^no relay is running here"):
         control.request("status", {}, str(sock_dir / "ctl.sock"))
-
-
-# -- peers that are not root -------------------------------------------------------
-
-
-def as_nobody(fn) -> tuple[str, str]:
-    """Run fn() in a child process as uid/gid 65534; returns ("ok", repr of
-    its result) or (exception type name, message)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            try:
-                out = ("ok", repr(fn()))
-            except Exception as exc:  # reported to the parent
-                out = (type(exc).__name__, str(exc) if not isinstance(exc, OSError) else errno.errorcode[exc.errno])
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return tuple(json.loads(data))
-
-
-@pytest.mark.root
-def test_non_root_peer_is_refused(serve):
-    served = serve()
-    os.chmod(served.path, 0o666)  # let nobody connect: the peer check must still refuse
-
-    kind, result = as_nobody(lambda: raw(served.path, req("echo", {"x": 1})))
-    assert kind == "ok"
-    assert "'ok': False" in result and "permission denied" in result
-
-    kind, message = as_nobody(lambda: control.request("echo", {"x": 1}, served.path))
-    assert (kind, message) == ("ControlError", "permission denied: the control socket is for root only")
-
-    assert served.calls == []
-    assert control.request("echo", {"root": True}, served.path) == {"root": True}
-
-
-@pytest.mark.root
-def test_mode_0600_keeps_others_out(serve):
-    served = serve()
-
-    def connect():
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(served.path)
-
-    assert as_nobody(connect) == ("PermissionError", "EACCES")
-    assert as_nobody(lambda: control.request("echo", {}, served.path)) == (
-        "ControlError", f"permission denied on {served.path}: run as root")
-    assert served.calls == []

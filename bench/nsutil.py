@@ -1,4 +1,4 @@
-"""Small helpers the benchmark needs beyond mcr_xdp.netns: running code of
+"""Small helpers the benchmark needs beyond mcr_xdp.lab.netns: running code of
 this process inside a network namespace (BPF_PROG_TEST_RUN resolves the
 context's ingress_ifindex, and netlink attaches its ifindex, in the
 caller's namespace), threaded NAPI, and CPU accounting from /proc."""

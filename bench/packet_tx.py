@@ -18,7 +18,7 @@ import socket
 import struct
 import time
 
-from mcr_xdp.netns import Topology, Veth, unique_prefix
+from mcr_xdp.lab.netns import Topology, Veth, unique_prefix
 
 from .lookup import frame
 from .nsutil import netns

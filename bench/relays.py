@@ -17,7 +17,9 @@ import subprocess
 import tempfile
 import time
 
-from mcr_xdp.netns import Chain, Proc, TopologyError, venv_bin
+from mcr_xdp.errors import TopologyError
+from mcr_xdp.lab.netns import Chain
+from mcr_xdp.lab.proc import Proc, venv_bin
 
 from .sink import Sink
 

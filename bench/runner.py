@@ -12,7 +12,8 @@ import subprocess
 import time
 from contextlib import ExitStack
 
-from mcr_xdp.netns import Chain, Proc, unique_prefix, venv_bin
+from mcr_xdp.lab.netns import Chain, unique_prefix
+from mcr_xdp.lab.proc import Proc, venv_bin
 
 from . import nsutil
 from .livegen import GenConfig, LiveGen
@@ -246,7 +247,7 @@ class Runner:
         self.sink.detach()
         procs = []
         try:
-            recv = Proc(topo.python(sink.ns, "-m", "mcr_xdp.traffic", "recv", "--group", group, "--port", str(port),
+            recv = Proc(topo.python(sink.ns, "-m", "mcr_xdp.lab.traffic", "recv", "--group", group, "--port", str(port),
                                     "--iface", sink.name, "--count", str(count), "--idle-timeout", "2"))
             procs.append(recv)
             recv.wait_for("ready")
@@ -338,7 +339,7 @@ def kill_namespace_processes(namespaces: list[str]) -> None:
 def cleanup_stale() -> list[str]:
     """Remove benchmark namespaces left by runs whose process is gone (a
     SIGKILLed run); returns their names."""
-    from mcr_xdp.netns import existing_namespaces
+    from mcr_xdp.lab.netns import existing_namespaces
 
     stale = []
     for name in sorted(existing_namespaces()):

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from mcr_xdp import features
 from mcr_xdp.errors import McrError
-from mcr_xdp.netns import Chain, Proc, unique_prefix, venv_bin
+from mcr_xdp.lab.netns import Chain, unique_prefix
+from mcr_xdp.lab.proc import Proc, venv_bin
 
 from .console import err, out
 
@@ -51,13 +52,13 @@ def demo(
         procs.append(relay)
         relay.wait_for("relaying", timeout=60)
         sink_ns, src_ns = topo.sink[0].ns, topo.src.ns
-        recv = Proc(topo.python(sink_ns, "-m", "mcr_xdp.traffic", "recv", "--group", OUT_GROUP, "--port",
+        recv = Proc(topo.python(sink_ns, "-m", "mcr_xdp.lab.traffic", "recv", "--group", OUT_GROUP, "--port",
                                 str(OUT_PORT), "--iface", topo.sink[0].name, "--count", str(count)))
         procs.append(recv)
         recv.wait_for("ready")
         errors_before = topo.snmp(sink_ns)["InCsumErrors"]
         out.print(f"[bold]send[/]: {count} packets of {size} B at {rate:g} pps to {IN_GROUP}:{IN_PORT}")
-        send = Proc(topo.python(src_ns, "-m", "mcr_xdp.traffic", "send", "--group", IN_GROUP, "--port",
+        send = Proc(topo.python(src_ns, "-m", "mcr_xdp.lab.traffic", "send", "--group", IN_GROUP, "--port",
                                 str(IN_PORT), "--iface", topo.src.name, "--count", str(count), "--rate",
                                 str(rate), "--size", str(size)))
         procs.append(send)

@@ -28,7 +28,7 @@ def gen(
     """Send COUNT packets to GROUP:PORT at RATE, then print a summary.
 
     Payloads carry a sequence number and a digest: a receiver
-    (python -m mcr_xdp.traffic recv) counts lost, duplicated, reordered and
+    (python -m mcr_xdp.lab.traffic recv) counts lost, duplicated, reordered and
     corrupted packets. Needs no root. Ctrl-C stops early and still prints
     what was sent.
 

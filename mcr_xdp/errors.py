@@ -57,3 +57,8 @@ class BusyError(McrError):
     """The interface already carries an XDP program."""
 
     exit_code = 4
+
+
+class TopologyError(McrError):
+    """A throw-away lab (the demo's namespaces, veths and the processes in
+    them) could not be built, or a process in it failed to start."""

@@ -2,9 +2,10 @@
 
 Checks everything it can before the first packet (group, port, interface,
 size, rate, TTL), then sends sequence-numbered payloads through
-mcr_xdp.traffic, the same payloads `python -m mcr_xdp.traffic recv`, the
-demo and the tests verify: a receiver can tell lost, duplicated, reordered
-and corrupted packets apart. Library code: raises McrError, never prints.
+mcr_xdp.lab.traffic, the same payloads `python -m mcr_xdp.lab.traffic
+recv`, the demo and the tests verify: a receiver can tell lost, duplicated,
+reordered and corrupted packets apart. Library code: raises McrError, never
+prints.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import ipaddress
 import socket
 import time
 
-from . import traffic
 from .errors import InterfaceError, McrError, UsageError
+from .lab import traffic
 
 # The largest UDP payload of one datagram (65535 - IP - UDP headers).
 MAX_SIZE = {4: 65535 - 20 - 8, 6: 65535 - 40 - 8}

@@ -19,7 +19,7 @@ def _no_orphan_namespaces():
     """A test run killed before its finalizers (SIGKILL, a timeout) leaves
     namespaces; sweep those of dead runs before this one starts."""
     if os.geteuid() == 0:
-        from mcr_xdp.netns import remove_orphans
+        from mcr_xdp.lab.netns import remove_orphans
 
         remove_orphans()
     yield

@@ -11,7 +11,7 @@ import pytest
 
 from bench import lookup
 from bench.nsutil import netns
-from mcr_xdp.netns import Topology, unique_prefix
+from mcr_xdp.lab.netns import Topology, unique_prefix
 
 pytestmark = pytest.mark.root
 

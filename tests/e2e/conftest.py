@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mcr_xdp.netns import Chain, Proc, existing_namespaces, unique_prefix
+from mcr_xdp.lab.netns import Chain, existing_namespaces, unique_prefix
+from mcr_xdp.lab.proc import Proc
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from bench import packet_tx
-from mcr_xdp.netns import existing_namespaces
+from mcr_xdp.lab.netns import existing_namespaces
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

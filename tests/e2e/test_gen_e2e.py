@@ -1,5 +1,5 @@
 """mcr-xdp gen for real: a fresh pair of namespaces joined by a veth, the
-CLI sending in one, the verifying receiver of mcr_xdp.traffic in the other;
+CLI sending in one, the verifying receiver of mcr_xdp.lab.traffic in the other;
 every packet arrives once, intact, in order, at the rate asked for."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from mcr_xdp.netns import Proc, Topology, Veth, unique_prefix, venv_bin
+from mcr_xdp.lab.netns import Topology, Veth, unique_prefix
+from mcr_xdp.lab.proc import Proc, venv_bin
 from tests.fixtures.relay import SCALE
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -33,7 +34,7 @@ def test_every_packet_arrives_intact(pair, count, rate, size):
     topo, left, right = pair
     procs = []
     try:
-        recv = Proc(topo.python(right.ns, "-m", "mcr_xdp.traffic", "recv", "--group", GROUP, "--port", str(PORT),
+        recv = Proc(topo.python(right.ns, "-m", "mcr_xdp.lab.traffic", "recv", "--group", GROUP, "--port", str(PORT),
                                 "--iface", right.name, "--count", str(count), "--idle-timeout", "2"))
         procs.append(recv)
         recv.wait_for("ready", timeout=30 * SCALE)

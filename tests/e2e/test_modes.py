@@ -16,7 +16,7 @@ import time
 import pytest
 
 from mcr_xdp import abi
-from mcr_xdp.netns import Proc
+from mcr_xdp.lab.proc import Proc
 from tests.fixtures.relay import SCALE, mcr, relay_cli, relay_streams, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from mcr_xdp import pins
-from mcr_xdp.netns import Proc
+from mcr_xdp.lab.proc import Proc
 from tests.fixtures.relay import SCALE, mcr, result, send, start_receiver
 
 pytestmark = pytest.mark.e2e

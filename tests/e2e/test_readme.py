@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mcr_xdp.netns import Proc, Topology, Veth, existing_namespaces, unique_prefix
+from mcr_xdp.lab.netns import Topology, Veth, existing_namespaces, unique_prefix
+from mcr_xdp.lab.proc import Proc
 from tests.fixtures.relay import SCALE, mcr
 
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ import pytest
 
 from mcr_xdp import config
 from mcr_xdp.config import ConfigError
+from mcr_xdp.lab.proc import venv_bin
 from mcr_xdp.modes import XdpMode
-from mcr_xdp.netns import venv_bin
 from mcr_xdp.rules import parse_rule
 
 VALID = """\

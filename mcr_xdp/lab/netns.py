@@ -15,13 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-class TopologyError(RuntimeError):
-    pass
+from ..errors import TopologyError
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:  # the command itself is missing: ethtool, say
+        raise TopologyError(f"{' '.join(cmd)}: {exc.strerror}") from None
     if check and proc.returncode != 0:
         raise TopologyError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -183,67 +184,3 @@ def unique_prefix(tag: str = "mcr") -> str:
     `ip netns list`, so keep them recognisable."""
     unique_prefix.counter = getattr(unique_prefix, "counter", 0) + 1
     return f"{tag}-{os.getpid()}-{unique_prefix.counter}"
-
-
-def venv_bin(name: str) -> str:
-    """A console script of this interpreter's environment."""
-    return str(Path(sys.executable).parent / name)
-
-
-class Proc:
-    """A child process whose stdout lines are collected by a thread, so a
-    caller can wait for a line without blocking on a full pipe."""
-
-    def __init__(self, popen: subprocess.Popen, on_line=None):
-        import threading
-
-        self.popen = popen
-        self.lines: list[str] = []
-        self._on_line = on_line
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.popen.stdout:
-            line = line.rstrip("\n")
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-            if self._on_line:
-                self._on_line(line)
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
-        """The first line containing text; TopologyError if the process ends
-        or the time runs out first."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
-                    stderr = self.popen.stderr.read() if self.popen.poll() is not None and self.popen.stderr else ""
-                    raise TopologyError(f"{self.popen.args[3:]} never printed {text!r}: {stderr.strip()}")
-                self._cond.wait(min(left, 0.2))
-
-    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
-        """Signal the process (SIGTERM by default) and reap it; kill it if it
-        does not end in time."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._reader.join(5)
-        return self.popen.returncode
-
-    def stderr(self) -> str:
-        return self.popen.stderr.read() if self.popen.stderr else ""

@@ -3,7 +3,7 @@
 Payloads carry a magic, a sequence number and a hash of the whole payload,
 so a receiver can tell lost, duplicated and corrupted packets apart. Used by
 the demo, the end-to-end tests and the benchmarks; runnable as
-`python -m mcr_xdp.traffic send|recv ...` inside a namespace.
+`python -m mcr_xdp.lab.traffic send|recv ...` inside a namespace.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
 
 
 def _main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mcr_xdp.traffic", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m mcr_xdp.lab.traffic", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("send", "recv"):
         c = sub.add_parser(name)

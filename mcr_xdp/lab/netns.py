@@ -4,18 +4,38 @@ end-to-end tests and the benchmarks.
 Everything is created inside namespaces whose names carry a unique prefix,
 so deleting the namespaces removes every veth (and any XDP program on them);
 close() does that and is safe to call after a partial build.
+
+Namespaces, links and addresses are made over netlink (pyroute2). What runs
+inside a namespace (sysctl, ethtool, the relay, the traffic tools) goes
+through `ip netns exec`: pyroute2 has no exec, and both bind-mount a
+namespace at /run/netns/NAME, so each finds the other's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
 from ..errors import TopologyError
+
+# What a failed netlink call or namespace mount raises.
+_LAB_ERRORS = (NetlinkError, OSError)
+
+
+def _reason(exc: Exception) -> str:
+    # NetlinkError's str() is a tuple, "(17, 'File exists')": keep the words.
+    return exc.args[-1] if isinstance(exc, NetlinkError) and exc.args else str(exc)
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -29,7 +49,35 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def existing_namespaces() -> set[str]:
-    return {line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()}
+    """The names `ip netns list` shows."""
+    return set(pr_netns.listnetns())
+
+
+@contextlib.contextmanager
+def _rtnl(ns: str, what: str) -> Iterator[IPRoute]:
+    """A netlink socket inside ns; a failure of the calls made on it
+    becomes a TopologyError saying what was being done.
+
+    This thread steps into ns to open the socket (which stays in the
+    namespace it was opened in) and straight back. IPRoute(netns=ns) would
+    fork a child to open it instead and stop that child with SIGTERM; a
+    forked copy of this process runs our Python signal handlers, and the
+    demo's turns SIGTERM into KeyboardInterrupt, which would unwind the
+    child through the demo's own cleanup. flags=0: a name that does not
+    exist fails, rather than being created."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            pr_netns.setns(ns, flags=0)
+            ipr = IPRoute()
+        finally:
+            pr_netns.setns(home)
+        with ipr:
+            yield ipr
+    except _LAB_ERRORS as exc:
+        raise TopologyError(f"{what}: {_reason(exc)}") from None
+    finally:
+        os.close(home)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +106,15 @@ class Topology:
         name = self.ns(role)
         if name in existing_namespaces():
             raise TopologyError(f"network namespace {name} exists already")
-        _run("ip", "netns", "add", name)
+        # Listed before it exists: a create that fails half way (the mount
+        # point made, the mount not) still leaves close() something to remove.
         self.namespaces.append(name)
-        self.exec(name, "ip", "link", "set", "lo", "up")
+        try:
+            pr_netns.create(name)
+        except _LAB_ERRORS as exc:
+            raise TopologyError(f"creating network namespace {name}: {_reason(exc)}") from None
+        with _rtnl(name, f"setting lo up in {name}") as ipr:
+            ipr.link("set", index=1, state="up")  # lo is ifindex 1 in every namespace
         # Multicast from an off-subnet source must not trip reverse-path checks.
         for conf in ("all", "default"):
             self.exec(name, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
@@ -72,13 +126,18 @@ class Topology:
         redirected frames when its peer runs NAPI) and TX checksum offload
         off (a local sender's partial checksums would be wrong after an XDP
         rewrite)."""
-        self.exec(a.ns, "ip", "link", "add", a.name, "type", "veth", "peer", "name", b.name, "netns", b.ns)
+        with _rtnl(a.ns, f"adding veth {a.name} in {a.ns}, peer {b.name} in {b.ns}") as ipr:
+            ipr.link("add", ifname=a.name, kind="veth", peer={"ifname": b.name, "net_ns_fd": b.ns})
         for end in (a, b):
-            self.exec(end.ns, "ip", "addr", "add", end.address, "dev", end.name)
-            if end.address6:
-                # nodad: usable at once, no tentative period.
-                self.exec(end.ns, "ip", "-6", "addr", "add", end.address6, "dev", end.name, "nodad")
-            self.exec(end.ns, "ip", "link", "set", end.name, "up")
+            with _rtnl(end.ns, f"addressing {end.name} in {end.ns}") as ipr:
+                index = ipr.link_lookup(ifname=end.name)[0]
+                address, prefixlen = end.address.split("/")
+                ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen))
+                if end.address6:
+                    address6, prefixlen6 = end.address6.split("/")
+                    # NODAD: usable at once, no tentative period.
+                    ipr.addr("add", index=index, address=address6, prefixlen=int(prefixlen6), flags=IFA_F_NODAD)
+                ipr.link("set", index=index, state="up")
             self.exec(end.ns, "ethtool", "-K", end.name, "gro", "on", "tx", "off")
             self.exec(end.ns, "sysctl", "-qw", f"net.ipv4.conf.{end.name}.rp_filter=0")
 
@@ -119,8 +178,14 @@ class Topology:
         return groups
 
     def close(self) -> None:
+        """Remove every namespace of this topology, whatever state a build
+        left it in. Nothing is raised (this runs in finalizers, often after
+        a failure): callers that must know check existing_namespaces().
+        As with `ip netns del`, a process still inside keeps its namespace
+        alive, unnamed, until it ends."""
         for name in reversed(self.namespaces):
-            _run("ip", "netns", "del", name, check=False)
+            with contextlib.suppress(OSError):  # already gone, or never made
+                pr_netns.remove(name)
         self.namespaces.clear()
 
     def __enter__(self) -> Topology:
@@ -174,7 +239,8 @@ def remove_orphans(tags=("mcrt", "mcrd", "mcr-demo", "mcrx", "mcrb")) -> list[st
     for name in sorted(existing_namespaces()):
         m = rx.match(name)
         if m and not Path(f"/proc/{m[1]}").exists():
-            _run("ip", "netns", "del", name, check=False)
+            with contextlib.suppress(OSError):
+                pr_netns.remove(name)
             removed.append(name)
     return removed
 

@@ -1,4 +1,4 @@
-"""The benchmark's generator: bpf/bench_gen.c driven through
+"""The benchmark's generator: bench/bpf/bench_gen.c driven through
 BPF_PROG_TEST_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, Linux
 5.18+). The kernel runs the program once per frame of a page pool and
 really redirects each frame out of the source veth, so the relay receives
@@ -24,10 +24,10 @@ import time
 from mcr_xdp import libbpf
 from mcr_xdp.errors import AttachError, NotSupported
 from mcr_xdp.features import require_toolchain
-from mcr_xdp.loader import bpf_dir
 from mcr_xdp.maps import possible_cpus
 
 from .nsutil import netns
+from .sources import include_flags, source
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in net/bpf/test_run.c
@@ -122,13 +122,13 @@ def cflags(cfg: GenConfig) -> list[str]:
 
 
 class GenCtl(ctypes.Structure):
-    """struct gen_ctl in bpf/bench_gen.c."""
+    """struct gen_ctl in bench/bpf/bench_gen.c."""
 
     _fields_ = [("interval_ns", ctypes.c_uint64), ("limit", ctypes.c_uint64)]
 
 
 class GenState(ctypes.Structure):
-    """struct gen_state in bpf/bench_gen.c (per CPU)."""
+    """struct gen_state in bench/bpf/bench_gen.c (per CPU)."""
 
     _fields_ = [("sent", ctypes.c_uint64), ("next_ns", ctypes.c_uint64)]
 
@@ -154,9 +154,9 @@ class LiveGen:
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch {batch} must be 1..{MAX_BATCH}")
         self.cfg, self.batch, self.cpu = cfg, batch, cpu
-        src = bpf_dir() / "bench_gen.c"
+        src = source("bench_gen.c")
         try:
-            self._bpf = BPF(src_file=str(src).encode(), cflags=cflags(cfg))
+            self._bpf = BPF(src_file=str(src).encode(), cflags=include_flags() + cflags(cfg))
             self.prog_fd = self._bpf.load_func(PROG.encode(), BPF.XDP).fd
         except Exception as exc:  # bcc raises bare Exception
             raise AttachError(f"could not compile or load {src.name}: {exc}") from None

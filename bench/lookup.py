@@ -1,7 +1,7 @@
 """python -m bench lookup: what the pieces of the datapath's per-packet work
 cost, in ns, through BPF_PROG_TEST_RUN (no interfaces, no traffic).
 
-Each program of bpf/bench_lookup.c does one thing (a rule lookup with the
+Each program of bench/bpf/bench_lookup.c does one thing (a rule lookup with the
 relay's 40-byte key, the same lookup behind a 12- or 8-byte key, one or
 three per-CPU counter updates); the real mcr_relay runs on a frame that
 matches a rule and on one that matches none. The kernel times a run of
@@ -20,6 +20,8 @@ import time
 from mcr_xdp import encode, libbpf, loader
 from mcr_xdp.errors import AttachError
 from mcr_xdp.rules import parse_rule
+
+from .sources import include_flags, source
 
 IFINDEX = 3  # as BL_IFINDEX in bench_lookup.c: the rule keys' input, a constant in the programs
 LO = 1  # the context's ingress interface: the kernel refuses (ENODEV) one this namespace lacks
@@ -80,9 +82,8 @@ def _key_small(k, i):
 def micro(rules: int, repeat: int, rounds: int) -> dict:
     from bcc import BPF
 
-    directory = loader.bpf_dir()
     try:
-        bpf = BPF(src_file=str(directory / "bench_lookup.c").encode(), cflags=[f"-I{directory}"])
+        bpf = BPF(src_file=str(source("bench_lookup.c")).encode(), cflags=include_flags())
     except Exception as exc:  # bcc raises bare Exception
         raise AttachError(f"could not compile bench_lookup.c: {exc}") from None
     try:

@@ -1,4 +1,4 @@
-"""The benchmark's sink: bpf/bench_sink.c, an XDP program that counts
+"""The benchmark's sink: bench/bpf/bench_sink.c, an XDP program that counts
 IPv4/UDP multicast frames and drops everything, attached in native mode so
 the end of the chain is never what limits a measurement."""
 
@@ -10,10 +10,10 @@ import errno
 from mcr_xdp import libbpf
 from mcr_xdp.errors import AttachError
 from mcr_xdp.features import require_toolchain
-from mcr_xdp.loader import bpf_dir
 from mcr_xdp.maps import possible_cpus
 
 from .nsutil import ifindex, netns
+from .sources import include_flags, source
 
 PROG = "bench_sink"
 PROG_REDIRECT = "bench_redirect"
@@ -33,8 +33,8 @@ class Sink:
         require_toolchain()
         from bcc import BPF
 
-        src = bpf_dir() / "bench_sink.c"
-        cflags = [] if redirect_to is None else [f"-DBENCH_FWD_IFINDEX={redirect_to}"]
+        src = source("bench_sink.c")
+        cflags = include_flags() + ([] if redirect_to is None else [f"-DBENCH_FWD_IFINDEX={redirect_to}"])
         prog = PROG if redirect_to is None else PROG_REDIRECT
         try:
             self._bpf = BPF(src_file=str(src).encode(), cflags=cflags)

@@ -1,4 +1,4 @@
-"""python -m bench lookup (bench/lookup.py, bpf/bench_lookup.c): its
+"""python -m bench lookup (bench/lookup.py, bench/bpf/bench_lookup.c): its
 programs find the rule they time, the relay takes the path it is timed on,
 and the report has every figure. Timing itself is the benchmark's business;
 here the runs are short."""

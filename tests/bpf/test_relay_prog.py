@@ -13,8 +13,23 @@ import pytest
 from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
 from tests.fixtures.xdp_table import (
-    ANY, CASES, IN, LO, OUT_MAC, REDIRECT, RULES, SLOT_LO, TAGGED, ZERO_SUM, ZERO_SUM6, assert_checksums_valid,
-    rewritten, rewritten6, rule_counts, udp_check, verdict_counts,
+    ANY,
+    CASES,
+    IN,
+    LO,
+    OUT_MAC,
+    REDIRECT,
+    RULES,
+    SLOT_LO,
+    TAGGED,
+    ZERO_SUM,
+    ZERO_SUM6,
+    assert_checksums_valid,
+    rewritten,
+    rewritten6,
+    rule_counts,
+    udp_check,
+    verdict_counts,
 )
 
 pytestmark = pytest.mark.root

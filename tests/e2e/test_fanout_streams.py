@@ -7,7 +7,16 @@ import ipaddress
 
 import pytest
 
-from tests.fixtures.relay import SCALE, relay_cli, relay_streams, result, send, start_receiver, start_relay, start_sender
+from tests.fixtures.relay import (
+    SCALE,
+    relay_cli,
+    relay_streams,
+    result,
+    send,
+    start_receiver,
+    start_relay,
+    start_sender,
+)
 
 pytestmark = pytest.mark.e2e
 

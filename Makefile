@@ -23,6 +23,13 @@ test-unit: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@bash scripts/setup.sh
 
+# ruff (settings in pyproject.toml) and shellcheck over every shell script;
+# tests/packaging/test_lint.py runs this, so `make test` (and CI) does too.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh vagrant/*.sh) .ci/run
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	shellcheck --external-sources $(SHELL_SCRIPTS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 

@@ -15,7 +15,7 @@ from mcr_xdp.errors import McrError
 from mcr_xdp.lab.netns import Chain, unique_prefix
 from mcr_xdp.lab.proc import Proc, venv_bin
 
-from .console import err, out
+from .console import out
 
 IN_GROUP, IN_PORT = "239.1.1.1", 5001
 OUT_GROUP, OUT_PORT = "239.2.2.2", 5002
@@ -85,7 +85,7 @@ def _report(count: int, result: dict, csum_errors: int, relay_lines: list[str]) 
     checks = [
         ("sent by the source", count, True),
         ("forwarded by XDP", forwarded[-1] if forwarded else "?", bool(forwarded) and forwarded[-1] == count),
-        (f"received at the sink on {dest}", result["destinations"].get(dest, 0), result["destinations"].get(dest, 0) == count),
+        (f"received at the sink on {dest}", got := result["destinations"].get(dest, 0), got == count),
         ("missing", result["missing"], result["missing"] == 0),
         ("duplicates", result["duplicates"], result["duplicates"] == 0),
         ("corrupt payloads", result["corrupt"], result["corrupt"] == 0),

@@ -107,7 +107,8 @@ def open_receiver(group: str, port: int, iface: str | None = None) -> socket.soc
     if family == socket.AF_INET:
         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         s.bind((group, port))
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, addr.packed + bytes(4) + struct.pack("i", _ifindex(iface)))
+        mreqn = addr.packed + bytes(4) + struct.pack("i", _ifindex(iface))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
     else:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         s.bind((group, port))

@@ -98,7 +98,8 @@ BAD = [
         colour = "blue"
         [inputs.eth0]
         rules = ["239.1.1.1:5001=eth1"]
-        """, 3, "colour", "unknown key (known: control_socket, fanout, inputs, interval, mode, steer_cpus, workers, xdp_mode)"),
+        """, 3, "colour",
+     "unknown key (known: control_socket, fanout, inputs, interval, mode, steer_cpus, workers, xdp_mode)"),
     Bad("unknown top-level table (typo of inputs)", """\
         xdp_mode = "native"
 

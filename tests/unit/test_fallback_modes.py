@@ -11,8 +11,8 @@ from mcr_xdp import abi, stats
 from mcr_xdp.errors import UsageError
 from mcr_xdp.fallback import Fallback
 from mcr_xdp.fallback import counters as cnt
-from mcr_xdp.modes import LADDER, Mode, XdpMode, failing_modes, ladder
 from mcr_xdp.maps import parse_cpu_list
+from mcr_xdp.modes import LADDER, Mode, XdpMode, failing_modes, ladder
 
 
 @pytest.mark.parametrize("mode, xdp_mode, expected", [

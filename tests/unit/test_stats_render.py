@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from mcr_xdp import stats
-from mcr_xdp.metrics import exposition, parse_addr
 from mcr_xdp.errors import UsageError
+from mcr_xdp.metrics import exposition, parse_addr
 from mcr_xdp_cli import render
 
 SCHEMA = json.loads((Path(stats.__file__).parent / "stats_schema.json").read_text())

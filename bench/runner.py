@@ -309,9 +309,10 @@ def _median_or_none(values: list) -> float | None:
 def check_frames(gen: LiveGen) -> None:
     """The generator's frames must be valid IPv4/UDP with correct checksums,
     or every relay that checks them (the host stack) would drop them."""
-    from .livegen import HEADERS, _fold, _words
     import ipaddress
     import struct
+
+    from .livegen import HEADERS, _fold, _words
 
     for frame in gen.sample(3):
         ip, udp = frame[14:34], frame[34:HEADERS]

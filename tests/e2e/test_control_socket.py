@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION
+from tests.fixtures.control import raw
 from tests.fixtures.relay import relay_cli, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
@@ -67,24 +67,6 @@ def stop_cleanly(relay) -> str:
     stderr = relay.stderr()
     assert "Traceback" not in stderr, stderr
     return stderr
-
-
-def raw_request(path: str, data: bytes) -> dict:
-    """Bytes over the relay's socket as they are; the reply line."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(15)
-        s.connect(path)
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before reading everything: the reply is waiting
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return json.loads(reply)
 
 
 def test_status(chain, sock):
@@ -190,13 +172,13 @@ def test_bad_requests_get_error_replies(chain, sock):
     relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
 
     for desc, data, message in BAD_REQUESTS:
-        reply = raw_request(sock, data)
+        reply = raw(sock, data)
         assert reply["version"] == PROTOCOL_VERSION, desc
         assert reply["ok"] is False, desc
         assert message in reply["error"], (desc, reply)
         assert relay.popen.poll() is None, desc
 
-    assert raw_request(sock, b'{"version": 1, "op": "rule.list", "args": {}}\n') == {
+    assert raw(sock, b'{"version": 1, "op": "rule.list", "args": {}}\n') == {
         "version": PROTOCOL_VERSION, "ok": True, "result": [{"id": 0, "rule": RULE_A}]}
     assert status(chain, sock)["rules"] == [{"id": 0, "rule": RULE_A}]
     stop_cleanly(relay)

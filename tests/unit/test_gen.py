@@ -11,8 +11,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mcr_xdp import gen, traffic
+from mcr_xdp import gen
 from mcr_xdp.errors import InterfaceError, UsageError
+from mcr_xdp.lab import traffic
 from mcr_xdp_cli import gen as gen_cli
 from mcr_xdp_cli.app import app
 

@@ -10,7 +10,8 @@
 #                     a stock kernel)
 #   VM_MEM=2G VM_CPUS=2
 #   VM_TESTS="tests/bpf tests/e2e"   what pytest runs in the guest
-#   PYTEST_ARGS=...   passed to pytest after VM_TESTS
+#   PYTEST_ARGS=...   passed to pytest after VM_TESTS (split on spaces)
+#   VM_K=EXPR         pytest -k EXPR, kept whole (spaces and all)
 #   VM_CACHE=.cache/vm  where the kernel image is downloaded and unpacked
 #   MCR_TEST_TIMEOUT_SCALE=10  how much slower the guest is taken to be: the
 #                     e2e waits grow and the streams' rates shrink by it
@@ -43,7 +44,7 @@ if [ "${1:-}" = --in-guest ]; then
     # Software emulation is ~20x slower: the e2e waits scale with this.
     export MCR_TEST_TIMEOUT_SCALE=${MCR_TEST_TIMEOUT_SCALE:-10}
     # shellcheck disable=SC2086 # VM_TESTS and PYTEST_ARGS are word lists
-    exec "$VENV/bin/python" -m pytest ${VM_TESTS} ${PYTEST_ARGS:-}
+    exec "$VENV/bin/python" -m pytest ${VM_TESTS} ${PYTEST_ARGS:-} ${VM_K:+-k "$VM_K"}
 fi
 
 # -- on the host --------------------------------------------------------------
@@ -109,7 +110,8 @@ kvm=(--disable-kvm) accel="software emulation"
 if [ "${VM_KVM:-0}" = 1 ]; then kvm=() accel=KVM; fi
 # PYTHONPATH: the guest runs this tree's code (a git worktree too), not
 # whatever checkout the venv's editable install points at.
-guest_env=(PYTHONPATH="$ROOT" VENV="$VENV" VM_TESTS="$VM_TESTS" PYTEST_ARGS="${PYTEST_ARGS:-}" VM_CI="${CI:-}")
+guest_env=(PYTHONPATH="$ROOT" VENV="$VENV" VM_TESTS="$VM_TESTS" PYTEST_ARGS="${PYTEST_ARGS:-}" VM_K="${VM_K:-}"
+           VM_CI="${CI:-}")
 [ -n "${MCR_TEST_TIMEOUT_SCALE:-}" ] && guest_env+=(MCR_TEST_TIMEOUT_SCALE="$MCR_TEST_TIMEOUT_SCALE")
 log "booting $kver ($version) under $accel, ${VM_MEM:-2G}, ${VM_CPUS:-2} CPUs; running pytest $VM_TESTS ${PYTEST_ARGS:-}"
 start=$SECONDS

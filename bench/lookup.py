@@ -18,6 +18,7 @@ import struct
 import time
 
 from mcr_xdp import encode, libbpf, loader
+from mcr_xdp.csum import checksum
 from mcr_xdp.errors import AttachError
 from mcr_xdp.rules import parse_rule
 
@@ -38,12 +39,13 @@ PROGRAMS = {
 
 
 def frame(group: str = GROUP, port: int = PORT, size: int = 64, ttl: int = 64) -> bytes:
-    """An Ethernet/IPv4/UDP frame of size bytes to group:port (the datapath
-    checks lengths, not checksums)."""
+    """An Ethernet/IPv4/UDP frame of size bytes to group:port, with the IPv4
+    header checksum the datapath verifies (no UDP checksum: zero stays)."""
     a, b, c, d = (int(x) for x in group.split("."))
     payload = bytes(size - 42)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, ttl, 17, 0,
                      bytes((192, 0, 2, 1)), bytes((a, b, c, d)))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0)
     eth = bytes((0x01, 0x00, 0x5E, b & 0x7F, c, d)) + bytes.fromhex("020000000001") + b"\x08\x00"
     return eth + ip + udp + payload

@@ -23,6 +23,7 @@ struct pkt {
 	struct iphdr *iph;      /* one of iph / ip6h is set */
 	struct ipv6hdr *ip6h;
 	struct udphdr *udp;
+	void *end;              /* of the frame: bounds the IPv4 options' checksum */
 	int tagged;
 	__u8 hops;              /* TTL or hop limit */
 	struct mcr_rule_key key;
@@ -34,7 +35,9 @@ static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifin
 {
 	struct cursor cur = { .pos = data, .end = data_end };
 	__be16 proto;
+	__u32 ulen;
 
+	p->end = data_end;
 	p->eth = parse_eth(&cur, &proto, &p->tagged);
 	if (!p->eth)
 		return MCR_V_PASS_MALFORMED;
@@ -73,10 +76,15 @@ static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifin
 	p->udp = parse_udp(&cur);
 	if (!p->udp)
 		return MCR_V_PASS_MALFORMED;
-	/* The UDP header must lie inside the IP packet, not in Ethernet padding. */
-	if (p->iph && bpf_ntohs(p->iph->tot_len) < p->iph->ihl * 4 + sizeof(struct udphdr))
+	/* The UDP length covers its header and stays inside the IP packet (not
+	 * in Ethernet padding, not past it): receivers drop a datagram that
+	 * lies about it, and fan-out would multiply it. */
+	ulen = bpf_ntohs(p->udp->len);
+	if (ulen < sizeof(struct udphdr))
 		return MCR_V_PASS_MALFORMED;
-	if (p->ip6h && bpf_ntohs(p->ip6h->payload_len) < sizeof(struct udphdr))
+	if (p->iph && ulen > (__u32)bpf_ntohs(p->iph->tot_len) - p->iph->ihl * 4)
+		return MCR_V_PASS_MALFORMED;
+	if (p->ip6h && ulen > bpf_ntohs(p->ip6h->payload_len))
 		return MCR_V_PASS_MALFORMED;
 	/* IPv6 requires a UDP checksum: a zero one can't be updated, and the
 	 * receiving stack would drop the packet anyway. */
@@ -114,7 +122,9 @@ static __always_inline struct mcr_rule *lookup_rule(struct mcr_config *cfg, stru
 }
 
 /* The rule of a parsed packet (verdict MCR_MATCH), or NULL with the
- * verdict that says why not: the start every ingress program shares. */
+ * verdict that says why not: the start every ingress program shares. The
+ * IPv4 header checksum is verified here, after the lookup, so traffic the
+ * relay does not relay never pays for it. */
 static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struct pkt *p, __u32 *verdict)
 {
 	struct mcr_rule *rule;
@@ -122,8 +132,14 @@ static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struc
 	if (*verdict != MCR_MATCH)
 		return NULL;
 	rule = lookup_rule(cfg, p);
-	if (!rule)
+	if (!rule) {
 		*verdict = MCR_V_PASS_NO_RULE;
+		return NULL;
+	}
+	if (p->iph && !ipv4_checksum_ok(p->iph, p->end)) {
+		*verdict = MCR_V_PASS_MALFORMED;
+		return NULL;
+	}
 	return rule;
 }
 

@@ -152,6 +152,8 @@ class Table:
                 return PASS_MALFORMED, None, ()
             l4 = 14 + ihl
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, l4)
+            if not 8 <= int.from_bytes(ulen, "big") <= tot - ihl:
+                return PASS_MALFORMED, None, ()
             entry = None
             if self.ssm.get(ifindex):
                 entry = self.by_key.get((ifindex, src, group, dport))
@@ -159,6 +161,11 @@ class Table:
                 entry = self.by_key.get((ifindex, b"", group, dport))
                 if entry is None:
                     return PASS_NO_RULE, None, ()
+            # The header checksum, as the XDP datapath checks it after the
+            # lookup: words summed in ones' complement are the header as one
+            # number mod 0xffff (2**16 = 1 mod 0xffff), 0 when valid.
+            if int.from_bytes(frame[14:l4], "big") % 0xFFFF:
+                return PASS_MALFORMED, None, ()
             if ttl <= 1:
                 return DROP_TTL, entry, ()
             fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
@@ -190,7 +197,7 @@ class Table:
             if n < 62 or plen < 8:
                 return PASS_MALFORMED, None, ()
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, 54)
-            if not udp_check:
+            if not udp_check or not 8 <= int.from_bytes(ulen, "big") <= plen:
                 return PASS_MALFORMED, None, ()
             entry = self.lookup(ifindex, src, group, dport)
             if entry is None:

@@ -65,9 +65,14 @@ def _key(name: str) -> str:
 def load(path: str | Path) -> FileConfig:
     path = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}): TOML files are UTF-8") from None
     lines = text.splitlines()
 
     def fail(line: int, key: str, msg: str):

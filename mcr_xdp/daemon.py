@@ -24,13 +24,16 @@ from .relay import Relay
 from .service import Service
 
 WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Their default action would end the process and leave the programs
+# attached without the relay: taken, logged and otherwise ignored.
+IGNORED = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Reporter(Protocol):
     def tick(self, prev: stats.Snapshot | None, cur: stats.Snapshot, status: dict) -> None:
         """A snapshot every interval (prev None: the first, at start)."""
 
-    def reloaded(self, result: dict | None, error: McrError | None) -> None:
+    def reloaded(self, result: dict | None, error: Exception | None) -> None:
         """A SIGHUP reload's outcome (Service.reload's result, or why it
         failed and the rules are unchanged)."""
 
@@ -68,7 +71,7 @@ class Daemon:
             wake_r.setblocking(False)
             wake_w.setblocking(False)
             self._wake = wake_r
-            previous = {sig: signal.signal(sig, lambda *_: None) for sig in WATCHED}
+            previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*WATCHED, *IGNORED)}
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             stack.callback(_restore_signals, previous, old_wakeup)
             stack.callback(self.relay.stop)
@@ -115,6 +118,9 @@ class Daemon:
                 return
             if "signal" in woke:
                 signums = self._signals()
+                for sig in IGNORED:
+                    if sig in signums:
+                        report.warn(f"{signal.Signals(sig).name} ignored (SIGHUP reloads, SIGINT and SIGTERM stop)")
                 if signal.SIGHUP in signums:
                     self._reload(report)
                 if signal.SIGINT in signums or signal.SIGTERM in signums:
@@ -123,12 +129,18 @@ class Daemon:
                 continue
             deadline += self.interval
             try:
-                self.relay.refresh_outputs()
-            except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
-                report.warn(f"could not re-check the outputs: {exc}")
-            cur = self.relay.snapshot()
-            report.tick(prev, cur, self.service.status())
-            prev = cur
+                prev = self._tick(report, prev)
+            except Exception as exc:  # a bug in reporting must not stop the forwarding
+                report.warn(f"internal error, relaying on: {_what(exc)}")
+
+    def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
+        try:
+            self.relay.refresh_outputs()
+        except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
+            report.warn(f"could not re-check the outputs: {exc}")
+        cur = self.relay.snapshot()
+        report.tick(prev, cur, self.service.status())
+        return cur
 
     def _signals(self) -> bytes:
         try:
@@ -142,7 +154,19 @@ class Daemon:
         except McrError as exc:
             report.reloaded(None, exc)
             return
+        except Exception as exc:  # a bug: the rules stay as they were, the relay runs on
+            report.reloaded(None, RuntimeError(f"internal error: {_what(exc)}"))
+            return
         report.reloaded(result, None)
+
+
+def _what(exc: Exception) -> str:
+    """An unexpected exception in one line: type, message, where it was raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _restore_signals(previous: dict, old_wakeup: int) -> None:

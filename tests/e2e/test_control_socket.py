@@ -228,6 +228,8 @@ BAD_RELOADS = [
     ("new input interface", '[inputs.in0]\nrules = []\n[inputs.out0]\nrules = []\n',
      "{cfg}: new input interfaces out0 need a restart"),
     ("file removed", None, "{cfg}: cannot read: No such file or directory"),
+    # Crashed the relay once (a UnicodeDecodeError escaped the reload).
+    ("not UTF-8", b'interval = 1\n# caf\xe9\n[inputs.in0]\nrules = []\n', "{cfg}:2: not UTF-8 (byte 0xe9)"),
 ]
 
 
@@ -240,6 +242,8 @@ def test_sighup_with_a_bad_config_changes_nothing(chain, sock, tmp_path, text, m
 
     if text is None:
         cfg.unlink()
+    elif isinstance(text, bytes):
+        cfg.write_bytes(text)
     else:
         cfg.write_text(text)
     relay.popen.send_signal(signal.SIGHUP)
@@ -254,3 +258,17 @@ def test_sighup_with_a_bad_config_changes_nothing(chain, sock, tmp_path, text, m
     [line] = [line for line in stderr.splitlines() if "reload" in line]
     assert line.startswith("mcr-xdp: reload failed, rules unchanged: "), line
     assert message.format(cfg=cfg) in line, line
+
+
+def test_stray_signals_leave_the_relay_running(chain, sock):
+    """SIGUSR1 and SIGUSR2 would end the process by default and leave its
+    program attached without the relay: logged and ignored instead."""
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):
+        relay.popen.send_signal(sig)
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}]  # served after the signals woke the loop
+    receiver = start_receiver(chain, "239.2.2.1", 5002, 300, idle=2.0)
+    send(chain, "239.1.1.1", 5001, 300, rate=2000)
+    assert result(receiver)["unique"] == 300
+    stderr = stop_cleanly(relay)
+    assert "SIGUSR1 ignored" in stderr and "SIGUSR2 ignored" in stderr, stderr

@@ -210,6 +210,15 @@ def test_no_inputs_names_file_and_key(tmp_path):
         config.load(path)
 
 
+def test_not_utf8(tmp_path):
+    """TOML is UTF-8 whatever the locale; another encoding is a ConfigError
+    with its line (a UnicodeDecodeError once crashed a SIGHUP reload)."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'interval = 1\n# caf\xe9\n[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:2: not UTF-8 \(byte 0xe9\)"):
+        config.load(path)
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=rf"^{path}: cannot read: No such file"):

@@ -91,7 +91,8 @@ def attach(
     path = socket_path or (file_cfg.control_socket if file_cfg else None) or control.default_path()
 
     relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
-                              workers=workers, fanout=fanout))
+                              workers=workers, fanout=fanout, instance=control.instance_for(path),
+                              control_socket=path))
     with Daemon(relay, path, config, metrics_addr, interval) as daemon:
         _announce(daemon)
         if tui:

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from mcr_xdp import abi, control, features, loader, pins
-from mcr_xdp.control import instance_name
-from mcr_xdp.errors import UsageError
+from mcr_xdp.errors import BusyError, UsageError
 from mcr_xdp.links import lookup
 
 from .console import out
@@ -17,16 +16,26 @@ from .console import out
 def detach(
     interface: Annotated[str, typer.Argument(help="Interface to remove the relay's XDP program from.",
                                              show_default=False)],
-    force: Annotated[bool, typer.Option("--force", help="Also remove an XDP program that is not mcr-xdp's.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=(
+        "Also remove an XDP program that is not mcr-xdp's, or one a running relay owns "
+        "(that relay stops forwarding there)."))] = False,
 ) -> None:
     """Remove the XDP program or TC filter a killed relay left on INTERFACE.
 
     A running relay detaches by itself on Ctrl-C or SIGTERM; this is for the
-    program a relay that was killed with SIGKILL left behind. (Userspace-mode
-    workers end with their relay: they leave nothing.)
+    program a relay that was killed with SIGKILL left behind, and refuses
+    while a running relay owns INTERFACE. (Userspace-mode workers end with
+    their relay: they leave nothing.)
     """
     features.require_root("detach")
     link = lookup([interface])[interface]
+    owner = pins.owner(link.ifindex)
+    if owner is not None and not force:
+        raise BusyError(
+            f"{interface} belongs to a running relay (pid {owner['pid']}, control socket "
+            f"{owner.get('socket') or 'unknown'}): stop it (Ctrl-C, SIGTERM, systemctl stop), which detaches "
+            "cleanly; --force removes its program anyway"
+        )
     tc = loader.tc_attached(link.ifindex)
     if tc is not None:
         loader.tc_detach(link.ifindex, interface)
@@ -43,8 +52,11 @@ def detach(
         loader.detach(link.ifindex, interface, only_prog_id=current.prog_id)
         out.print(f"detached XDP program {current.prog_id} ({current.name}, {current.kind}) from {interface}",
                   markup=False)
-    instance = instance_name()
-    if pins.remove_if_orphaned(instance):
-        out.print(f"removed the killed relay's pinned maps ({pins.pin_dir(instance)})", markup=False)
-    if (current is not None or tc is not None) and control.remove_stale():
+    sockets = {control.default_path()} if current is not None or tc is not None else set()
+    for instance in pins.instances():  # a killed relay's pins and state, when none of its programs is left
+        found = pins.read_state(instance) or {}
+        if not pins.alive(found.get("pid")) and pins.remove_if_orphaned(instance):
+            out.print(f"removed the killed relay's pinned maps ({pins.pin_dir(instance)})", markup=False)
+            sockets.add(found.get("socket") or control.default_path())
+    if [path for path in sorted(sockets) if control.remove_stale(path)]:
         out.print("removed its stale control socket", markup=False)

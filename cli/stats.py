@@ -23,9 +23,7 @@ def fetch_json(socket_path: str | None) -> dict:
     try:
         return control.request("stats", {}, socket_path)
     except control.ControlError:
-        if socket_path is not None:
-            raise
-        pinned = pins.read_stats(control.instance_name())
+        pinned = pins.read_stats(control.instance_for(socket_path))
         if pinned is None:
             raise
         return stats.as_json(*pinned)

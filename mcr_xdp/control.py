@@ -15,8 +15,10 @@ by the relay's own event loop (no thread per request).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import selectors
 import socket
 import stat
@@ -68,10 +70,32 @@ def instance_name() -> str:
 def default_path() -> str:
     """$MCR_XDP_SOCKET, else /run/mcr-xdp/mcr-xdp.sock, or
     /run/mcr-xdp/netns-NAME.sock inside network namespace NAME."""
-    if os.environ.get(SOCKET_ENV):
-        return os.environ[SOCKET_ENV]
+    return os.environ.get(SOCKET_ENV) or _namespace_path()
+
+
+def _namespace_path() -> str:
     name = instance_name()
     return DEFAULT_SOCKET if name == "default" else str(Path(DEFAULT_SOCKET).parent / f"{name}.sock")
+
+
+def instance_for(socket_path: str | None) -> str:
+    """The instance (pin directory, state file) of the relay serving
+    socket_path: this namespace's instance for its usual socket; for any
+    other socket that name, the socket's name and a hash of its path, so
+    relays with sockets of their own never share (or remove) each other's
+    pins and state."""
+    base = instance_name()
+    path = os.path.abspath(socket_path or default_path())
+    if path == os.path.abspath(_namespace_path()):
+        return base
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)[:32]
+    return f"{base}@{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def in_this_namespace(instance: str) -> bool:
+    """Whether an instance name (instance_for) is of this network namespace."""
+    base = instance_name()
+    return instance == base or instance.startswith(f"{base}@")
 
 
 class _Conn:

@@ -69,13 +69,14 @@ def pin(instance: str, map_fds: dict[str, int], state: dict) -> Path:
     return directory
 
 
-def make_state(pid: int, started: float, inputs: dict, rules: dict) -> dict:
+def make_state(pid: int, started: float, inputs: dict, rules: dict, socket: str | None = None) -> dict:
     """The state a relay writes beside its pins. inputs: name -> (ifindex,
-    prog_id, Mode); rules: id -> rules.Rule."""
+    prog_id, Mode); rules: id -> rules.Rule; socket: its control socket."""
     return {
         "version": STATE_VERSION,
         "abi_version": abi.ABI_VERSION,
         "pid": pid,
+        "socket": socket,
         "started": started,
         "inputs": {name: {"ifindex": ifindex, "prog_id": prog_id, "mode": mode.value}
                    for name, (ifindex, prog_id, mode) in inputs.items()},
@@ -192,6 +193,38 @@ def read_stats(instance: str):
             "`mcr-xdp detach IFACE` removes it")
     return snap, document(0, inputs, rules, notices=[gone],
                           parts=[{"cpus": maps.ncpus, "pinned": str(pin_dir(instance))}])
+
+
+def instances() -> list[str]:
+    """The instances of this network namespace that left a state file (a
+    running relay's, or a killed one's)."""
+    from .control import in_this_namespace
+
+    try:
+        names = [p.name.removesuffix(".state.json") for p in STATE_DIR.glob("*.state.json")]
+    except OSError:
+        return []
+    return sorted(n for n in names if in_this_namespace(n))
+
+
+def owner(ifindex: int) -> dict | None:
+    """The state of a live relay of this namespace with ifindex among its
+    inputs, or None."""
+    for instance in instances():
+        found = read_state(instance)
+        if found is not None and alive(found.get("pid")) and \
+                any(info.get("ifindex") == ifindex for info in found.get("inputs", {}).values()):
+            return found
+    return None
+
+
+def alive(pid) -> bool:
+    """pid is a running mcr-xdp (not a process that reused a dead relay's pid)."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, TypeError, ValueError):
+        return False
+    return b"mcr-xdp" in cmdline or b"mcr_xdp" in cmdline
 
 
 def remove_if_orphaned(instance: str) -> bool:

@@ -39,6 +39,7 @@ class RelayConfig:
     rules: list[Rule]
     xdp_mode: XdpMode = XdpMode.AUTO
     instance: str | None = None  # pin directory name; None: this namespace's (control.instance_name)
+    control_socket: str | None = None  # recorded in the pinned state (who owns the inputs)
     mode: Mode | None = None  # None: from xdp_mode (modes.ladder)
     steer_cpus: tuple[int, ...] = ()  # XDP: hash flows over these CPUs (cpumap)
     workers: int | None = None  # userspace: worker processes (None: one per CPU)
@@ -322,7 +323,7 @@ class Relay:
     def pin_state(self) -> dict:
         return pins.make_state(os.getpid(), time.time() - self.uptime,
                           {a.ifname: (a.ifindex, a.prog_id, a.mode) for a in self.attachments.values()},
-                          {i: r.rule for i, r in self.rules.items()})
+                          {i: r.rule for i, r in self.rules.items()}, self.config.control_socket)
 
     def _pin(self) -> None:
         for backend in self.backends.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,59 @@ def test_killed_relay_stats_from_pins_then_detach(chain, mode):
         assert gone.returncode != 0 and "no relay is running" in gone.stderr
     finally:
         pins.remove(instance)
+
+
+def _states(chain) -> dict[str, dict]:
+    """Instance -> state of the relays of chain's relay namespace."""
+    base = f"netns-{chain.relay_in.ns}"
+    return {p.name.removesuffix(".state.json"): json.loads(p.read_text())
+            for p in pins.STATE_DIR.glob(f"{base}*.state.json")
+            if p.name.startswith((f"{base}.", f"{base}@"))}
+
+
+@pytest.mark.parametrize("chain", [{"inputs": 2}], indirect=True)
+def test_relays_with_sockets_of_their_own_keep_their_own_pins(chain, tmp_path):
+    """Two relays in one namespace, each with its own --socket: neither a
+    failed start nor a stop touches the other's pins or state, detach
+    refuses an input a running relay owns, and stats finds a killed relay's
+    pins by its socket."""
+    inputs = [i.name for i in chain.relay_ins]
+    socks = [str(tmp_path / f"relay{i}.sock") for i in range(3)]
+    relays = []
+    try:
+        for name, sock in zip(inputs, socks):
+            relay = Proc(subprocess.Popen(in_relay_netns(chain, mcr(), "attach", name, "--socket", sock, "--rule",
+                                                         f"239.1.1.1:5001={chain.OUT}/239.2.2.2:5002"),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            chain.procs.append(relay)
+            relay.wait_for("relaying", timeout=60 * SCALE)
+            relays.append(relay)
+        states = _states(chain)
+        assert sorted(s["socket"] for s in states.values()) == socks[:2]
+        instance = {s["socket"]: i for i, s in states.items()}
+        assert all(pins.pin_dir(i).is_dir() for i in states)
+
+        busy = subprocess.run(in_relay_netns(chain, mcr(), "attach", inputs[0], "--socket", socks[2], "--rule",
+                                             f"239.1.1.1:5001={chain.OUT}"), capture_output=True, text=True)
+        assert busy.returncode == 4, busy.stderr
+        refused = subprocess.run(in_relay_netns(chain, mcr(), "detach", inputs[0]), capture_output=True, text=True)
+        assert refused.returncode == 4, refused.stderr
+        assert f"pid {relays[0].popen.pid}" in refused.stderr and socks[0] in refused.stderr
+        assert _states(chain) == states and all(pins.pin_dir(i).is_dir() for i in states)
+
+        assert relays[0].stop() == 0
+        assert list(_states(chain)) == [instance[socks[1]]] and pins.pin_dir(instance[socks[1]]).is_dir()
+        assert not pins.pin_dir(instance[socks[0]]).exists()
+
+        relays[1].stop(sig=9)
+        stats = subprocess.run(in_relay_netns(chain, mcr(), "stats", "--json", "--socket", socks[1]),
+                               capture_output=True, text=True)
+        assert stats.returncode == 0, stats.stderr
+        assert "is gone" in json.loads(stats.stdout)["status"]["notices"][0]
+        detach = subprocess.run(in_relay_netns(chain, mcr(), "detach", inputs[1]), capture_output=True, text=True)
+        assert detach.returncode == 0, detach.stderr
+        assert "pinned maps" in detach.stdout and "stale control socket" in detach.stdout, detach.stdout
+        assert _states(chain) == {} and not Path(socks[1]).exists()
+    finally:
+        for i in _states(chain):
+            pins.remove(i)

@@ -256,3 +256,18 @@ def test_other_file_in_the_way_is_left_alone(sock_dir, kind):
 def test_no_relay(sock_dir):
     with pytest.raises(ControlError, match="^no relay is running here"):
         control.request("status", {}, str(sock_dir / "ctl.sock"))
+
+
+def test_instance_for_a_socket_of_its_own(monkeypatch):
+    """Relays with sockets of their own get instances of their own (pins,
+    state); the usual socket keeps the namespace's instance."""
+    monkeypatch.delenv(control.SOCKET_ENV, raising=False)
+    base = control.instance_name()
+    assert control.instance_for(None) == base
+    assert control.instance_for(control.default_path()) == base
+    a, b = control.instance_for("/run/mcr-xdp/a.sock"), control.instance_for("/tmp/x/a.sock")
+    assert a != b and a.startswith(f"{base}@a-") and b.startswith(f"{base}@a-")
+    assert control.instance_for("/run/mcr-xdp/a.sock") == a  # stable
+    assert control.in_this_namespace(a) and control.in_this_namespace(base)
+    assert not control.in_this_namespace("netns-other") and not control.in_this_namespace(f"{base}x")
+    assert "/" not in control.instance_for("/tmp/we ird/s o c k.sock")

@@ -6,11 +6,17 @@
  * driver ring). Loaded as its own object, next to the datapath.
  *
  * Tracepoints are global: only the (input, output) interface pairs the
- * relay registered in mcr_loss are counted, and redirect errors only for
- * its own programs. Interface indexes are per network namespace, so two
- * relays in different namespaces with equal pairs of ifindexes would still
- * see each other's losses (the tracepoints carry no namespace).
+ * relay registered in mcr_loss are counted, redirect errors only for its
+ * own programs (program ids are global), steering drops only for its own
+ * cpumap (map ids too). Interface indexes repeat across network
+ * namespaces, and the xdp_devmap_xmit tracepoint's format carries only
+ * indexes: the raw tracepoint gets the devices themselves, and a drop
+ * counts only when the output device is in this relay's namespace
+ * (MCR_NETNS_INUM, the inode of its /proc/self/ns/net).
  */
+#include <linux/netdevice.h>
+#include <net/net_namespace.h>
+
 #include "mcr_abi.h"
 
 BPF_PERCPU_HASH(mcr_loss, struct mcr_loss_key, struct mcr_loss, MCR_MAX_RULES);
@@ -18,19 +24,34 @@ BPF_HASH(mcr_loss_progs, __u32, __u8, 64);
 BPF_HASH(mcr_loss_maps, __u32, __u8, 8);
 BPF_PERCPU_ARRAY(mcr_loss_steer, __u64, 1);
 
-TRACEPOINT_PROBE(xdp, xdp_devmap_xmit)
+static __always_inline __u32 netns_inum(const struct net_device *dev)
 {
-	struct mcr_loss_key key = {
-		.from_ifindex = args->from_ifindex,
-		.to_ifindex = args->to_ifindex,
-	};
+	struct net *net = NULL;
+	__u32 inum = 0;
+
+	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	if (net)
+		bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
+	return inum;
+}
+
+/* TP_PROTO(const struct net_device *from_dev, const struct net_device
+ * *to_dev, int sent, int drops, int err) */
+RAW_TRACEPOINT_PROBE(xdp_devmap_xmit)
+{
+	const struct net_device *from = (const void *)ctx->args[0];
+	const struct net_device *to = (const void *)ctx->args[1];
+	int drops = (int)ctx->args[3];
+	struct mcr_loss_key key = {};
 	struct mcr_loss *loss;
 
-	if (args->drops <= 0)
+	if (drops <= 0 || netns_inum(to) != MCR_NETNS_INUM)
 		return 0;
+	bpf_probe_read_kernel(&key.from_ifindex, sizeof(key.from_ifindex), &from->ifindex);
+	bpf_probe_read_kernel(&key.to_ifindex, sizeof(key.to_ifindex), &to->ifindex);
 	loss = mcr_loss.lookup(&key);
 	if (loss)
-		loss->xmit_drops += args->drops;
+		loss->xmit_drops += drops;
 	return 0;
 }
 

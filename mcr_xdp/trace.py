@@ -8,6 +8,7 @@ blind to those losses and says so in `status`.
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class LossTracer:
         from .loader import bpf_dir
 
         src = bpf_dir() / "trace.c"
-        cflags = [f"-I{src.parent}"]
+        # Drops count only on devices of this network namespace (trace.c).
+        cflags = [f"-I{src.parent}", f"-DMCR_NETNS_INUM={os.stat('/proc/self/ns/net').st_ino}u"]
         if (TRACEFS / "events/xdp/xdp_redirect_map_err").is_dir():
             cflags.append("-DMCR_HAVE_REDIRECT_MAP_ERR")
         try:

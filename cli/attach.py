@@ -87,13 +87,14 @@ def attach(
         cpus = cpus or file_cfg.steer_cpus
         workers = workers or file_cfg.workers
     xdp = xdp_mode or (file_cfg.xdp_mode if file_cfg and mode is None else None) or XdpMode.AUTO
+    fixed_interval = interval is not None
     interval = interval or (file_cfg.interval if file_cfg else None) or 5.0
     path = socket_path or (file_cfg.control_socket if file_cfg else None) or control.default_path()
 
     relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
                               workers=workers, fanout=fanout, instance=control.instance_for(path),
                               control_socket=path))
-    with Daemon(relay, path, config, metrics_addr, interval) as daemon:
+    with Daemon(relay, path, config, metrics_addr, interval, fixed_interval) as daemon:
         _announce(daemon)
         if tui:
             with LiveView(handle_sigterm=False) as view:
@@ -136,6 +137,9 @@ class LineReport:
             return
         out.print(f"reloaded {self.daemon.service.config_path}: {len(result['added'])} added, "
                   f"{len(result['removed'])} removed, {len(result['changed'])} changed", markup=False)
+        if result["runtime_removed"]:
+            err.print(f"mcr-xdp: the file is the rule set: removed {len(result['runtime_removed'])} rule(s) added "
+                      f"with `mcr-xdp rule add`: {', '.join(result['runtime_removed'])}", markup=False)
 
     def warn(self, text: str) -> None:
         err.print(f"mcr-xdp: {text}", markup=False)

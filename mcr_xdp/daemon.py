@@ -46,12 +46,15 @@ class Reporter(Protocol):
 
 class Daemon:
     def __init__(self, relay: Relay, socket_path: str, config_path: str | None = None,
-                 metrics_addr: str | None = None, interval: float = 5.0):
+                 metrics_addr: str | None = None, interval: float = 5.0, fixed_interval: bool = False):
+        """interval: seconds between ticks; a reload applies the file's new
+        one unless fixed_interval (given on the command line)."""
         self.relay = relay
         self.service = Service(relay, config_path)
         self.socket_path = socket_path
         self.metrics_addr = metrics_addr
         self.interval = interval
+        self.fixed_interval = fixed_interval
         self.server: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._wake: socket.socket | None = None  # readable when a signal came
@@ -158,6 +161,13 @@ class Daemon:
             report.reloaded(None, RuntimeError(f"internal error: {_what(exc)}"))
             return
         report.reloaded(result, None)
+        wanted = result.get("interval")
+        if wanted and wanted != self.interval:
+            if self.fixed_interval:
+                report.warn(f"interval {wanted:g} s in the file: --interval {self.interval:g} is kept")
+            else:
+                report.warn(f"interval now {wanted:g} s (was {self.interval:g})")
+                self.interval = wanted
 
 
 def _what(exc: Exception) -> str:

@@ -16,6 +16,7 @@ class Service:
     def __init__(self, relay: Relay, config_path: str | None = None):
         self.relay = relay
         self.config_path = config_path
+        self.runtime: set = set()  # keys of rules added over the socket (rule.add), not from the file
         self.ops = {
             "status": self.status,
             "rule.list": self.rule_list,
@@ -42,7 +43,9 @@ class Service:
             raise RequestError("rule.add takes 'rules': a non-empty list of rule strings")
         default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
         parsed = [parse_rule(text, _input_of(text) or default) for text in rules]
-        return [{"id": r.rule_id, "rule": str(r.rule)} for r in self.relay.add_rules(parsed)]
+        added = self.relay.add_rules(parsed)
+        self.runtime.update(r.rule.key for r in added)
+        return [{"id": r.rule_id, "rule": str(r.rule)} for r in added]
 
     def rule_del(self, id: int | None = None, rule: str | None = None) -> dict:
         if rule is not None:
@@ -60,7 +63,10 @@ class Service:
         return stats.as_json(self.relay.snapshot(), self.relay.status())
 
     def reload(self) -> dict:
-        """Re-read the config file and apply only the difference."""
+        """Re-read the config file and apply only the difference. The file is
+        the rule set: rules added at runtime (rule.add) and not in it go,
+        and the result names them ("runtime_removed"); "interval" is the
+        file's."""
         if not self.config_path:
             raise RequestError("this relay was started without --config: nothing to reload")
         cfg = config_mod.load(self.config_path)
@@ -71,8 +77,11 @@ class Service:
             removed, added, changed = self.relay.replace_rules(cfg.rules)
         except McrError as exc:
             raise config_mod.ConfigError(f"{self.config_path}: {exc}") from None
+        runtime_removed = [str(r) for r in removed if r.key in self.runtime]
+        self.runtime -= {r.key for r in removed}
         return {"removed": [str(r) for r in removed], "added": [str(r) for r in added],
-                "changed": [str(r) for r in changed]}
+                "changed": [str(r) for r in changed], "runtime_removed": runtime_removed,
+                "interval": cfg.interval}
 
 
 def _input_of(text: str) -> str | None:

@@ -272,3 +272,26 @@ def test_stray_signals_leave_the_relay_running(chain, sock):
     assert result(receiver)["unique"] == 300
     stderr = stop_cleanly(relay)
     assert "SIGUSR1 ignored" in stderr and "SIGUSR2 ignored" in stderr, stderr
+
+
+def test_sighup_says_what_it_drops_and_applies_the_interval(chain, sock, tmp_path):
+    """The file is the rule set: a rule added with `rule add` and not in the
+    file goes at the next SIGHUP, with a line naming it; a changed interval
+    applies, unless --interval fixed it on the command line."""
+    cfg = tmp_path / "relay.toml"
+    write_config(cfg, RULE_A)
+    relay = start_relay(chain, "--config", str(cfg), "--socket", sock)
+    assert cli(chain, sock, "rule", "add", RULE_B).returncode == 0
+    cfg.write_text(cfg.read_text().replace("interval = 1", "interval = 0.5"))
+    relay.popen.send_signal(signal.SIGHUP)
+    assert relay.wait_for("reloaded") == f"reloaded {cfg}: 0 added, 1 removed, 0 changed"
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}]
+    stderr = stop_cleanly(relay)
+    assert f"removed 1 rule(s) added with `mcr-xdp rule add`: {RULE_B}" in stderr, stderr
+    assert "interval now 0.5 s (was 1)" in stderr, stderr
+
+    fixed = start_relay(chain, "--config", str(cfg), "--socket", sock, "--interval", "2")
+    cfg.write_text(cfg.read_text().replace("interval = 0.5", "interval = 3"))
+    fixed.popen.send_signal(signal.SIGHUP)
+    fixed.wait_for("reloaded")
+    assert "interval 3 s in the file: --interval 2 is kept" in stop_cleanly(fixed)

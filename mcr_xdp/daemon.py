@@ -138,7 +138,8 @@ class Daemon:
 
     def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
         try:
-            self.relay.refresh_outputs()
+            for event in self.relay.refresh_outputs():
+                report.warn(event)
         except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
             report.warn(f"could not re-check the outputs: {exc}")
         cur = self.relay.snapshot()

@@ -58,6 +58,7 @@ class Relay:
         self._runs_on: dict[str, Backend] = {}  # input name -> its backend
         self.started_at: float | None = None
         self.pinned: str | None = None  # where the pinned maps are, once pinned
+        self.gone_outputs: dict[int, tuple[str, ...]] = {}  # rule id -> its outputs that do not exist now
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -265,7 +266,8 @@ class Relay:
         rule_id, replace that rule's outputs in place (same key, same
         counters)."""
         replacing = rule_id is not None
-        installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex)
+        installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex,
+                                  tuple(links[o.iface].ifindex for o in rule.outputs))
         if not replacing:
             self._join(rule, links[rule.iface])
         done = []
@@ -291,13 +293,37 @@ class Relay:
         self._save_state()
         return installed
 
-    def refresh_outputs(self) -> list[int]:
-        """Let the backends re-check what depends on the outputs' state
-        (up, down, MTU). Returns the rule ids rewritten."""
+    def refresh_outputs(self) -> list[str]:
+        """Follow the output interfaces. A rule whose output was deleted is
+        reported (a status notice) until an interface of that name exists
+        again; then, or when an output was re-created under a new ifindex
+        (VPN and container interfaces are), the rule is rewritten in place
+        for it (same id, same counters), without a command. Then the
+        backends re-check what depends on the outputs' state (up, down,
+        MTU). Returns a line for each change."""
         if not self.rules:
             return []
         links = all_links()
-        return [rule_id for backend in self.backends.values() for rule_id in backend.refresh_outputs(links)]
+        events = []
+        for rule_id, installed in list(self.rules.items()):
+            rule = installed.rule
+            missing = tuple(o.iface for o in rule.outputs if o.iface not in links)
+            if missing != self.gone_outputs.get(rule_id, ()):
+                if missing:
+                    events.append(f"rule {rule_id}: output {', '.join(missing)} is gone; its copies are dropped "
+                                  "until an interface of that name returns")
+                self.gone_outputs[rule_id] = missing
+            if missing or rule.iface not in links or links[rule.iface].ifindex != installed.ifindex:
+                continue  # an input that moved is not followed (yet): its program went with it
+            now = tuple(links[o.iface].ifindex for o in rule.outputs)
+            if now != installed.outputs:
+                self._install(rule, links, rule_id=rule_id)
+                events.append(f"rule {rule_id}: relaying to {', '.join(o.iface for o in rule.outputs)} again "
+                              "(interface re-created)")
+        self.gone_outputs = {i: m for i, m in self.gone_outputs.items() if m and i in self.rules}
+        for backend in self.backends.values():
+            backend.refresh_outputs(links)
+        return events
 
     def _join(self, rule: Rule, link: Link) -> None:
         pool = self.joins.get(link.name)
@@ -356,7 +382,9 @@ class Relay:
                               joins=len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
                               notice=a.notice, tried=a.tried)
                   for a in self.attachments.values()]
-        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()},
+        gone = [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
+                "returns" for i, m in sorted(self.gone_outputs.items())]
+        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=gone,
                         modes_tried=self.ladder, parts=[b.status() for b in self.backends.values()])
 
 

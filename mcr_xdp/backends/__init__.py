@@ -43,6 +43,7 @@ class InstalledRule:
     rule_id: int
     rule: Rule
     ifindex: int  # of the input interface, as the map key holds it
+    outputs: tuple[int, ...] = ()  # ifindexes of its outputs when written, in rule order
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""Interfaces that come and go under a running relay: an output deleted and
+re-created (VPN and container interfaces get a new ifindex each time) is
+followed without a command."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay
+
+pytestmark = pytest.mark.e2e
+
+RULE = "239.1.1.1:5001=out0/239.2.2.2:5002"
+
+
+def _notices(chain) -> list[str]:
+    proc = relay_cli(chain, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["notices"]
+
+
+def _until(check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _relayed(chain, count: int = 300) -> int:
+    receiver = start_receiver(chain, "239.2.2.2", 5002, count, idle=2.0)
+    send(chain, "239.1.1.1", 5001, count, rate=2000)
+    return result(receiver)["unique"]
+
+
+@pytest.mark.parametrize("mode", ["xdp-native", "tc", "userspace"])
+def test_an_output_recreated_is_followed(chain, mode):
+    relay = start_relay(chain, chain.IN, "--mode", mode, "--rule", RULE, "--interval", "0.5")
+    assert _relayed(chain) == 300
+
+    chain.exec(chain.relay_in.ns, "ip", "link", "del", chain.OUT)  # takes the sink's end with it
+    _until(lambda: any("output out0 is gone" in n for n in _notices(chain)), 10 * SCALE)
+
+    chain.link(chain.relay_out[0], chain.sink[0])  # the same names, new ifindexes
+    _until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
+    assert _relayed(chain) == 300
+
+    assert relay.stop() == 0
+    stderr = relay.stderr()
+    assert "rule 0: output out0 is gone" in stderr and "rule 0: relaying to out0 again" in stderr, stderr
+    assert "Traceback" not in stderr

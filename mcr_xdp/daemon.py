@@ -138,7 +138,7 @@ class Daemon:
 
     def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
         try:
-            for event in self.relay.refresh_outputs():
+            for event in self.relay.refresh():
                 report.warn(event)
         except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
             report.warn(f"could not re-check the outputs: {exc}")

@@ -59,6 +59,7 @@ class Relay:
         self.started_at: float | None = None
         self.pinned: str | None = None  # where the pinned maps are, once pinned
         self.gone_outputs: dict[int, tuple[str, ...]] = {}  # rule id -> its outputs that do not exist now
+        self.gone_inputs: set[str] = set()  # inputs whose interface does not exist now
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Relay:
     def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None) -> InstalledRule:
         """Join the rule's group, then write the rule to every backend; with
         rule_id, replace that rule's outputs in place (same key, same
-        counters)."""
+        counters), or write it again under that id (an input that moved)."""
         replacing = rule_id is not None
         installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex,
                                   tuple(links[o.iface].ifindex for o in rule.outputs))
@@ -293,7 +294,61 @@ class Relay:
         self._save_state()
         return installed
 
-    def refresh_outputs(self) -> list[str]:
+    def refresh(self) -> list[str]:
+        """Follow the interfaces: inputs, then outputs. Returns a line for
+        each change."""
+        if not self.attachments:
+            return []
+        links = all_links()
+        return [*self._follow_inputs(links), *self.refresh_outputs(links)]
+
+    def _follow_inputs(self, links: dict[str, Link]) -> list[str]:
+        """An input whose interface was deleted is reported (a status
+        notice) until an interface of that name exists again; then, or when
+        it was re-created under a new ifindex, the relay attaches there as
+        at start (the ladder again), with its rules and group joins."""
+        events = []
+        for name, att in list(self.attachments.items()):
+            link = links.get(name)
+            if link is None:
+                if name not in self.gone_inputs:
+                    self.gone_inputs.add(name)
+                    events.append(f"input {name} is gone; it is attached again when an interface of that name "
+                                  "returns")
+                continue
+            if link.ifindex == att.ifindex:
+                continue
+            self._reattach(link, links)
+            self.gone_inputs.discard(name)
+            joined = len(self.joins[name].memberships) if name in self.joins else 0
+            events.append(f"input {name} is back: attached in {self.attachments[name].mode.value} mode, "
+                          f"{joined} group(s) joined")
+        return events
+
+    def _reattach(self, link: Link, links: dict[str, Link]) -> None:
+        """The input link.name under its new ifindex: the old program went
+        with the old device; the rules move to the new input key before the
+        new program runs; the joins are made again."""
+        old = self.attachments.pop(link.name)
+        backend = self._runs_on.pop(link.name)
+        try:
+            backend.detach(old)
+        except (McrError, OSError):
+            pass  # the device and what it carried are gone
+        pool = self.joins.pop(link.name, None)
+        if pool is not None:
+            pool.close()
+        for rule_id, installed in list(self.rules.items()):
+            if installed.rule.iface != link.name:
+                continue
+            for b in self.backends.values():
+                b.delete_rule(installed)
+            del self.rules[rule_id]
+            self._install(installed.rule, links, rule_id=rule_id)
+            self._join(installed.rule, link)
+        self._attach(link)
+
+    def refresh_outputs(self, links: dict[str, Link] | None = None) -> list[str]:
         """Follow the output interfaces. A rule whose output was deleted is
         reported (a status notice) until an interface of that name exists
         again; then, or when an output was re-created under a new ifindex
@@ -303,7 +358,7 @@ class Relay:
         MTU). Returns a line for each change."""
         if not self.rules:
             return []
-        links = all_links()
+        links = links if links is not None else all_links()
         events = []
         for rule_id, installed in list(self.rules.items()):
             rule = installed.rule
@@ -382,8 +437,10 @@ class Relay:
                               joins=len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
                               notice=a.notice, tried=a.tried)
                   for a in self.attachments.values()]
-        gone = [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
-                "returns" for i, m in sorted(self.gone_outputs.items())]
+        gone = [f"input {name} is gone; it is attached again when an interface of that name returns"
+                for name in sorted(self.gone_inputs)]
+        gone += [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
+                 "returns" for i, m in sorted(self.gone_outputs.items())]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=gone,
                         modes_tried=self.ladder, parts=[b.status() for b in self.backends.values()])
 

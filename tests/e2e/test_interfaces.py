@@ -51,3 +51,27 @@ def test_an_output_recreated_is_followed(chain, mode):
     stderr = relay.stderr()
     assert "rule 0: output out0 is gone" in stderr and "rule 0: relaying to out0 again" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("mode", ["xdp-native", "tc", "userspace"])
+def test_an_input_recreated_is_attached_again(chain, mode):
+    relay = start_relay(chain, chain.IN, "--mode", mode, "--rule", RULE, "--interval", "0.5")
+    assert _relayed(chain) == 300
+
+    chain.exec(chain.relay_in.ns, "ip", "link", "del", chain.IN)
+    _until(lambda: any("input in0 is gone" in n for n in _notices(chain)), 10 * SCALE)
+
+    chain.link(chain.src, chain.relay_in)
+    _until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
+    status = json.loads(relay_cli(chain, "status", "--json").stdout)
+    [iface] = status["interfaces"]
+    assert (iface["name"], iface["mode"], iface["joins"], iface["rules"]) == ("in0", mode, 1, 1)
+    assert "239.1.1.1" in chain.igmp_groups(chain.relay_in.ns, chain.IN)  # joined again
+    assert _relayed(chain) == 300
+    stats = json.loads(relay_cli(chain, "stats", "--json").stdout)
+    assert stats["rules"][0]["forwarded"] == 600  # the same rule, counters kept
+
+    assert relay.stop() == 0
+    stderr = relay.stderr()
+    assert "input in0 is gone" in stderr and f"input in0 is back: attached in {mode} mode" in stderr, stderr
+    assert "Traceback" not in stderr

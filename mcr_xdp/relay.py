@@ -60,6 +60,7 @@ class Relay:
         self.pinned: str | None = None  # where the pinned maps are, once pinned
         self.gone_outputs: dict[int, tuple[str, ...]] = {}  # rule id -> its outputs that do not exist now
         self.gone_inputs: set[str] = set()  # inputs whose interface does not exist now
+        self.link_states: dict[str, str] = {}  # every interface of the relay: "up", "down" or "gone"
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -79,6 +80,7 @@ class Relay:
             for name in cfg.interfaces:
                 self._attach(links[name])
             self._close_unused()
+            self._link_states(links)
             self.started_at = time.monotonic()
             self._pin()
         except BaseException:
@@ -300,7 +302,18 @@ class Relay:
         if not self.attachments:
             return []
         links = all_links()
-        return [*self._follow_inputs(links), *self.refresh_outputs(links)]
+        return [*self._follow_inputs(links), *self.refresh_outputs(links), *self._link_states(links)]
+
+    def _link_states(self, links: dict[str, Link]) -> list[str]:
+        """Up, down or gone, for every interface of the relay; a line for
+        each interface that went up or down (gone and back have their own)."""
+        names = dict.fromkeys([*self.attachments, *(n for r in self.rules.values() for n in _names(r.rule))])
+        states = {n: ("gone" if n not in links else "up" if links[n].up else "down") for n in names}
+        events = [f"interface {n} is {state}" for n, state in states.items()
+                  if state != "gone" and self.link_states.get(n, "up") != state
+                  and not (state == "up" and self.link_states.get(n) == "gone")]
+        self.link_states = states
+        return events
 
     def _follow_inputs(self, links: dict[str, Link]) -> list[str]:
         """An input whose interface was deleted is reported (a status
@@ -441,8 +454,10 @@ class Relay:
                 for name in sorted(self.gone_inputs)]
         gone += [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
                  "returns" for i, m in sorted(self.gone_outputs.items())]
-        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=gone,
-                        modes_tried=self.ladder, parts=[b.status() for b in self.backends.values()])
+        down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
+        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=[*gone, *down],
+                        modes_tried=self.ladder, links=self.link_states,
+                        parts=[b.status() for b in self.backends.values()])
 
 
 def _names(rule: Rule) -> list[str]:

@@ -25,9 +25,10 @@ class InputStatus:
 
 
 def document(uptime: float, inputs: list[InputStatus], rules: dict, notices: list[str] = (),
-             modes_tried: tuple[Mode, ...] = (), parts: list[dict] = ()) -> dict:
+             modes_tried: tuple[Mode, ...] = (), parts: list[dict] = (), links: dict[str, str] | None = None) -> dict:
     """rules: id -> rules.Rule; parts: the backends' status (Backend.status),
-    whose notices add up and whose other keys fill in the defaults."""
+    whose notices add up and whose other keys fill in the defaults; links:
+    every interface of the relay -> "up", "down" or "gone", as last seen."""
     doc = {
         "abi_version": abi.ABI_VERSION,
         "uptime": round(uptime, 1),
@@ -46,6 +47,7 @@ def document(uptime: float, inputs: list[InputStatus], rules: dict, notices: lis
             for i in inputs
         ],
         "rules": [{"id": i, "rule": str(r)} for i, r in sorted(rules.items())],
+        "links": dict(links or {}),
         "loss_tracer": False,
         "notices": [],
         "pinned": None,

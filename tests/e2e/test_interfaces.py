@@ -75,3 +75,20 @@ def test_an_input_recreated_is_attached_again(chain, mode):
     stderr = relay.stderr()
     assert "input in0 is gone" in stderr and f"input in0 is back: attached in {mode} mode" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_an_output_down_and_up_is_reported(chain):
+    relay = start_relay(chain, chain.IN, "--rule", RULE, "--interval", "0.5")
+    status = json.loads(relay_cli(chain, "status", "--json").stdout)
+    assert status["links"] == {"in0": "up", "out0": "up"}
+
+    chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "down")
+    _until(lambda: "interface out0 is down" in _notices(chain), 10 * SCALE)
+    assert json.loads(relay_cli(chain, "status", "--json").stdout)["links"]["out0"] == "down"
+    chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "up")
+    _until(lambda: "interface out0 is down" not in _notices(chain), 10 * SCALE)
+    assert _relayed(chain) == 300
+
+    assert relay.stop() == 0
+    stderr = relay.stderr()
+    assert "interface out0 is down" in stderr and "interface out0 is up" in stderr, stderr

@@ -58,6 +58,7 @@ class Daemon:
         self.server: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self._wake: socket.socket | None = None  # readable when a signal came
+        self._link_events = None  # pyroute2 IPRoute bound to link events, when available
         self._stack = contextlib.ExitStack()
 
     # -- lifecycle -----------------------------------------------------------
@@ -87,6 +88,7 @@ class Daemon:
                                              lambda: exposition(self.relay.snapshot(), self.service.status()))
                 stack.callback(self.metrics.close)
                 self.server.add_reader(self.metrics.sock, self.metrics.serve)
+            self._watch_links(stack)
         except BaseException:
             self.close()
             raise
@@ -94,6 +96,25 @@ class Daemon:
     def close(self) -> None:
         """Stop serving, detach the relay, restore the signal handlers."""
         self._stack.close()
+
+    def _watch_links(self, stack: contextlib.ExitStack) -> None:
+        """Netlink link events wake the loop, so an interface that comes,
+        goes, or goes down is followed at once rather than at the next tick
+        (which still checks, should events be lost)."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+        try:
+            events = IPRoute()
+        except OSError:
+            return
+        stack.callback(events.close)
+        try:
+            events.bind(groups=RTMGRP_LINK)
+        except OSError:
+            return
+        self._link_events = events
+        self.server.add_reader(events, "links")
 
     def __enter__(self) -> Daemon:
         self.start()
@@ -128,6 +149,8 @@ class Daemon:
                     self._reload(report)
                 if signal.SIGINT in signums or signal.SIGTERM in signums:
                     return
+            if "links" in woke:
+                self._follow_links(report)
             if time.monotonic() < deadline:
                 continue
             deadline += self.interval
@@ -135,6 +158,14 @@ class Daemon:
                 prev = self._tick(report, prev)
             except Exception as exc:  # a bug in reporting must not stop the forwarding
                 report.warn(f"internal error, relaying on: {_what(exc)}")
+
+    def _follow_links(self, report: Reporter) -> None:
+        try:
+            self._link_events.get()  # the batch that woke us: its content is read again by refresh
+            for event in self.relay.refresh():
+                report.warn(event)
+        except Exception as exc:  # netlink trouble or a bug: the tick checks again
+            report.warn(f"could not follow the interfaces: {_what(exc)}")
 
     def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
         try:

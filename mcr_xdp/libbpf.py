@@ -122,6 +122,28 @@ def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> None:
     _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), "attach XDP program")
 
 
+XDP_FLAGS_REPLACE = 1 << 4
+
+
+class XdpAttachOpts(ctypes.Structure):
+    """struct bpf_xdp_attach_opts (libbpf.h)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int), ("_pad", ctypes.c_int)]
+
+
+def xdp_replace(ifindex: int, prog_fd: int, old_prog_id: int, flags: int) -> None:
+    """Swap the attached program old_prog_id for prog_fd in one step
+    (XDP_FLAGS_REPLACE): no frame meets an interface without a program;
+    fails if another program is attached by then."""
+    old_fd = _check(lib().bpf_prog_get_fd_by_id(old_prog_id), "open the attached XDP program")
+    try:
+        opts = XdpAttachOpts(sz=ctypes.sizeof(XdpAttachOpts), old_prog_fd=old_fd)
+        _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags | XDP_FLAGS_REPLACE, ctypes.byref(opts)),
+               "replace the XDP program")
+    finally:
+        os.close(old_fd)
+
+
 def xdp_detach(ifindex: int, flags: int) -> None:
     _check(lib().bpf_xdp_detach(ifindex, flags, None), "detach XDP program")
 

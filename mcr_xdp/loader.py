@@ -297,9 +297,13 @@ def tc_detach(ifindex: int, ifname: str, remove_qdisc: bool | None = None) -> Tc
     return dataclasses.replace(found, qdisc_created=bool(remove_qdisc))
 
 
-def xdp_attach(ifindex: int, ifname: str, prog_fd: int, mode: Mode) -> None:
-    """Attach prog_fd in one XDP mode, nothing else."""
+def xdp_attach(ifindex: int, ifname: str, prog_fd: int, mode: Mode, replace: Attached | None = None) -> None:
+    """Attach prog_fd in one XDP mode, nothing else; with replace (what the
+    interface carries, in the same mode), swap it for prog_fd in one step."""
     try:
+        if replace is not None:
+            libbpf.xdp_replace(ifindex, prog_fd, replace.prog_id, _MODE_FLAGS[mode])
+            return
         libbpf.xdp_attach(ifindex, prog_fd, libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST | _MODE_FLAGS[mode])
     except OSError as exc:
         if exc.errno in (errno.EBUSY, errno.EEXIST):

@@ -175,8 +175,8 @@ def read_stats(instance: str):
     from .status import InputStatus, document
 
     found = read_state(instance)
-    if found is None:
-        return None
+    if found is None or not pin_dir(instance).is_dir():
+        return None  # no relay, or one that could not pin (userspace only, no bpffs)
     check_abi(found, pin_dir(instance))
     rules = {int(i): parse_rule(text) for i, text in found["rules"].items()}
     maps = PinnedMaps(instance, loader.MAP_NAMES)

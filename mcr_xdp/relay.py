@@ -58,6 +58,9 @@ class Relay:
         self._runs_on: dict[str, Backend] = {}  # input name -> its backend
         self.started_at: float | None = None
         self.pinned: str | None = None  # where the pinned maps are, once pinned
+        self._takeover: dict[str, tuple[type, object]] = {}  # input -> (backend class, what a killed relay left)
+        self._state_only = False  # the state file written without pins (removed by stop)
+        self._state_notice = ""
         self.gone_outputs: dict[int, tuple[str, ...]] = {}  # rule id -> its outputs that do not exist now
         self.gone_inputs: set[str] = set()  # inputs whose interface does not exist now
         self.link_states: dict[str, str] = {}  # every interface of the relay: "up", "down" or "gone"
@@ -72,7 +75,9 @@ class Relay:
         self._check_options()
         for name in cfg.interfaces:
             for cls in dict.fromkeys(backend_class(m) for m in self.ladder):
-                cls.check_free(links[name])
+                found = cls.check_free(links[name])
+                if found is not None:
+                    self._takeover[name] = (cls, found)
         try:
             self._open_first()
             for rule in cfg.rules:
@@ -106,6 +111,9 @@ class Relay:
         self.joins.clear()
         self.rules.clear()
         self.pinned = None
+        if self._state_only:
+            pins.remove(self.instance)
+            self._state_only = False
         if errors:
             raise errors[0]
 
@@ -198,7 +206,9 @@ class Relay:
                 if mode.value in failing:
                     raise AttachError(f"disabled by {FAIL_MODES_ENV} (testing)")
                 backend = self._backend_for(mode)
-                att = backend.attach(link, mode, last_resort=i == len(self.ladder) - 1)
+                takeover = self._takeover_for(link, mode)
+                att = backend.attach(link, mode, last_resort=i == len(self.ladder) - 1, takeover=takeover)
+                self._takeover.pop(link.name, None)
             except BusyError:
                 raise
             except McrError as exc:
@@ -214,6 +224,18 @@ class Relay:
             return att
         why = "; ".join(f"{m.value}: {reason}" for m, reason in tried)
         raise AttachError(f"no mode could relay on {link.name}: {why}")
+
+    def _takeover_for(self, link: Link, mode: Mode):
+        """What a killed relay left on link, if mode can swap it in one step;
+        else it goes first (never two relays' programs forwarding at once)."""
+        if link.name not in self._takeover:
+            return None
+        cls, found = self._takeover[link.name]
+        if backend_class(mode) is cls and getattr(found, "mode", None) == mode:
+            return found
+        cls.release(link, found)
+        del self._takeover[link.name]
+        return None
 
     def _close_unused(self) -> None:
         """A backend no input runs on (every input fell through past it)
@@ -420,14 +442,25 @@ class Relay:
                           {i: r.rule for i, r in self.rules.items()}, self.config.control_socket)
 
     def _pin(self) -> None:
+        """Pins where a backend can; the state file in any case: it says
+        which relay (pid, socket) owns the inputs, so neither `detach` nor
+        a new relay takes them from a live one."""
         for backend in self.backends.values():
             self.pinned = backend.pin(self.instance, self.pin_state()) or self.pinned
+        if self.pinned is None:
+            try:
+                pins.write_state(self.instance, self.pin_state())
+                self._state_only = True
+            except OSError as exc:
+                self._state_notice = f"no state file, other relays cannot see this one owns its inputs: {exc}"
 
     def _save_state(self) -> None:
+        state = self.pin_state() if self.pinned is not None or self._state_only else None
         if self.pinned is not None:
-            state = self.pin_state()
             for backend in self.backends.values():
                 backend.save_state(state)
+        elif self._state_only:
+            pins.write_state(self.instance, state)
 
     # -- observation -------------------------------------------------------
 
@@ -455,7 +488,8 @@ class Relay:
         gone += [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
                  "returns" for i, m in sorted(self.gone_outputs.items())]
         down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
-        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=[*gone, *down],
+        notices = [*gone, *down, *([self._state_notice] if self._state_notice else [])]
+        return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
                         parts=[b.status() for b in self.backends.values()])
 

@@ -79,13 +79,19 @@ class Backend(Protocol):
         """Load the backend; McrError (with the reason) if it can't."""
 
     @staticmethod
-    def check_free(link: Link) -> None:
-        """BusyError if another relay's program holds link."""
+    def check_free(link: Link) -> object | None:
+        """BusyError if another relay's program holds link; what a killed
+        relay left there, which attach takes over, else None."""
 
-    def attach(self, link: Link, mode: Mode, last_resort: bool) -> Attachment:
+    @staticmethod
+    def release(link: Link, found: object) -> None:
+        """Remove what check_free found (link runs in another mode now)."""
+
+    def attach(self, link: Link, mode: Mode, last_resort: bool, takeover: object | None = None) -> Attachment:
         """Relay link's traffic in mode. last_resort: no later mode of the
         ladder is left, so a mode with a known limit runs (with a notice)
-        rather than fail."""
+        rather than fail. takeover: what check_free found, in this mode:
+        replaced in one step."""
 
     def detach(self, att: Attachment) -> None: ...
 

@@ -104,9 +104,11 @@ class BpfBackend:
         return cls(config.steer_cpus)
 
     @staticmethod
-    def check_free(link: Link) -> None:
-        """Nothing of a relay on link yet: an XDP program or the relay's TC
-        filter (a running relay's, or one a killed relay left behind)."""
+    def check_free(link: Link) -> loader.Attached | None:
+        """Nothing of another relay on link: BusyError for a running relay's
+        program or TC filter, or a program that is not mcr-xdp's. The XDP
+        program a killed relay left is returned: attach swaps it for this
+        relay's in one step (no frame goes unrelayed, none twice)."""
         from ..errors import BusyError
 
         try:
@@ -114,17 +116,29 @@ class BpfBackend:
         except McrError:
             current = None  # no libbpf: no BPF mode will load either
         if current is not None:
+            owner = pins.owner(link.ifindex)
+            if current.name in (abi.PROG_RELAY, abi.PROG_RELAY_GENERIC) and current.mode is not None \
+                    and owner is None:
+                return current
+            who = f"the relay pid {owner['pid']} runs there" if owner else "a relay may be running there"
             raise BusyError(
                 f"{link.name} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}); "
-                f"a relay may be running there: stop it or run `mcr-xdp detach {link.name}`"
+                f"{who}: stop it or run `mcr-xdp detach {link.name}`"
             )
         if loader.tc_attached(link.ifindex) is not None:
             raise BusyError(f"{link.name} already has the relay's TC filter; a relay may be running there: "
                             f"stop it or run `mcr-xdp detach {link.name}`")
+        return None
+
+    @staticmethod
+    def release(link: Link, found: loader.Attached) -> None:
+        """Remove what check_free found, when this relay runs link in
+        another mode (a short gap: the swap needs the same mode)."""
+        loader.detach(link.ifindex, link.name, only_prog_id=found.prog_id)
 
     # -- inputs --------------------------------------------------------------
 
-    def attach(self, link: Link, mode: Mode, last_resort: bool) -> Attachment:
+    def attach(self, link: Link, mode: Mode, last_resort: bool, takeover=None) -> Attachment:
         if mode.is_xdp:
             notice = ""
             if mode == Mode.XDP_GENERIC and (blind := generic_xdp_vlan_blind(link)):
@@ -133,7 +147,10 @@ class BpfBackend:
                 notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
                           f"tag still on ({blind}); --mode xdp-native or tc removes it")
             fd = self.datapath.xdp_fd(mode)
-            loader.xdp_attach(link.ifindex, link.name, fd, mode)
+            loader.xdp_attach(link.ifindex, link.name, fd, mode, replace=takeover)
+            if takeover is not None:
+                notice = "; ".join(filter(None, [notice, f"{link.name}: took over from the program a killed relay "
+                                                 f"left (id {takeover.prog_id}) in one step; counters start again"]))
             return Attachment(link.ifindex, link.name, mode, libbpf.prog_id(fd), notice)
         fd = self.datapath.tc_fd
         if loader.tc_attach(link.ifindex, link.name, fd):

@@ -29,7 +29,11 @@ class UserspaceBackend:
         """A second userspace relay on link is refused when it attaches
         (fallback's per-input lock)."""
 
-    def attach(self, link: Link, mode: Mode, last_resort: bool) -> Attachment:
+    @staticmethod
+    def release(link: Link, found) -> None:
+        pass  # check_free finds nothing to take over
+
+    def attach(self, link: Link, mode: Mode, last_resort: bool, takeover=None) -> Attachment:
         self.fallback.add_input(link.ifindex, link.name)
         return Attachment(link.ifindex, link.name, Mode.USERSPACE, 0)
 

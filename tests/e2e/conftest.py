@@ -26,8 +26,12 @@ def chain(request):
     finally:
         for proc in reversed(procs):
             proc.stop()
-        # A relay killed on purpose leaves its control socket behind.
-        Path(f"/run/mcr-xdp/netns-{topo.relay_in.ns}.sock").unlink(missing_ok=True)
+        # A relay killed on purpose leaves its control socket and state file
+        # behind (and with a socket of its own, an instance NAME@...).
+        instance = f"netns-{topo.relay_in.ns}"
+        for left in [Path(f"/run/mcr-xdp/{instance}.sock"), *Path("/run/mcr-xdp").glob(f"{instance}.state.json"),
+                     *Path("/run/mcr-xdp").glob(f"{instance}@*.state.json")]:
+            left.unlink(missing_ok=True)
         topo.close()
         left = {ns for ns in existing_namespaces() if ns.startswith(topo.prefix + "-")}
         assert not left, f"namespaces left behind: {left}"

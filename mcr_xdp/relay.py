@@ -61,8 +61,6 @@ class Relay:
         self._takeover: dict[str, tuple[type, object]] = {}  # input -> (backend class, what a killed relay left)
         self._state_only = False  # the state file written without pins (removed by stop)
         self._state_notice = ""
-        self.gone_outputs: dict[int, tuple[str, ...]] = {}  # rule id -> its outputs that do not exist now
-        self.gone_inputs: set[str] = set()  # inputs whose interface does not exist now
         self.link_states: dict[str, str] = {}  # every interface of the relay: "up", "down" or "gone"
 
     # -- lifecycle ---------------------------------------------------------
@@ -324,7 +322,10 @@ class Relay:
         if not self.attachments:
             return []
         links = all_links()
-        return [*self._follow_inputs(links), *self.refresh_outputs(links), *self._link_states(links)]
+        events = [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
+        for backend in self.backends.values():
+            backend.refresh_outputs(links)
+        return events
 
     def _link_states(self, links: dict[str, Link]) -> list[str]:
         """Up, down or gone, for every interface of the relay; a line for
@@ -346,15 +347,12 @@ class Relay:
         for name, att in list(self.attachments.items()):
             link = links.get(name)
             if link is None:
-                if name not in self.gone_inputs:
-                    self.gone_inputs.add(name)
-                    events.append(f"input {name} is gone; it is attached again when an interface of that name "
-                                  "returns")
+                if self.link_states.get(name) != "gone":
+                    events.append(_input_gone(name))
                 continue
             if link.ifindex == att.ifindex:
                 continue
             self._reattach(link, links)
-            self.gone_inputs.discard(name)
             joined = len(self.joins[name].memberships) if name in self.joins else 0
             events.append(f"input {name} is back: attached in {self.attachments[name].mode.value} mode, "
                           f"{joined} group(s) joined")
@@ -383,36 +381,25 @@ class Relay:
             self._join(installed.rule, link)
         self._attach(link)
 
-    def refresh_outputs(self, links: dict[str, Link] | None = None) -> list[str]:
-        """Follow the output interfaces. A rule whose output was deleted is
-        reported (a status notice) until an interface of that name exists
-        again; then, or when an output was re-created under a new ifindex
-        (VPN and container interfaces are), the rule is rewritten in place
-        for it (same id, same counters), without a command. Then the
-        backends re-check what depends on the outputs' state (up, down,
-        MTU). Returns a line for each change."""
-        if not self.rules:
-            return []
-        links = links if links is not None else all_links()
+    def _follow_outputs(self, links: dict[str, Link]) -> list[str]:
+        """A rule whose output was deleted is reported (a status notice)
+        until an interface of that name exists again; then, or when an
+        output was re-created under a new ifindex (VPN and container
+        interfaces are), the rule is rewritten in place for it (same id,
+        same counters), without a command."""
         events = []
         for rule_id, installed in list(self.rules.items()):
             rule = installed.rule
-            missing = tuple(o.iface for o in rule.outputs if o.iface not in links)
-            if missing != self.gone_outputs.get(rule_id, ()):
-                if missing:
-                    events.append(f"rule {rule_id}: output {', '.join(missing)} is gone; its copies are dropped "
-                                  "until an interface of that name returns")
-                self.gone_outputs[rule_id] = missing
+            missing = _missing(rule, lambda name: name not in links)
+            if any(self.link_states.get(name) != "gone" for name in missing):
+                events.append(_outputs_gone(rule_id, missing))
             if missing or rule.iface not in links or links[rule.iface].ifindex != installed.ifindex:
-                continue  # an input that moved is not followed (yet): its program went with it
+                continue  # the input is followed by _follow_inputs
             now = tuple(links[o.iface].ifindex for o in rule.outputs)
             if now != installed.outputs:
                 self._install(rule, links, rule_id=rule_id)
                 events.append(f"rule {rule_id}: relaying to {', '.join(o.iface for o in rule.outputs)} again "
                               "(interface re-created)")
-        self.gone_outputs = {i: m for i, m in self.gone_outputs.items() if m and i in self.rules}
-        for backend in self.backends.values():
-            backend.refresh_outputs(links)
         return events
 
     def _join(self, rule: Rule, link: Link) -> None:
@@ -483,15 +470,28 @@ class Relay:
                               joins=len(self.joins[a.ifname].memberships) if a.ifname in self.joins else 0,
                               notice=a.notice, tried=a.tried)
                   for a in self.attachments.values()]
-        gone = [f"input {name} is gone; it is attached again when an interface of that name returns"
-                for name in sorted(self.gone_inputs)]
-        gone += [f"rule {i}: output {', '.join(m)} is gone; its copies are dropped until an interface of that name "
-                 "returns" for i, m in sorted(self.gone_outputs.items())]
+        gone = [_input_gone(name) for name in self.attachments if self.link_states.get(name) == "gone"]
+        gone += [_outputs_gone(i, m) for i, r in sorted(self.rules.items())
+                 if (m := _missing(r.rule, lambda name: self.link_states.get(name) == "gone"))]
         down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
         notices = [*gone, *down, *([self._state_notice] if self._state_notice else [])]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
                         parts=[b.status() for b in self.backends.values()])
+
+
+def _input_gone(name: str) -> str:
+    return f"input {name} is gone; it is attached again when an interface of that name returns"
+
+
+def _outputs_gone(rule_id: int, names: list[str]) -> str:
+    return (f"rule {rule_id}: output {', '.join(names)} is gone; its copies are dropped until an interface of "
+            "that name returns")
+
+
+def _missing(rule: Rule, gone) -> list[str]:
+    """rule's output interfaces for which gone(name) holds, each once."""
+    return list(dict.fromkeys(o.iface for o in rule.outputs if gone(o.iface)))
 
 
 def _names(rule: Rule) -> list[str]:

@@ -56,7 +56,7 @@ def detach(
     for instance in pins.instances():  # a killed relay's pins and state, when none of its programs is left
         found = pins.read_state(instance) or {}
         if not pins.alive(found.get("pid")) and pins.remove_if_orphaned(instance):
-            out.print(f"removed the killed relay's pinned maps ({pins.pin_dir(instance)})", markup=False)
+            out.print(f"removed the killed relay's pinned maps ({pins.shown(instance)})", markup=False)
             sockets.add(found.get("socket") or control.default_path())
     if [path for path in sorted(sockets) if control.remove_stale(path)]:
         out.print("removed its stale control socket", markup=False)

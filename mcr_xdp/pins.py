@@ -8,12 +8,19 @@ the rules it had; `mcr-xdp stats` then reads these pins (refused when
 another datapath ABI version wrote them), and `mcr-xdp detach` removes the
 program and the pins.
 
-Inside `ip netns exec` /sys is a fresh mount without bpffs: the relay
-mounts one there, private to that mount namespace, so the pins go with it.
+Inside `ip netns exec` /sys is a fresh mount without bpffs (the command
+runs in a mount namespace of its own). The pins go to the bpffs of the
+mount namespace the command came from instead, reached through
+/proc/PID/root of a process there (PID 1, else the nearest ancestor in
+another mount namespace), held by an open directory fd: a later command,
+in the network namespace or not, finds them there. Only when no such
+bpffs is reachable does the relay mount one of its own, and its pins go
+with it (a status notice says so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +33,6 @@ from .maps import Maps
 from .modes import Mode
 
 BPFFS = Path("/sys/fs/bpf")
-ROOT = BPFFS / "mcr-xdp"
 STATE_DIR = Path("/run/mcr-xdp")
 BPFFS_MAGIC = 0xCAFE4A11
 STATE_VERSION = 2  # the state file's own layout; the maps' is abi.ABI_VERSION
@@ -45,28 +51,115 @@ def is_bpffs(path: Path) -> bool:
     return out.returncode == 0 and int(out.stdout.strip() or "0", 16) == BPFFS_MAGIC
 
 
-def ensure_bpffs() -> None:
-    if not is_bpffs(BPFFS):
+@dataclasses.dataclass(frozen=True)
+class Bpffs:
+    """The bpffs the pins go to: path (/sys/fs/bpf, or /proc/self/fd/N for
+    another mount namespace's), and what it is, in words."""
+
+    path: Path
+    where: str
+    private: bool = False  # mounted by this process in its own mount namespace: gone with it
+
+
+_bpffs: Bpffs | None = None
+
+
+def bpffs(mount: bool = False) -> Bpffs | None:
+    """The bpffs shared with later commands (see the module text), found
+    once per process. With mount, a bpffs is mounted at /sys/fs/bpf when
+    none is found (private if this mount namespace is), else None."""
+    global _bpffs
+    if _bpffs is None:
+        _bpffs = _find_bpffs()
+    if _bpffs is None and mount:
         proc = subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise McrError(f"bpffs is not mounted at {BPFFS} and mounting it failed: {proc.stderr.strip()}")
+        private = bool(_hosts())
+        _bpffs = Bpffs(BPFFS, f"{BPFFS} (mounted here{', private to this mount namespace' if private else ''})",
+                       private)
+    return _bpffs
+
+
+def _find_bpffs() -> Bpffs | None:
+    if is_bpffs(BPFFS):
+        return Bpffs(BPFFS, str(BPFFS))
+    for pid in _hosts():
+        candidate = Path(f"/proc/{pid}/root") / BPFFS.relative_to("/")
+        if not is_bpffs(candidate):
+            continue
+        try:
+            fd = os.open(candidate, os.O_PATH | os.O_DIRECTORY)  # held: the process may end, the mount stays
+        except OSError:
+            continue
+        return Bpffs(Path(f"/proc/self/fd/{fd}"), f"{BPFFS} of the mount namespace of pid {pid}")
+    return None
+
+
+def _hosts() -> list[int]:
+    """Processes whose mount namespace is not this one's and readable: PID 1,
+    then this process's ancestors, nearest first (`ip netns exec` runs its
+    command in a mount namespace of its own, whose parent is in the one it
+    came from). [] when this process is in PID 1's mount namespace."""
+    def mount_ns(pid) -> int | None:
+        try:
+            return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError:
+            return None
+
+    mine = mount_ns("self")
+    found, pid = [], os.getppid()
+    if mount_ns(1) not in (None, mine):
+        found.append(1)
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        if mount_ns(pid) not in (None, mine):
+            found.append(pid)
+            break
+        pid = _parent(pid)
+    return found
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pin_root() -> Path | None:
+    """bpffs/mcr-xdp, or None without a bpffs."""
+    found = bpffs()
+    return None if found is None else found.path / "mcr-xdp"
 
 
 def pin_dir(instance: str) -> Path:
-    return ROOT / instance
+    """Where instance's pins are (or would be), as this process reaches
+    them: the path never exists without a bpffs."""
+    root = pin_root()
+    return (root if root is not None else BPFFS / "mcr-xdp") / instance
 
 
-def pin(instance: str, map_fds: dict[str, int], state: dict) -> Path:
+def shown(instance: str) -> str:
+    """instance's pin directory as an operator finds it (in the mount
+    namespace whose bpffs holds it)."""
+    return str(BPFFS / "mcr-xdp" / instance)
+
+
+def pin(instance: str, map_fds: dict[str, int], state: dict) -> str:
     """Pin every map and write the state; replaces a stale pin directory of
-    the same instance (its relay is gone: the caller checked its inputs)."""
-    ensure_bpffs()
+    the same instance (its relay is gone: the caller checked its inputs).
+    Returns where, as shown()."""
+    bpffs(mount=True)
     directory = pin_dir(instance)
     remove(instance)
     directory.mkdir(parents=True, mode=0o700)
     for name, fd in map_fds.items():
         libbpf.obj_pin(fd, str(directory / name))
     write_state(instance, state)
-    return directory
+    return shown(instance)
 
 
 def make_state(pid: int, started: float, inputs: dict, rules: dict, socket: str | None = None) -> dict:
@@ -84,7 +177,7 @@ def make_state(pid: int, started: float, inputs: dict, rules: dict, socket: str 
     }
 
 
-def check_abi(found: dict, where: Path) -> None:
+def check_abi(found: dict, where: str) -> None:
     """Refuse pins (or a datapath) of another ABI version: reading their maps
     with this layout would show wrong numbers."""
     version = found.get("abi_version")
@@ -132,7 +225,7 @@ def remove(instance: str) -> bool:
         return False
     shutil.rmtree(directory, ignore_errors=True)
     try:
-        ROOT.rmdir()  # only if no other instance is left
+        directory.parent.rmdir()  # only if no other instance is left
     except OSError:
         pass
     return True
@@ -177,7 +270,7 @@ def read_stats(instance: str):
     found = read_state(instance)
     if found is None or not pin_dir(instance).is_dir():
         return None  # no relay, or one that could not pin (userspace only, no bpffs)
-    check_abi(found, pin_dir(instance))
+    check_abi(found, shown(instance))
     rules = {int(i): parse_rule(text) for i, text in found["rules"].items()}
     maps = PinnedMaps(instance, loader.MAP_NAMES)
     try:
@@ -188,11 +281,11 @@ def read_stats(instance: str):
     inputs = [InputStatus(name, info["ifindex"], Mode(info["mode"]), info["prog_id"],
                           rules=sum(1 for r in rules.values() if r.iface == name), attached=still_attached(info))
               for name, info in found["inputs"].items()]
-    gone = (f"the relay (pid {found['pid']}) is gone: counters from its pinned maps in {pin_dir(instance)}; "
+    gone = (f"the relay (pid {found['pid']}) is gone: counters from its pinned maps in {shown(instance)}; "
             "its program still forwards with these rules, without group joins; "
             "`mcr-xdp detach IFACE` removes it")
     return snap, document(0, inputs, rules, notices=[gone],
-                          parts=[{"cpus": maps.ncpus, "pinned": str(pin_dir(instance))}])
+                          parts=[{"cpus": maps.ncpus, "pinned": shown(instance)}])
 
 
 def instances() -> list[str]:

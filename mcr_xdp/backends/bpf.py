@@ -288,10 +288,14 @@ class BpfBackend:
         """Pin the maps so stats stay readable if this process is killed;
         a relay that can't pin still relays, and says so."""
         try:
-            self.pinned = str(pins.pin(instance, self.datapath.maps.fds, state))
+            self.pinned = pins.pin(instance, self.datapath.maps.fds, state)
             self.instance = instance
         except (McrError, OSError) as exc:
             self.pin_notice = f"maps not pinned, stats need the running relay: {exc}"
+            return None
+        if pins.bpffs().private:
+            self.pin_notice = (f"maps pinned on {pins.bpffs().where}: no other mount namespace's bpffs was "
+                               "reachable, so the pins go with this relay")
         return self.pinned
 
     def save_state(self, state: dict) -> None:

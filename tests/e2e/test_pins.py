@@ -16,11 +16,12 @@ from tests.fixtures.relay import SCALE, mcr, result, send, start_receiver
 pytestmark = pytest.mark.e2e
 
 
-def in_relay_netns(chain, *args: str, **kwargs):
-    """Run inside the relay's network namespace but in this mount
-    namespace (nsenter, not `ip netns exec`), so pins land on the host's
-    bpffs where a later command can find them."""
-    return ["nsenter", f"--net=/run/netns/{chain.relay_in.ns}", *args]
+def in_relay_netns(chain, *args: str):
+    """Run as an operator would in the relay's network namespace: with `ip
+    netns exec`, whose mount namespace (and /sys) is the command's own; the
+    pins still land on this mount namespace's bpffs, where later commands
+    find them."""
+    return ["ip", "netns", "exec", chain.relay_in.ns, *args]
 
 
 @pytest.mark.parametrize("mode", ["xdp-native", "tc"])

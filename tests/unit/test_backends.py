@@ -65,7 +65,7 @@ def test_no_slot_left_is_a_rule_error():
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(pins, "STATE_DIR", tmp_path)
-    monkeypatch.setattr(pins, "ROOT", tmp_path / "bpffs")
+    monkeypatch.setattr(pins, "_bpffs", pins.Bpffs(tmp_path / "bpffs", "a test directory"))
     return tmp_path
 
 

@@ -13,10 +13,12 @@
  * indexes: the raw tracepoint gets the devices themselves, and a drop
  * counts only when the output device is in this relay's namespace
  * (MCR_NETNS_INUM, the inode of its /proc/self/ns/net).
+ *
+ * The devices are read at offsets from the running kernel's BTF
+ * (MCR_OFF_*, mcr_xdp/btf.py), not through the kernel headers' structs:
+ * bcc compiles against whatever headers it finds, and on a kernel that
+ * ships none the linked ones are another kernel's layout.
  */
-#include <linux/netdevice.h>
-#include <net/net_namespace.h>
-
 #include "mcr_abi.h"
 
 BPF_PERCPU_HASH(mcr_loss, struct mcr_loss_key, struct mcr_loss, MCR_MAX_RULES);
@@ -24,14 +26,14 @@ BPF_HASH(mcr_loss_progs, __u32, __u8, 64);
 BPF_HASH(mcr_loss_maps, __u32, __u8, 8);
 BPF_PERCPU_ARRAY(mcr_loss_steer, __u64, 1);
 
-static __always_inline __u32 netns_inum(const struct net_device *dev)
+static __always_inline __u32 netns_inum(const void *dev)
 {
-	struct net *net = NULL;
+	const void *net = NULL;
 	__u32 inum = 0;
 
-	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + MCR_OFF_DEV_NET);
 	if (net)
-		bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
+		bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + MCR_OFF_NET_INUM);
 	return inum;
 }
 
@@ -39,16 +41,16 @@ static __always_inline __u32 netns_inum(const struct net_device *dev)
  * *to_dev, int sent, int drops, int err) */
 RAW_TRACEPOINT_PROBE(xdp_devmap_xmit)
 {
-	const struct net_device *from = (const void *)ctx->args[0];
-	const struct net_device *to = (const void *)ctx->args[1];
+	const void *from = (const void *)ctx->args[0];
+	const void *to = (const void *)ctx->args[1];
 	int drops = (int)ctx->args[3];
 	struct mcr_loss_key key = {};
 	struct mcr_loss *loss;
 
 	if (drops <= 0 || netns_inum(to) != MCR_NETNS_INUM)
 		return 0;
-	bpf_probe_read_kernel(&key.from_ifindex, sizeof(key.from_ifindex), &from->ifindex);
-	bpf_probe_read_kernel(&key.to_ifindex, sizeof(key.to_ifindex), &to->ifindex);
+	bpf_probe_read_kernel(&key.from_ifindex, sizeof(key.from_ifindex), (const char *)from + MCR_OFF_DEV_IFINDEX);
+	bpf_probe_read_kernel(&key.to_ifindex, sizeof(key.to_ifindex), (const char *)to + MCR_OFF_DEV_IFINDEX);
 	loss = mcr_loss.lookup(&key);
 	if (loss)
 		loss->xmit_drops += drops;

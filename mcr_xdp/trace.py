@@ -29,6 +29,16 @@ def ensure_tracefs() -> Path:
     return TRACEFS
 
 
+def _offsets() -> list[str]:
+    """The struct offsets trace.c reads devices at, from the kernel's BTF."""
+    from .btf import KernelBtf
+
+    with KernelBtf() as btf:
+        return [f"-DMCR_OFF_DEV_IFINDEX={btf.offset('net_device', 'ifindex')}",
+                f"-DMCR_OFF_DEV_NET={btf.offset('net_device', 'nd_net.net')}",
+                f"-DMCR_OFF_NET_INUM={btf.offset('net', 'ns.inum')}"]
+
+
 class LossTracer:
     """prog_ids: this relay's XDP programs (redirect errors); map_ids: its
     cpumaps (steering queue drops)."""
@@ -41,7 +51,7 @@ class LossTracer:
 
         src = bpf_dir() / "trace.c"
         # Drops count only on devices of this network namespace (trace.c).
-        cflags = [f"-I{src.parent}", f"-DMCR_NETNS_INUM={os.stat('/proc/self/ns/net').st_ino}u"]
+        cflags = [f"-I{src.parent}", f"-DMCR_NETNS_INUM={os.stat('/proc/self/ns/net').st_ino}u", *_offsets()]
         if (TRACEFS / "events/xdp/xdp_redirect_map_err").is_dir():
             cflags.append("-DMCR_HAVE_REDIRECT_MAP_ERR")
         try:

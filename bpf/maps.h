@@ -22,9 +22,19 @@ BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_tx_ports, MCR_MAX_PORT
 BPF_XDP_REDIRECT_MAP("devmap", struct mcr_devmap_val, mcr_fanout_inner, MCR_MAX_OUTPUTS);
 BPF_ARRAY_OF_MAPS(mcr_fanout, "mcr_fanout_inner", MCR_MAX_RULES);
 
-BPF_PERCPU_ARRAY(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
-BPF_PERCPU_ARRAY(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
-BPF_PERCPU_ARRAY(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
+/* The counters. A relay started again after its process was killed
+ * (same instance, same ABI version) is compiled with MCR_ADOPT_DIR, the
+ * killed relay's pin directory, and uses these very maps: its counters go
+ * on from where they were, not one packet lost in between (the old program
+ * counts into them until the new one replaces it). */
+#ifdef MCR_ADOPT_DIR
+#define MCR_COUNTERS(name, leaf, n) BPF_TABLE_PINNED("percpu_array", int, leaf, name, n, MCR_ADOPT_DIR "/" #name)
+#else
+#define MCR_COUNTERS(name, leaf, n) BPF_PERCPU_ARRAY(name, leaf, n)
+#endif
+MCR_COUNTERS(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
+MCR_COUNTERS(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
+MCR_COUNTERS(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
 
 /* Egress: which copy of a packet comes next, for one interface used by
  * several outputs of a rule (key: rule id * MCR_MAX_OUTPUTS + first such

@@ -104,7 +104,16 @@ def attach(
         else:
             daemon.run(LineReport(daemon))
         out.print(render.counter_line(relay.snapshot(), None), markup=False)
+    if daemon.left_forwarding:
+        out.print(f"left {', '.join(daemon.left_forwarding)} forwarding for the next relay started with the same "
+                  "command to take over (SIGQUIT); left the groups", markup=False)
+        raise typer.Exit(HANDOVER_EXIT)
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
+
+
+# Exit status after SIGQUIT (EX_TEMPFAIL): "start me again". The unit
+# restarts on it (RestartForceExitStatus=) without counting a failure.
+HANDOVER_EXIT = 75
 
 
 def _announce(daemon: Daemon) -> None:

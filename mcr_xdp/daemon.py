@@ -1,6 +1,7 @@
 """The relay as a running process: it starts the relay, serves the control
 socket and the metrics endpoint, takes signals (SIGHUP reloads the config,
-SIGINT and SIGTERM stop), and every interval re-checks the outputs and
+SIGINT and SIGTERM stop, SIGQUIT ends leaving the programs forwarding for
+a successor, SIGCHLD restarts a dead worker), and every interval re-checks the outputs and
 hands a counter snapshot to whoever shows it (a Reporter: counter lines, the
 live view). The CLI only parses options and renders.
 
@@ -27,6 +28,12 @@ WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Their default action would end the process and leave the programs
 # attached without the relay: taken, logged and otherwise ignored.
 IGNORED = (signal.SIGUSR1, signal.SIGUSR2)
+# A child ended: a userspace worker that died is replaced at once
+# (Relay.refresh), not at the next tick, while its share goes unread.
+CHILD = signal.SIGCHLD
+# Leave the programs forwarding and exit, for a successor started with the
+# same command to take over (Relay.leave): a restart or upgrade without a gap.
+HANDOVER = signal.SIGQUIT
 
 
 class Reporter(Protocol):
@@ -60,6 +67,8 @@ class Daemon:
         self._wake: socket.socket | None = None  # readable when a signal came
         self._link_events = None  # pyroute2 IPRoute bound to link events, when available
         self._stack = contextlib.ExitStack()
+        self.handover = False  # SIGQUIT came: leave the programs forwarding
+        self.left_forwarding: list[str] = []  # the inputs left so, once closed
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -75,10 +84,10 @@ class Daemon:
             wake_r.setblocking(False)
             wake_w.setblocking(False)
             self._wake = wake_r
-            previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*WATCHED, *IGNORED)}
+            previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*WATCHED, *IGNORED, CHILD, HANDOVER)}
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
             stack.callback(_restore_signals, previous, old_wakeup)
-            stack.callback(self.relay.stop)
+            stack.callback(self._end_relay)
             self.relay.start()
             self.server = ControlServer(self.socket_path, self.service.handle)
             stack.callback(self.server.close)
@@ -94,8 +103,15 @@ class Daemon:
             raise
 
     def close(self) -> None:
-        """Stop serving, detach the relay, restore the signal handlers."""
+        """Stop serving, detach the relay (or leave it forwarding, after
+        SIGQUIT), restore the signal handlers."""
         self._stack.close()
+
+    def _end_relay(self) -> None:
+        if self.handover:
+            self.left_forwarding = self.relay.leave()
+        else:
+            self.relay.stop()
 
     def _watch_links(self, stack: contextlib.ExitStack) -> None:
         """Netlink link events wake the loop, so an interface that comes,
@@ -147,10 +163,15 @@ class Daemon:
                         report.warn(f"{signal.Signals(sig).name} ignored (SIGHUP reloads, SIGINT and SIGTERM stop)")
                 if signal.SIGHUP in signums:
                     self._reload(report)
+                if CHILD in signums:
+                    self._follow(report, link_event=False)
+                if HANDOVER in signums:
+                    self.handover = True
+                    return
                 if signal.SIGINT in signums or signal.SIGTERM in signums:
                     return
             if "links" in woke:
-                self._follow_links(report)
+                self._follow(report, link_event=True)
             if time.monotonic() < deadline:
                 continue
             deadline += self.interval
@@ -159,9 +180,12 @@ class Daemon:
             except Exception as exc:  # a bug in reporting must not stop the forwarding
                 report.warn(f"internal error, relaying on: {_what(exc)}")
 
-    def _follow_links(self, report: Reporter) -> None:
+    def _follow(self, report: Reporter, link_event: bool) -> None:
+        """Follow the interfaces and the backends now (a link event, a child
+        that ended), not at the next tick."""
         try:
-            self._link_events.get()  # the batch that woke us: its content is read again by refresh
+            if link_event:
+                self._link_events.get()  # the batch that woke us: its content is read again by refresh
             for event in self.relay.refresh():
                 report.warn(event)
         except Exception as exc:  # netlink trouble or a bug: the tick checks again

@@ -32,6 +32,10 @@ MAP_NAMES = (
     abi.MAP_CPUMAP,
 )
 
+# The counter maps a relay started again takes over from the killed one
+# (bpf/maps.h MCR_COUNTERS).
+ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS)
+
 # The datapath is one bcc object: the XDP programs (relay.c) and the TC
 # program (tc_relay.c) share its maps. bcc rewrites map calls (map.lookup())
 # only in the file it compiles, never in headers it includes, so the code
@@ -75,11 +79,15 @@ class Datapath:
     programs and maps. The XDP ingress and egress programs load at once; the
     cpumap and TC programs when first asked for."""
 
-    def __init__(self, cflags: tuple[str, ...] = ()):
+    def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None):
+        """adopt: a killed relay's pin directory (same ABI version) whose
+        counter maps (ADOPTED_MAPS) this datapath uses instead of new ones."""
         require_toolchain()
         from bcc import BPF, BPFAttachType
 
         directory = bpf_dir()
+        if adopt is not None:
+            cflags = (*cflags, f'-DMCR_ADOPT_DIR="{adopt}"')
         self._tc_fd: int | None = None
         self._cpu_fd: int | None = None
         self.steer_cpus: tuple[int, ...] = ()
@@ -198,6 +206,7 @@ def detach(ifindex: int, ifname: str, only_prog_id: int | None = None) -> Attach
 # The relay's filter on an interface's clsact ingress hook: this priority,
 # this name. `tc filter show dev IFACE ingress` shows it as "mcr_tc_relay".
 TC_PRIORITY = 0x4D43
+TC_HANDLE = ":1"
 TC_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
 TC_EGRESS = 0xFFFFFFF3
 
@@ -209,6 +218,10 @@ class TcFilter:
     priority: int
     name: str
     qdisc_created: bool = False  # by this relay (removed with the filter if then empty)
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.TC
 
 
 def _tc_filters(ipr, ifindex: int, parent: int) -> list:
@@ -234,13 +247,24 @@ def tc_attached(ifindex: int) -> TcFilter | None:
     return None
 
 
-def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> bool:
+def tc_attach(ifindex: int, ifname: str, prog_fd: int, replace: TcFilter | None = None) -> bool:
     """Attach the TC program to ifindex's clsact ingress hook, creating the
     clsact qdisc if the interface has none. Returns whether the qdisc was
-    created (then tc_detach removes it too)."""
+    created (then tc_detach removes it too). With replace (the filter a
+    killed relay left), the program under that filter is swapped in one
+    step: the kernel's cls_bpf replaces it in place (same priority, same
+    handle), no frame meets neither program."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
+    if replace is not None:
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
+                       classid=1, direct_action=True, prio=replace.priority)
+            except NetlinkError as exc:
+                raise AttachError(f"cannot replace the TC filter on {ifname}: {os.strerror(exc.code)}") from None
+        return False
     if tc_attached(ifindex) is not None:
         raise BusyError(f"{ifname} already has the relay's TC filter; a relay may be running there: "
                         f"stop it or run `mcr-xdp detach {ifname}`")
@@ -253,7 +277,7 @@ def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> bool:
             if exc.code != errno.EEXIST:
                 raise AttachError(f"cannot add a clsact qdisc to {ifname}: {os.strerror(exc.code)}") from None
         try:
-            ipr.tc("add-filter", "bpf", ifindex, ":1", fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
+            ipr.tc("add-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
                    classid=1, direct_action=True, prio=TC_PRIORITY)
         except NetlinkError as exc:
             if created:

@@ -311,6 +311,15 @@ def owner(ifindex: int) -> dict | None:
     return None
 
 
+def left_behind(instance: str) -> dict | None:
+    """The state a killed relay of instance left (its pid is no running
+    mcr-xdp), with "instance" added; None if there is none."""
+    found = read_state(instance)
+    if found is None or not isinstance(found, dict) or alive(found.get("pid")):
+        return None
+    return {**found, "instance": instance}
+
+
 def alive(pid) -> bool:
     """pid is a running mcr-xdp (not a process that reused a dead relay's pid)."""
     try:
@@ -320,12 +329,25 @@ def alive(pid) -> bool:
     return b"mcr-xdp" in cmdline or b"mcr_xdp" in cmdline
 
 
+def sweep(keep: str) -> list[str]:
+    """Remove what killed relays of this network namespace left and nothing
+    uses any more (a state file, pins), but keep's (the caller's own
+    instance); returns the instances removed."""
+    removed = []
+    for instance in instances():
+        found = left_behind(instance) if instance != keep else None
+        if found is not None and not any(still_attached(info) for info in found.get("inputs", {}).values()):
+            remove(instance)
+            removed.append(instance)
+    return removed
+
+
 def remove_if_orphaned(instance: str) -> bool:
     """Remove the pins of a relay none of whose programs is attached any
     more (after `mcr-xdp detach`). Returns whether they were removed."""
     found = read_state(instance)
     if found is None:
         return False
-    if any(still_attached(info) for info in found["inputs"].values()):
+    if any(still_attached(info) for info in found.get("inputs", {}).values()):
         return False
     return remove(instance)

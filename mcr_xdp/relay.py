@@ -59,6 +59,7 @@ class Relay:
         self.started_at: float | None = None
         self.pinned: str | None = None  # where the pinned maps are, once pinned
         self._takeover: dict[str, tuple[type, object]] = {}  # input -> (backend class, what a killed relay left)
+        self._left: dict | None = None  # the state a killed relay of this instance left (pins.left_behind)
         self._state_only = False  # the state file written without pins (removed by stop)
         self._state_notice = ""
         self.link_states: dict[str, str] = {}  # every interface of the relay: "up", "down" or "gone"
@@ -76,16 +77,26 @@ class Relay:
                 found = cls.check_free(links[name])
                 if found is not None:
                     self._takeover[name] = (cls, found)
+        self._left = pins.left_behind(self.instance)
         try:
-            self._open_first()
+            # Groups first: a relay started again in place of a killed one
+            # (whose memberships ended with it) joins within a fraction of a
+            # second, not after the compile, so a snooping switch or router
+            # upstream has no time to prune them while its program forwards.
             for rule in cfg.rules:
-                self._install(rule, links)
+                self._join(rule, links[rule.iface])
+            self._open_first()
+            old_ids = self._old_ids(cfg.rules)
+            for rule in sorted(cfg.rules, key=lambda r: str(r) not in old_ids):  # theirs first: ids kept
+                self._install(rule, links, rule_id=old_ids.get(str(rule)), adopt=str(rule) in old_ids)
+            self.rules = dict(sorted(self.rules.items()))
             for name in cfg.interfaces:
                 self._attach(links[name])
             self._close_unused()
             self._link_states(links)
             self.started_at = time.monotonic()
             self._pin()
+            pins.sweep(keep=self.instance)
         except BaseException:
             self.stop()
             raise
@@ -114,6 +125,37 @@ class Relay:
             self._state_only = False
         if errors:
             raise errors[0]
+
+    def leave(self) -> list[str]:
+        """End, but leave each input whose program outlives this process
+        (XDP, TC) forwarding with its rules, with the pins and the state
+        file, for the next relay started with the same command to take over
+        (SIGQUIT: a restart or an upgrade without a gap). Inputs of a
+        backend that ends with the process (userspace) are detached; the
+        group memberships end with it. Returns the inputs left forwarding."""
+        kept = [name for name, backend in self._runs_on.items() if backend.outlives]
+        if not kept:
+            self.stop()
+            return []
+        for name in [n for n in self.attachments if n not in kept]:
+            att = self.attachments.pop(name)
+            try:
+                self._runs_on.pop(name).detach(att)
+            except McrError:
+                pass  # it ends with the process anyway
+        self._save_state()  # the inputs left, for the successor and `detach`
+        for backend in self.backends.values():
+            backend.close(keep=True)
+        self.backends.clear()
+        self.attachments.clear()
+        self._runs_on.clear()
+        for pool in self.joins.values():
+            pool.close()
+        self.joins.clear()
+        self.rules.clear()
+        self.pinned = None
+        self._state_only = False  # the state file stays: it names the inputs left forwarding
+        return kept
 
     def __enter__(self) -> Relay:
         self.start()
@@ -174,7 +216,7 @@ class Relay:
 
     def _open(self, cls: type) -> Backend:
         """Open a backend and give it every rule installed so far."""
-        backend = cls.open(self.config)
+        backend = cls.open(self.config, self._left)
         try:
             if self.rules:
                 links = lookup(dict.fromkeys(n for r in self.rules.values() for n in _names(r.rule)))
@@ -281,14 +323,30 @@ class Relay:
             self._install(rule, links)
         return removed, added, changed
 
+    def _old_ids(self, rules: list[Rule]) -> dict[str, int]:
+        """Rule text -> id, for the rules a killed relay of this instance
+        had too: they keep their ids, so counters taken over from it
+        (pins.left_behind) go on under the same rule."""
+        if self._left is None:
+            return {}
+        try:
+            theirs = {text: int(i) for i, text in self._left.get("rules", {}).items()}
+        except (AttributeError, TypeError, ValueError):
+            return {}
+        wanted = {str(r) for r in rules}
+        return {text: i for text, i in theirs.items() if text in wanted and 0 <= i < abi.MAX_RULES}
+
     def _free_id(self) -> int:
         return next(i for i in range(len(self.rules) + 1) if i not in self.rules)
 
-    def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None) -> InstalledRule:
+    def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None,
+                 adopt: bool = False) -> InstalledRule:
         """Join the rule's group, then write the rule to every backend; with
         rule_id, replace that rule's outputs in place (same key, same
-        counters), or write it again under that id (an input that moved)."""
-        replacing = rule_id is not None
+        counters), or write it again under that id (an input that moved);
+        with adopt too, a new rule under the id a killed relay gave it (its
+        counters go on)."""
+        replacing = rule_id is not None and not adopt
         installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex,
                                   tuple(links[o.iface].ifindex for o in rule.outputs))
         if not replacing:
@@ -296,7 +354,7 @@ class Relay:
         done = []
         try:
             for backend in self.backends.values():
-                backend.put_rule(installed, links, fresh=not replacing)
+                backend.put_rule(installed, links, fresh=not replacing and not adopt)
                 done.append(backend)
         except BaseException:
             if not replacing:
@@ -317,14 +375,15 @@ class Relay:
         return installed
 
     def refresh(self) -> list[str]:
-        """Follow the interfaces: inputs, then outputs. Returns a line for
-        each change."""
+        """Follow the interfaces: inputs, then outputs; restart what of a
+        backend died (userspace workers). Returns a line for each change."""
         if not self.attachments:
             return []
         links = all_links()
         events = [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
         for backend in self.backends.values():
             backend.refresh_outputs(links)
+            events += backend.heal()
         return events
 
     def _link_states(self, links: dict[str, Link]) -> list[str]:

@@ -73,10 +73,13 @@ class CounterSource(Protocol):
 class Backend(Protocol):
     modes: tuple[Mode, ...]  # the modes an input can run in on this backend
     counters: CounterSource
+    outlives: bool  # its inputs forward on after the process ends (kernel programs), for a successor
 
     @classmethod
-    def open(cls, config: RelayConfig) -> Backend:
-        """Load the backend; McrError (with the reason) if it can't."""
+    def open(cls, config: RelayConfig, left: dict | None = None) -> Backend:
+        """Load the backend; McrError (with the reason) if it can't. left:
+        the state a killed relay of the same instance left (pins.left_behind),
+        whose counters the backend continues where it can."""
 
     @staticmethod
     def check_free(link: Link) -> object | None:
@@ -105,6 +108,10 @@ class Backend(Protocol):
         """Re-check what depends on the outputs' state (up, MTU); returns
         the rule ids changed."""
 
+    def heal(self) -> list[str]:
+        """Restart what of the backend died on its own (userspace workers);
+        a line for each thing done."""
+
     def losses(self) -> Losses: ...
 
     def status(self) -> dict:
@@ -118,7 +125,9 @@ class Backend(Protocol):
     def save_state(self, state: dict) -> None:
         """The pinned state changed (rules, inputs)."""
 
-    def close(self) -> None: ...
+    def close(self, keep: bool = False) -> None:
+        """Release everything; keep: leave what forwards in the kernel (the
+        programs on their inputs, the pins) for the next relay to take over."""
 
 
 def backend_class(mode: Mode) -> type:

@@ -74,16 +74,20 @@ def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
 
 class BpfBackend:
     modes = BPF_MODES
+    outlives = True
 
-    def __init__(self, steer_cpus: tuple[int, ...] = ()):
+    def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None):
         features.require_toolchain()
         features.require_kernel()
-        self.datapath = loader.Datapath()
+        self.adopt_notice = ""
+        self.datapath = loader.Datapath(adopt=self._adoptable(left))
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
-        self._tc_qdiscs: set[int] = set()  # ifindexes whose clsact qdisc this backend added
+        # ifindex -> remove its clsact qdisc with the filter: True (this
+        # backend added it), None (if then empty: a killed relay's, taken over)
+        self._tc_qdiscs: dict[int, bool | None] = {}
         self.tracer = None
         self.tracer_notice = ""
         self.instance: str | None = None
@@ -100,8 +104,27 @@ class BpfBackend:
             raise
 
     @classmethod
-    def open(cls, config) -> BpfBackend:
-        return cls(config.steer_cpus)
+    def open(cls, config, left: dict | None = None) -> BpfBackend:
+        return cls(config.steer_cpus, left)
+
+    def _adoptable(self, left: dict | None):
+        """The pin directory of the killed relay whose counter maps this
+        datapath takes over (same instance, same ABI version), or None."""
+        if left is None or not left.get("instance"):
+            return None
+        instance = left["instance"]
+        directory = pins.pin_dir(instance)
+        if not all((directory / name).exists() for name in loader.ADOPTED_MAPS):
+            return None  # it pinned nothing (or not these): nothing to go on from
+        try:
+            pins.check_abi(left, pins.shown(instance))
+        except pins.AbiMismatch:
+            self.adopt_notice = (f"counters start again: the maps the killed relay (pid {left.get('pid')}) pinned "
+                                 f"are of datapath ABI version {left.get('abi_version')}, this mcr-xdp's is "
+                                 f"{abi.ABI_VERSION}")
+            return None
+        self.adopt_notice = f"counters go on from the maps the killed relay (pid {left.get('pid')}) pinned"
+        return directory
 
     @staticmethod
     def check_free(link: Link) -> loader.Attached | None:
@@ -125,16 +148,22 @@ class BpfBackend:
                 f"{link.name} already has an XDP program (id {current.prog_id}, {current.name or 'unnamed'}); "
                 f"{who}: stop it or run `mcr-xdp detach {link.name}`"
             )
-        if loader.tc_attached(link.ifindex) is not None:
-            raise BusyError(f"{link.name} already has the relay's TC filter; a relay may be running there: "
-                            f"stop it or run `mcr-xdp detach {link.name}`")
+        if (tc := loader.tc_attached(link.ifindex)) is not None:
+            owner = pins.owner(link.ifindex)
+            if owner is None:
+                return tc
+            raise BusyError(f"{link.name} already has the relay's TC filter; the relay pid {owner['pid']} runs "
+                            f"there: stop it or run `mcr-xdp detach {link.name}`")
         return None
 
     @staticmethod
-    def release(link: Link, found: loader.Attached) -> None:
+    def release(link: Link, found: loader.Attached | loader.TcFilter) -> None:
         """Remove what check_free found, when this relay runs link in
         another mode (a short gap: the swap needs the same mode)."""
-        loader.detach(link.ifindex, link.name, only_prog_id=found.prog_id)
+        if isinstance(found, loader.TcFilter):
+            loader.tc_detach(link.ifindex, link.name)
+        else:
+            loader.detach(link.ifindex, link.name, only_prog_id=found.prog_id)
 
     # -- inputs --------------------------------------------------------------
 
@@ -150,19 +179,22 @@ class BpfBackend:
             loader.xdp_attach(link.ifindex, link.name, fd, mode, replace=takeover)
             if takeover is not None:
                 notice = "; ".join(filter(None, [notice, f"{link.name}: took over from the program a killed relay "
-                                                 f"left (id {takeover.prog_id}) in one step; counters start again"]))
+                                                 f"left (id {takeover.prog_id}) in one step"]))
             return Attachment(link.ifindex, link.name, mode, libbpf.prog_id(fd), notice)
         fd = self.datapath.tc_fd
-        if loader.tc_attach(link.ifindex, link.name, fd):
-            self._tc_qdiscs.add(link.ifindex)
+        if loader.tc_attach(link.ifindex, link.name, fd, replace=takeover):
+            self._tc_qdiscs[link.ifindex] = True
+        elif takeover is not None:
+            self._tc_qdiscs[link.ifindex] = None  # the killed relay's qdisc, or someone's: removed if left empty
+            return Attachment(link.ifindex, link.name, Mode.TC, libbpf.prog_id(fd),
+                              f"{link.name}: took over from the TC filter a killed relay left, in one step")
         return Attachment(link.ifindex, link.name, Mode.TC, libbpf.prog_id(fd))
 
     def detach(self, att: Attachment) -> None:
         if att.mode.is_xdp:
             loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
         else:
-            loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=att.ifindex in self._tc_qdiscs)
-            self._tc_qdiscs.discard(att.ifindex)
+            loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=self._tc_qdiscs.pop(att.ifindex, False))
 
     # -- rules ---------------------------------------------------------------
 
@@ -252,6 +284,9 @@ class BpfBackend:
                 changed.append(rule_id)
         return changed
 
+    def heal(self) -> list[str]:
+        return []  # the kernel's programs do not die on their own
+
     # -- observation ---------------------------------------------------------
 
     def _start_tracer(self) -> None:
@@ -279,7 +314,7 @@ class BpfBackend:
             "steering": {"cpus": list(dp.steer_cpus)} if dp.steer_cpus else None,
             "loss_tracer": self.tracer is not None,
             "pinned": self.pinned,
-            "notices": [n for n in (self.tracer_notice, self.pin_notice) if n],
+            "notices": [n for n in (self.adopt_notice, self.tracer_notice, self.pin_notice) if n],
         }
 
     # -- pins ----------------------------------------------------------------
@@ -302,16 +337,16 @@ class BpfBackend:
         if self.pinned is not None:
             pins.write_state(self.instance, state)
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
         if self.tracer is not None:
             self.tracer.close()
             self.tracer = None
         if self.datapath is not None:
-            self.datapath.close()
+            self.datapath.close()  # what is attached keeps its programs, and they their maps
             self.datapath = None
-        if self.pinned is not None:
+        if self.pinned is not None and not keep:
             pins.remove(self.instance)
-            self.pinned = None
+        self.pinned = None
 
 
 def _single_output(installed: InstalledRule, links: dict[str, Link]) -> tuple[int, ...]:

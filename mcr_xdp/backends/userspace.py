@@ -13,6 +13,7 @@ from . import Attachment, InstalledRule, Losses
 
 class UserspaceBackend:
     modes = (Mode.USERSPACE,)
+    outlives = False
 
     def __init__(self, workers: int | None = None, fanout: str = "hash"):
         fallback = Fallback(workers, fanout)
@@ -21,7 +22,7 @@ class UserspaceBackend:
         self.counters = fallback.counters
 
     @classmethod
-    def open(cls, config) -> UserspaceBackend:
+    def open(cls, config, left=None) -> UserspaceBackend:
         return cls(config.workers, config.fanout)
 
     @staticmethod
@@ -51,6 +52,9 @@ class UserspaceBackend:
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         return []  # a worker's send to a dead output fails alone
 
+    def heal(self) -> list[str]:
+        return self.fallback.heal()
+
     def losses(self) -> Losses:
         return Losses(ring=self.fallback.ring_drops())
 
@@ -63,5 +67,5 @@ class UserspaceBackend:
     def save_state(self, state: dict) -> None:
         pass
 
-    def close(self) -> None:
-        self.fallback.close()
+    def close(self, keep: bool = False) -> None:
+        self.fallback.close()  # nothing of it can outlive the process

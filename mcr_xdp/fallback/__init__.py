@@ -16,6 +16,12 @@ goes on (a new rule is in every worker before the filter admits its
 traffic; a deleted one leaves the filter before the workers forget it).
 Counters live in shared memory, one block per worker, in the datapath's
 layout (counters.Counters is the Maps-like object stats.collect reads).
+
+A worker that dies (killed, out of memory) costs only the frames in its
+rings: its sockets leave their fanout groups, so the others take its share
+at once, and heal() starts a new worker in its place (new sockets joined to
+the same groups, every rule, then the filter), counting on in the same
+counter block.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .forward import entry_message
 
 FANOUT_MODES = tuple(packet.FANOUT)
 SYNC_TIMEOUT = 10.0  # seconds a worker may take to start or acknowledge
+RESTART_GAP = 1.0  # seconds between two starts of one worker: one that dies at once does not loop
 
 
 @dataclasses.dataclass
@@ -71,34 +78,94 @@ class Fallback:
         self.controls: list[socket.socket] = []
         self.dead: set[int] = set()
         self.counters: cnt.Counters | None = None
+        self._counters_fd: int | None = None  # kept to hand a restarted worker its block
         self._seq = 0
+        self.restarts = 0
+        self._started: dict[int, float] = {}  # worker index -> when last restarted (monotonic)
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers (once)."""
-        fd = cnt.create(self.nworkers)
+        self._counters_fd = cnt.create(self.nworkers)
         try:
-            self.counters = cnt.Counters(fd, self.nworkers)
+            self.counters = cnt.Counters(self._counters_fd, self.nworkers)
             for i in range(self.nworkers):
-                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                try:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "mcr_xdp.fallback.worker", str(i), str(theirs.fileno()), str(fd),
-                         str(os.getpid())],
-                        pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    )
-                finally:
-                    theirs.close()
+                proc, control = self._spawn(i)
                 self.procs.append(proc)
-                self.controls.append(mine)
+                self.controls.append(control)
             for i in range(self.nworkers):
                 self._expect(i, "ready")
         except BaseException:
             self.close()
             raise
+
+    def _spawn(self, i: int) -> tuple[subprocess.Popen, socket.socket]:
+        """Worker i's process, with its control socket and counter block."""
+        fd = self._counters_fd
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mcr_xdp.fallback.worker", str(i), str(theirs.fileno()), str(fd),
+                 str(os.getpid())],
+                pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            )
+        except BaseException:
+            mine.close()
+            raise
         finally:
-            os.close(fd)
+            theirs.close()
+        return proc, mine
+
+    def heal(self) -> list[str]:
+        """Start a new worker in place of each that died; a line for each."""
+        self.reap()
+        events = []
+        for i in sorted(self.dead):
+            if time.monotonic() - self._started.get(i, -RESTART_GAP) < RESTART_GAP:
+                continue  # the next heal() tries again
+            self._started[i] = time.monotonic()
+            old = self.procs[i].pid
+            try:
+                self._restart(i)
+            except (OSError, AttachError) as exc:
+                events.append(f"userspace worker {i} (pid {old}) died; starting another failed: {exc}")
+                continue
+            self.restarts += 1
+            events.append(f"userspace worker {i} (pid {old}) died: worker {i} runs again (pid {self.procs[i].pid}), "
+                          "the other workers carried its share meanwhile")
+        return events
+
+    def _restart(self, i: int) -> None:
+        """Worker i again: a new process on the same counter block, a new
+        socket in each input's fanout group (filtering everything until the
+        worker has every rule), then the inputs' filters."""
+        self.procs[i].wait()
+        self.controls[i].close()
+        self.procs[i], self.controls[i] = self._spawn(i)
+        socks = {}
+        try:
+            self._expect(i, "ready")
+            for ifindex, inp in self.inputs.items():
+                socks[ifindex] = packet.open_rx(ifindex)
+                packet.join_group(socks[ifindex], inp.group, self.fanout)
+                socket.send_fds(self.controls[i], [json.dumps({"op": "input", "ifindex": ifindex}).encode()],
+                                [socks[ifindex].fileno()])
+            for r in self.rules.values():
+                self.controls[i].send(json.dumps(r.message).encode())
+            self._seq += 1
+            self.controls[i].send(json.dumps({"op": "sync", "seq": self._seq}).encode())
+            self._expect(i, "seq", self._seq)
+        except BaseException:
+            for sock in socks.values():
+                sock.close()
+            self.procs[i].kill()  # still dead: the next heal() tries again
+            raise
+        for ifindex, sock in socks.items():
+            self.inputs[ifindex].socks[i] = sock
+        self.dead.discard(i)
+        for inp in self.inputs.values():
+            self._refilter(inp)
 
     def close(self) -> None:
         """Stop the workers and close every socket. Safe to call twice."""
@@ -126,6 +193,9 @@ class Fallback:
         if self.counters is not None:
             self.counters.close()
             self.counters = None
+        if self._counters_fd is not None:
+            os.close(self._counters_fd)
+            self._counters_fd = None
 
     # -- worker messages ---------------------------------------------------
 
@@ -279,6 +349,7 @@ class Fallback:
                 {"worker": i, "pid": p.pid, "alive": i not in self.dead, **self.counters.worker_totals(i)}
                 for i, p in enumerate(self.procs)
             ],
+            "restarts": self.restarts,
             "fanout": self.fanout,
             "fanout_groups": {inp.ifname: inp.group for inp in self.inputs.values()},
         }

@@ -87,8 +87,13 @@ def join_fanout(socks: list[socket.socket], mode: str) -> int:
     socks[0].setsockopt(SOL_PACKET, PACKET_FANOUT, (kind | PACKET_FANOUT_FLAG_UNIQUEID) << 16)
     group = socks[0].getsockopt(SOL_PACKET, PACKET_FANOUT) & 0xFFFF
     for sock in socks[1:]:
-        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, group | kind << 16)
+        join_group(sock, group, mode)
     return group
+
+
+def join_group(sock: socket.socket, group: int, mode: str) -> None:
+    """Put sock in the existing fanout group group (join_fanout made it)."""
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, group | FANOUT[mode] << 16)
 
 
 class Ring:

@@ -197,8 +197,7 @@ def test_tc_cleans_up_on_stop_and_detach_removes_a_killed_relays_filter(chain):
     relay = start_relay(chain, chain.IN, "--rule", rule, "--mode", "tc")
     relay.stop(sig=9)
     assert abi.PROG_TC in chain.exec(chain.relay_in.ns, "tc", "filter", "show", "dev", chain.IN, "ingress").stdout
-    again = chain.exec(chain.relay_in.ns, mcr(), "attach", chain.IN, "--rule", rule, "--mode", "tc", check=False)
-    assert again.returncode == 4 and "TC filter" in again.stderr, again.stderr
+    # (The same attach again would take the filter over: test_restart.)
     proc = relay_cli(chain, "detach", chain.IN)
     assert proc.returncode == 0, proc.stderr
     assert "TC filter" in proc.stdout

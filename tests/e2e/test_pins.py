@@ -11,7 +11,7 @@ import pytest
 
 from mcr_xdp import pins
 from mcr_xdp.lab.proc import Proc
-from tests.fixtures.relay import SCALE, mcr, result, send, start_receiver
+from tests.fixtures.relay import SCALE, mcr, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 
@@ -116,3 +116,22 @@ def test_relays_with_sockets_of_their_own_keep_their_own_pins(chain, tmp_path):
     finally:
         for i in _states(chain):
             pins.remove(i)
+
+
+def test_a_new_relay_sweeps_what_killed_relays_left(chain, tmp_path):
+    """A killed userspace relay leaves its state file (its workers end with
+    it, nothing else is left): the next relay of the namespace removes it,
+    and keeps a killed relay's whose program still forwards."""
+    sock = str(tmp_path / "killed.sock")
+    killed = Proc(subprocess.Popen(in_relay_netns(chain, mcr(), "attach", chain.IN, "--mode", "userspace",
+                                                  "--socket", sock, "--rule", "239.1.1.1:5001=out0/239.2.2.2:5002"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    chain.procs.append(killed)
+    killed.wait_for("relaying", timeout=60 * SCALE)
+    left = _states(chain)
+    assert [s["socket"] for s in left.values()] == [sock]
+    killed.stop(sig=9)
+    assert _states(chain) == left
+
+    start_relay(chain, chain.IN, "--mode", "userspace", "--rule", "239.1.1.1:5001=out0/239.2.2.2:5002")
+    assert list(_states(chain)) == [f"netns-{chain.relay_in.ns}"]

@@ -104,9 +104,15 @@ def attach(
         else:
             daemon.run(LineReport(daemon))
         out.print(render.counter_line(relay.snapshot(), None), markup=False)
-    if daemon.left_forwarding:
-        out.print(f"left {', '.join(daemon.left_forwarding)} forwarding for the next relay started with the same "
-                  "command to take over (SIGQUIT); left the groups", markup=False)
+    if daemon.handover:
+        left = daemon.left_forwarding
+        detached = [name for name in inputs if name not in left]
+        if left:
+            out.print(f"left {', '.join(left)} forwarding for the next relay started with the same command to take "
+                      "over (SIGQUIT)", markup=False)
+        if detached:
+            out.print(f"detached {', '.join(detached)} (userspace: nothing of it outlives the process)", markup=False)
+        out.print("left the groups", markup=False)
         raise typer.Exit(HANDOVER_EXIT)
     out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
 

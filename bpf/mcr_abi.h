@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 5
+#define MCR_ABI_VERSION 6
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -48,6 +48,7 @@
 #define MCR_PROG_EGRESS "mcr_egress"  /* devmap egress program of every output */
 #define MCR_PROG_CPU "mcr_cpu_relay"  /* cpumap program: forwards steered frames on their CPU */
 #define MCR_PROG_TC "mcr_tc_relay"    /* clsact ingress program (tc_relay.c), --mode tc */
+#define MCR_PROG_TC_COMPANION "mcr_tc_companion" /* the same beside native XDP: MCR_RULE_VIA_TC rules only */
 
 /* Address families as stored in mcr_rule_key.family. */
 #define MCR_FAMILY_IPV4 4
@@ -105,9 +106,16 @@ struct mcr_output {
 				  * (TC: a partial checksum covers only that) */
 };
 
+/* mcr_rule.flags */
+#define MCR_RULE_VIA_TC 0x1  /* an output has no XDP transmit (ndo_xdp_xmit: VXLAN,
+			      * bridge, tun, ...): native XDP passes the frame on,
+			      * uncounted, to the TC program on the same input, which
+			      * forwards and counts it (new in ABI 6) */
+
 struct mcr_rule {
 	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
-	__u32 n_outputs;     /* 1: rewrite and redirect at ingress; more: broadcast */
+	__u16 n_outputs;     /* 1: rewrite and redirect at ingress; more: broadcast */
+	__u16 flags;         /* MCR_RULE_* */
 	struct mcr_output out[MCR_MAX_OUTPUTS];
 };
 

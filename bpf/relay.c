@@ -98,8 +98,13 @@ static __always_inline void meta_release(struct xdp_md *ctx)
  * one-output frame is rewritten here (MCR_META_DONE) and every other one
  * leaves original (MCR_META_EGRESS, with its input and packet number).
  * Without it every frame leaves original, for the egress program to
- * rewrite from the context's ingress interface. */
-static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_meta)
+ * rewrite from the context's ingress interface.
+ *
+ * native: a native XDP ingress program, whose redirect reaches only
+ * devices with an XDP transmit; a rule with another output
+ * (MCR_RULE_VIA_TC) is the TC program's. Generic XDP's redirect reaches
+ * every device. */
+static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_meta, int native)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -116,6 +121,13 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	rule = match_rule(cfg, &p, &verdict);
 	if (!rule)
 		goto out;
+	/* An output native XDP can't reach: the TC program on this input
+	 * forwards the frame, and counts it (its verdict, its rule). */
+	if (native && (rule->flags & MCR_RULE_VIA_TC)) {
+		if (has_meta)
+			meta_release(ctx);
+		return XDP_PASS;
+	}
 	if (may_steer) {
 		cpu = steer_cpu(cfg, &p);
 		/* A CPU without a cpumap entry: forward here rather than lose it. */
@@ -199,12 +211,12 @@ static __always_inline int multicast_mac(struct xdp_md *ctx)
 
 int mcr_relay(struct xdp_md *ctx)
 {
-	return forward(ctx, 1, multicast_mac(ctx) && meta_reserve(ctx));
+	return forward(ctx, 1, multicast_mac(ctx) && meta_reserve(ctx), 1);
 }
 
 int mcr_relay_skb(struct xdp_md *ctx)
 {
-	return forward(ctx, 1, 0);
+	return forward(ctx, 1, 0, 0);
 }
 
 /* The cpumap program: the same forwarding, on the CPU steering chose. A
@@ -215,7 +227,9 @@ int mcr_cpu_relay(struct xdp_md *ctx)
 {
 	struct mcr_meta *m = meta_of(ctx);
 
-	return forward(ctx, 0, m && m->magic == MCR_META_STEER);
+	/* Never a frame of an MCR_RULE_VIA_TC rule from native XDP: those
+	 * are passed before steering. */
+	return forward(ctx, 0, m && m->magic == MCR_META_STEER, 0);
 }
 
 /* Which output of rule a copy leaving through egress_ifindex is. Usually

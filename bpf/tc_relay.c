@@ -15,6 +15,12 @@
  * rewritten for it; the last output takes the packet itself (bpf_redirect).
  * The packet is rewritten output after output: output i's checksum change
  * is the difference between its deltas and output i-1's.
+ *
+ * The same code, as mcr_tc_companion, runs beside native XDP on an input
+ * with a rule whose outputs native XDP can't reach (MCR_RULE_VIA_TC): the
+ * XDP program passes those frames on uncounted, this one forwards and
+ * counts them. Every other frame it leaves alone and uncounted: the XDP
+ * program counted it already.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -83,7 +89,7 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ou
 	return 0;
 }
 
-int mcr_tc_relay(struct __sk_buff *skb)
+static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 {
 	__u64 bytes = skb->len;
 	struct mcr_config *cfg = config();
@@ -101,6 +107,8 @@ int mcr_tc_relay(struct __sk_buff *skb)
 	if (verdict == MCR_MATCH && p.tagged && skb->vlan_present)
 		verdict = MCR_V_PASS_NOT_IP;
 	rule = match_rule(cfg, &p, &verdict);
+	if (companion && (!rule || !(rule->flags & MCR_RULE_VIA_TC)))
+		return TC_ACT_UNSPEC;
 	if (!rule)
 		goto out;
 	action = TC_ACT_SHOT;
@@ -144,4 +152,14 @@ out:
 	if (rule)
 		count_rule(rule->id, bytes, action == TC_ACT_REDIRECT);
 	return action;
+}
+
+int mcr_tc_relay(struct __sk_buff *skb)
+{
+	return tc_forward(skb, 0);
+}
+
+int mcr_tc_companion(struct __sk_buff *skb)
+{
+	return tc_forward(skb, 1);
 }

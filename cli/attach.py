@@ -124,9 +124,10 @@ HANDOVER_EXIT = 75
 
 def _announce(daemon: Daemon) -> None:
     st = daemon.service.status()
-    for i in st["interfaces"]:
-        if i["notice"]:
-            err.print(f"mcr-xdp: notice: {i['notice']}", markup=False)
+    # Every notice at start: modes that fell through, interfaces down (they
+    # are followed), rules forwarded by TC, counters taken over, ...
+    for notice in dict.fromkeys(st["notices"]):
+        err.print(f"mcr-xdp: notice: {notice}", markup=False)
     for line in render.attach_lines(st, SHOWN_RULES):
         out.print(line, markup=False)
     if daemon.metrics is not None:

@@ -29,8 +29,9 @@ def check(
     cfg = config_mod.load(path)
     if offline:
         names = {r.iface for r in cfg.rules} | {o.iface for r in cfg.rules for o in r.outputs}
-        ifindex = {name: 0 for name in names}
+        validate(cfg.rules, {name: 0 for name in names})
     else:
-        ifindex = {name: link.ifindex for name, link in all_links().items()}
-    validate(cfg.rules, ifindex)
+        links = all_links()
+        validate(cfg.rules, {name: link.ifindex for name, link in links.items()},
+                 [name for name, link in links.items() if link.loopback])
     out.print(f"{path}: OK, {len(cfg.interfaces)} input interface(s), {len(cfg.rules)} rule(s)", markup=False)

@@ -36,10 +36,13 @@ def detach(
             f"{owner.get('socket') or 'unknown'}): stop it (Ctrl-C, SIGTERM, systemctl stop), which detaches "
             "cleanly; --force removes its program anyway"
         )
-    tc = loader.tc_attached(link.ifindex)
-    if tc is not None:
-        loader.tc_detach(link.ifindex, interface)
-        out.print(f"removed the relay's TC filter ({tc.name}) from {interface}", markup=False)
+    tc = None
+    for prog in (abi.PROG_TC, abi.PROG_TC_COMPANION):  # TC mode, or beside native XDP
+        found = loader.tc_attached(link.ifindex, prog)
+        if found is not None:
+            loader.tc_detach(link.ifindex, interface, prog=prog)
+            out.print(f"removed the relay's TC filter ({found.name}) from {interface}", markup=False)
+            tc = found
     current = loader.attached(link.ifindex)
     if current is None and tc is None:
         out.print(f"{interface} has no XDP program or relay TC filter; nothing to do", markup=False)

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -35,6 +35,7 @@ PROG_RELAY_GENERIC = "mcr_relay_skb"
 PROG_EGRESS = "mcr_egress"
 PROG_CPU = "mcr_cpu_relay"
 PROG_TC = "mcr_tc_relay"
+PROG_TC_COMPANION = "mcr_tc_companion"
 
 META_DONE = 0x4D435231
 META_EGRESS = 0x4D435232
@@ -87,10 +88,14 @@ class Output(ctypes.Structure):
     ]
 
 
+RULE_VIA_TC = 0x1  # Rule.flags: native XDP passes the frame to the TC program on its input
+
+
 class Rule(ctypes.Structure):
     _fields_ = [
         ("id", ctypes.c_uint32),
-        ("n_outputs", ctypes.c_uint32),
+        ("n_outputs", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
         ("out", Output * MAX_OUTPUTS),
     ]
 

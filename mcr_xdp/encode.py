@@ -58,10 +58,11 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     return value
 
 
-def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output]) -> abi.Rule:
+def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int = 0) -> abi.Rule:
     value = abi.Rule()
     value.id = rule_id
     value.n_outputs = len(outputs)
+    value.flags = flags
     for i, out in enumerate(outputs):
         value.out[i] = out
     return value

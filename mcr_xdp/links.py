@@ -6,8 +6,11 @@ import dataclasses
 
 from pyroute2 import IPRoute
 
+from . import netdev
 from .encode import parse_mac
 from .errors import InterfaceError
+
+IFF_LOOPBACK = 0x8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,9 +21,11 @@ class Link:
     kind: str  # "veth", "dummy", ... ("" for physical NICs)
     up: bool
     mtu: int = 1500
+    xdp_xmit: bool = True  # a native XDP redirect reaches it (netdev.xdp_xmit)
+    loopback: bool = False  # IFF_LOOPBACK
 
 
-def _link(msg) -> Link:
+def _link(msg, features: dict[int, int] | None = None) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
     address = msg.get_attr("IFLA_ADDRESS") or "00:00:00:00:00:00"
@@ -31,12 +36,15 @@ def _link(msg) -> Link:
         kind=kind or "",
         up=bool(msg["flags"] & 1),
         mtu=msg.get_attr("IFLA_MTU") or 0,
+        xdp_xmit=netdev.xdp_xmit(msg["index"], kind or "", features),
+        loopback=bool(msg["flags"] & IFF_LOOPBACK),
     )
 
 
 def all_links() -> dict[str, Link]:
+    features = netdev.xdp_features()
     with IPRoute() as ipr:
-        return {link.name: link for link in map(_link, ipr.get_links())}
+        return {link.name: link for link in (_link(msg, features) for msg in ipr.get_links())}
 
 
 def lookup(names) -> dict[str, Link]:

@@ -89,6 +89,7 @@ class Datapath:
         if adopt is not None:
             cflags = (*cflags, f'-DMCR_ADOPT_DIR="{adopt}"')
         self._tc_fd: int | None = None
+        self._companion_fd: int | None = None
         self._cpu_fd: int | None = None
         self.steer_cpus: tuple[int, ...] = ()
         try:
@@ -131,6 +132,19 @@ class Datapath:
             except Exception as exc:  # bcc: bare Exception when the verifier refuses
                 raise AttachError(f"could not load the TC program: {_first_line(exc)}") from None
         return self._tc_fd
+
+    @property
+    def tc_companion_fd(self) -> int:
+        """The TC program beside native XDP (MCR_RULE_VIA_TC rules), loaded
+        on first use."""
+        if self._companion_fd is None:
+            from bcc import BPF
+
+            try:
+                self._companion_fd = self._bpf.load_func(abi.PROG_TC_COMPANION.encode(), BPF.SCHED_CLS).fd
+            except Exception as exc:  # bcc: bare Exception when the verifier refuses
+                raise AttachError(f"could not load the TC companion program: {_first_line(exc)}") from None
+        return self._companion_fd
 
     @property
     def cpu_fd(self) -> int:
@@ -228,9 +242,10 @@ def _tc_filters(ipr, ifindex: int, parent: int) -> list:
     return [m for m in ipr.get_filters(index=ifindex, parent=parent) if m.get_attr("TCA_KIND")]
 
 
-def tc_attached(ifindex: int) -> TcFilter | None:
+def tc_attached(ifindex: int, prog: str = abi.PROG_TC) -> TcFilter | None:
     """The relay's TC filter on ifindex, if any (a relay's, or one a killed
-    relay left)."""
+    relay left); prog: the TC program (PROG_TC_COMPANION: the one beside
+    native XDP)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -242,12 +257,13 @@ def tc_attached(ifindex: int) -> TcFilter | None:
     for msg in filters:
         opts = msg.get_attr("TCA_OPTIONS")
         name = opts.get_attr("TCA_BPF_NAME") if opts is not None else None
-        if msg.get_attr("TCA_KIND") == "bpf" and name and name.startswith(abi.PROG_TC):
+        if msg.get_attr("TCA_KIND") == "bpf" and name and name.startswith(prog):
             return TcFilter(msg["info"] >> 16, name)
     return None
 
 
-def tc_attach(ifindex: int, ifname: str, prog_fd: int, replace: TcFilter | None = None) -> bool:
+def tc_attach(ifindex: int, ifname: str, prog_fd: int, replace: TcFilter | None = None,
+              prog: str = abi.PROG_TC) -> bool:
     """Attach the TC program to ifindex's clsact ingress hook, creating the
     clsact qdisc if the interface has none. Returns whether the qdisc was
     created (then tc_detach removes it too). With replace (the filter a
@@ -260,12 +276,12 @@ def tc_attach(ifindex: int, ifname: str, prog_fd: int, replace: TcFilter | None 
     if replace is not None:
         with IPRoute() as ipr:
             try:
-                ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
+                ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=prog, parent=TC_INGRESS,
                        classid=1, direct_action=True, prio=replace.priority)
             except NetlinkError as exc:
                 raise AttachError(f"cannot replace the TC filter on {ifname}: {os.strerror(exc.code)}") from None
         return False
-    if tc_attached(ifindex) is not None:
+    if tc_attached(ifindex, prog) is not None:
         raise BusyError(f"{ifname} already has the relay's TC filter; a relay may be running there: "
                         f"stop it or run `mcr-xdp detach {ifname}`")
     with IPRoute() as ipr:
@@ -277,7 +293,7 @@ def tc_attach(ifindex: int, ifname: str, prog_fd: int, replace: TcFilter | None 
             if exc.code != errno.EEXIST:
                 raise AttachError(f"cannot add a clsact qdisc to {ifname}: {os.strerror(exc.code)}") from None
         try:
-            ipr.tc("add-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=abi.PROG_TC, parent=TC_INGRESS,
+            ipr.tc("add-filter", "bpf", ifindex, TC_HANDLE, fd=prog_fd, name=prog, parent=TC_INGRESS,
                    classid=1, direct_action=True, prio=TC_PRIORITY)
         except NetlinkError as exc:
             if created:
@@ -295,14 +311,14 @@ def _del_clsact(ipr, ifindex: int) -> None:
         pass
 
 
-def tc_detach(ifindex: int, ifname: str, remove_qdisc: bool | None = None) -> TcFilter | None:
+def tc_detach(ifindex: int, ifname: str, remove_qdisc: bool | None = None, prog: str = abi.PROG_TC) -> TcFilter | None:
     """Remove the relay's TC filter from ifindex; then the clsact qdisc too
     if nothing else uses it (remove_qdisc None), or as told. Returns what
     was removed."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    found = tc_attached(ifindex)
+    found = tc_attached(ifindex, prog)
     if found is None:
         return None
     with IPRoute() as ipr:

@@ -181,7 +181,8 @@ class Relay:
         for rule in [*existing, *rules]:
             names.update(dict.fromkeys([rule.iface, *(o.iface for o in rule.outputs)]))
         links = lookup(names)
-        validate([*existing, *rules], {n: link.ifindex for n, link in links.items()})
+        validate([*existing, *rules], {n: link.ifindex for n, link in links.items()},
+                 [n for n, link in links.items() if link.loopback])
         return links
 
     def _check_options(self) -> None:

@@ -103,7 +103,28 @@ def _parse_endpoint(text: str, what: str) -> tuple[Address, int]:
             raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
     if not group.is_multicast:
         raise RuleError(f"{what} {group} is not a multicast group")
+    if link_local(group):
+        raise RuleError(f"{what} {group} is a link-local group ({LINK_LOCAL[group.version]}): its traffic is "
+                        "for one link only (sent with TTL 1, never routed), so relaying it would break that")
     return group, _parse_port(m["port"], what)
+
+
+LINK_LOCAL = {4: "224.0.0.0/24", 6: "ff01::/16, ff02::/16 and their other flag values"}
+
+
+def link_local(group: Address) -> bool:
+    """224.0.0.0/24 (the Local Network Control Block), or an IPv6 group of
+    interface- or link-local scope (ffX1::/16, ffX2::/16)."""
+    if group.version == 4:
+        return group in ipaddress.IPv4Network("224.0.0.0/24")
+    return group.packed[1] & 0x0F in (1, 2)
+
+
+def unicast_source(source: Address) -> bool:
+    """A source a multicast sender can have: not multicast, unspecified,
+    loopback, reserved (240.0.0.0/4) or the limited broadcast."""
+    return not (source.is_multicast or source.is_unspecified or source.is_loopback
+                or (source.version == 4 and source.is_reserved))
 
 
 def _parse_iface(text: str) -> str:
@@ -155,8 +176,9 @@ def _check_rule(rule: Rule) -> None:
     if rule.source is not None:
         if rule.source.version != rule.group.version:
             raise RuleError(f"source {rule.source} and group {rule.group} are of different IP versions")
-        if rule.source.is_multicast or rule.source.is_unspecified:
-            raise RuleError(f"source {rule.source} is not a unicast address")
+        if not unicast_source(rule.source):
+            raise RuleError(f"source {rule.source} is not a unicast address a sender can have "
+                            "(multicast, unspecified, loopback, reserved or broadcast)")
     if len(rule.outputs) > abi.MAX_OUTPUTS:
         raise RuleError(f"rule {rule.spec()} has {len(rule.outputs)} outputs; the limit is {abi.MAX_OUTPUTS}")
     seen = set()
@@ -172,15 +194,23 @@ def _check_rule(rule: Rule) -> None:
         seen.add(target)
 
 
-def validate(rules: Iterable[Rule], ifindex: Mapping[str, int]) -> list[Rule]:
+def validate(rules: Iterable[Rule], ifindex: Mapping[str, int], loopback: Iterable[str] = ()) -> list[Rule]:
     """Check a whole rule set against the interfaces that exist (name ->
-    ifindex): unknown interfaces, duplicates, the rule limit."""
+    ifindex; loopback: the names of loopback devices): unknown interfaces,
+    loopback ones, duplicates, the rule limit. attach and `config check`
+    both run this."""
     rules = list(rules)
+    loopback = set(loopback)
     seen: dict[tuple, Rule] = {}
     for rule in rules:
-        for name in [rule.iface, *(o.iface for o in rule.outputs)]:
+        names = [rule.iface, *(o.iface for o in rule.outputs)]
+        for name in names:
             if name not in ifindex:
                 raise InterfaceError(f"interface {name!r} does not exist (rule {rule})")
+        for name in names:
+            if name in loopback:
+                raise InterfaceError(f"interface {name!r} is a loopback device: nothing arrives there from a "
+                                     f"network and nothing sent there leaves the host (rule {rule})")
         if rule.key in seen:
             raise RuleError(f"duplicate rule for {rule.iface} {_fmt_endpoint(rule.group, rule.port)}: {rule.spec()}")
         seen[rule.key] = rule

@@ -55,6 +55,7 @@ def document(uptime: float, inputs: list[InputStatus], rules: dict, notices: lis
         "modes_tried": [m.value for m in modes_tried],
         "steering": None,
         "userspace": None,
+        "via_tc": [],  # rules whose outputs native XDP can't all reach: {"rule", "input", "outputs"}
     }
     for part in parts:
         for key, value in part.items():

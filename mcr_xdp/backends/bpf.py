@@ -88,6 +88,12 @@ class BpfBackend:
         # ifindex -> remove its clsact qdisc with the filter: True (this
         # backend added it), None (if then empty: a killed relay's, taken over)
         self._tc_qdiscs: dict[int, bool | None] = {}
+        self._inputs: dict[int, Attachment] = {}  # ifindex -> this backend's inputs
+        # Rules with an output native XDP can't reach (MCR_RULE_VIA_TC), and
+        # the native inputs that carry the TC companion program for them:
+        # ifindex -> remove its clsact qdisc with it (as _tc_qdiscs).
+        self._via_tc: set[int] = set()
+        self._companions: dict[int, bool | None] = {}
         self.tracer = None
         self.tracer_notice = ""
         self.instance: str | None = None
@@ -168,6 +174,11 @@ class BpfBackend:
     # -- inputs --------------------------------------------------------------
 
     def attach(self, link: Link, mode: Mode, last_resort: bool, takeover=None) -> Attachment:
+        att = self._attach(link, mode, last_resort, takeover)
+        self._inputs[att.ifindex] = att
+        return att
+
+    def _attach(self, link: Link, mode: Mode, last_resort: bool, takeover=None) -> Attachment:
         if mode.is_xdp:
             notice = ""
             if mode == Mode.XDP_GENERIC and (blind := generic_xdp_vlan_blind(link)):
@@ -176,7 +187,16 @@ class BpfBackend:
                 notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
                           f"tag still on ({blind}); --mode xdp-native or tc removes it")
             fd = self.datapath.xdp_fd(mode)
-            loader.xdp_attach(link.ifindex, link.name, fd, mode, replace=takeover)
+            companion = mode == Mode.XDP_NATIVE and any(
+                r.ifindex == link.ifindex and i in self._via_tc for i, r in self._rules.items())
+            if companion:  # first: a frame the program passes on meets it
+                self._add_companion(link.ifindex, link.name)
+            try:
+                loader.xdp_attach(link.ifindex, link.name, fd, mode, replace=takeover)
+            except BaseException:
+                if companion:
+                    self._remove_companion(link.ifindex, link.name)
+                raise
             if takeover is not None:
                 notice = "; ".join(filter(None, [notice, f"{link.name}: took over from the program a killed relay "
                                                  f"left (id {takeover.prog_id}) in one step"]))
@@ -191,10 +211,31 @@ class BpfBackend:
         return Attachment(link.ifindex, link.name, Mode.TC, libbpf.prog_id(fd))
 
     def detach(self, att: Attachment) -> None:
+        self._inputs.pop(att.ifindex, None)
         if att.mode.is_xdp:
             loader.detach(att.ifindex, att.ifname, only_prog_id=att.prog_id)
+            self._remove_companion(att.ifindex, att.ifname)
         else:
             loader.tc_detach(att.ifindex, att.ifname, remove_qdisc=self._tc_qdiscs.pop(att.ifindex, False))
+
+    def _add_companion(self, ifindex: int, ifname: str) -> None:
+        """The TC companion on a native XDP input (once): it forwards the
+        frames of MCR_RULE_VIA_TC rules the XDP program passes on. One a
+        killed relay left there is replaced in place."""
+        if ifindex in self._companions:
+            return
+        left = loader.tc_attached(ifindex, abi.PROG_TC_COMPANION)
+        created = loader.tc_attach(ifindex, ifname, self.datapath.tc_companion_fd, replace=left,
+                                   prog=abi.PROG_TC_COMPANION)
+        self._companions[ifindex] = True if created else None
+
+    def _remove_companion(self, ifindex: int, ifname: str) -> None:
+        if ifindex in self._companions:
+            try:
+                loader.tc_detach(ifindex, ifname, remove_qdisc=self._companions.pop(ifindex),
+                                 prog=abi.PROG_TC_COMPANION)
+            except McrError:
+                pass  # the device and what it carried may be gone
 
     # -- rules ---------------------------------------------------------------
 
@@ -213,7 +254,12 @@ class BpfBackend:
                 maps.reset_rule_counters(rule_id)
             if not single:
                 self._set_fanout(rule_id, rule, links)
-            maps.put_rule(encode.rule_key(rule, installed.ifindex), encode.rule_value(rule, rule_id, outputs))
+            via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
+            att = self._inputs.get(installed.ifindex)
+            if via_tc and att is not None and att.mode == Mode.XDP_NATIVE:
+                self._add_companion(att.ifindex, att.ifname)  # before the entry that passes frames to it
+            maps.put_rule(encode.rule_key(rule, installed.ifindex),
+                          encode.rule_value(rule, rule_id, outputs, abi.RULE_VIA_TC if via_tc else 0))
         except BaseException:
             self._free_slots(rule_id, keep=kept)  # what this call acquired
             raise
@@ -222,6 +268,10 @@ class BpfBackend:
             self._fanout_order.pop(rule_id, None)
         self._free_slots(rule_id, keep=_single_output(installed, links))
         self._rules[rule_id] = installed
+        if via_tc:
+            self._via_tc.add(rule_id)
+        else:
+            self._via_tc.discard(rule_id)
         if self.tracer is not None:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
@@ -234,6 +284,7 @@ class BpfBackend:
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)
         self._rules.pop(installed.rule_id, None)
+        self._via_tc.discard(installed.rule_id)
         self._count_ssm()
 
     def _slot(self, rule_id: int, ifindex: int) -> int:
@@ -270,8 +321,18 @@ class BpfBackend:
 
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         """Re-order fan-out devmaps whose outputs went up, down or changed
-        MTU since they were written (see _set_fanout)."""
+        MTU since they were written (see _set_fanout); rewrite rules whose
+        outputs gained or lost their XDP transmit (a veth's peer turned GRO
+        on or off)."""
         changed = []
+        for rule_id, installed in list(self._rules.items()):
+            rule = installed.rule
+            if any(o.iface not in links for o in rule.outputs) or \
+                    tuple(links[o.iface].ifindex for o in rule.outputs) != installed.outputs:
+                continue  # gone or re-created: the relay rewrites the rule itself
+            if all(links[o.iface].xdp_xmit for o in rule.outputs) == (rule_id in self._via_tc):
+                self.put_rule(installed, links, fresh=False)
+                changed.append(rule_id)
         for rule_id, order in list(self._fanout_order.items()):
             rule = self._rules[rule_id].rule
             if any(o.iface not in links for o in rule.outputs):
@@ -309,12 +370,22 @@ class BpfBackend:
 
     def status(self) -> dict:
         dp = self.datapath
+        via_tc = []
+        for rule_id in sorted(self._via_tc):
+            installed = self._rules[rule_id]
+            att = self._inputs.get(installed.ifindex)
+            if att is not None and att.mode == Mode.XDP_NATIVE:
+                via_tc.append({"rule": rule_id, "input": att.ifname,
+                               "outputs": list(dict.fromkeys(o.iface for o in installed.rule.outputs))})
+        notices = [f"rule {v['rule']}: an output has no XDP transmit (ndo_xdp_xmit), so native XDP can't reach it: "
+                   f"the TC program beside XDP on {v['input']} forwards this rule" for v in via_tc]
         return {
+            "via_tc": via_tc,
             "cpus": dp.maps.ncpus,
             "steering": {"cpus": list(dp.steer_cpus)} if dp.steer_cpus else None,
             "loss_tracer": self.tracer is not None,
             "pinned": self.pinned,
-            "notices": [n for n in (self.adopt_notice, self.tracer_notice, self.pin_notice) if n],
+            "notices": [n for n in (self.adopt_notice, self.tracer_notice, self.pin_notice) if n] + notices,
         }
 
     # -- pins ----------------------------------------------------------------

@@ -272,6 +272,67 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
     return results
 
 
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+def _ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def receive_tun(iface: str, group: str, port: int, expected: int, idle_timeout: float = 2.0,
+                first_timeout: float = 20.0, ready: Callable[[], None] | None = None) -> Received:
+    """Count the IPv4 UDP packets to group:port that leave through the tun
+    device iface (created with `ip tuntap add IFACE mode tun`, read here as
+    its queue); a bad IP or UDP checksum counts as corrupt."""
+    import fcntl
+    import os
+    import select
+
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    result, last_seq = Received(), -1
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", iface.encode(), IFF_TUN | IFF_NO_PI))
+        if ready:
+            ready()
+        timeout = first_timeout
+        while select.select([fd], [], [], timeout)[0]:
+            pkt = os.read(fd, 65536)
+            timeout = idle_timeout
+            if len(pkt) < 28 or pkt[0] >> 4 != 4 or pkt[9] != socket.IPPROTO_UDP:
+                continue
+            ihl = (pkt[0] & 0xF) * 4
+            dst, dport = str(ipaddress.IPv4Address(pkt[16:20])), struct.unpack_from("!H", pkt, ihl + 2)[0]
+            if (dst, dport) != (group, port):
+                continue
+            result.received += 1
+            key = f"{dst}:{dport}"
+            result.destinations[key] = result.destinations.get(key, 0) + 1
+            udp = pkt[ihl:]
+            pseudo = pkt[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_UDP, len(udp))
+            ok = _ones_sum(pkt[:ihl]) == 0xFFFF and (udp[6:8] == b"\0\0" or _ones_sum(pseudo + udp) == 0xFFFF)
+            seq = check_payload(udp[8:]) if ok else None
+            if seq is None:
+                result.corrupt += 1
+            elif seq in result.sequences:
+                result.duplicates += 1
+            else:
+                result.out_of_order += seq < last_seq
+                last_seq = seq
+                result.sequences.add(seq)
+                result.unique += 1
+                if result.unique == expected:
+                    timeout = min(idle_timeout, 0.5)
+    finally:
+        os.close(fd)
+    return result
+
+
 def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mcr_xdp.lab.traffic", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -295,6 +356,7 @@ def _main(argv=None) -> int:
     r.add_argument("--idle-timeout", type=float, default=3.0)
     r.add_argument("--first-timeout", type=float, default=20.0, help="seconds to wait for the first packet")
     r.add_argument("--timeout", type=float, default=120.0)
+    r.add_argument("--tun", action="store_true", help="read what leaves the tun device --iface (IPv4)")
     a = p.parse_args(argv)
     if a.dest:
         streams = [parse_dest(d) for d in a.dest]
@@ -314,6 +376,11 @@ def _main(argv=None) -> int:
     if a.cmd == "send":
         took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq, source=a.source)
         print(json.dumps({"sent": a.count, "seconds": round(took, 3)}), flush=True)
+        return 0
+    if a.tun:
+        result = receive_tun(a.iface, a.group, a.port, a.count, a.idle_timeout, a.first_timeout,
+                             ready=lambda: print("ready", flush=True))
+        print(json.dumps(result.as_dict(a.count)), flush=True)
         return 0
     sock = open_receiver(a.group, a.port, a.iface)
     print("ready", flush=True)

@@ -101,16 +101,29 @@ def test_json_watch_prints_one_object_per_line(chain):
     assert objects[0]["timestamp"] < objects[2]["timestamp"]
 
 
-def test_redirect_into_a_veth_that_cannot_receive_counts_as_lost(chain):
+def test_a_veth_that_cannot_receive_redirects_is_reached_through_tc(chain):
+    """Without GRO (and no XDP program) the receiving veth runs no NAPI, so
+    its peer has no XDP transmit and a native redirect would be lost: the
+    relay sees that (netdev xdp-features) and forwards the rule with the TC
+    program beside XDP instead."""
     count = 800
-    # Without GRO (and no XDP program) the receiving veth runs no NAPI and
-    # refuses frames redirected to its peer: the kernel drops them after
-    # the datapath said XDP_REDIRECT.
     chain.exec(chain.sink[0].ns, "ethtool", "-K", chain.sink[0].name, "gro", "off")
-    relay = start_relay(chain, chain.IN, "--rule", RULE, "--interval", "1")
+    start_relay(chain, chain.IN, "--rule", RULE)
     receiver = start_receiver(chain, "239.2.2.2", 5002, count, idle=2.0)
     send(chain, "239.1.1.1", 5001, count, rate=2000)
-    assert result(receiver)["received"] == 0
+    assert result(receiver)["unique"] == count
+    snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
+    assert snap["totals"]["lost_after_redirect"] == 0
+    assert snap["status"]["via_tc"] == [{"rule": 0, "input": "in0", "outputs": ["out0"]}]
+
+
+def test_redirect_into_a_veth_whose_peer_is_down_counts_as_lost(chain):
+    count = 800
+    # The peer down: veth_xdp_xmit takes nothing (-ENXIO), and the kernel
+    # drops the frames after the datapath said XDP_REDIRECT.
+    chain.exec(chain.sink[0].ns, "ip", "link", "set", chain.sink[0].name, "down")
+    relay = start_relay(chain, chain.IN, "--rule", RULE, "--interval", "1")
+    send(chain, "239.1.1.1", 5001, count, rate=2000)
     snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
     assert snap["totals"]["lost_after_redirect"] == count
     assert snap["interfaces"]["out0"]["lost_after_redirect"] == count
@@ -130,11 +143,11 @@ def _ifindexes(topo) -> dict[str, int]:
 def test_losses_of_a_relay_in_another_namespace_are_not_counted(chain, drop):
     """Interface indexes repeat across namespaces: two relays with the same
     (input, output) ifindexes in two namespaces, both losing frames after
-    the redirect, each count exactly their own. At redirect: a veth without
-    NAPI refuses the frame (the tracer keys that by program id). At the
-    flush: the output's peer is down, so veth_xdp_xmit takes nothing
-    (-ENXIO), which the kernel reports in xdp:xdp_devmap_xmit per device;
-    the tracer compares the device's network namespace."""
+    the redirect, each count exactly their own. At redirect: the output is
+    down, the redirect fails (xdp:xdp_redirect_err, which the tracer keys by
+    program id). At the flush: the output's peer is down, so veth_xdp_xmit
+    takes nothing (-ENXIO), which the kernel reports in xdp:xdp_devmap_xmit
+    per device; the tracer compares the device's network namespace."""
     counts = {"other": 700, "this": 300}
     other = Chain(unique_prefix("mcrt")).build()
     other.procs = []
@@ -142,7 +155,7 @@ def test_losses_of_a_relay_in_another_namespace_are_not_counted(chain, drop):
         assert _ifindexes(other) == _ifindexes(chain)  # the same pairs, in another namespace
         for topo in (other, chain):
             if drop == "at redirect":
-                topo.exec(topo.sink[0].ns, "ethtool", "-K", topo.sink[0].name, "gro", "off")
+                topo.exec(topo.relay_in.ns, "ip", "link", "set", topo.OUT, "down")
             else:
                 topo.exec(topo.sink[0].ns, "ip", "link", "set", topo.sink[0].name, "down")
         start_relay(other, other.IN, "--rule", RULE)

@@ -52,9 +52,9 @@ VALID = [
         id="fan-out-with-blanks",
     ),
     pytest.param(
-        "224.0.0.251:65535=eth1",
+        "239.0.0.251:65535=eth1",
         "eth0",
-        Rule("eth0", ip("224.0.0.251"), 65535, (Output("eth1"),)),
+        Rule("eth0", ip("239.0.0.251"), 65535, (Output("eth1"),)),
         id="port-65535",
     ),
     pytest.param(
@@ -112,6 +112,19 @@ INVALID = [
     pytest.param("239.1.1.1:5001=eth1,eth1", "eth0", "eth1 appears twice", id="same-output-twice"),
     pytest.param("239.9.9.9@239.1.1.1:5001=eth1", "eth0", "source 239.9.9.9 is not a unicast", id="multicast-source"),
     pytest.param("0.0.0.0@239.1.1.1:5001=eth1", "eth0", "source 0.0.0.0 is not a unicast", id="unspecified-source"),
+    pytest.param("127.0.0.1@239.1.1.1:5001=eth1", "eth0", "source 127.0.0.1 is not a unicast", id="loopback-source"),
+    pytest.param("255.255.255.255@239.1.1.1:5001=eth1", "eth0", "source 255.255.255.255 is not a unicast",
+                 id="broadcast-source"),
+    pytest.param("240.0.0.1@239.1.1.1:5001=eth1", "eth0", "source 240.0.0.1 is not a unicast", id="reserved-source"),
+    pytest.param("::1@[ff3e::1]:5001=eth1", "eth0", "source ::1 is not a unicast", id="ipv6-loopback-source"),
+    pytest.param("::@[ff3e::1]:5001=eth1", "eth0", "source :: is not a unicast", id="ipv6-unspecified-source"),
+    pytest.param("224.0.0.1:5001=eth1", "eth0", "224.0.0.1 is a link-local group", id="link-local-group"),
+    pytest.param("224.0.0.251:5353=eth1", "eth0", "224.0.0.251 is a link-local group", id="mdns-group"),
+    pytest.param("[ff02::1]:5001=eth1", "eth0", "ff02::1 is a link-local group", id="ipv6-link-local-group"),
+    pytest.param("[ff12::fb]:5001=eth1", "eth0", "ff12::fb is a link-local group", id="ipv6-link-local-transient"),
+    pytest.param("[ff01::1]:5001=eth1", "eth0", "ff01::1 is a link-local group", id="ipv6-interface-local-group"),
+    pytest.param("239.1.1.1:5001=eth1/224.0.0.9:520", "eth0", "224.0.0.9 is a link-local group",
+                 id="link-local-output-group"),
     pytest.param("2001:db8::1@239.1.1.1:5001=eth1", "eth0", "different IP versions", id="source-other-family"),
     pytest.param("ff3e::1:5001=eth1", "eth0", "write IPv6 groups in brackets", id="v6-no-brackets"),
     pytest.param("[239.1.1.1]:5001=eth1", "eth0", "brackets are for IPv6", id="v4-in-brackets"),
@@ -175,6 +188,8 @@ ACCEPTED_SETS = [
     pytest.param("[ff3e::1]:5001=eth1/[ff3e::2]:5002", id="ipv6"),
     pytest.param("192.0.2.1@232.1.1.1:5001=eth1", id="ssm"),
     pytest.param("2001:db8::1@[ff3e::1]:5001=eth1", id="ipv6-ssm"),
+    pytest.param("224.0.1.1:123=eth1", id="just-above-the-link-local-block"),
+    pytest.param("[ff05::1:3]:547=eth1", id="ipv6-site-local-scope"),
     pytest.param("239.1.1.1:5001=eth1,eth2", id="fan-out"),
     pytest.param("239.1.1.1:5001=eth1/239.2.2.2:5002,eth1/239.3.3.3:5002", id="same-iface-two-groups"),
 ]
@@ -184,3 +199,16 @@ ACCEPTED_SETS = [
 def test_validate_accepts(text):
     rule = parse_rule(text, "eth0")
     assert validate([rule], IFINDEX) == [rule]
+
+
+@pytest.mark.parametrize("text", ["239.1.1.1:5001=lo", "239.1.1.1:5001=eth1,lo"])
+def test_loopback_interfaces_are_refused(text):
+    rule = parse_rule(text, "eth0")
+    with pytest.raises(InterfaceError, match="'lo' is a loopback device"):
+        validate([rule], IFINDEX | {"lo": 1}, loopback=["lo"])
+
+
+def test_a_loopback_input_is_refused():
+    rule = parse_rule("239.1.1.1:5001=eth1", "lo")
+    with pytest.raises(InterfaceError, match="'lo' is a loopback device"):
+        validate([rule], IFINDEX | {"lo": 1}, loopback=["lo"])

@@ -164,14 +164,14 @@ class Daemon:
                 if signal.SIGHUP in signums:
                     self._reload(report)
                 if CHILD in signums:
-                    self._follow(report, link_event=False)
+                    self._heal(report)
                 if HANDOVER in signums:
                     self.handover = True
                     return
                 if signal.SIGINT in signums or signal.SIGTERM in signums:
                     return
             if "links" in woke:
-                self._follow(report, link_event=True)
+                self._follow_links(report)
             if time.monotonic() < deadline:
                 continue
             deadline += self.interval
@@ -180,12 +180,19 @@ class Daemon:
             except Exception as exc:  # a bug in reporting must not stop the forwarding
                 report.warn(f"internal error, relaying on: {_what(exc)}")
 
-    def _follow(self, report: Reporter, link_event: bool) -> None:
-        """Follow the interfaces and the backends now (a link event, a child
-        that ended), not at the next tick."""
+    def _heal(self, report: Reporter) -> None:
+        """A child ended: if it was a worker, replace it now, before anything
+        else (until its sockets close, its share of the traffic is lost)."""
         try:
-            if link_event:
-                self._link_events.get()  # the batch that woke us: its content is read again by refresh
+            for event in self.relay.heal():
+                report.warn(event)
+        except Exception as exc:  # a bug: the tick tries again
+            report.warn(f"could not restart a worker: {_what(exc)}")
+
+    def _follow_links(self, report: Reporter) -> None:
+        """Follow the interfaces now (a link event), not at the next tick."""
+        try:
+            self._link_events.get()  # the batch that woke us: its content is read again by refresh
             for event in self.relay.refresh():
                 report.warn(event)
         except Exception as exc:  # netlink trouble or a bug: the tick checks again

@@ -88,8 +88,7 @@ class Datapath:
         directory = bpf_dir()
         if adopt is not None:
             cflags = (*cflags, f'-DMCR_ADOPT_DIR="{adopt}"')
-        self._tc_fd: int | None = None
-        self._companion_fd: int | None = None
+        self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
         self._cpu_fd: int | None = None
         self.steer_cpus: tuple[int, ...] = ()
         try:
@@ -121,30 +120,26 @@ class Datapath:
 
         return self._bpf.load_func(name.encode(), BPF.XDP).fd
 
+    def _tc_program(self, name: str, what: str) -> int:
+        """A clsact program of the object, loaded on first use."""
+        if name not in self._tc_fds:
+            from bcc import BPF
+
+            try:
+                self._tc_fds[name] = self._bpf.load_func(name.encode(), BPF.SCHED_CLS).fd
+            except Exception as exc:  # bcc: bare Exception when the verifier refuses
+                raise AttachError(f"could not load the {what}: {_first_line(exc)}") from None
+        return self._tc_fds[name]
+
     @property
     def tc_fd(self) -> int:
         """The clsact ingress program (tc_relay.c), loaded on first use."""
-        if self._tc_fd is None:
-            from bcc import BPF
-
-            try:
-                self._tc_fd = self._bpf.load_func(abi.PROG_TC.encode(), BPF.SCHED_CLS).fd
-            except Exception as exc:  # bcc: bare Exception when the verifier refuses
-                raise AttachError(f"could not load the TC program: {_first_line(exc)}") from None
-        return self._tc_fd
+        return self._tc_program(abi.PROG_TC, "TC program")
 
     @property
     def tc_companion_fd(self) -> int:
-        """The TC program beside native XDP (MCR_RULE_VIA_TC rules), loaded
-        on first use."""
-        if self._companion_fd is None:
-            from bcc import BPF
-
-            try:
-                self._companion_fd = self._bpf.load_func(abi.PROG_TC_COMPANION.encode(), BPF.SCHED_CLS).fd
-            except Exception as exc:  # bcc: bare Exception when the verifier refuses
-                raise AttachError(f"could not load the TC companion program: {_first_line(exc)}") from None
-        return self._companion_fd
+        """The TC program beside native XDP (MCR_RULE_VIA_TC rules)."""
+        return self._tc_program(abi.PROG_TC_COMPANION, "TC companion program")
 
     @property
     def cpu_fd(self) -> int:

@@ -380,12 +380,18 @@ class Relay:
         backend died (userspace workers). Returns a line for each change."""
         if not self.attachments:
             return []
+        events = self.heal()
         links = all_links()
-        events = [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
+        events += [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
         for backend in self.backends.values():
             backend.refresh_outputs(links)
-            events += backend.heal()
         return events
+
+    def heal(self) -> list[str]:
+        """Restart what of a backend died on its own (a userspace worker:
+        at once, so its share of the traffic goes to the others). A line for
+        each."""
+        return [event for backend in self.backends.values() for event in backend.heal()]
 
     def _link_states(self, links: dict[str, Link]) -> list[str]:
         """Up, down or gone, for every interface of the relay; a line for

@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..csum import checksum
+
 MAGIC = b"MCRX"
 _HEAD = struct.Struct("!4sQ")  # magic, sequence number
 _DIGEST = 8
@@ -276,15 +278,6 @@ TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 
 
-def _ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def receive_tun(iface: str, group: str, port: int, expected: int, idle_timeout: float = 2.0,
                 first_timeout: float = 20.0, ready: Callable[[], None] | None = None) -> Received:
     """Count the IPv4 UDP packets to group:port that leave through the tun
@@ -315,7 +308,7 @@ def receive_tun(iface: str, group: str, port: int, expected: int, idle_timeout: 
             result.destinations[key] = result.destinations.get(key, 0) + 1
             udp = pkt[ihl:]
             pseudo = pkt[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_UDP, len(udp))
-            ok = _ones_sum(pkt[:ihl]) == 0xFFFF and (udp[6:8] == b"\0\0" or _ones_sum(pseudo + udp) == 0xFFFF)
+            ok = checksum(pkt[:ihl]) == 0 and (udp[6:8] == b"\0\0" or checksum(pseudo + udp) == 0)
             seq = check_payload(udp[8:]) if ok else None
             if seq is None:
                 result.corrupt += 1

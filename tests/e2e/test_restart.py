@@ -93,8 +93,9 @@ def test_killed_userspace_worker_runs_again(chain):
     os.kill(workers[0]["pid"], signal.SIGKILL)
     sender.wait_for('"sent"', timeout=60 * SCALE)
     during = result(receiver)
-    # Lost: at most what sat in the dead worker's ring (it kept up: next to nothing).
-    assert all(got["duplicates"] == 0 and got["missing"] <= 20 for got in during.values()), during
+    # Lost: what sat in the dead worker's ring and what reached its sockets
+    # before the relay closed them (at once, on SIGCHLD): a few frames.
+    assert all(got["duplicates"] == 0 and got["missing"] <= per_stream // 100 for got in during.values()), during
 
     status = json.loads(relay_cli(chain, "status", "--json").stdout)["userspace"]
     assert status["restarts"] == 1, status

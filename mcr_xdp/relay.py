@@ -77,7 +77,12 @@ class Relay:
                 found = cls.check_free(links[name])
                 if found is not None:
                     self._takeover[name] = (cls, found)
-        self._left = pins.left_behind(self.instance)
+        left = pins.left_behind(self.instance)
+        # Its rule ids and counters go on only where this relay takes over
+        # every input it had: a program it left forwarding elsewhere would
+        # count into the same maps under ids that may mean other rules now.
+        if left is not None and isinstance(left.get("inputs"), dict) and set(left["inputs"]) <= set(cfg.interfaces):
+            self._left = left
         try:
             # Groups first: a relay started again in place of a killed one
             # (whose memberships ended with it) joins within a fraction of a

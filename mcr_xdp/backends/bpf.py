@@ -80,7 +80,16 @@ class BpfBackend:
         features.require_toolchain()
         features.require_kernel()
         self.adopt_notice = ""
-        self.datapath = loader.Datapath(adopt=self._adoptable(left))
+        adopt = self._adoptable(left)
+        try:
+            self.datapath = loader.Datapath(adopt=adopt)
+        except AttachError:
+            if adopt is None:
+                raise
+            # Maps bcc would not take (changed by hand, a layout the ABI
+            # check missed): relay all the same, counting from zero.
+            self.adopt_notice = "counters start again: the killed relay's pinned maps could not be taken over"
+            self.datapath = loader.Datapath()
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order

@@ -68,3 +68,26 @@ def test_an_output_recreated_more_times_than_there_are_slots():
     # emptied the slots of the deleted ones and the backend reused them.
     assert list(got["slots"].items()) == [(str(got["out0"]), got["ports"][0][0])]
     assert [ifindex for _, ifindex in got["ports"]] == [got["out0"]]
+
+
+def test_pinned_counters_it_cannot_take_over_still_relay(tmp_path, monkeypatch):
+    """A killed relay's pins of the right ABI version but a map bcc will not
+    take (here: a counter map of the wrong size): the backend compiles
+    without them, counts from zero and says so, rather than fail to start."""
+    from mcr_xdp import libbpf, loader, pins
+    from mcr_xdp.backends.bpf import BpfBackend
+
+    monkeypatch.setattr(pins, "_bpffs", pins.Bpffs(tmp_path, "a test directory"))
+    directory = pins.pin_dir("x")
+    directory.mkdir(parents=True)
+    # tmp_path is no bpffs: the names only need to exist for the backend to
+    # try them; bcc then fails to open them as maps.
+    for name in loader.ADOPTED_MAPS:
+        (directory / name).write_text("")
+    backend = BpfBackend(left={"instance": "x", "pid": 1234, "abi_version": abi.ABI_VERSION})
+    try:
+        assert backend.adopt_notice == "counters start again: the killed relay's pinned maps could not be taken over"
+        assert sum(c.packets for c in backend.counters.verdicts()) == 0
+        assert libbpf.prog_id(backend.datapath.prog_fd) > 0
+    finally:
+        backend.close()

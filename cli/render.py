@@ -29,7 +29,7 @@ def rule_list(rules: list[dict]) -> Table:
     table.add_column("id", justify="right")
     table.add_column("rule")
     for r in rules:
-        table.add_row(str(r["id"]), r["rule"])
+        table.add_row(str(r["id"]), Text(r["rule"]))  # Text: "[ff3e::1]" is no markup
     return table
 
 
@@ -41,7 +41,8 @@ def status(st: dict) -> list:
         table.add_column(col, justify="right" if col in ("program", "rules", "joins") else "left")
     for i in st["interfaces"]:
         table.add_row(i["name"], mode_text(i), str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
-    return [head, table, rule_list(st["rules"])]
+    notices = [Text(f"notice: {n}", style="yellow") for n in dict.fromkeys(st.get("notices", []))]
+    return [head, *notices, table, rule_list(st["rules"])]
 
 
 def mode_text(i: dict) -> str:
@@ -120,12 +121,12 @@ def rules_live(snap: Snapshot, rates: Rates | None) -> Table:
         out_lost = sum(lost.get(o.iface, 0) for o in r.outputs)
         losing = any(lost_rate.get(o.iface, 0) for o in r.outputs)
         style = "red" if losing or (rates and r.dropped and pps and r.forwarded < r.packets) else None
-        table.add_row(str(r.rule_id), r.rule, si(pps), si(bps, "bit/s"), str(r.packets), str(r.dropped),
+        table.add_row(str(r.rule_id), Text(r.rule), si(pps), si(bps, "bit/s"), str(r.packets), str(r.dropped),
                       str(out_lost), style=style)
         if len(r.outputs) > 1:
             for i, o in enumerate(r.outputs):
                 opps = rates.output_pps.get((r.rule_id, i), 0.0) if rates else 0.0
-                table.add_row("", f"  -> {o.output}", si(opps), "", str(o.packets), "",
+                table.add_row("", Text(f"  -> {o.output}"), si(opps), "", str(o.packets), "",
                               str(lost.get(o.iface, 0)), style="dim" if not lost_rate.get(o.iface) else "red")
     return table
 

@@ -175,3 +175,20 @@ def test_counter_line():
 def test_si_units():
     assert [render.si(v, "pps") for v in (0, 999, 1000, 1500000, 2.5e9)] == ["0 pps", "999 pps", "1.0 kpps",
                                                                              "1.5 Mpps", "2.5 Gpps"]
+
+
+def test_ipv6_rules_keep_their_brackets():
+    """Rich reads "[ff3e::1]" as markup unless the cell is plain Text."""
+    rule = "uxr0/[ff3e::1]:5001=uxr1/[ff3e::2]:5002,uxr2"
+    assert rule in text(render.rule_list([{"id": 0, "rule": rule}]))
+    out = stats.OutputStats("uxr1/[ff3e::2]:5002", "uxr1", 5, 500)
+    snap = stats.Snapshot(1.0, {}, (stats.RuleStats(0, rule, "uxr0", 5, 500, 5, 0, (out, out)),), (), {})
+    shown = text(render.dashboard(snap, None, STATUS))
+    assert rule in shown and "-> uxr1/[ff3e::2]:5002" in shown
+
+
+def test_status_text_shows_the_notices():
+    st = {**STATUS, "rules": [], "notices": ["rule 0: an output has no XDP transmit [vx0]"],
+          "interfaces": [{"name": "in0", "mode": "xdp-native", "prog_id": 42, "rules": 1, "joins": 1}]}
+    shown = text(render.status(st)[1])
+    assert "notice: rule 0: an output has no XDP transmit [vx0]" in shown

@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 6
+#define MCR_ABI_VERSION 7
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -98,7 +98,11 @@ struct mcr_output {
 	__u32 slot;          /* key in MCR_MAP_TX_PORTS */
 	__u8 eth[12];        /* destination MAC then source MAC */
 	__u16 port;          /* new UDP destination port, network order */
-	__u16 pad0;
+	__u8 ttl;            /* outgoing TTL / hop limit (rule option ;ttl=N, the same
+			      * in every output of a rule); 0: the received one minus
+			      * one. Set, a TTL of 1 or less is forwarded, not dropped,
+			      * and ip_csum_delta leaves the TTL out (new in ABI 7) */
+	__u8 pad0;
 	__u8 group[16];      /* new destination group */
 	__u32 ip_csum_delta; /* IPv4 header checksum delta */
 	__u32 l4_csum_delta; /* UDP checksum delta (pseudo header + port) */

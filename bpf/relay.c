@@ -145,7 +145,7 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	if (counters)
 		seq = (__u32)counters->packets;
 	action = XDP_DROP;
-	if (p.hops <= 1) {
+	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
 		goto out;
 	}

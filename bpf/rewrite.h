@@ -22,6 +22,24 @@ static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
 	return ~csum_fold((__u32)(__u16)~check + delta);
 }
 
+/* The IPv4 header checksum delta of the TTL going from old_ttl to new_ttl:
+ * the TTL and protocol (UDP) word, loaded as the datapath loads words. */
+static __always_inline __u32 ttl_delta(__u8 old_ttl, __u8 new_ttl)
+{
+	__u8 old_word[2] = { old_ttl, 17 }, new_word[2] = { new_ttl, 17 };
+	__u16 o, n;
+
+	__builtin_memcpy(&o, old_word, sizeof(o));
+	__builtin_memcpy(&n, new_word, sizeof(n));
+	return (__u16)~o + n;
+}
+
+/* The TTL an output sends with: its own (;ttl=N), or one less than hops. */
+static __always_inline __u8 out_ttl(const struct mcr_output *out, __u8 hops)
+{
+	return out->ttl ? out->ttl : hops - 1;
+}
+
 /* The fields an output changes, checksums aside: Ethernet header, group,
  * port, TTL (hops: the TTL as received, so rewriting one packet for several
  * outputs in turn still lowers it by one). The XDP rewrites below add the
@@ -32,7 +50,7 @@ static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, stru
 {
 	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
 	iph->daddr = *(const __be32 *)out->group;
-	iph->ttl = hops - 1;
+	iph->ttl = out_ttl(out, hops);
 	udp->dest = out->port;
 }
 
@@ -41,19 +59,22 @@ static __always_inline void write_fields_ipv6(void *eth, struct ipv6hdr *ip6h, s
 {
 	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
 	__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
-	ip6h->hop_limit = hops - 1;
+	ip6h->hop_limit = out_ttl(out, hops);
 	udp->dest = out->port;
 }
 
 /* Rewrite an IPv4/UDP packet for one output. The caller has checked the
- * TTL. A zero UDP checksum means "none" in IPv4 and stays zero; a computed
- * zero is sent as 0xffff (RFC 768). */
+ * TTL (or the output sets its own). A zero UDP checksum means "none" in
+ * IPv4 and stays zero; a computed zero is sent as 0xffff (RFC 768). */
 static __always_inline void rewrite_ipv4(struct ethhdr *eth, struct iphdr *iph,
 					 struct udphdr *udp, const struct mcr_output *out)
 {
 	__u16 check;
+	__u32 delta = out->ip_csum_delta;
 
-	iph->check = csum_apply(iph->check, out->ip_csum_delta);
+	if (out->ttl)
+		delta += ttl_delta(iph->ttl, out->ttl);
+	iph->check = csum_apply(iph->check, delta);
 	if (udp->check) {
 		check = csum_apply(udp->check, out->l4_csum_delta);
 		udp->check = check ? check : 0xffff;

@@ -75,6 +75,10 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ou
 	rewrite_fields(&p, p.eth, out);
 
 	ip_diff = prev ? csum_sub16(out->ip_csum_delta, prev->ip_csum_delta) : out->ip_csum_delta;
+	/* ;ttl=N: the first rewrite sets it; later ones find it set (every
+	 * output of a rule has the same). */
+	if (!prev && out->ttl)
+		ip_diff += ttl_delta(hops, out->ttl);
 	pseudo_diff = prev ? csum_sub16(out->pseudo_csum_delta, prev->pseudo_csum_delta) : out->pseudo_csum_delta;
 	if (p.iph && bpf_l3_csum_replace(skb, l3 + __builtin_offsetof(struct iphdr, check), 0, ip_diff, 0))
 		return -1;
@@ -112,7 +116,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	if (!rule)
 		goto out;
 	action = TC_ACT_SHOT;
-	if (p.hops <= 1) {
+	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
 		goto out;
 	}

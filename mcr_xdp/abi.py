@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -80,7 +80,8 @@ class Output(ctypes.Structure):
         ("slot", ctypes.c_uint32),
         ("eth", ctypes.c_uint8 * 12),
         ("port", ctypes.c_uint16),
-        ("pad0", ctypes.c_uint16),
+        ("ttl", ctypes.c_uint8),
+        ("pad0", ctypes.c_uint8),
         ("group", ctypes.c_uint8 * 16),
         ("ip_csum_delta", ctypes.c_uint32),
         ("l4_csum_delta", ctypes.c_uint32),

@@ -50,7 +50,11 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     value.group[:] = _addr16(group)
     # IPv6 has no header checksum; the UDP checksum covers the addresses
     # through the pseudo header in both families.
-    value.ip_csum_delta = csum.fold(addr_delta + csum.TTL_DECREMENT_DELTA) if group.version == 4 else 0
+    # A TTL of the rule's own (;ttl=N) depends on the packet's: the datapath
+    # adds that part (bpf/rewrite.h ttl_delta).
+    value.ttl = rule.ttl or 0
+    ttl_part = 0 if rule.ttl else csum.TTL_DECREMENT_DELTA
+    value.ip_csum_delta = csum.fold(addr_delta + ttl_part) if group.version == 4 else 0
     value.l4_csum_delta = csum.fold(addr_delta + csum.delta(old_port, new_port))
     # A partial (offloaded) UDP checksum holds only the pseudo header: TC
     # updates it by this part alone and lets the kernel handle the port.

@@ -1,9 +1,11 @@
 """Rules: parsing, validation and diffing. Pure: no kernel, no I/O.
 
 Syntax, everywhere (CLI, config, control socket):
-    [INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...]
+    [INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...][;OPTION...]
     OUT = IFACE            keep group and port
         | IFACE/GROUP:PORT rewrite to a new group and port
+    OPTION = ttl=N         send with TTL / hop limit N (1-255) instead of
+                           the received one minus one
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
 the input interface is given separately (one input interface).
 """
@@ -44,6 +46,7 @@ class Rule:
     port: int
     outputs: tuple[Output, ...]
     source: Address | None = None  # SSM source
+    ttl: int | None = None  # ;ttl=N: the outgoing TTL / hop limit; None: the received one minus one
 
     @property
     def key(self) -> tuple:
@@ -63,7 +66,8 @@ class Rule:
         """The rule in RULE syntax, without the input interface."""
         src = f"{self.source}@" if self.source is not None else ""
         outs = ",".join(str(o) for o in self.outputs)
-        return f"{src}{_fmt_endpoint(self.group, self.port)}={outs}"
+        options = f";ttl={self.ttl}" if self.ttl is not None else ""
+        return f"{src}{_fmt_endpoint(self.group, self.port)}={outs}{options}"
 
     def __str__(self) -> str:
         return f"{self.iface}/{self.spec()}"
@@ -103,9 +107,6 @@ def _parse_endpoint(text: str, what: str) -> tuple[Address, int]:
             raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
     if not group.is_multicast:
         raise RuleError(f"{what} {group} is not a multicast group")
-    if link_local(group):
-        raise RuleError(f"{what} {group} is a link-local group ({LINK_LOCAL[group.version]}): its traffic is "
-                        "for one link only (sent with TTL 1, never routed), so relaying it would break that")
     return group, _parse_port(m["port"], what)
 
 
@@ -145,8 +146,10 @@ def _parse_output(text: str) -> Output:
 def parse_rule(text: str, iface: str | None = None) -> Rule:
     """Parse RULE; iface is the input interface when the rule does not name
     one (INPUT/...). Checks syntax and the rule on its own (families,
-    multicast, loops, output count). Raises RuleError naming the bad part."""
-    match, sep, outs = text.strip().partition("=")
+    multicast, loops, output count, options). Raises RuleError naming the
+    bad part."""
+    body, *options = text.strip().split(";")
+    match, sep, outs = body.strip().partition("=")
     if not sep or not outs.strip():
         raise RuleError(f"rule {text!r} has no outputs: expected GROUP:PORT=OUT[,OUT...]")
     if "/" in match:
@@ -167,9 +170,28 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
         source = _parse_address(src_text, "source")
     group, port = _parse_endpoint(match, "group")
     outputs = tuple(_parse_output(o) for o in outs.split(","))
-    rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source)
+    rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source,
+                **_parse_options(options, text))
     _check_rule(rule)
     return rule
+
+
+RULE_OPTIONS = "ttl=N"
+
+
+def _parse_options(options: list[str], text: str) -> dict:
+    """The ;key=value options of a rule, as Rule's fields."""
+    found: dict = {}
+    for option in options:
+        key, sep, value = (part.strip() for part in option.partition("="))
+        if key != "ttl":
+            raise RuleError(f"rule {text!r}: unknown option {key!r} (options: {RULE_OPTIONS})")
+        if key in found:
+            raise RuleError(f"rule {text!r}: option {key} given twice")
+        if not sep or not value.isdigit() or not 1 <= int(value) <= 255:
+            raise RuleError(f"rule {text!r}: ttl={value!r}: expected a TTL from 1 to 255")
+        found[key] = int(value)
+    return found
 
 
 def _check_rule(rule: Rule) -> None:
@@ -181,6 +203,10 @@ def _check_rule(rule: Rule) -> None:
                             "(multicast, unspecified, loopback, reserved or broadcast)")
     if len(rule.outputs) > abi.MAX_OUTPUTS:
         raise RuleError(f"rule {rule.spec()} has {len(rule.outputs)} outputs; the limit is {abi.MAX_OUTPUTS}")
+    for group in dict.fromkeys([rule.group, *(rule.out_group(o) for o in rule.outputs)]):
+        if link_local(group) and rule.ttl is None:
+            raise RuleError(f"group {group} is a link-local group ({LINK_LOCAL[group.version]}): its traffic is "
+                            "for one link only (sent with TTL 1, never routed); add ;ttl=N to relay it with TTL N")
     seen = set()
     for out in rule.outputs:
         if out.iface == rule.iface:

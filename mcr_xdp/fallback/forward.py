@@ -41,6 +41,7 @@ class Out(NamedTuple):
     ip_delta: int  # checksum deltas, as 16-bit values in network order
     l4_delta: int
     counter: int  # its packets counter (counters.output_base)
+    ttl: int = 0  # the rule's ;ttl=N (0: the received TTL minus one)
 
 
 class Entry(NamedTuple):
@@ -57,7 +58,8 @@ def entry_message(rule_id: int, ifindex: int, family: int, source: bytes, group:
         "op": "put", "id": rule_id, "ifindex": ifindex, "source": source[:n].hex() if any(source) else "",
         "group": group[:n].hex(), "port": port,
         "outputs": [{"ifindex": o.ifindex, "eth": bytes(o.eth).hex(), "group": bytes(o.group)[:n].hex(),
-                     "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta} for o in outputs],
+                     "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta, "ttl": o.ttl}
+                    for o in outputs],
     }
 
 
@@ -67,6 +69,12 @@ def _network(delta: int) -> int:
     is swapped alike (RFC 1071, 2.(B)), so the fields are read in network
     order here and the delta swapped once per rule instead."""
     return int.from_bytes(delta.to_bytes(2, _ORDER), "big")
+
+
+def _fold(value: int) -> int:
+    while value >> 16:
+        value = (value & 0xFFFF) + (value >> 16)
+    return value
 
 
 def _apply(check: int, delta: int) -> int:
@@ -104,7 +112,8 @@ class Table:
         outs = tuple(
             Out(i, o["ifindex"], bytes.fromhex(o["eth"]), bytes.fromhex(o["group"]),
                 # o["port"] is the u16 as the datapath stores it (network order in memory)
-                o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i))
+                o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i),
+                o.get("ttl", 0))
             for i, o in enumerate(msg["outputs"])
         )
         entry = Entry(msg["id"], outs, rule_base(msg["id"]))
@@ -166,8 +175,11 @@ class Table:
             # number mod 0xffff (2**16 = 1 mod 0xffff), 0 when valid.
             if int.from_bytes(frame[14:l4], "big") % 0xFFFF:
                 return PASS_MALFORMED, None, ()
-            if ttl <= 1:
+            set_ttl = entry.outputs[0].ttl
+            if ttl <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
+            # ;ttl=N: the TTL/protocol word's part of the header checksum.
+            extra = (~(ttl << 8 | 17) & 0xFFFF) + (set_ttl << 8 | 17) if set_ttl else 0
             fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
             sends = []
             for out in entry.outputs:
@@ -179,7 +191,8 @@ class Table:
                 else:
                     check = 0
                 sends.append((out, b"".join((
-                    _ETH_IP4.pack(out.eth, fixed, ttl - 1, 17, _apply(ip_check, out.ip_delta), src, out.group),
+                    _ETH_IP4.pack(out.eth, fixed, set_ttl or ttl - 1, 17, _apply(ip_check, _fold(out.ip_delta + extra)),
+                                  src, out.group),
                     options, _UDP.pack(sport, out.port, ulen, check), rest))))
             return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
         if n < 14:
@@ -202,7 +215,8 @@ class Table:
             entry = self.lookup(ifindex, src, group, dport)
             if entry is None:
                 return PASS_NO_RULE, None, ()
-            if hops <= 1:
+            set_ttl = entry.outputs[0].ttl
+            if hops <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
             fixed, rest = frame[12:21], frame[62:]
             sends = []
@@ -212,7 +226,7 @@ class Table:
                     check = _udp_checksum(pseudo, sport + out.port + ulen + b"\0\0" + frame[62:54 + plen])
                 else:
                     check = _apply(udp_check, out.l4_delta) or 0xFFFF
-                sends.append((out, b"".join((_ETH_IP6.pack(out.eth, fixed, hops - 1, src, out.group),
+                sends.append((out, b"".join((_ETH_IP6.pack(out.eth, fixed, set_ttl or hops - 1, src, out.group),
                                              _UDP.pack(sport, out.port, ulen, check), rest))))
             return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
         return PASS_NOT_IP, None, ()

@@ -26,6 +26,8 @@ _HEAD = struct.Struct("!4sQ")  # magic, sequence number
 _DIGEST = 8
 MIN_PAYLOAD = _HEAD.size + _DIGEST
 IP_PKTINFO = 8
+IP_RECVTTL, IP_TTL = 12, 2
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 51, 52
 SO_RCVBUFFORCE = 33
 
 
@@ -84,6 +86,7 @@ class Received:
     corrupt: int = 0
     out_of_order: int = 0
     destinations: dict = dataclasses.field(default_factory=dict)  # "group:port" -> packets
+    ttls: dict = dataclasses.field(default_factory=dict)  # TTL / hop limit as received -> packets (receive())
     sequences: set = dataclasses.field(default_factory=set, repr=False)
 
     def missing(self, expected: int, first_seq: int = 0) -> int:
@@ -108,11 +111,13 @@ def open_receiver(group: str, port: int, iface: str | None = None) -> socket.soc
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     if family == socket.AF_INET:
         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         s.bind((group, port))
         mreqn = addr.packed + bytes(4) + struct.pack("i", _ifindex(iface))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
     else:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
         s.bind((group, port))
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, addr.packed + struct.pack("I", _ifindex(iface)))
     return s
@@ -142,6 +147,9 @@ def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total
                 dest = str(ipaddress.IPv4Address(value[8:12]))
             elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
                 dest = str(ipaddress.IPv6Address(value[:16]))
+            elif (level, kind) in ((socket.IPPROTO_IP, IP_TTL), (socket.IPPROTO_IPV6, IPV6_HOPLIMIT)):
+                ttl = int.from_bytes(value[:4], sys.byteorder)
+                result.ttls[ttl] = result.ttls.get(ttl, 0) + 1
         key = f"{dest}:{port}"
         result.destinations[key] = result.destinations.get(key, 0) + 1
         seq = check_payload(data)

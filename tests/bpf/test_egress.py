@@ -83,7 +83,9 @@ RULES = {
     10: (f"239.1.1.16:5001={spec(WIDE)}", WIDE, True),
     11: (f"{SSM_SOURCE}@239.1.1.1:5001={spec(SSM)}", SSM, True),  # beats rule 7 for its source
     13: (f"239.1.1.13:5001={spec(SINGLE)}", SINGLE, False),  # one output: tx_ports, no devmap of its own
+    15: (f"239.1.1.15:5001={spec(FAN4)};ttl=7", FAN4, True),  # a TTL of its own
 }
+TTL_OF = {15: 7}
 
 IN = Udp4()  # 239.1.1.1:5001 from 192.0.2.1:40000, TTL 64, DF: rule 7
 IN6 = Udp6()  # [ff3e::1:1]:5001 from 2001:db8::1, hop limit 64: rule 8
@@ -92,10 +94,10 @@ IN_WIDE = replace(IN, dst="239.1.1.16")
 FROM_SSM = replace(IN, src=SSM_SOURCE)
 
 
-def sent(pkt: Udp4 | Udp6, out: Out) -> bytes:
+def sent(pkt: Udp4 | Udp6, out: Out, ttl: int | None = None) -> bytes:
     """pkt as output out sends it: its group, port and Ethernet header, TTL
-    or hop limit - 1, untagged."""
-    hops = {"ttl": pkt.ttl - 1} if isinstance(pkt, Udp4) else {"hop_limit": pkt.hop_limit - 1}
+    or hop limit - 1 (or ttl, the rule's own), untagged."""
+    hops = {"ttl": ttl or pkt.ttl - 1} if isinstance(pkt, Udp4) else {"hop_limit": ttl or pkt.hop_limit - 1}
     return replace(pkt, vlan=None, dst=out.group, dport=out.port, eth_dst=mac(out.eth_dst),
                    eth_src=MACS[out.iface], **hops).build()
 
@@ -125,7 +127,7 @@ class EgressCase:
 def every_output(desc: str, pkt: Udp4 | Udp6, rule_id: int, pad: bytes = b"") -> EgressCase:
     """One broadcast of pkt (+ Ethernet padding) through all outputs of rule_id."""
     outs = RULES[rule_id][1]
-    copies = tuple(Copy(o.iface, sent(pkt, o) + pad, (rule_id, i)) for i, o in enumerate(outs))
+    copies = tuple(Copy(o.iface, sent(pkt, o, TTL_OF.get(rule_id)) + pad, (rule_id, i)) for i, o in enumerate(outs))
     return EgressCase(desc, pkt.build() + pad, copies)
 
 
@@ -140,6 +142,8 @@ EGRESS_CASES = [
     every_output("IPv6: a, b, a get outputs 0, 1, 2", IN6, 8),
     every_output("IPv4: 16 outputs, 8 per interface", IN_WIDE, 10),
     every_output("IPv4: TTL 2 leaves with TTL 1", replace(IN, ttl=2), 7),
+    every_output("IPv4 ;ttl=7: every copy leaves with TTL 7", replace(IN, dst="239.1.1.15"), 15),
+    every_output("IPv4 ;ttl=7: TTL 1 arrives too (the ingress forwards it)", replace(IN, dst="239.1.1.15", ttl=1), 15),
     every_output("IPv4: zero UDP checksum stays zero", replace(IN, udp_checksum=False), 7),
     every_output("IPv4: options (IHL 8)", replace(IN, options=options(8)), 7),
     every_output("IPv4: Ethernet padding kept", IN, 7, pad=bytes(16)),

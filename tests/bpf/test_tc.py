@@ -44,6 +44,7 @@ FAN_RULES = {
     20: ("239.1.3.1:5001=" + ",".join(f"lo/{g}:{p}" for g, p, _ in FAN), FAN),
     21: ("[ff3e::3:0]:5001=" + ",".join(f"lo/[{g}]:{p}" for g, p, _ in FAN6), FAN6),
     22: ("239.1.3.16:5001=" + ",".join(f"lo/{g}:{p}" for g, p, _ in WIDE), WIDE),
+    23: ("239.1.3.23:5001=" + ",".join(f"lo/{g}:{p}" for g, p, _ in FAN) + ";ttl=9", FAN),
 }
 FAN_IN = Udp4(dst="239.1.3.1")
 FAN_IN6 = Udp6(dst="ff3e::3:0")
@@ -120,8 +121,8 @@ def _port(frame: bytes) -> int | None:
     return None
 
 
-def sent(pkt, group: str, port: int, eth_dst: str) -> bytes:
-    hops = {"ttl": pkt.ttl - 1} if isinstance(pkt, Udp4) else {"hop_limit": pkt.hop_limit - 1}
+def sent(pkt, group: str, port: int, eth_dst: str, ttl: int | None = None) -> bytes:
+    hops = {"ttl": ttl or pkt.ttl - 1} if isinstance(pkt, Udp4) else {"hop_limit": ttl or pkt.hop_limit - 1}
     return replace(pkt, vlan=None, dst=group, dport=port, eth_dst=mac(eth_dst), eth_src=OUT_MAC, **hops).build()
 
 
@@ -165,6 +166,7 @@ class FanCase:
     desc: str
     pkt: Udp4 | Udp6
     rule: int
+    ttl: int | None = None  # the rule's ;ttl=N
 
 
 FAN_CASES = [
@@ -174,6 +176,8 @@ FAN_CASES = [
     FanCase("IPv4: TTL 2, every copy leaves with 1", replace(FAN_IN, ttl=2), 20),
     FanCase("IPv6: two outputs", FAN_IN6, 21),
     FanCase("IPv4: MAX_OUTPUTS outputs", WIDE_IN, 22),
+    FanCase("IPv4 ;ttl=9: every copy leaves with TTL 9", replace(FAN_IN, dst="239.1.3.23"), 23, 9),
+    FanCase("IPv4 ;ttl=9: TTL 1 is relayed, every copy with 9", replace(FAN_IN, dst="239.1.3.23", ttl=1), 23, 9),
 ]
 
 
@@ -187,7 +191,7 @@ def test_fanout_clones_then_the_packet(relay, run_tc, capture, case):
     action, out = run_tc(frame)
     clones = capture()
 
-    expected = [sent(case.pkt, g, p, m) for g, p, m in outs]
+    expected = [sent(case.pkt, g, p, m, case.ttl) for g, p, m in outs]
     assert action == TC_ACT_REDIRECT
     assert out == expected[-1]
     assert clones == expected[:-1]

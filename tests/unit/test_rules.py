@@ -9,7 +9,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.errors import InterfaceError, RuleError
-from mcr_xdp.rules import Output, Rule, parse_rule, validate
+from mcr_xdp.rules import Output, Rule, diff, parse_rule, validate
 
 IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
 MANY_OUTPUTS = ",".join(f"o{i}" for i in range(abi.MAX_OUTPUTS + 1))
@@ -78,6 +78,33 @@ VALID = [
 ]
 
 
+VALID_OPTIONS = [
+    pytest.param("239.1.1.1:5001=eth1;ttl=8", Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1"),), ttl=8),
+                 id="ttl"),
+    pytest.param("239.1.1.1:5001=eth1 ; ttl = 255", Rule("eth0", ip("239.1.1.1"), 5001, (Output("eth1"),), ttl=255),
+                 id="ttl-blanks"),
+    pytest.param("224.0.0.251:5353=eth1;ttl=255", Rule("eth0", ip("224.0.0.251"), 5353, (Output("eth1"),), ttl=255),
+                 id="link-local-with-ttl"),
+    pytest.param("[ff02::fb]:5353=eth1;ttl=255", Rule("eth0", ip("ff02::fb"), 5353, (Output("eth1"),), ttl=255),
+                 id="ipv6-link-local-with-ttl"),
+]
+
+
+@pytest.mark.parametrize("text, expected", VALID_OPTIONS)
+def test_parse_options(text, expected):
+    rule = parse_rule(text, "eth0")
+    assert rule == expected
+    assert str(rule).endswith(f";ttl={expected.ttl}")
+    assert parse_rule(str(rule)) == rule  # its own spelling parses back
+
+
+def test_a_changed_ttl_is_a_changed_rule():
+    """The options are not part of the key: SIGHUP changes the rule in place."""
+    old, new = parse_rule("239.1.1.1:5001=eth1", "eth0"), parse_rule("239.1.1.1:5001=eth1;ttl=3", "eth0")
+    assert old.key == new.key
+    assert diff([old], [new]) == ([], [], [new])
+
+
 @pytest.mark.parametrize("text, iface, expected", VALID)
 def test_parse_valid(text, iface, expected):
     rule = parse_rule(text, iface)
@@ -125,6 +152,13 @@ INVALID = [
     pytest.param("[ff01::1]:5001=eth1", "eth0", "ff01::1 is a link-local group", id="ipv6-interface-local-group"),
     pytest.param("239.1.1.1:5001=eth1/224.0.0.9:520", "eth0", "224.0.0.9 is a link-local group",
                  id="link-local-output-group"),
+    pytest.param("239.1.1.1:5001=eth1;ttl=0", "eth0", "ttl='0': expected a TTL from 1 to 255", id="ttl-0"),
+    pytest.param("239.1.1.1:5001=eth1;ttl=256", "eth0", "ttl='256'", id="ttl-256"),
+    pytest.param("239.1.1.1:5001=eth1;ttl=x", "eth0", "ttl='x'", id="ttl-not-a-number"),
+    pytest.param("239.1.1.1:5001=eth1;ttl", "eth0", "ttl=''", id="ttl-without-value"),
+    pytest.param("239.1.1.1:5001=eth1;ttl=4;ttl=5", "eth0", "option ttl given twice", id="ttl-twice"),
+    pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0", "unknown option 'bogus' (options: ttl=N)", id="unknown-option"),
+    pytest.param("239.1.1.1:5001=eth1;", "eth0", "unknown option ''", id="empty-option"),
     pytest.param("2001:db8::1@239.1.1.1:5001=eth1", "eth0", "different IP versions", id="source-other-family"),
     pytest.param("ff3e::1:5001=eth1", "eth0", "write IPv6 groups in brackets", id="v6-no-brackets"),
     pytest.param("[239.1.1.1]:5001=eth1", "eth0", "brackets are for IPv6", id="v4-in-brackets"),

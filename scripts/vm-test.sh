@@ -66,8 +66,12 @@ VENV=$(cd "$VENV" && pwd)
 # stays lean.
 install_missing "${HOST_PACKAGES[@]}"
 if [ ! -x "$VENV/bin/vng" ]; then
+    # The project's `vm` extra (pyproject.toml), by name: `pip install -e
+    # .[vm]` would point the venv's editable install at this checkout, and
+    # a VENV shared with another checkout (a worktree's runs) would then run
+    # this one's code there.
     log "installing virtme-ng into $VENV (the project's 'vm' extra)"
-    "$VENV/bin/python" -m pip install -q -e '.[test,vm]'
+    "$VENV/bin/python" -m pip install -q 'virtme-ng>=1.42'
 fi
 
 # The newest installed 6.1 headers name the kernel to boot.

@@ -115,16 +115,7 @@ class Relay:
                 self._runs_on[name].detach(att)
             except McrError as exc:
                 errors.append(exc)
-        self.attachments.clear()
-        self._runs_on.clear()
-        for backend in self.backends.values():
-            backend.close()
-        self.backends.clear()
-        for pool in self.joins.values():
-            pool.close()
-        self.joins.clear()
-        self.rules.clear()
-        self.pinned = None
+        self._release(keep=False)
         if self._state_only:
             pins.remove(self.instance)
             self._state_only = False
@@ -149,18 +140,23 @@ class Relay:
             except McrError:
                 pass  # it ends with the process anyway
         self._save_state()  # the inputs left, for the successor and `detach`
-        for backend in self.backends.values():
-            backend.close(keep=True)
-        self.backends.clear()
+        self._release(keep=True)
+        self._state_only = False  # the state file stays: it names the inputs left forwarding
+        return kept
+
+    def _release(self, keep: bool) -> None:
+        """Close the backends (keep: leave what forwards in the kernel), the
+        group memberships, and forget inputs and rules."""
         self.attachments.clear()
         self._runs_on.clear()
+        for backend in self.backends.values():
+            backend.close(keep=keep)
+        self.backends.clear()
         for pool in self.joins.values():
             pool.close()
         self.joins.clear()
         self.rules.clear()
         self.pinned = None
-        self._state_only = False  # the state file stays: it names the inputs left forwarding
-        return kept
 
     def __enter__(self) -> Relay:
         self.start()

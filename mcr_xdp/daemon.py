@@ -1,9 +1,9 @@
 """The relay as a running process: it starts the relay, serves the control
 socket and the metrics endpoint, takes signals (SIGHUP reloads the config,
 SIGINT and SIGTERM stop, SIGQUIT ends leaving the programs forwarding for
-a successor, SIGCHLD restarts a dead worker), and every interval re-checks the outputs and
-hands a counter snapshot to whoever shows it (a Reporter: counter lines, the
-live view). The CLI only parses options and renders.
+a successor, SIGCHLD restarts a dead worker), and every interval re-checks
+the outputs and hands a counter snapshot to whoever shows it (a Reporter:
+counter lines, the live view). The CLI only parses options and renders.
 
 Signals arrive through a wakeup fd polled with the sockets, so a handler
 never runs relay code in the middle of another operation.
@@ -29,7 +29,7 @@ WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # attached without the relay: taken, logged and otherwise ignored.
 IGNORED = (signal.SIGUSR1, signal.SIGUSR2)
 # A child ended: a userspace worker that died is replaced at once
-# (Relay.refresh), not at the next tick, while its share goes unread.
+# (Relay.heal), not at the next tick, while its share goes unread.
 CHILD = signal.SIGCHLD
 # Leave the programs forwarding and exit, for a successor started with the
 # same command to take over (Relay.leave): a restart or upgrade without a gap.

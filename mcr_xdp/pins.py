@@ -336,18 +336,21 @@ def sweep(keep: str) -> list[str]:
     removed = []
     for instance in instances():
         found = left_behind(instance) if instance != keep else None
-        if found is not None and not any(still_attached(info) for info in found.get("inputs", {}).values()):
+        if found is not None and _orphaned(found):
             remove(instance)
             removed.append(instance)
     return removed
+
+
+def _orphaned(found: dict) -> bool:
+    """None of the programs of the relay whose state this is is attached."""
+    return not any(still_attached(info) for info in found.get("inputs", {}).values())
 
 
 def remove_if_orphaned(instance: str) -> bool:
     """Remove the pins of a relay none of whose programs is attached any
     more (after `mcr-xdp detach`). Returns whether they were removed."""
     found = read_state(instance)
-    if found is None:
-        return False
-    if any(still_attached(info) for info in found.get("inputs", {}).values()):
+    if found is None or not _orphaned(found):
         return False
     return remove(instance)

@@ -102,23 +102,55 @@ static __always_inline struct mcr_config *config(void)
 	return mcr_config.lookup(&zero);
 }
 
-/* (source, group, port) takes precedence over (group, port); the first
- * lookup is skipped while no source-specific rule exists. */
+static __always_inline void copy_source(__u8 *to, struct pkt *p)
+{
+	if (p->iph)
+		*(__be32 *)to = p->iph->saddr;
+	else if (p->ip6h)
+		__builtin_memcpy(to, &p->ip6h->saddr, 16);
+}
+
+/* The longest range rule for the packet's input, group and source, with
+ * port (the packet's, or 0: the rules for any port). */
+static __always_inline struct mcr_rule *lookup_range(struct pkt *p, __u16 port)
+{
+	struct mcr_range_key k = {};
+
+	k.prefixlen = MCR_RANGE_FIXED_BITS + 8 * (sizeof(k.group) + sizeof(k.source));
+	k.ifindex = p->key.ifindex;
+	k.family = p->key.family;
+	k.port = port;
+	__builtin_memcpy(k.group, p->key.group, sizeof(k.group));
+	copy_source(k.source, p);
+	return mcr_ranges.lookup(&k);
+}
+
+/* The first of: exact (source, group, port), exact (group, port), the
+ * longest range rule for the port, the longest range rule for any port.
+ * Each lookup past the second is skipped while no rule of its kind exists,
+ * so exact rules cost what they did before ranges. */
 static __always_inline struct mcr_rule *lookup_rule(struct mcr_config *cfg, struct pkt *p)
 {
 	struct mcr_rule *rule;
 
 	if (cfg && cfg->ssm_rules) {
-		if (p->iph)
-			*(__be32 *)p->key.source = p->iph->saddr;
-		else if (p->ip6h)
-			__builtin_memcpy(p->key.source, &p->ip6h->saddr, sizeof(p->key.source));
+		copy_source(p->key.source, p);
 		rule = mcr_rules.lookup(&p->key);
 		__builtin_memset(p->key.source, 0, sizeof(p->key.source));
 		if (rule)
 			return rule;
 	}
-	return mcr_rules.lookup(&p->key);
+	rule = mcr_rules.lookup(&p->key);
+	if (rule || !cfg)
+		return rule;
+	if (cfg->range_rules) {
+		rule = lookup_range(p, p->key.port);
+		if (rule)
+			return rule;
+	}
+	if (cfg->any_port_rules)
+		return lookup_range(p, 0);
+	return NULL;
 }
 
 /* The rule of a parsed packet (verdict MCR_MATCH), or NULL with the
@@ -145,22 +177,28 @@ static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struc
 
 /* The header fields of one output, written in place (eth: where the new
  * Ethernet header goes). Checksums are the caller's: XDP adds the deltas
- * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. */
-static __always_inline void rewrite_fields(struct pkt *p, void *eth, const struct mcr_output *out)
+ * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. An
+ * output port of 0 (a range rule's output that keeps the port) writes
+ * p->key.port, the port as received. */
+static __always_inline void rewrite_fields(struct pkt *p, void *eth, const struct mcr_rule *rule,
+					   const struct mcr_output *out)
 {
+	__be16 port = out->port ? out->port : p->key.port;
+
 	if (p->iph)
-		write_fields_ipv4(eth, p->iph, p->udp, out, p->hops);
+		write_fields_ipv4(eth, p->iph, p->udp, rule, out, p->hops, port);
 	else if (p->ip6h)
-		write_fields_ipv6(eth, p->ip6h, p->udp, out, p->hops);
+		write_fields_ipv6(eth, p->ip6h, p->udp, rule, out, p->hops, port);
 }
 
 /* Fields and checksums, from the original headers (XDP). */
-static __always_inline void rewrite(struct pkt *p, void *eth, const struct mcr_output *out)
+static __always_inline void rewrite(struct pkt *p, void *eth, const struct mcr_rule *rule,
+				    const struct mcr_output *out)
 {
 	if (p->iph)
-		rewrite_ipv4(eth, p->iph, p->udp, out);
+		rewrite_ipv4(eth, p->iph, p->udp, rule, out);
 	else if (p->ip6h)
-		rewrite_ipv6(eth, p->ip6h, p->udp, out);
+		rewrite_ipv6(eth, p->ip6h, p->udp, rule, out);
 }
 
 static __always_inline void count(void *map_lookup_result, __u64 bytes)

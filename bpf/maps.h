@@ -9,6 +9,7 @@
 #include "mcr_abi.h"
 
 BPF_HASH(mcr_rules, struct mcr_rule_key, struct mcr_rule, MCR_MAX_RULES);
+BPF_LPM_TRIE(mcr_ranges, struct mcr_range_key, struct mcr_rule, MCR_MAX_RULES);
 BPF_ARRAY(mcr_config, struct mcr_config, 1);
 
 /* One output per slot for single-output rules. bcc's BPF_DEVMAP has a

@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 7
+#define MCR_ABI_VERSION 8
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   4096 /* rules across all input interfaces */
@@ -25,6 +25,7 @@
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
+#define MCR_MAP_RANGES    "mcr_ranges"    /* LPM trie: mcr_range_key -> mcr_rule (range rules) */
 #define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
 #define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */
 #define MCR_MAP_RULE_STATS "mcr_rule_stats" /* percpu array: rule id -> mcr_rule_counters */
@@ -87,6 +88,26 @@ struct mcr_rule_key {
 };
 
 /*
+ * Range rule key (LPM trie): a group prefix, any port, a source prefix.
+ * The trie matches the longest prefix of the bytes after prefixlen, in
+ * order: the input, family and port always (MCR_RANGE_FIXED_BITS), then
+ * the group's bits (IPv4 in the first 4 of the 16 bytes, the rest zero),
+ * then the source's. So one key holds a group prefix (any source) or one
+ * group with a source prefix; a rule for any port has port 0, found by a
+ * second lookup after the one with the packet's port.
+ */
+struct mcr_range_key {
+	__u32 prefixlen;   /* bits of what follows that must match */
+	__u32 ifindex;     /* input interface */
+	__u8 family;       /* MCR_FAMILY_* */
+	__u8 pad0;
+	__u16 port;        /* UDP destination port, network order; 0: any */
+	__u8 group[16];
+	__u8 source[16];
+};
+#define MCR_RANGE_FIXED_BITS 64  /* ifindex, family, pad0, port */
+
+/*
  * One output of a rule, with everything the datapath writes precomputed by
  * the control plane: the Ethernet header, the new group and port, and the
  * ones'-complement deltas that turn the old checksums into the new ones
@@ -115,11 +136,19 @@ struct mcr_output {
 			      * bridge, tun, ...): native XDP passes the frame on,
 			      * uncounted, to the TC program on the same input, which
 			      * forwards and counts it (new in ABI 6) */
+#define MCR_RULE_RANGE 0x2   /* from mcr_ranges: each output's group is its prefix
+			      * (mcr_output.group) with the packet's host bits
+			      * (mcr_rule.host_mask), and its destination MAC the
+			      * group's; a port of 0 keeps the packet's. The checksum
+			      * deltas cover the prefix change, which is the same
+			      * whatever the host bits; the datapath adds the port's
+			      * (new in ABI 8) */
 
 struct mcr_rule {
 	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
 	__u16 n_outputs;     /* 1: rewrite and redirect at ingress; more: broadcast */
 	__u16 flags;         /* MCR_RULE_* */
+	__u8 host_mask[16];  /* MCR_RULE_RANGE: the group bits a packet keeps */
 	struct mcr_output out[MCR_MAX_OUTPUTS];
 };
 
@@ -127,6 +156,8 @@ struct mcr_config {
 	__u32 abi_version;
 	__u32 ssm_rules;     /* number of source-specific rules: 0 skips that lookup */
 	__u32 steer_cpus;    /* CPUs in MCR_MAP_STEER: 0 forwards on the receiving CPU */
+	__u32 range_rules;   /* range rules for one port in MCR_MAP_RANGES: 0 skips that lookup */
+	__u32 any_port_rules; /* range rules for any port: 0 skips that lookup */
 };
 
 struct mcr_counter {

@@ -154,7 +154,7 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	if (rule->n_outputs == 1 && has_meta) {
 		/* A tag belongs to the input segment: the copy leaves untagged,
 		 * its new Ethernet header written in front of the inner ethertype. */
-		rewrite(&p, p.tagged ? (void *)p.eth + VLAN_HLEN : (void *)p.eth, &rule->out[0]);
+		rewrite(&p, p.tagged ? (void *)p.eth + VLAN_HLEN : (void *)p.eth, rule, &rule->out[0]);
 		done = 1;
 	} else if (p.tagged) {
 		/* Headers stay original for the egress program; only the tag
@@ -317,7 +317,7 @@ static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 	idx = egress_output(rule, egress_ifindex, m);
 	if (idx < 0 || idx >= MCR_MAX_OUTPUTS)
 		goto drop;
-	rewrite(&p, p.eth, &rule->out[idx]);
+	rewrite(&p, p.eth, rule, &rule->out[idx]);
 	count_output(rule->id, idx, bytes);
 	return XDP_PASS;
 drop:

@@ -56,9 +56,10 @@ static __always_inline int reparse(struct __sk_buff *skb, struct pkt *p)
 }
 
 /* Rewrite the packet, which holds the headers of prev (NULL: as received),
- * for out. */
-static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_output *out,
-				      const struct mcr_output *prev, __u8 hops)
+ * for out. hops and port: the TTL and destination port as received. */
+static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_rule *rule,
+				      const struct mcr_output *out, const struct mcr_output *prev,
+				      __u8 hops, __be16 port)
 {
 	struct pkt p;
 	__u32 l3, l4, ip_diff, pseudo_diff;
@@ -66,13 +67,19 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ou
 
 	if (reparse(skb, &p))
 		return -1;
-	l3 = (void *)(p.iph ? (void *)p.iph : (void *)p.ip6h) - (void *)p.eth;
+	/* The IP header follows the Ethernet header and its one tag, if any
+	 * (no pointer arithmetic on iph / ip6h: clang merges the two into a
+	 * subtraction the verifier refuses when it sees both NULL). */
+	l3 = ETH_HLEN + (p.tagged ? VLAN_HLEN : 0);
 	l4 = (void *)p.udp - (void *)p.eth;
 	old_port = p.udp->dest;
-	/* The frame as received, TTL and all: p.hops is the original TTL only
-	 * before the first rewrite, so the caller's value is used. */
+	/* The frame as received, TTL and all: p.hops and p.key.port are the
+	 * original ones only before the first rewrite, so the caller's values
+	 * are used. (A range rule's group keeps the host bits of the packet
+	 * as it is: no rewrite changes them.) */
 	p.hops = hops;
-	rewrite_fields(&p, p.eth, out);
+	p.key.port = port;
+	rewrite_fields(&p, p.eth, rule, out);
 
 	ip_diff = prev ? csum_sub16(out->ip_csum_delta, prev->ip_csum_delta) : out->ip_csum_delta;
 	/* ;ttl=N: the first rewrite sets it; later ones find it set (every
@@ -87,8 +94,8 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ou
 	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), 0, pseudo_diff,
 				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0))
 		return -1;
-	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), old_port, out->port,
-				BPF_F_MARK_MANGLED_0 | sizeof(__u16)))
+	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), old_port,
+				out->port ? out->port : port, BPF_F_MARK_MANGLED_0 | sizeof(__u16)))
 		return -1;
 	return 0;
 }
@@ -102,6 +109,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	int action = TC_ACT_UNSPEC;  /* not ours: on to the next filter, then the host */
 	struct pkt p = {};
 	__u32 verdict, n, i;
+	__be16 port;
 	__u8 hops;
 
 	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p);
@@ -121,6 +129,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 		goto out;
 	}
 	hops = p.hops;
+	port = p.key.port;
 	verdict = MCR_V_DROP_NO_OUTPUT;
 	/* A tag belongs to the input segment, whether the device kept it in
 	 * the frame or took it into skb metadata. */
@@ -133,7 +142,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 
 		if (i >= n)
 			break;
-		if (tc_rewrite(skb, out, prev, hops))
+		if (tc_rewrite(skb, rule, out, prev, hops, port))
 			goto out;
 		prev = out;
 		if (i + 1 == n) {

@@ -8,6 +8,7 @@ import typer
 
 from mcr_xdp import config as config_mod
 from mcr_xdp import control, stats
+from mcr_xdp.config import JOIN_VALUES
 from mcr_xdp.daemon import Daemon
 from mcr_xdp.fallback import FANOUT_MODES
 from mcr_xdp.maps import parse_cpu_list
@@ -21,8 +22,9 @@ from .options import SocketOpt
 from .tui import LiveView, require_terminal
 
 RULE_HELP = (
-    "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
-    "IPv6 in brackets: [ff3e::1]:5001. INPUT/ is needed with several input interfaces. Repeatable."
+    "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...][;ttl=N], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
+    "IPv6 in brackets: [ff3e::1]:5001. Ranges: GROUP/LEN, PORT *, SOURCE/LEN (e.g. 239.1.0.0/16:*=eth1). "
+    "INPUT/ is needed with several input interfaces. Repeatable."
 )
 SHOWN_RULES = 20
 
@@ -49,6 +51,10 @@ def attach(
         "cpu (by receiving CPU), lb (round robin, may reorder a stream)."))] = None,
     interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
                                                    help="Seconds between counter lines.")] = None,
+    join: Annotated[str, typer.Option("--join", metavar="rule|none", help=(
+        "rule: each input joins the groups of its rules (IGMP/MLD); none: joins nothing (the traffic "
+        "arrives unasked: static joins, snooping off). Group ranges never join. The config file sets "
+        "it per input."))] = "rule",
     socket_path: SocketOpt = None,
     tui: Annotated[bool, typer.Option("--tui", help="Show the live stats view instead of counter lines; "
                                       "q or Ctrl-C detaches.")] = False,
@@ -75,6 +81,10 @@ def attach(
     rules = [*(file_cfg.rules if file_cfg else []), *(parse_rule(text, default) for text in rule)]
     if not rules:
         raise typer.BadParameter("give at least one --rule (or --config with rules)", param_hint="--rule")
+    if join not in JOIN_VALUES:
+        raise typer.BadParameter(f"{join!r} is not one of {', '.join(JOIN_VALUES)}", param_hint="--join")
+    no_join = (file_cfg.no_join if file_cfg else frozenset()) | (
+        frozenset(interfaces or []) if join == "none" else frozenset())
     fanout = fanout or (file_cfg.fanout if file_cfg else None) or "hash"
     if fanout not in FANOUT_MODES:
         raise typer.BadParameter(f"{fanout!r} is not one of {', '.join(FANOUT_MODES)}", param_hint="--fanout")
@@ -93,7 +103,7 @@ def attach(
 
     relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
                               workers=workers, fanout=fanout, instance=control.instance_for(path),
-                              control_socket=path))
+                              control_socket=path, no_join=no_join))
     with Daemon(relay, path, config, metrics_addr, interval, fixed_interval) as daemon:
         _announce(daemon)
         if tui:

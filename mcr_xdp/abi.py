@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 MAX_RULES = 4096
 MAX_OUTPUTS = 16
@@ -16,6 +16,7 @@ MAX_CPUS = 256
 CPUMAP_QSIZE = 2048
 
 MAP_RULES = "mcr_rules"
+MAP_RANGES = "mcr_ranges"
 MAP_TX_PORTS = "mcr_tx_ports"
 MAP_VERDICTS = "mcr_verdicts"
 MAP_RULE_STATS = "mcr_rule_stats"
@@ -74,6 +75,21 @@ class RuleKey(ctypes.Structure):
     ]
 
 
+class RangeKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad0", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),
+        ("group", ctypes.c_uint8 * 16),
+        ("source", ctypes.c_uint8 * 16),
+    ]
+
+
+RANGE_FIXED_BITS = 64
+
+
 class Output(ctypes.Structure):
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -90,6 +106,7 @@ class Output(ctypes.Structure):
 
 
 RULE_VIA_TC = 0x1  # Rule.flags: native XDP passes the frame to the TC program on its input
+RULE_RANGE = 0x2  # Rule.flags: from mcr_ranges; outputs keep the packet's host bits (host_mask)
 
 
 class Rule(ctypes.Structure):
@@ -97,6 +114,7 @@ class Rule(ctypes.Structure):
         ("id", ctypes.c_uint32),
         ("n_outputs", ctypes.c_uint16),
         ("flags", ctypes.c_uint16),
+        ("host_mask", ctypes.c_uint8 * 16),
         ("out", Output * MAX_OUTPUTS),
     ]
 
@@ -106,6 +124,8 @@ class Config(ctypes.Structure):
         ("abi_version", ctypes.c_uint32),
         ("ssm_rules", ctypes.c_uint32),
         ("steer_cpus", ctypes.c_uint32),
+        ("range_rules", ctypes.c_uint32),
+        ("any_port_rules", ctypes.c_uint32),
     ]
 
 
@@ -164,6 +184,7 @@ class DevmapVal(ctypes.Structure):
 # Every struct mirrored above, by its C name: the ABI test walks this.
 STRUCTS = {
     "mcr_rule_key": RuleKey,
+    "mcr_range_key": RangeKey,
     "mcr_output": Output,
     "mcr_rule": Rule,
     "mcr_counter": Counter,

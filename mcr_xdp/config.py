@@ -13,6 +13,7 @@
         "239.1.1.1:5001=eth1/239.2.2.2:5002",
         "10.0.0.5@232.1.1.1:5001=eth1,eth2",
     ]
+    join = "rule"                           # optional: "rule" joins each rule's group; "none" joins none
 
 Errors name the file, the line and the key.
 """
@@ -30,7 +31,8 @@ from .modes import Mode, XdpMode
 from .rules import Rule, parse_rule
 
 TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "inputs"}
-INPUT_KEYS = {"rules"}
+INPUT_KEYS = {"rules", "join"}
+JOIN_VALUES = ("rule", "none")
 
 
 class ConfigError(UsageError):
@@ -49,6 +51,7 @@ class FileConfig:
     fanout: str | None = None
     control_socket: str | None = None
     interval: float | None = None
+    no_join: frozenset[str] = frozenset()  # inputs with join = "none"
 
 
 def _line_of(lines: list[str], pattern: str, start: int = 1) -> int:
@@ -138,7 +141,14 @@ def load(path: str | Path) -> FileConfig:
             fail(header, key, "must be a table: [inputs.IFACE] with rules = [...]")
         for k in table:
             if k not in INPUT_KEYS:
-                fail(_line_of(lines, _key(k), header) or header, f"{key}.{k}", "unknown key (known: rules)")
+                fail(_line_of(lines, _key(k), header) or header, f"{key}.{k}",
+                     f"unknown key (known: {', '.join(sorted(INPUT_KEYS))})")
+        join = table.get("join", "rule")
+        if join not in JOIN_VALUES:
+            fail(_line_of(lines, _key("join"), header) or header, f"{key}.join",
+                 f"{join!r} is not one of {', '.join(map(repr, JOIN_VALUES))}")
+        if join == "none":
+            cfg.no_join |= {iface}
         rules = table.get("rules", [])
         if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
             fail(_line_of(lines, _key("rules"), header) or header, f"{key}.rules", "must be a list of rule strings")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 
 from . import abi, csum
 from .rules import Address, Output, Rule
@@ -27,26 +28,51 @@ def _addr16(addr: Address | None) -> bytes:
     return addr.packed.ljust(16, b"\0")
 
 
-def rule_key(rule: Rule, ifindex: int) -> abi.RuleKey:
-    key = abi.RuleKey()
+def rule_key(rule: Rule, ifindex: int) -> abi.RuleKey | abi.RangeKey:
+    """The rule's key: in mcr_rules for an exact rule, in mcr_ranges (with
+    its prefix length) for a range rule."""
+    key = abi.RangeKey() if rule.ranged else abi.RuleKey()
     key.ifindex = ifindex
     key.port = socket.htons(rule.port)
     key.family = rule.family
     key.source[:] = _addr16(rule.source)
     key.group[:] = _addr16(rule.group)
+    if rule.ranged:
+        # The group's bits (all 16 bytes of one group: an IPv4 group's
+        # zero padding matches the packet's), then the source's.
+        if rule.group_len is not None:
+            key.prefixlen = abi.RANGE_FIXED_BITS + rule.group_len
+        else:
+            source_bits = 0 if rule.source is None else (rule.source_len or rule.source.max_prefixlen)
+            key.prefixlen = abi.RANGE_FIXED_BITS + 128 + source_bits
     return key
+
+
+def host_mask(rule: Rule) -> bytes:
+    """The group bits a range rule's packets keep (16 bytes): those past
+    the group prefix; none for one group."""
+    if rule.group_len is None:
+        return bytes(16)
+    bits = rule.group.max_prefixlen
+    mask = (1 << (bits - rule.group_len)) - 1
+    return mask.to_bytes(bits // 8, "big").ljust(16, b"\0")
 
 
 def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: bytes) -> abi.Output:
     group = rule.out_group(out)
     port = rule.out_port(out)
     old_port, new_port = struct.pack("!H", rule.port), struct.pack("!H", port)
+    # A range rule's group is its prefix, host bits zero, as is the
+    # output's: the delta of the prefix alone is the delta of every group
+    # in the range (the host bits cancel out of a ones'-complement
+    # difference). Its port may vary (*): the datapath adds the port's part.
     addr_delta = csum.delta(rule.group.packed, group.packed)
+    port_delta = 0 if rule.ranged else csum.delta(old_port, new_port)
     value = abi.Output()
     value.ifindex = ifindex
     value.slot = slot
     value.eth[:] = multicast_mac(group) + src_mac
-    value.port = socket.htons(port)
+    value.port = socket.htons(out.port or 0) if rule.ranged else socket.htons(port)
     value.group[:] = _addr16(group)
     # IPv6 has no header checksum; the UDP checksum covers the addresses
     # through the pseudo header in both families.
@@ -55,7 +81,7 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     value.ttl = rule.ttl or 0
     ttl_part = 0 if rule.ttl else csum.TTL_DECREMENT_DELTA
     value.ip_csum_delta = csum.fold(addr_delta + ttl_part) if group.version == 4 else 0
-    value.l4_csum_delta = csum.fold(addr_delta + csum.delta(old_port, new_port))
+    value.l4_csum_delta = csum.fold(addr_delta + port_delta)
     # A partial (offloaded) UDP checksum holds only the pseudo header: TC
     # updates it by this part alone and lets the kernel handle the port.
     value.pseudo_csum_delta = addr_delta
@@ -66,10 +92,23 @@ def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int =
     value = abi.Rule()
     value.id = rule_id
     value.n_outputs = len(outputs)
-    value.flags = flags
+    value.flags = flags | (abi.RULE_RANGE if rule.ranged else 0)
+    value.host_mask[:] = host_mask(rule)
     for i, out in enumerate(outputs):
         value.out[i] = out
     return value
+
+
+def rule_kinds(rules: Iterable[Rule]) -> dict[str, int]:
+    """How many rules each lookup past the exact one has (maps.set_config's
+    arguments): exact source-specific, range for one port, range for any
+    port."""
+    rules = list(rules)
+    return {
+        "ssm_rules": sum(1 for r in rules if r.source is not None and not r.ranged),
+        "range_rules": sum(1 for r in rules if r.ranged and r.port),
+        "any_port_rules": sum(1 for r in rules if r.ranged and not r.port),
+    }
 
 
 def parse_mac(text: str) -> bytes:

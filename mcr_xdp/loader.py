@@ -21,6 +21,7 @@ from .modes import Mode
 
 MAP_NAMES = (
     abi.MAP_RULES,
+    abi.MAP_RANGES,
     abi.MAP_TX_PORTS,
     abi.MAP_VERDICTS,
     abi.MAP_RULE_STATS,

@@ -58,11 +58,14 @@ class Maps:
         """Map name -> fd (for pinning)."""
         return dict(self._fd)
 
-    def put_rule(self, key: abi.RuleKey, value: abi.Rule) -> None:
-        libbpf.map_update(self._fd[abi.MAP_RULES], key, value)
+    def _rule_map(self, key: abi.RuleKey | abi.RangeKey) -> int:
+        return self._fd[abi.MAP_RANGES if isinstance(key, abi.RangeKey) else abi.MAP_RULES]
 
-    def delete_rule(self, key: abi.RuleKey) -> bool:
-        return libbpf.map_delete(self._fd[abi.MAP_RULES], key)
+    def put_rule(self, key: abi.RuleKey | abi.RangeKey, value: abi.Rule) -> None:
+        libbpf.map_update(self._rule_map(key), key, value)
+
+    def delete_rule(self, key: abi.RuleKey | abi.RangeKey) -> bool:
+        return libbpf.map_delete(self._rule_map(key), key)
 
     def set_port(self, slot: int, ifindex: int, prog_fd: int) -> None:
         """tx_ports[slot]: ifindex, with the egress program prog_fd."""
@@ -72,15 +75,19 @@ class Maps:
     def clear_port(self, slot: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
 
-    _ssm_rules = 0
+    _rule_kinds = (0, 0, 0)
     _steer_cpus = 0
 
-    def set_config(self, ssm_rules: int) -> None:
-        self._ssm_rules = ssm_rules
+    def set_config(self, ssm_rules: int, range_rules: int = 0, any_port_rules: int = 0) -> None:
+        """How many rules of each kind the lookups past the exact one have
+        (0 skips a lookup)."""
+        self._rule_kinds = (ssm_rules, range_rules, any_port_rules)
         self._write_config()
 
     def _write_config(self) -> None:
-        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=self._ssm_rules, steer_cpus=self._steer_cpus)
+        ssm, ranges, any_port = self._rule_kinds
+        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=ssm, steer_cpus=self._steer_cpus,
+                         range_rules=ranges, any_port_rules=any_port)
         libbpf.map_update(self._fd[abi.MAP_CONFIG], ctypes.c_uint32(0), cfg)
 
     def set_steering(self, cpus: tuple[int, ...], prog_fd: int) -> None:

@@ -44,6 +44,7 @@ class RelayConfig:
     steer_cpus: tuple[int, ...] = ()  # XDP: hash flows over these CPUs (cpumap)
     workers: int | None = None  # userspace: worker processes (None: one per CPU)
     fanout: str = "hash"  # userspace: PACKET_FANOUT mode (hash, cpu, lb)
+    no_join: frozenset[str] = frozenset()  # inputs that join no group (join = "none")
 
 
 class Relay:
@@ -470,19 +471,22 @@ class Relay:
         return events
 
     def _join(self, rule: Rule, link: Link) -> None:
+        """Join what rule needs on its input: nothing for a group range, or
+        on an input set to join = "none" (docs/user-guide.md, Ranges)."""
+        if rule.joins is None or link.name in self.config.no_join:
+            return
         pool = self.joins.get(link.name)
         if pool is None:
             pool = self.joins[link.name] = JoinPool(link.ifindex, link.name)
-        pool.join(rule.group, rule.source)
+        pool.join(*rule.joins)
 
     def _leave(self, rule: Rule) -> None:
-        still_needed = any(
-            (r.rule.iface, r.rule.group, r.rule.source) == (rule.iface, rule.group, rule.source)
-            for r in self.rules.values()
-        )
+        if rule.joins is None:
+            return
+        still_needed = any((r.rule.iface, r.rule.joins) == (rule.iface, rule.joins) for r in self.rules.values())
         pool = self.joins.get(rule.iface)
         if pool is not None and not still_needed:
-            pool.leave(rule.group, rule.source)
+            pool.leave(*rule.joins)
 
     # -- pins --------------------------------------------------------------
 
@@ -541,7 +545,9 @@ class Relay:
         gone += [_outputs_gone(i, m) for i, r in sorted(self.rules.items())
                  if (m := _missing(r.rule, lambda name: self.link_states.get(name) == "gone"))]
         down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
-        notices = [*gone, *down, *([self._state_notice] if self._state_notice else [])]
+        unjoined = [_not_joined(i, r.rule) for i, r in sorted(self.rules.items())
+                    if r.rule.joins is None and r.rule.iface not in self.config.no_join]
+        notices = [*gone, *down, *unjoined, *([self._state_notice] if self._state_notice else [])]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
                         parts=[b.status() for b in self.backends.values()])
@@ -554,6 +560,12 @@ def _input_gone(name: str) -> str:
 def _outputs_gone(rule_id: int, names: list[str]) -> str:
     return (f"rule {rule_id}: output {', '.join(names)} is gone; its copies are dropped until an interface of "
             "that name returns")
+
+
+def _not_joined(rule_id: int, rule: Rule) -> str:
+    return (f"rule {rule_id}: {rule.groups} is a group range: no group of it is joined on {rule.iface}; its "
+            "traffic must reach the input unasked (a static join upstream, or IGMP/MLD snooping off: "
+            "docs/user-guide.md, Ranges)")
 
 
 def _missing(rule: Rule, gone) -> list[str]:

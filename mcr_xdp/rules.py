@@ -8,6 +8,14 @@ Syntax, everywhere (CLI, config, control socket):
                            the received one minus one
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
 the input interface is given separately (one input interface).
+
+Ranges: GROUP may be a prefix (239.1.0.0/16, [ff3e::/96]), PORT may be *
+(any port), SOURCE may be a prefix (10.0.0.0/8) when GROUP is one group.
+An output of a group range keeps the group, or maps the range onto another
+prefix of the same length (host bits kept); an output port * keeps the
+port. A packet takes the first of: the exact (source, group, port) rule,
+the exact (group, port) rule, the range rule of its port with the longest
+prefix, the any-port rule with the longest prefix.
 """
 
 from __future__ import annotations
@@ -27,16 +35,20 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>[^:]+)$")
 
 
+ANY_PORT = 0  # Rule.port of a rule for every port (written *)
+
+
 @dataclasses.dataclass(frozen=True)
 class Output:
     iface: str
     group: Address | None = None  # None: keep the input group
     port: int | None = None  # None: keep the input port
+    group_len: int | None = None  # the prefix a group range maps onto; None: one group
 
     def __str__(self) -> str:
         if self.group is None:
             return self.iface
-        return f"{self.iface}/{_fmt_endpoint(self.group, self.port)}"
+        return f"{self.iface}/{_fmt_endpoint(self.group, self.port, self.group_len)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +57,34 @@ class Rule:
     group: Address
     port: int
     outputs: tuple[Output, ...]
-    source: Address | None = None  # SSM source
+    source: Address | None = None  # SSM source (the network address of a source range)
     ttl: int | None = None  # ;ttl=N: the outgoing TTL / hop limit; None: the received one minus one
+    group_len: int | None = None  # prefix length of a group range; None: one group
+    source_len: int | None = None  # prefix length of a source range; None: one source (or any)
 
     @property
     def key(self) -> tuple:
-        return (self.iface, self.source, self.group, self.port)
+        return (self.iface, self.source, self.source_len, self.group, self.group_len, self.port)
+
+    @property
+    def ranged(self) -> bool:
+        """A range rule (group or source prefix, or any port): the datapath
+        finds it by longest prefix match, after the exact rules."""
+        return self.group_len is not None or self.source_len is not None or self.port == ANY_PORT
+
+    @property
+    def groups(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The rule's group range (a full-length prefix for one group)."""
+        return _network(self.group, self.group_len)
+
+    @property
+    def joins(self) -> tuple[Address, Address | None] | None:
+        """The (group, source) an input joins for this rule; None for a
+        group range (nobody joins 65,536 groups: see docs/user-guide.md).
+        A source range joins the group from any source."""
+        if self.group_len is not None:
+            return None
+        return self.group, (self.source if self.source_len is None else None)
 
     @property
     def family(self) -> int:
@@ -64,18 +98,26 @@ class Rule:
 
     def spec(self) -> str:
         """The rule in RULE syntax, without the input interface."""
-        src = f"{self.source}@" if self.source is not None else ""
+        src = ""
+        if self.source is not None:
+            src = f"{self.source}/{self.source_len}@" if self.source_len is not None else f"{self.source}@"
         outs = ",".join(str(o) for o in self.outputs)
         options = f";ttl={self.ttl}" if self.ttl is not None else ""
-        return f"{src}{_fmt_endpoint(self.group, self.port)}={outs}{options}"
+        return f"{src}{self.endpoint()}={outs}{options}"
+
+    def endpoint(self) -> str:
+        """GROUP:PORT as written: 239.1.0.0/16:*, [ff3e::1]:5001."""
+        return _fmt_endpoint(self.group, self.port, self.group_len)
 
     def __str__(self) -> str:
         return f"{self.iface}/{self.spec()}"
 
 
-def _fmt_endpoint(group: Address, port: int | None) -> str:
-    host = f"[{group}]" if group.version == 6 else str(group)
-    return f"{host}:{port}"
+def _fmt_endpoint(group: Address, port: int | None, group_len: int | None = None) -> str:
+    host = str(group) if group_len is None else f"{group}/{group_len}"
+    if group.version == 6:
+        host = f"[{host}]"
+    return f"{host}:{'*' if port in (None, ANY_PORT) else port}"
 
 
 def _parse_address(text: str, what: str) -> Address:
@@ -86,44 +128,79 @@ def _parse_address(text: str, what: str) -> Address:
 
 
 def _parse_port(text: str, what: str) -> int:
+    if text.strip() == "*":
+        return ANY_PORT
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise RuleError(f"{what} port {text!r} is not a number from 1 to 65535")
+        raise RuleError(f"{what} port {text!r} is not a number from 1 to 65535, or * for any port")
     return int(text)
 
 
-def _parse_endpoint(text: str, what: str) -> tuple[Address, int]:
+def _parse_prefix(text: str, what: str) -> tuple[Address, int | None]:
+    """ADDRESS or ADDRESS/LEN: (address, None) for one address and for a
+    full-length prefix, else (network address, LEN)."""
+    if "/" not in text:
+        return _parse_address(text, what), None
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise RuleError(f"{what} {text!r} is not an IP address or prefix (ADDRESS/LENGTH)") from None
+    if net.network_address != ipaddress.ip_address(text.partition("/")[0]):
+        raise RuleError(f"{what} {text!r} has bits set past its prefix length: the range is {net}")
+    if net.prefixlen == net.max_prefixlen:
+        return net.network_address, None
+    return net.network_address, net.prefixlen
+
+
+def _network(addr: Address, length: int | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(f"{addr}/{addr.max_prefixlen if length is None else length}")
+
+
+def _parse_endpoint(text: str, what: str) -> tuple[Address, int, int | None]:
+    """GROUP:PORT -> (group, port, group prefix length or None)."""
     m = _ENDPOINT.match(text.strip())
     if not m and "[" not in text and text.count(":") > 1:
         raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
     if not m:
         raise RuleError(f"{what} {text!r} is not GROUP:PORT (IPv6 as [GROUP]:PORT)")
     if m["v6"] is not None:
-        group = _parse_address(m["v6"], what)
+        group, length = _parse_prefix(m["v6"], what)
         if group.version != 6:
             raise RuleError(f"{what} {text!r}: brackets are for IPv6 addresses only")
     else:
-        group = _parse_address(m["v4"], what)
+        group, length = _parse_prefix(m["v4"], what)
         if group.version != 4:
             raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
-    if not group.is_multicast:
-        raise RuleError(f"{what} {group} is not a multicast group")
-    return group, _parse_port(m["port"], what)
+    if not _network(group, length).is_multicast:
+        what_range = f"{group}/{length} is not a range of multicast groups" if length is not None \
+            else f"{group} is not a multicast group"
+        raise RuleError(f"{what} {what_range}")
+    return group, _parse_port(m["port"], what), length
 
 
 LINK_LOCAL = {4: "224.0.0.0/24", 6: "ff01::/16, ff02::/16 and their other flag values"}
 
 
-def link_local(group: Address) -> bool:
+def link_local(group: Address, length: int | None = None) -> bool:
     """224.0.0.0/24 (the Local Network Control Block), or an IPv6 group of
-    interface- or link-local scope (ffX1::/16, ffX2::/16)."""
+    interface- or link-local scope (ffX1::/16, ffX2::/16); with length, a
+    group range that holds any such group."""
     if group.version == 4:
-        return group in ipaddress.IPv4Network("224.0.0.0/24")
-    return group.packed[1] & 0x0F in (1, 2)
+        return _network(group, length).overlaps(ipaddress.IPv4Network("224.0.0.0/24"))
+    # The scope is the low 4 bits of byte 1 (bits 12-15): those a prefix
+    # fixes must allow scope 1 or 2.
+    fixed = 4 if length is None else max(0, min(4, length - 12))
+    mask = (0xF << (4 - fixed)) & 0xF
+    return any((scope & mask) == (group.packed[1] & mask) for scope in (1, 2))
 
 
-def unicast_source(source: Address) -> bool:
+def unicast_source(source: Address, length: int | None = None) -> bool:
     """A source a multicast sender can have: not multicast, unspecified,
-    loopback, reserved (240.0.0.0/4) or the limited broadcast."""
+    loopback, reserved (240.0.0.0/4) or the limited broadcast; with length,
+    a source range that holds none of those (they sit at either end of any
+    prefix that holds them) and is not everything (/0: write no source)."""
+    if length is not None:
+        net = _network(source, length)
+        return length > 0 and unicast_source(net.network_address) and unicast_source(net.broadcast_address)
     return not (source.is_multicast or source.is_unspecified or source.is_loopback
                 or (source.version == 4 and source.is_reserved))
 
@@ -139,8 +216,31 @@ def _parse_output(text: str) -> Output:
     if "/" not in text:
         return Output(_parse_iface(text))
     iface, _, endpoint = text.partition("/")
-    group, port = _parse_endpoint(endpoint, "output group")
-    return Output(_parse_iface(iface), group, port)
+    group, port, length = _parse_endpoint(endpoint, "output group")
+    return Output(_parse_iface(iface), group, port or None, length)
+
+
+def input_of(text: str) -> str | None:
+    """The input interface a rule's text names (INPUT/...), if any."""
+    match = text.partition("=")[0]
+    head = match.partition("/")[0]
+    return head.strip() if "/" in match and _names_input(head) else None
+
+
+def _names_input(head: str) -> bool:
+    """Whether the text before a rule's first '/' is an input interface
+    name rather than the address of a prefix (10.0.0.0/8@..., 239.1.0.0/16:*,
+    [ff3e::/96]:*)."""
+    head = head.strip()
+    if head.startswith("["):
+        return False
+    for part in (head, head.partition("@")[0]):  # GROUP/LEN, SOURCE@GROUP/LEN
+        try:
+            ipaddress.ip_address(part.strip("[] "))
+        except ValueError:
+            continue
+        return False
+    return True
 
 
 def parse_rule(text: str, iface: str | None = None) -> Rule:
@@ -152,7 +252,7 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
     match, sep, outs = body.strip().partition("=")
     if not sep or not outs.strip():
         raise RuleError(f"rule {text!r} has no outputs: expected GROUP:PORT=OUT[,OUT...]")
-    if "/" in match:
+    if "/" in match and _names_input(match.partition("/")[0]):
         named, _, match = match.partition("/")
         if iface is not None and named != iface:
             raise RuleError(f"rule {text!r} names input {named!r} but is given for {iface!r}")
@@ -161,17 +261,17 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
         raise RuleError(f"rule {text!r} does not say its input interface: write INPUT/{text.strip()}")
     if not _IFNAME.match(iface):
         raise RuleError(f"input interface {iface!r} is not a valid interface name")
-    source = None
+    source = source_len = None
     if "@" in match:
         src_text, _, match = match.partition("@")
         src_text = src_text.strip()
         if src_text.startswith("[") and src_text.endswith("]"):
             src_text = src_text[1:-1]
-        source = _parse_address(src_text, "source")
-    group, port = _parse_endpoint(match, "group")
+        source, source_len = _parse_prefix(src_text, "source")
+    group, port, group_len = _parse_endpoint(match, "group")
     outputs = tuple(_parse_output(o) for o in outs.split(","))
     rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source,
-                **_parse_options(options, text))
+                group_len=group_len, source_len=source_len, **_parse_options(options, text))
     _check_rule(rule)
     return rule
 
@@ -196,17 +296,26 @@ def _parse_options(options: list[str], text: str) -> dict:
 
 def _check_rule(rule: Rule) -> None:
     if rule.source is not None:
+        source = rule.source if rule.source_len is None else f"range {rule.source}/{rule.source_len}"
         if rule.source.version != rule.group.version:
-            raise RuleError(f"source {rule.source} and group {rule.group} are of different IP versions")
-        if not unicast_source(rule.source):
-            raise RuleError(f"source {rule.source} is not a unicast address a sender can have "
+            raise RuleError(f"source {source} and group {rule.group} are of different IP versions")
+        if not unicast_source(rule.source, rule.source_len):
+            what = "a unicast address" if rule.source_len is None else "a range of unicast addresses"
+            raise RuleError(f"source {source} is not {what} a sender can have "
                             "(multicast, unspecified, loopback, reserved or broadcast)")
+        if rule.group_len is not None:
+            raise RuleError(f"rule {rule.spec()}: a source (or source range) needs one group, not the range "
+                            f"{rule.group}/{rule.group_len}: write one rule per group, or leave the source out")
     if len(rule.outputs) > abi.MAX_OUTPUTS:
         raise RuleError(f"rule {rule.spec()} has {len(rule.outputs)} outputs; the limit is {abi.MAX_OUTPUTS}")
-    for group in dict.fromkeys([rule.group, *(rule.out_group(o) for o in rule.outputs)]):
-        if link_local(group) and rule.ttl is None:
-            raise RuleError(f"group {group} is a link-local group ({LINK_LOCAL[group.version]}): its traffic is "
-                            "for one link only (sent with TTL 1, never routed); add ;ttl=N to relay it with TTL N")
+    lengths = [(rule.group, rule.group_len),
+               *((o.group, o.group_len) if o.group is not None else (rule.group, rule.group_len) for o in rule.outputs)]
+    for group, length in dict.fromkeys(lengths):
+        if link_local(group, length) and rule.ttl is None:
+            what = f"group {group} is a link-local group" if length is None else \
+                f"group range {group}/{length} holds link-local groups"
+            raise RuleError(f"{what} ({LINK_LOCAL[group.version]}): their traffic is for one link only "
+                            "(sent with TTL 1, never routed); add ;ttl=N to relay it with TTL N")
     seen = set()
     for out in rule.outputs:
         if out.iface == rule.iface:
@@ -214,6 +323,12 @@ def _check_rule(rule: Rule) -> None:
         group = rule.out_group(out)
         if group.version != rule.group.version:
             raise RuleError(f"output {out} changes the IP version of group {rule.group}")
+        if out.group is not None and out.group_len != rule.group_len:
+            if rule.group_len is None:
+                raise RuleError(f"output {out}: a rule for one group sends to one group, not a range")
+            raise RuleError(f"output {out}: the range {rule.group}/{rule.group_len} maps onto a prefix of the "
+                            f"same length (/{rule.group_len}, host bits kept), or keeps its groups (write "
+                            f"{out.iface} alone)")
         target = (out.iface, group, rule.out_port(out))
         if target in seen:
             raise RuleError(f"output {out} appears twice in rule {rule.spec()}")
@@ -238,7 +353,7 @@ def validate(rules: Iterable[Rule], ifindex: Mapping[str, int], loopback: Iterab
                 raise InterfaceError(f"interface {name!r} is a loopback device: nothing arrives there from a "
                                      f"network and nothing sent there leaves the host (rule {rule})")
         if rule.key in seen:
-            raise RuleError(f"duplicate rule for {rule.iface} {_fmt_endpoint(rule.group, rule.port)}: {rule.spec()}")
+            raise RuleError(f"duplicate rule for {rule.iface} {rule.endpoint()}: {rule.spec()}")
         seen[rule.key] = rule
     if len(rules) > abi.MAX_RULES:
         raise RuleError(f"{len(rules)} rules; the limit is {abi.MAX_RULES}")

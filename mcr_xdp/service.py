@@ -9,7 +9,7 @@ from . import stats
 from .control import RequestError
 from .errors import McrError, RuleError
 from .relay import Relay
-from .rules import parse_rule
+from .rules import input_of, parse_rule
 
 
 class Service:
@@ -42,7 +42,7 @@ class Service:
         if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
             raise RequestError("rule.add takes 'rules': a non-empty list of rule strings")
         default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
-        parsed = [parse_rule(text, _input_of(text) or default) for text in rules]
+        parsed = [parse_rule(text, input_of(text) or default) for text in rules]
         added = self.relay.add_rules(parsed)
         self.runtime.update(r.rule.key for r in added)
         return [{"id": r.rule_id, "rule": str(r.rule)} for r in added]
@@ -50,7 +50,7 @@ class Service:
     def rule_del(self, id: int | None = None, rule: str | None = None) -> dict:
         if rule is not None:
             default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
-            found = self.relay.find_rule(parse_rule(rule, _input_of(rule) or default))
+            found = self.relay.find_rule(parse_rule(rule, input_of(rule) or default))
             if found is None:
                 raise RuleError(f"no rule {rule!r}")
             id = found.rule_id
@@ -73,6 +73,10 @@ class Service:
         missing = [i for i in cfg.interfaces if i not in self.relay.inputs]
         if missing:
             raise RuleError(f"{self.config_path}: new input interfaces {', '.join(missing)} need a restart")
+        changed = [i for i in cfg.interfaces if (i in cfg.no_join) != (i in self.relay.config.no_join)]
+        if changed:
+            raise RuleError(f"{self.config_path}: the join setting of {', '.join(changed)} changed: that needs "
+                            "a restart")
         try:
             removed, added, changed = self.relay.replace_rules(cfg.rules)
         except McrError as exc:
@@ -82,11 +86,6 @@ class Service:
         return {"removed": [str(r) for r in removed], "added": [str(r) for r in added],
                 "changed": [str(r) for r in changed], "runtime_removed": runtime_removed,
                 "interval": cfg.interval}
-
-
-def _input_of(text: str) -> str | None:
-    left = text.partition("=")[0]
-    return left.partition("/")[0] if "/" in left else None
 
 
 def _kwargs(op: str, args: dict) -> dict:

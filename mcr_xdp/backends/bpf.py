@@ -284,7 +284,7 @@ class BpfBackend:
         if self.tracer is not None:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
-        self._count_ssm()
+        self._count_kinds()
 
     def delete_rule(self, installed: InstalledRule) -> None:
         maps = self.datapath.maps
@@ -294,7 +294,7 @@ class BpfBackend:
         self._free_slots(installed.rule_id)
         self._rules.pop(installed.rule_id, None)
         self._via_tc.discard(installed.rule_id)
-        self._count_ssm()
+        self._count_kinds()
 
     def _slot(self, rule_id: int, ifindex: int) -> int:
         slot, new = self._slots.acquire(rule_id, ifindex)
@@ -312,8 +312,8 @@ class BpfBackend:
         for slot in self._slots.release(rule_id, keep):
             self.datapath.maps.clear_port(slot)
 
-    def _count_ssm(self) -> None:
-        self.datapath.maps.set_config(ssm_rules=sum(1 for r in self._rules.values() if r.rule.source is not None))
+    def _count_kinds(self) -> None:
+        self.datapath.maps.set_config(**encode.rule_kinds(r.rule for r in self._rules.values()))
 
     def _set_fanout(self, rule_id: int, rule, links: dict[str, Link]) -> None:
         """Write a fan-out rule's devmap with the outputs that can take a

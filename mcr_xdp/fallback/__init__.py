@@ -303,15 +303,12 @@ class Fallback:
     def put_rule(self, rule_id: int, ifindex: int, rule, outputs, fresh: bool) -> None:
         """Install or replace rule_id (rules.Rule, its encoded outputs);
         fresh: a new id, whose counters start at zero."""
-        from .. import encode
-
-        key = encode.rule_key(rule, ifindex)
-        msg = entry_message(rule_id, ifindex, rule.family, bytes(key.source), bytes(key.group), rule.port, outputs)
+        msg = entry_message(rule_id, ifindex, rule, outputs)
         if fresh:
             self.counters.reset_rule(rule_id)
         self._send(msg)
         self._sync()
-        endpoint = (str(rule.group), rule.port)
+        endpoint = (str(rule.groups), rule.port)
         self.rules[rule_id] = _Rule(ifindex, endpoint, msg)
         inp = self.inputs.get(ifindex)
         if inp is not None and endpoint not in inp.endpoints:

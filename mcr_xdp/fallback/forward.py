@@ -48,19 +48,54 @@ class Entry(NamedTuple):
     rule_id: int
     outputs: tuple[Out, ...]
     counter: int  # the rule's packets counter (counters.rule_base)
+    host_mask: int | None = None  # a range rule's (abi.RULE_RANGE): the group bits a packet keeps
 
 
-def entry_message(rule_id: int, ifindex: int, family: int, source: bytes, group: bytes, port: int,
-                  outputs: list[abi.Output]) -> dict:
-    """A rule as the relay sends it to its workers (JSON-able)."""
-    n = 4 if family == abi.FAMILY_IPV4 else 16
+def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output]) -> dict:
+    """A rule (rules.Rule, its encoded outputs) as the relay sends it to its
+    workers (JSON-able)."""
+    n = 4 if rule.family == abi.FAMILY_IPV4 else 16
     return {
-        "op": "put", "id": rule_id, "ifindex": ifindex, "source": source[:n].hex() if any(source) else "",
-        "group": group[:n].hex(), "port": port,
+        "op": "put", "id": rule_id, "ifindex": ifindex,
+        "source": rule.source.packed.hex() if rule.source is not None else "", "source_len": rule.source_len,
+        "group": rule.group.packed.hex(), "group_len": rule.group_len, "port": rule.port, "ranged": rule.ranged,
         "outputs": [{"ifindex": o.ifindex, "eth": bytes(o.eth).hex(), "group": bytes(o.group)[:n].hex(),
                      "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta, "ttl": o.ttl}
                     for o in outputs],
     }
+
+
+def _range_prefix(msg: dict) -> tuple[int, int]:
+    """(bits, value) of a range rule over group + source as one number:
+    its group prefix, or its one group and then its source (prefix)."""
+    n = len(msg["group"]) // 2
+    group = int(msg["group"], 16)
+    if msg.get("group_len") is not None:
+        return msg["group_len"], group >> (8 * n - msg["group_len"])
+    if not msg["source"]:
+        return 8 * n, group
+    bits = msg["source_len"] if msg.get("source_len") is not None else 8 * n
+    return 8 * n + bits, (group << bits) | (int(msg["source"], 16) >> (8 * n - bits))
+
+
+def _group_mac(group: bytes) -> bytes:
+    """The Ethernet address a group maps to (encode.multicast_mac, on bytes)."""
+    if len(group) == 4:
+        return b"\x01\x00\x5e" + bytes((group[1] & 0x7F,)) + group[2:]
+    return b"\x33\x33" + group[12:]
+
+
+def _place(entry: Entry, out: Out, group: bytes, dport: bytes) -> Out:
+    """A range rule's output for one packet (bpf/rewrite.h): out with the
+    destination MAC, group and port for it, and the port's part of its UDP
+    checksum delta added."""
+    g = int.from_bytes(out.group, "big") | (int.from_bytes(group, "big") & entry.host_mask)
+    new = g.to_bytes(len(group), "big")
+    port, l4 = dport, out.l4_delta
+    if out.port != b"\0\0":
+        port = out.port
+        l4 = _fold(l4 + (~int.from_bytes(dport, "big") & 0xFFFF) + int.from_bytes(port, "big"))
+    return out._replace(eth=_group_mac(new) + out.eth[6:], group=new, port=port, l4_delta=l4)
 
 
 def _network(delta: int) -> int:
@@ -104,26 +139,50 @@ class Table:
         self.by_key: dict[tuple, Entry] = {}
         self.keys: dict[int, tuple] = {}  # rule id -> key
         self.ssm: dict[int, int] = {}  # input ifindex -> source-specific rules on it
+        # Range rules, as the datapath's LPM trie: (input ifindex, port,
+        # b"\0\0" for any, address length) -> {prefix bits: {prefix value:
+        # entry}}, and the same key -> its prefix lengths, longest first.
+        self.ranges: dict[tuple, dict[int, dict[int, Entry]]] = {}
+        self.lengths: dict[tuple, list[int]] = {}
+        self.range_keys: dict[int, tuple] = {}  # rule id -> (ranges key, bits, value)
 
     def put(self, msg: dict) -> Entry:
+        self.delete(msg["id"])
+        if msg.get("ranged"):
+            return self._put_range(msg)
         source = bytes.fromhex(msg["source"])
         key = (msg["ifindex"], source, bytes.fromhex(msg["group"]), msg["port"].to_bytes(2, "big"))
-        self.delete(msg["id"])
-        outs = tuple(
-            Out(i, o["ifindex"], bytes.fromhex(o["eth"]), bytes.fromhex(o["group"]),
-                # o["port"] is the u16 as the datapath stores it (network order in memory)
-                o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i),
-                o.get("ttl", 0))
-            for i, o in enumerate(msg["outputs"])
-        )
-        entry = Entry(msg["id"], outs, rule_base(msg["id"]))
+        entry = Entry(msg["id"], _outputs(msg), rule_base(msg["id"]))
         self.by_key[key] = entry
         self.keys[msg["id"]] = key
         if source:
             self.ssm[key[0]] = self.ssm.get(key[0], 0) + 1
         return entry
 
+    def _put_range(self, msg: dict) -> Entry:
+        # The group bits a packet keeps: those past the group prefix.
+        length = msg.get("group_len")
+        host_mask = 0 if length is None else (1 << (4 * len(msg["group"]) - length)) - 1
+        entry = Entry(msg["id"], _outputs(msg), rule_base(msg["id"]), host_mask)
+        key = (msg["ifindex"], msg["port"].to_bytes(2, "big"), len(msg["group"]) // 2)
+        bits, value = _range_prefix(msg)
+        self.ranges.setdefault(key, {}).setdefault(bits, {})[value] = entry
+        self.lengths[key] = sorted(self.ranges[key], reverse=True)
+        self.range_keys[msg["id"]] = (key, bits, value)
+        return entry
+
     def delete(self, rule_id: int) -> None:
+        found = self.range_keys.pop(rule_id, None)
+        if found is not None:
+            key, bits, value = found
+            by_bits = self.ranges[key]
+            del by_bits[bits][value]
+            if not by_bits[bits]:
+                del by_bits[bits]
+            self.lengths[key] = sorted(by_bits, reverse=True)
+            if not by_bits:
+                del self.ranges[key], self.lengths[key]
+            return
         key = self.keys.pop(rule_id, None)
         if key is None:
             return
@@ -132,11 +191,30 @@ class Table:
             self.ssm[key[0]] -= 1
 
     def lookup(self, ifindex: int, source: bytes, group: bytes, port: bytes) -> Entry | None:
+        """The datapath's precedence (bpf/forward.h lookup_rule): exact
+        (source, group, port), exact (group, port), the longest range for
+        the port, the longest range for any port."""
         if self.ssm.get(ifindex):
             entry = self.by_key.get((ifindex, source, group, port))
             if entry is not None:
                 return entry
-        return self.by_key.get((ifindex, b"", group, port))
+        entry = self.by_key.get((ifindex, b"", group, port))
+        if entry is None and self.ranges:
+            entry = self._lookup_range(ifindex, source, group, port)
+        return entry
+
+    def _lookup_range(self, ifindex: int, source: bytes, group: bytes, port: bytes) -> Entry | None:
+        total = 16 * len(group)
+        value = int.from_bytes(group + source, "big")
+        for key in ((ifindex, port, len(group)), (ifindex, b"\0\0", len(group))):
+            by_bits = self.ranges.get(key)
+            if by_bits is None:
+                continue
+            for bits in self.lengths[key]:
+                entry = by_bits[bits].get(value >> (total - bits))
+                if entry is not None:
+                    return entry
+        return None
 
     def handle(self, frame: bytes, ifindex: int, partial: bool = False):
         """(verdict, entry, [(Out, frame to send)]) for one received frame;
@@ -169,7 +247,9 @@ class Table:
             if entry is None:
                 entry = self.by_key.get((ifindex, b"", group, dport))
                 if entry is None:
-                    return PASS_NO_RULE, None, ()
+                    entry = self._lookup_range(ifindex, src, group, dport) if self.ranges else None
+                    if entry is None:
+                        return PASS_NO_RULE, None, ()
             # The header checksum, as the XDP datapath checks it after the
             # lookup: words summed in ones' complement are the header as one
             # number mod 0xffff (2**16 = 1 mod 0xffff), 0 when valid.
@@ -183,6 +263,8 @@ class Table:
             fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
             sends = []
             for out in entry.outputs:
+                if entry.host_mask is not None:
+                    out = _place(entry, out, group, dport)
                 if partial:  # the full checksum, over the rewritten pseudo header
                     pseudo = src + out.group + b"\x00\x11" + ulen
                     check = _udp_checksum(pseudo, sport + out.port + ulen + b"\0\0" + frame[l4 + 8:14 + tot])
@@ -221,6 +303,8 @@ class Table:
             fixed, rest = frame[12:21], frame[62:]
             sends = []
             for out in entry.outputs:
+                if entry.host_mask is not None:
+                    out = _place(entry, out, group, dport)
                 if partial:
                     pseudo = src + out.group + b"\0\0" + ulen + b"\0\0\0\x11"
                     check = _udp_checksum(pseudo, sport + out.port + ulen + b"\0\0" + frame[62:54 + plen])
@@ -230,3 +314,13 @@ class Table:
                                              _UDP.pack(sport, out.port, ulen, check), rest))))
             return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
         return PASS_NOT_IP, None, ()
+
+
+def _outputs(msg: dict) -> tuple[Out, ...]:
+    return tuple(
+        Out(i, o["ifindex"], bytes.fromhex(o["eth"]), bytes.fromhex(o["group"]),
+            # o["port"] is the u16 as the datapath stores it (network order in memory)
+            o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i),
+            o.get("ttl", 0))
+        for i, o in enumerate(msg["outputs"])
+    )

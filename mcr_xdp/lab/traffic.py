@@ -147,9 +147,7 @@ def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total
                 dest = str(ipaddress.IPv4Address(value[8:12]))
             elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
                 dest = str(ipaddress.IPv6Address(value[:16]))
-            elif (level, kind) in ((socket.IPPROTO_IP, IP_TTL), (socket.IPPROTO_IPV6, IPV6_HOPLIMIT)):
-                ttl = int.from_bytes(value[:4], sys.byteorder)
-                result.ttls[ttl] = result.ttls.get(ttl, 0) + 1
+        _count_ttl(result, anc)
         key = f"{dest}:{port}"
         result.destinations[key] = result.destinations.get(key, 0) + 1
         seq = check_payload(data)
@@ -167,6 +165,15 @@ def receive(sock: socket.socket, expected: int, idle_timeout: float = 2.0, total
         if result.unique == expected:
             sock.settimeout(min(idle_timeout, 0.5))
     return result
+
+
+def _count_ttl(result: Received, anc) -> None:
+    """The TTL / hop limit a datagram came with (IP_RECVTTL,
+    IPV6_RECVHOPLIMIT), counted in result.ttls."""
+    for level, kind, value in anc:
+        if (level, kind) in ((socket.IPPROTO_IP, IP_TTL), (socket.IPPROTO_IPV6, IPV6_HOPLIMIT)):
+            ttl = int.from_bytes(value[:4], sys.byteorder)
+            result.ttls[ttl] = result.ttls.get(ttl, 0) + 1
 
 
 def parse_dest(text: str) -> tuple[str, int]:
@@ -255,10 +262,11 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
                 r = results[key.data]
                 while True:
                     try:
-                        data = key.fileobj.recv(65536)
+                        data, anc, _, _ = key.fileobj.recvmsg(65536, 256)
                     except BlockingIOError:
                         break
                     r.received += 1
+                    _count_ttl(r, anc)
                     r.destinations[key.data] = r.destinations.get(key.data, 0) + 1
                     seq = check_payload(data)
                     if seq is None:

@@ -68,6 +68,8 @@ SSM = [Out("a", "239.5.5.5", 5005, "01:00:5e:05:05:05"), Out("b", "239.6.6.6", 5
 WIDE = [Out("ab"[i % 2], f"239.16.0.{i}", 6000 + i, f"01:00:5e:10:00:{i:02x}") for i in range(abi.MAX_OUTPUTS)]
 SINGLE = [Out("b", "239.7.7.7", 5007, "01:00:5e:07:07:07")]
 SSM_SOURCE = "203.0.113.9"
+RANGE_OUTS = [Out("a", "239.10.4.5", 6001, "01:00:5e:0a:04:05"), Out("b", "239.29.4.5", 5555, "01:00:5e:1d:04:05"),
+              Out("a", "239.139.4.5", 5555, "01:00:5e:0b:04:05")]
 
 
 def spec(outs: list[Out]) -> str:
@@ -84,6 +86,9 @@ RULES = {
     11: (f"{SSM_SOURCE}@239.1.1.1:5001={spec(SSM)}", SSM, True),  # beats rule 7 for its source
     13: (f"239.1.1.13:5001={spec(SINGLE)}", SINGLE, False),  # one output: tx_ports, no devmap of its own
     15: (f"239.1.1.15:5001={spec(FAN4)};ttl=7", FAN4, True),  # a TTL of its own
+    # A range, its outputs as RANGE_IN gets them: the egress finds the rule
+    # by longest prefix again, for each copy.
+    16: ("239.29.0.0/16:*=a/239.10.0.0/16:6001,b,a/239.139.0.0/16:*", RANGE_OUTS, True),
 }
 TTL_OF = {15: 7}
 
@@ -92,6 +97,7 @@ IN6 = Udp6()  # [ff3e::1:1]:5001 from 2001:db8::1, hop limit 64: rule 8
 NO_FANOUT = replace(IN, dst="239.1.1.9")
 IN_WIDE = replace(IN, dst="239.1.1.16")
 FROM_SSM = replace(IN, src=SSM_SOURCE)
+RANGE_IN = Udp4(dst="239.29.4.5", dport=5555)
 
 
 def sent(pkt: Udp4 | Udp6, out: Out, ttl: int | None = None) -> bytes:
@@ -138,6 +144,7 @@ def dropped(desc: str, pkt_or_frame, *ifaces: str) -> EgressCase:
 
 EGRESS_CASES = [
     every_output("IPv4: a, b, a get outputs 0, 1, 2", IN, 7),
+    every_output("range: a, b, a get outputs 0, 1, 2, host bits kept", RANGE_IN, 16),
     every_output("IPv4: again (the rotation starts over)", IN, 7),
     every_output("IPv6: a, b, a get outputs 0, 1, 2", IN6, 8),
     every_output("IPv4: 16 outputs, 8 per interface", IN_WIDE, 10),
@@ -234,7 +241,7 @@ def relay(datapath):
         if has_fanout:
             maps.set_fanout(rule_id, [(LO, datapath.egress_fd)] * len(outs))
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, values))
-    maps.set_config(ssm_rules=sum("@" in text for text, _, _ in RULES.values()))
+    maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text, _, _ in RULES.values()))
     return maps
 
 

@@ -55,7 +55,7 @@ def relay(datapath):
         out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=SLOT, src_mac=xdp_table.OUT_MAC)
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     maps.set_port(SLOT, LO, datapath.egress_fd)
-    maps.set_config(ssm_rules=sum("@" in text for text in RULES.values()))
+    maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in RULES.values()))
     return maps
 
 
@@ -65,8 +65,7 @@ def model() -> Table:
     for rule_id, text in RULES.items():
         rule = parse_rule(text, "in")
         out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=0, src_mac=xdp_table.OUT_MAC)
-        key = encode.rule_key(rule, LO)
-        table.put(entry_message(rule_id, LO, rule.family, bytes(key.source), bytes(key.group), rule.port, [out]))
+        table.put(entry_message(rule_id, LO, rule, [out]))
     return table
 
 

@@ -44,7 +44,7 @@ def relay(datapath):
         out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC)
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     maps.set_port(SLOT_LO, LO, datapath.egress_fd)
-    maps.set_config(ssm_rules=sum("@" in text for text, _ in RULES.values()))
+    maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text, _ in RULES.values()))
     return maps
 
 

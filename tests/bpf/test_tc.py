@@ -45,7 +45,13 @@ FAN_RULES = {
     21: ("[ff3e::3:0]:5001=" + ",".join(f"lo/[{g}]:{p}" for g, p, _ in FAN6), FAN6),
     22: ("239.1.3.16:5001=" + ",".join(f"lo/{g}:{p}" for g, p, _ in WIDE), WIDE),
     23: ("239.1.3.23:5001=" + ",".join(f"lo/{g}:{p}" for g, p, _ in FAN) + ";ttl=9", FAN),
+    # A range: outputs as RANGE_IN gets them. The second keeps the port the
+    # first rewrote, the third the group bits it keeps.
+    24: ("239.29.0.0/16:*=lo/239.10.0.0/16:6001,lo,lo/239.139.0.0/16:*",
+         [("239.10.4.5", 6001, "01:00:5e:0a:04:05"), ("239.29.4.5", 5555, "01:00:5e:1d:04:05"),
+          ("239.139.4.5", 5555, "01:00:5e:0b:04:05")]),
 }
+RANGE_IN = Udp4(dst="239.29.4.5", dport=5555)
 FAN_IN = Udp4(dst="239.1.3.1")
 FAN_IN6 = Udp6(dst="ff3e::3:0")
 WIDE_IN = Udp4(dst="239.1.3.16")
@@ -73,7 +79,8 @@ def relay(datapath):
         outs = [encode.output_value(rule, o, ifindex=LO, slot=i, src_mac=OUT_MAC) for i, o in enumerate(rule.outputs)]
         maps.reset_rule_counters(rule_id)
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, outs))
-    maps.set_config(ssm_rules=sum("@" in text for text, _ in xdp_table.RULES.values()))
+    texts = [text for text, _ in (*xdp_table.RULES.values(), *FAN_RULES.values())]
+    maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in texts))
     return maps
 
 
@@ -178,6 +185,8 @@ FAN_CASES = [
     FanCase("IPv4: MAX_OUTPUTS outputs", WIDE_IN, 22),
     FanCase("IPv4 ;ttl=9: every copy leaves with TTL 9", replace(FAN_IN, dst="239.1.3.23"), 23, 9),
     FanCase("IPv4 ;ttl=9: TTL 1 is relayed, every copy with 9", replace(FAN_IN, dst="239.1.3.23", ttl=1), 23, 9),
+    FanCase("range: each copy from the headers as received", RANGE_IN, 24),
+    FanCase("range: zero UDP checksum stays zero", replace(RANGE_IN, udp_checksum=False), 24),
 ]
 
 

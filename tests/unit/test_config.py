@@ -63,6 +63,21 @@ def test_valid_file(tmp_path):
     assert (cfg.xdp_mode, cfg.control_socket, cfg.interval) == (XdpMode.NATIVE, "/run/mcr-xdp/test.sock", 2.5)
 
 
+def test_ranges_and_join(tmp_path):
+    cfg = config.load(write(tmp_path, """\
+        [inputs.eth0]
+        rules = ["239.1.0.0/16:*=eth1/239.2.0.0/16:*", "10.0.0.0/8@239.3.3.3:5001=eth1"]
+        join = "none"
+
+        [inputs.eth3]
+        rules = ["[ff3e::/96]:5001=eth1"]
+        join = "rule"
+        """))
+    assert [str(r) for r in cfg.rules] == ["eth0/239.1.0.0/16:*=eth1/239.2.0.0/16:*",
+                                           "eth0/10.0.0.0/8@239.3.3.3:5001=eth1", "eth3/[ff3e::/96]:5001=eth1"]
+    assert cfg.no_join == {"eth0"}
+
+
 def test_options_are_optional(tmp_path):
     cfg = config.load(write(tmp_path, '[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n'))
     assert (cfg.xdp_mode, cfg.control_socket, cfg.interval) == (None, None, None)
@@ -113,7 +128,7 @@ BAD = [
         [inputs.eth1]
         rules = ["239.1.1.2:5001=eth2"]
         rule = "239.1.1.3:5001=eth2"
-        """, 6, "inputs.eth1.rule", "unknown key (known: rules)"),
+        """, 6, "inputs.eth1.rule", "unknown key (known: join, rules)"),
     Bad("bad xdp_mode", """\
         interval = 1
         xdp_mode = "turbo"
@@ -182,6 +197,15 @@ BAD = [
         interval = 1
         inputs = {}
         """, 2, "inputs", "needs at least one [inputs.IFACE] table"),
+    Bad("bad join", """\
+        [inputs.eth0]
+        rules = ["239.1.1.1:5001=eth1"]
+        join = "all"
+        """, 3, "inputs.eth0.join", "'all' is not one of 'rule', 'none'"),
+    Bad("range rule with a source", """\
+        [inputs.eth0]
+        rules = ["10.0.0.1@239.1.0.0/16:*=eth1"]
+        """, 2, "inputs.eth0.rules[0]", "needs one group, not the range 239.1.0.0/16"),
 ]
 
 def where(path: Path, case: Bad) -> str:

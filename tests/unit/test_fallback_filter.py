@@ -49,6 +49,8 @@ def run(prog, frame: bytes, pkttype: int = PACKET_MULTICAST) -> int:
             if b is None:
                 return 0
             x = 4 * (b & 0xF)
+        elif code == cbpf.ALU_AND_K:
+            a &= k
         elif code == cbpf.LD_MEM:
             a = mem[k]
         elif code == cbpf.ST:
@@ -113,6 +115,35 @@ def test_one_family_only():
     assert run(v4, IN.build()) and not run(v4, replace(IN6, dport=5001).build())
     v6 = cbpf.rule_filter([("ff3e::1:1", 5001)])
     assert run(v6, IN6.build()) and not run(v6, IN.build())
+
+
+RANGES = cbpf.rule_filter([("239.3.0.0/16", 5001), ("239.5.0.0/24", 0), ("ff3e::/96", 0),
+                           ("ff3e:2::/32", 7000)])
+
+
+@pytest.mark.parametrize("frame, admitted", [
+    (replace(IN, dst="239.3.0.0").build(), True),
+    (replace(IN, dst="239.3.255.255").build(), True),
+    (replace(IN, dst="239.4.0.0").build(), False),  # just past the /16
+    (replace(IN, dst="239.3.1.1", dport=5002).build(), False),  # the /16 is for port 5001
+    (replace(IN, dst="239.5.0.77", dport=1).build(), True),  # any port
+    (replace(IN, dst="239.5.1.0", dport=1).build(), False),
+    (replace(IN6, dst="ff3e::2:3", dport=9).build(), True),
+    (replace(IN6, dst="ff3e:0:0:1::1", dport=9).build(), False),  # outside the /96
+    (replace(IN6, dst="ff3e:2:abcd::1", dport=7000).build(), True),
+    (replace(IN6, dst="ff3e:2:abcd::1", dport=7001).build(), False),
+    (replace(IN6, dst="ff3e:3::1", dport=7000).build(), False),
+], ids=lambda v: "" if isinstance(v, bytes) else str(v))
+def test_group_ranges_and_any_port(frame, admitted):
+    assert bool(run(RANGES, frame)) == admitted
+
+
+def test_an_any_port_rule_widens_to_every_port():
+    """Past BPF_MAXINSNS the filter lists the rules' ports, unless one rule
+    takes any port: then multicast UDP to every port."""
+    prog = cbpf.rule_filter(many(4000, "239.10.0.0", ports=3) + [("239.20.0.0/16", 0)])
+    assert len(prog) <= cbpf.BPF_MAXINSNS
+    assert run(prog, replace(IN, dst="239.20.1.1", dport=4242).build())
 
 
 def many(n: int, first: str, ports: int = 1):

@@ -28,8 +28,7 @@ def message(rule_id: int, text: str, outs_ifindex: int = LO) -> dict:
     rule = parse_rule(text, "in")
     outs = [encode.output_value(rule, o, ifindex=outs_ifindex, slot=i, src_mac=OUT_MAC)
             for i, o in enumerate(rule.outputs)]
-    key = encode.rule_key(rule, LO)
-    return entry_message(rule_id, LO, rule.family, bytes(key.source), bytes(key.group), rule.port, outs)
+    return entry_message(rule_id, LO, rule, outs)
 
 
 @pytest.fixture(scope="module")

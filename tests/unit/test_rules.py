@@ -9,7 +9,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.errors import InterfaceError, RuleError
-from mcr_xdp.rules import Output, Rule, diff, parse_rule, validate
+from mcr_xdp.rules import Output, Rule, diff, input_of, parse_rule, validate
 
 IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
 MANY_OUTPUTS = ",".join(f"o{i}" for i in range(abi.MAX_OUTPUTS + 1))
@@ -76,6 +76,43 @@ VALID = [
         id="input-in-rule-and-given",
     ),
 ]
+
+
+RANGES = [
+    # (rule text, key, spelled back as, what the input joins)
+    pytest.param("239.1.0.0/16:5001=eth1", ("eth0", None, None, ip("239.1.0.0"), 16, 5001),
+                 "eth0/239.1.0.0/16:5001=eth1", None, id="group-prefix"),
+    pytest.param("239.1.1.1:*=eth1/239.2.2.2:6000", ("eth0", None, None, ip("239.1.1.1"), None, 0),
+                 "eth0/239.1.1.1:*=eth1/239.2.2.2:6000", (ip("239.1.1.1"), None), id="any-port"),
+    pytest.param("10.0.0.0/8@239.1.1.1:5001=eth1", ("eth0", ip("10.0.0.0"), 8, ip("239.1.1.1"), None, 5001),
+                 "eth0/10.0.0.0/8@239.1.1.1:5001=eth1", (ip("239.1.1.1"), None), id="source-prefix-joins-asm"),
+    pytest.param("eth0/239.1.0.0/16:*=eth1/239.2.0.0/16:*", ("eth0", None, None, ip("239.1.0.0"), 16, 0),
+                 "eth0/239.1.0.0/16:*=eth1/239.2.0.0/16:*", None, id="prefix-onto-prefix-with-input"),
+    pytest.param("[ff3e::/96]:*=eth1/[ff3e:1::/96]:7000", ("eth0", None, None, ip("ff3e::"), 96, 0),
+                 "eth0/[ff3e::/96]:*=eth1/[ff3e:1::/96]:7000", None, id="ipv6-prefix"),
+    pytest.param("[2001:db8::/32]@[ff3e::1]:5001=eth1", ("eth0", ip("2001:db8::"), 32, ip("ff3e::1"), None, 5001),
+                 "eth0/2001:db8::/32@[ff3e::1]:5001=eth1", (ip("ff3e::1"), None), id="ipv6-source-prefix"),
+    pytest.param("239.1.1.1/32:5001=eth1", ("eth0", None, None, ip("239.1.1.1"), None, 5001),
+                 "eth0/239.1.1.1:5001=eth1", (ip("239.1.1.1"), None), id="full-length-prefix-is-exact"),
+    pytest.param("192.0.2.1/32@232.1.1.1:5001=eth1", ("eth0", ip("192.0.2.1"), None, ip("232.1.1.1"), None, 5001),
+                 "eth0/192.0.2.1@232.1.1.1:5001=eth1", (ip("232.1.1.1"), ip("192.0.2.1")), id="full-source-is-ssm"),
+]
+
+
+@pytest.mark.parametrize("text, key, spelled, joins", RANGES)
+def test_parse_ranges(text, key, spelled, joins):
+    rule = parse_rule(text, "eth0")
+    assert (rule.key, str(rule), rule.joins) == (key, spelled, joins)
+    assert rule.ranged == (rule.group_len is not None or rule.source_len is not None or rule.port == 0)
+    assert parse_rule(str(rule)) == rule
+    assert validate([rule], IFINDEX) == [rule]
+
+
+@pytest.mark.parametrize("text, name", [("eth0/239.1.0.0/16:*=eth1", "eth0"), ("239.1.0.0/16:*=eth1", None),
+                                        ("10.0.0.0/8@239.1.1.1:5=eth1", None), ("[ff3e::/96]:*=eth1", None),
+                                        ("239.1.1.1:5=eth1/239.2.2.2:6", None), ("x/10.0.0.0/8@239.1.1.1:5=y", "x")])
+def test_input_of(text, name):
+    assert input_of(text) == name
 
 
 VALID_OPTIONS = [
@@ -167,6 +204,29 @@ INVALID = [
     pytest.param("239.1.1.1:5001=eth1", "name-too-long-16", "input interface 'name-too-long-16'", id="bad-input-name"),
     pytest.param("239.1.1.1:5001=eth1", None, "does not say its input interface", id="no-input"),
     pytest.param("eth2/239.1.1.1:5001=eth1", "eth0", "names input 'eth2' but is given for 'eth0'", id="other-input"),
+    pytest.param("239.1.1.0/16:5001=eth1", "eth0", "has bits set past its prefix length: the range is 239.1.0.0/16",
+                 id="range-host-bits"),
+    pytest.param("239.1.0.0/33:5001=eth1", "eth0", "is not an IP address or prefix", id="range-too-long"),
+    pytest.param("192.0.0.0/2:5001=eth1", "eth0", "192.0.0.0/2 is not a range of multicast groups",
+                 id="range-beyond-multicast"),
+    pytest.param("224.0.0.0/16:5001=eth1", "eth0", "group range 224.0.0.0/16 holds link-local groups",
+                 id="range-holding-link-local"),
+    pytest.param("[ff00::/8]:5001=eth1", "eth0", "group range ff00::/8 holds link-local groups",
+                 id="ipv6-range-all-scopes"),
+    pytest.param("[ff10::/12]:5001=eth1", "eth0", "holds link-local groups", id="ipv6-range-scope-free"),
+    pytest.param("10.0.0.1@239.1.0.0/16:5001=eth1", "eth0", "needs one group, not the range 239.1.0.0/16",
+                 id="source-with-group-range"),
+    pytest.param("10.0.0.0/8@239.1.0.0/16:*=eth1", "eth0", "needs one group", id="source-range-with-group-range"),
+    pytest.param("0.0.0.0/0@239.1.1.1:5001=eth1", "eth0", "source range 0.0.0.0/0 is not a range of unicast",
+                 id="source-range-everything"),
+    pytest.param("120.0.0.0/5@239.1.1.1:5001=eth1", "eth0", "is not a range of unicast", id="source-range-loopback"),
+    pytest.param("239.1.0.0/16:5001=eth1/239.2.0.0/24:5001", "eth0", "maps onto a prefix of the same length (/16",
+                 id="range-onto-other-length"),
+    pytest.param("239.1.0.0/16:5001=eth1/239.2.2.2:5001", "eth0", "maps onto a prefix of the same length",
+                 id="range-onto-one-group"),
+    pytest.param("239.1.1.1:5001=eth1/239.2.0.0/16:5001", "eth0", "sends to one group, not a range",
+                 id="one-group-onto-range"),
+    pytest.param("239.1.1.1:**=eth1", "eth0", "port '**'", id="bad-wildcard"),
 ]
 
 

@@ -6,6 +6,7 @@
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
     sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
+    sudo .venv/bin/python -m bench rules           # start with 1 / 1,000 / 10,000 rules, rule add, memory
     sudo .venv/bin/python -m bench cleanup         # remove what a killed run left
     .venv/bin/python -m bench report --from bench/results/full-TIME.json   # table and plot again
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="run",
-                   choices=("run", "profile", "lookup", "packet-tx", "report", "cleanup"))
+                   choices=("run", "profile", "lookup", "packet-tx", "rules", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", default="default", choices=("default", "threaded"), help="profile: the layout")
     p.add_argument("--streams", type=int, default=1, help="profile: number of streams (rules)")
     p.add_argument("--rules", type=int, default=1000, help="lookup: rules in the maps (default 1000)")
+    p.add_argument("--counts", default="1,1000,10000",
+                   help="rules: rule counts to start with, comma-separated (the last one also times rule add)")
+    p.add_argument("--join", default="rule", choices=("rule", "none"), help="rules: the input's join setting")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the 1-minute load average to drop below 0.3")
     a = p.parse_args(argv)
@@ -120,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             from . import lookup
 
             _publish(a.results, "lookup", lookup.measure(rules=a.rules, rounds=a.repeats or 5), lookup.render)
+            return 0
+        if a.action == "rules":
+            from . import rules
+
+            counts = tuple(int(c) for c in a.counts.split(","))
+            if not all(1 <= c <= MAX_RULES for c in counts):
+                p.error(f"--counts must be 1..{MAX_RULES} each")
+            _publish(a.results, "rules", rules.measure(counts, join=a.join), rules.render)
             return 0
         if a.action == "profile":
             from . import profile

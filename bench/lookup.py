@@ -104,29 +104,51 @@ def micro(rules: int, repeat: int, rounds: int) -> dict:
         bpf.cleanup()
 
 
+def _install(dp, texts: list[str]) -> None:
+    for i, text in enumerate(texts):
+        rule = parse_rule(text, "in")
+        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=1, src_mac=bytes.fromhex("0200000000aa"))
+        dp.maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, i, [out]))
+    dp.maps.set_port(1, LO, dp.egress_fd)
+    dp.maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in texts))
+
+
+def _exact_rules(rules: int) -> list[str]:
+    groups = (f"239.{1 + i // 250}.1.{1 + i % 250}" for i in range(rules))
+    return [f"{group}:{PORT}=out/{group}:{PORT}" for group in groups]
+
+
+def _range_rules(rules: int) -> list[str]:
+    """rules /24 ranges for PORT, one any-port /16: every lookup a frame
+    without a rule can make."""
+    return [*(f"239.{100 + i // 250}.{i % 250}.0/24:{PORT}=out" for i in range(rules - 1)), "239.99.0.0/16:*=out"]
+
+
 def relay(rules: int, repeat: int, rounds: int, empty: float, empty_short: float) -> dict:
-    """The real ingress program with `rules` rules: a frame of rule 0 (parse,
-    lookup, rewrite, redirect decision, three counters) and a multicast
-    frame no rule matches (parse, lookup, one counter).
+    """The real ingress program with `rules` exact rules: a frame of rule 0
+    (parse, lookup, rewrite, redirect decision, three counters) and a
+    multicast frame no rule matches (parse, lookup, one counter). Then with
+    `rules` range rules besides: a frame of a /24 (the exact lookup misses,
+    the trie finds it; rewrite with the host bits kept) and the frame
+    without a rule (two trie lookups more).
 
     The kernel repeats a run on the same buffer, so a forwarded frame is
     seen again as rewritten: each rule rewrites to its own group and port
     (the same work as any rewrite: the deltas are precomputed), and the TTL,
     which drops by one a run, starts at 255 for SHORT runs a call."""
-    dp = loader.Datapath()
-    try:
-        for i in range(rules):
-            group = f"239.{1 + i // 250}.1.{1 + i % 250}"
-            rule = parse_rule(f"{group}:{PORT}=out/{group}:{PORT}", "in")
-            out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=1,
-                                      src_mac=bytes.fromhex("0200000000aa"))
-            dp.maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, i, [out]))
-        dp.maps.set_port(1, LO, dp.egress_fd)
-        hit = _time(dp.prog_fd, frame(ttl=255), LO, SHORT, repeat // SHORT, libbpf.XDP_REDIRECT) - empty_short
-        miss = _time(dp.prog_fd, frame("239.250.250.250"), LO, repeat, rounds, libbpf.XDP_PASS) - empty
-        return {"mcr_relay_forward": hit, "mcr_relay_no_rule": miss}
-    finally:
-        dp.close()
+    out = {}
+    for tag, texts, hit_group in (("", _exact_rules(rules), GROUP),
+                                  ("_ranges", [*_exact_rules(rules), *_range_rules(rules)], "239.100.7.9")):
+        dp = loader.Datapath()
+        try:
+            _install(dp, texts)
+            hit = _time(dp.prog_fd, frame(hit_group, ttl=255), LO, SHORT, repeat // SHORT, libbpf.XDP_REDIRECT)
+            miss = _time(dp.prog_fd, frame("239.250.250.250"), LO, repeat, rounds, libbpf.XDP_PASS)
+        finally:
+            dp.close()
+        key = "mcr_relay_range_forward" if tag else "mcr_relay_forward"
+        out[key], out[f"mcr_relay_no_rule{tag}"] = hit - empty_short, miss - empty
+    return out
 
 
 def measure(rules: int = 1000, repeat: int = 1_000_000, rounds: int = 5) -> dict:
@@ -140,6 +162,10 @@ def render(doc: dict) -> str:
     ns = doc["ns"]
     rows = [("mcr_relay, a frame of a rule (whole program)", ns["mcr_relay_forward"]),
             ("mcr_relay, multicast without a rule (whole program)", ns["mcr_relay_no_rule"]),
+            *((what, ns[key]) for what, key in (
+                (f"mcr_relay, a frame of a /24 range rule, {doc['rules']} ranges besides", "mcr_relay_range_forward"),
+                ("mcr_relay, multicast without a rule, with those ranges (two trie lookups)",
+                 "mcr_relay_no_rule_ranges")) if key in ns),
             *((PROGRAMS[name], ns[name]) for name in PROGRAMS)]
     lines = [f"ns per packet over an empty XDP program ({ns['empty_ns']:.0f} ns), {doc['rules']} rules, "
              f"median of {doc['rounds']} x {doc['repeat']:,} runs", "",

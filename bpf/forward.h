@@ -244,11 +244,11 @@ static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
 	count_outcome(count_match(id, bytes), forwarded);
 }
 
-static __always_inline void count_output(__u32 id, __u32 idx, __u64 bytes)
+static __always_inline void count_output(const struct mcr_output *out, __u64 bytes)
 {
-	__u32 slot = id * MCR_MAX_OUTPUTS + idx;
+	__u32 stat = out->stat;
 
-	count(mcr_output_stats.lookup(&slot), bytes);
+	count(mcr_output_stats.lookup(&stat), bytes);
 }
 
 /* A flow hash of (source, group, port): every packet of one stream gets

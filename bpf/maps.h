@@ -8,7 +8,9 @@
 
 #include "mcr_abi.h"
 
-BPF_HASH(mcr_rules, struct mcr_rule_key, struct mcr_rule, MCR_MAX_RULES);
+/* Allocated per entry (no preallocation): 65,536 rules of ~900 bytes
+ * would take 60 MB before the first rule. */
+BPF_F_TABLE("hash", struct mcr_rule_key, struct mcr_rule, mcr_rules, MCR_MAX_RULES, BPF_F_NO_PREALLOC);
 BPF_LPM_TRIE(mcr_ranges, struct mcr_range_key, struct mcr_rule, MCR_MAX_RULES);
 BPF_ARRAY(mcr_config, struct mcr_config, 1);
 
@@ -35,16 +37,16 @@ BPF_ARRAY_OF_MAPS(mcr_fanout, "mcr_fanout_inner", MCR_MAX_RULES);
 #endif
 MCR_COUNTERS(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
 MCR_COUNTERS(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
-MCR_COUNTERS(mcr_output_stats, struct mcr_counter, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
+MCR_COUNTERS(mcr_output_stats, struct mcr_counter, MCR_MAX_RULE_OUTPUTS);
 
 /* Egress: which copy of a packet comes next, for one interface used by
- * several outputs of a rule (key: rule id * MCR_MAX_OUTPUTS + first such
+ * several outputs of a rule (key: the mcr_output.stat of the first such
  * output), per CPU. The control plane only zeroes it. */
 struct mcr_egress_state {
 	__u32 seq;   /* mcr_meta.seq of the packet whose copies are being placed */
 	__u32 next;  /* rank of the next copy among that interface's outputs */
 };
-BPF_PERCPU_ARRAY(mcr_egress_rr, struct mcr_egress_state, MCR_MAX_RULES * MCR_MAX_OUTPUTS);
+BPF_PERCPU_ARRAY(mcr_egress_rr, struct mcr_egress_state, MCR_MAX_RULE_OUTPUTS);
 
 /* CPU steering (--steer-cpus): the ingress program hashes a flow to entry
  * i < mcr_config.steer_cpus of mcr_steer, a CPU id, and redirects the frame

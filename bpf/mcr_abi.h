@@ -17,8 +17,9 @@
 #define MCR_ABI_VERSION 8
 
 /* Limits (map sizes). */
-#define MCR_MAX_RULES   4096 /* rules across all input interfaces */
+#define MCR_MAX_RULES   65536 /* rules across all input interfaces */
 #define MCR_MAX_OUTPUTS 16   /* outputs of one rule */
+#define MCR_MAX_RULE_OUTPUTS 131072 /* outputs across all rules (per-output counters) */
 #define MCR_MAX_PORTS   256  /* distinct output interfaces (devmap slots) */
 #define MCR_MAX_CPUS    256  /* entries of a steering list (--steer-cpus) */
 #define MCR_CPUMAP_QSIZE 2048 /* frames queued per steering CPU */
@@ -29,7 +30,7 @@
 #define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
 #define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */
 #define MCR_MAP_RULE_STATS "mcr_rule_stats" /* percpu array: rule id -> mcr_rule_counters */
-#define MCR_MAP_OUTPUT_STATS "mcr_output_stats" /* percpu array: id * MCR_MAX_OUTPUTS + i -> mcr_counter */
+#define MCR_MAP_OUTPUT_STATS "mcr_output_stats" /* percpu array: mcr_output.stat -> mcr_counter */
 #define MCR_MAP_FANOUT    "mcr_fanout"    /* array of devmaps: rule id -> that rule's outputs */
 #define MCR_MAP_CONFIG    "mcr_config"    /* array[1]: mcr_config */
 #define MCR_MAP_EGRESS_RR "mcr_egress_rr" /* percpu array: rotating index, one interface in several outputs */
@@ -117,6 +118,9 @@ struct mcr_range_key {
 struct mcr_output {
 	__u32 ifindex;       /* output interface */
 	__u32 slot;          /* key in MCR_MAP_TX_PORTS */
+	__u32 stat;          /* key in MCR_MAP_OUTPUT_STATS and MCR_MAP_EGRESS_RR, given out
+			      * by the control plane (new in ABI 8: was rule id *
+			      * MCR_MAX_OUTPUTS + i, 16 counters a rule on every CPU) */
 	__u8 eth[12];        /* destination MAC then source MAC */
 	__u16 port;          /* new UDP destination port, network order */
 	__u8 ttl;            /* outgoing TTL / hop limit (rule option ;ttl=N, the same

@@ -176,7 +176,7 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 		if (action == XDP_REDIRECT) {
 			verdict = MCR_V_REDIRECT;
 			if (done)  /* else the egress program counts it */
-				count_output(rule->id, 0, bytes);
+				count_output(&rule->out[0], bytes);
 		}
 		goto out;
 	}
@@ -243,7 +243,7 @@ int mcr_cpu_relay(struct xdp_md *ctx)
  * rotating index hands out 1, 2, .., k. */
 static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifindex, struct mcr_meta *m)
 {
-	__u32 first = MCR_MAX_OUTPUTS, k = 0, pick, slot;
+	__u32 first = MCR_MAX_OUTPUTS, k = 0, pick, slot = 0;
 	struct mcr_egress_state *st;
 	int i;
 
@@ -251,14 +251,16 @@ static __always_inline int egress_output(struct mcr_rule *rule, __u32 egress_ifi
 		if (i >= rule->n_outputs)
 			break;
 		if (rule->out[i].ifindex == egress_ifindex) {
-			if (!k)
+			if (!k) {
 				first = i;
+				slot = rule->out[i].stat;  /* read here, at a constant i: the verifier
+							   * explodes on out[first] after the loop */
+			}
 			k++;
 		}
 	}
 	if (k <= 1)
 		return k ? (int)first : -1;
-	slot = rule->id * MCR_MAX_OUTPUTS + first;
 	st = mcr_egress_rr.lookup(&slot);
 	if (!st)
 		return -1;
@@ -318,7 +320,7 @@ static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 	if (idx < 0 || idx >= MCR_MAX_OUTPUTS)
 		goto drop;
 	rewrite(&p, p.eth, rule, &rule->out[idx]);
-	count_output(rule->id, idx, bytes);
+	count_output(&rule->out[idx], bytes);
 	return XDP_PASS;
 drop:
 	count_verdict(MCR_V_EGRESS_DROP, bytes);

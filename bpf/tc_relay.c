@@ -150,14 +150,14 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 			action = bpf_redirect(out->ifindex, 0);
 			if (action == TC_ACT_REDIRECT) {
 				verdict = n == 1 ? MCR_V_REDIRECT : MCR_V_REDIRECT_MULTI;
-				count_output(rule->id, i, bytes);
+				count_output(out, bytes);
 			} else {
 				action = TC_ACT_SHOT;
 			}
 			break;
 		}
 		if (bpf_clone_redirect(skb, out->ifindex, 0) == 0)
-			count_output(rule->id, i, bytes);
+			count_output(out, bytes);
 	}
 
 out:

@@ -9,8 +9,9 @@ import enum
 
 ABI_VERSION = 8
 
-MAX_RULES = 4096
+MAX_RULES = 65536
 MAX_OUTPUTS = 16
+MAX_RULE_OUTPUTS = 131072
 MAX_PORTS = 256
 MAX_CPUS = 256
 CPUMAP_QSIZE = 2048
@@ -94,6 +95,7 @@ class Output(ctypes.Structure):
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
         ("slot", ctypes.c_uint32),
+        ("stat", ctypes.c_uint32),
         ("eth", ctypes.c_uint8 * 12),
         ("port", ctypes.c_uint16),
         ("ttl", ctypes.c_uint8),

@@ -34,6 +34,7 @@ CHILD = signal.SIGCHLD
 # Leave the programs forwarding and exit, for a successor started with the
 # same command to take over (Relay.leave): a restart or upgrade without a gap.
 HANDOVER = signal.SIGQUIT
+STATE_EVERY = 0.1  # seconds: the state file is written at most this often (Relay.flush_state)
 
 
 class Reporter(Protocol):
@@ -152,8 +153,19 @@ class Daemon:
         prev = self.relay.snapshot()
         report.tick(None, prev, self.service.status())
         deadline = time.monotonic() + self.interval
+        flushed = 0.0
         while True:
-            woke = self.server.poll(max(0.0, deadline - time.monotonic()))
+            # The state file, after the replies: what they (or links, heal)
+            # changed, for a successor; at most every STATE_EVERY seconds,
+            # so a burst of rule changes writes it once, not once a rule.
+            wait = deadline - time.monotonic()
+            if self.relay.state_dirty:
+                if time.monotonic() - flushed >= STATE_EVERY:
+                    self.relay.flush_state()
+                    flushed = time.monotonic()
+                else:
+                    wait = min(wait, STATE_EVERY)
+            woke = self.server.poll(max(0.0, wait))
             if report.wants_quit(woke):
                 return
             if "signal" in woke:

@@ -58,7 +58,9 @@ def host_mask(rule: Rule) -> bytes:
     return mask.to_bytes(bits // 8, "big").ljust(16, b"\0")
 
 
-def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: bytes) -> abi.Output:
+def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: bytes, stat: int = 0) -> abi.Output:
+    """One output's datapath value: slot is its mcr_tx_ports key (one-output
+    rules), stat its key in mcr_output_stats."""
     group = rule.out_group(out)
     port = rule.out_port(out)
     old_port, new_port = struct.pack("!H", rule.port), struct.pack("!H", port)
@@ -71,6 +73,7 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     value = abi.Output()
     value.ifindex = ifindex
     value.slot = slot
+    value.stat = stat
     value.eth[:] = multicast_mac(group) + src_mac
     value.port = socket.htons(out.port or 0) if rule.ranged else socket.htons(port)
     value.group[:] = _addr16(group)
@@ -99,16 +102,27 @@ def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int =
     return value
 
 
+RULE_KINDS = ("ssm_rules", "range_rules", "any_port_rules")
+
+
+def rule_kind(rule: Rule) -> str | None:
+    """Which lookup past the exact (group, port) one finds rule (a
+    maps.set_config argument), None for that one itself."""
+    if rule.ranged:
+        return "range_rules" if rule.port else "any_port_rules"
+    return "ssm_rules" if rule.source is not None else None
+
+
 def rule_kinds(rules: Iterable[Rule]) -> dict[str, int]:
     """How many rules each lookup past the exact one has (maps.set_config's
     arguments): exact source-specific, range for one port, range for any
     port."""
-    rules = list(rules)
-    return {
-        "ssm_rules": sum(1 for r in rules if r.source is not None and not r.ranged),
-        "range_rules": sum(1 for r in rules if r.ranged and r.port),
-        "any_port_rules": sum(1 for r in rules if r.ranged and not r.port),
-    }
+    kinds = dict.fromkeys(RULE_KINDS, 0)
+    for rule in rules:
+        kind = rule_kind(rule)
+        if kind is not None:
+            kinds[kind] += 1
+    return kinds
 
 
 def parse_mac(text: str) -> bytes:

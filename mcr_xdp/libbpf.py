@@ -215,6 +215,19 @@ def map_lookup(map_fd: int, key: ctypes._SimpleCData | ctypes.Structure, value) 
     return True
 
 
+def map_keys(map_fd: int, key_type) -> list:
+    """Every key of a map (hash, LPM trie), as key_type structs."""
+    keys, prev = [], None
+    while True:
+        key = key_type()
+        ret = lib().bpf_map_get_next_key(map_fd, None if prev is None else ctypes.byref(prev), ctypes.byref(key))
+        if ret == -errno.ENOENT:
+            return keys
+        _check(ret, "BPF map iteration")
+        keys.append(key)
+        prev = key
+
+
 def map_update(map_fd: int, key, value, flags: int = 0) -> None:
     _check(lib().bpf_map_update_elem(map_fd, ctypes.byref(key), ctypes.byref(value), flags), "BPF map update")
 

@@ -52,6 +52,10 @@ class Maps:
     def __init__(self, fds: dict[str, int]):
         self._fd = fds
         self.ncpus = possible_cpus()
+        # rule id -> its outputs' keys in mcr_output_stats (mcr_output.stat),
+        # in rule order: what the control plane gave out, or, for a relay
+        # that is gone, what its rule entries say (read_output_slots).
+        self.output_slots: dict[int, tuple[int, ...]] = {}
 
     @property
     def fds(self) -> dict[str, int]:
@@ -143,17 +147,33 @@ class Maps:
         return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
 
     def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
-        return [
-            _sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, rule_id * abi.MAX_OUTPUTS + i, abi.Counter))
-            for i in range(n_outputs)
-        ]
+        slots = self.output_slots.get(rule_id, ())
+        return [_sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, slots[i], abi.Counter)) if i < len(slots)
+                else abi.Counter() for i in range(n_outputs)]
 
-    def reset_rule_counters(self, rule_id: int) -> None:
-        """Zero a rule's counters before its id is (re)used."""
+    def reset_rule_counters(self, rule_id: int, output_slots: tuple[int, ...] = ()) -> None:
+        """Zero a rule's counters before its id is (re)used, and those of
+        output_slots (see reset_output_counters)."""
         libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), (abi.RuleCounters * self.ncpus)())
+        self.reset_output_counters(output_slots)
+
+    def reset_output_counters(self, slots) -> None:
+        """Zero the per-output counters (and egress rotation state) at
+        slots before an output takes them."""
         zero = (abi.Counter * self.ncpus)()
         zero_rr = (ctypes.c_uint64 * self.ncpus)()  # per-CPU values are 8-byte aligned
-        for i in range(abi.MAX_OUTPUTS):
-            key = ctypes.c_uint32(rule_id * abi.MAX_OUTPUTS + i)
+        for slot in slots:
+            key = ctypes.c_uint32(slot)
             libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], key, zero)
             libbpf.map_update(self._fd[abi.MAP_EGRESS_RR], key, zero_rr)
+
+    def read_output_slots(self) -> dict[int, tuple[int, ...]]:
+        """rule id -> its outputs' mcr_output_stats keys, from the rule
+        entries themselves (a relay that is gone left them in its maps)."""
+        found = {}
+        for name, key_type in ((abi.MAP_RULES, abi.RuleKey), (abi.MAP_RANGES, abi.RangeKey)):
+            for key in libbpf.map_keys(self._fd[name], key_type):
+                value = abi.Rule()
+                if libbpf.map_lookup(self._fd[name], key, value):
+                    found[value.id] = tuple(value.out[i].stat for i in range(min(value.n_outputs, abi.MAX_OUTPUTS)))
+        return found

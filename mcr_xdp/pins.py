@@ -274,6 +274,7 @@ def read_stats(instance: str):
     rules = {int(i): parse_rule(text) for i, text in found["rules"].items()}
     maps = PinnedMaps(instance, loader.MAP_NAMES)
     try:
+        maps.output_slots = maps.read_output_slots()
         names = [*found["inputs"], *(o.iface for r in rules.values() for o in r.outputs)]
         snap = stats.collect([maps], rules, links=counters(names))
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 
 from . import abi, features, pins, stats
@@ -29,7 +30,7 @@ from .igmp import JoinPool
 from .links import Link, all_links, lookup
 from .links import counters as link_counters
 from .modes import FAIL_MODES_ENV, Mode, XdpMode, failing_modes, ladder
-from .rules import Rule, diff, validate
+from .rules import Rule, RuleSet, diff, validate
 from .status import InputStatus, document
 
 
@@ -53,6 +54,9 @@ class Relay:
         self.ladder: tuple[Mode, ...] = ()
         self.attachments: dict[str, Attachment] = {}
         self.rules: dict[int, InstalledRule] = {}
+        self._ruleset = RuleSet()  # self.rules' rules, for checking more against them (add_rules)
+        self._joined_by: dict[tuple, int] = {}  # (input, Rule.joins) -> rules of self.rules that need it
+        self._links: dict[str, Link] = {}  # the interfaces as last looked up
         self.joins: dict[str, JoinPool] = {}
         self.backends: dict[type, Backend] = {}  # backend class -> the open backend
         self._unavailable: dict[type, str] = {}  # backend class -> why it did not open
@@ -84,6 +88,7 @@ class Relay:
         # count into the same maps under ids that may mean other rules now.
         if left is not None and isinstance(left.get("inputs"), dict) and set(left["inputs"]) <= set(cfg.interfaces):
             self._left = left
+        _more_files()  # a socket holds 20 joins: 65,536 groups take 3,277 of them
         try:
             # Groups first: a relay started again in place of a killed one
             # (whose memberships ended with it) joins within a fraction of a
@@ -141,6 +146,7 @@ class Relay:
             except McrError:
                 pass  # it ends with the process anyway
         self._save_state()  # the inputs left, for the successor and `detach`
+        self.flush_state()
         self._release(keep=True)
         self._state_only = False  # the state file stays: it names the inputs left forwarding
         return kept
@@ -157,6 +163,9 @@ class Relay:
             pool.close()
         self.joins.clear()
         self.rules.clear()
+        self._ruleset = RuleSet()
+        self._joined_by.clear()
+        self._lowest_free = 0
         self.pinned = None
 
     def __enter__(self) -> Relay:
@@ -172,19 +181,39 @@ class Relay:
 
     # -- checks ------------------------------------------------------------
 
-    def _check(self, rules: list[Rule], inputs: list[str], existing: list[Rule] = ()) -> dict[str, Link]:
-        """Validate rules (with the rules already installed) against the
-        interfaces of this namespace and the relay's inputs."""
-        for rule in rules:
-            if rule.iface not in inputs:
-                raise RuleError(f"rule {rule} is for {rule.iface}, which is not an input of this relay "
-                                f"(inputs: {', '.join(inputs) or 'none'})")
+    def _check(self, rules: list[Rule], inputs: list[str]) -> dict[str, Link]:
+        """Validate a whole rule set against the interfaces of this
+        namespace and the relay's inputs."""
+        _check_inputs(rules, inputs)
         names = dict.fromkeys(inputs)
-        for rule in [*existing, *rules]:
-            names.update(dict.fromkeys([rule.iface, *(o.iface for o in rule.outputs)]))
+        for rule in rules:
+            names.update(dict.fromkeys(_names(rule)))
         links = lookup(names)
-        validate([*existing, *rules], {n: link.ifindex for n, link in links.items()},
+        self._links.update(links)
+        validate(rules, {n: link.ifindex for n, link in links.items()},
                  [n for n, link in links.items() if link.loopback])
+        return links
+
+    def _check_more(self, rules: list[Rule]) -> dict[str, Link]:
+        """Validate rules to add to the installed ones: only theirs is
+        checked, against what the installed ones count (RuleSet)."""
+        _check_inputs(rules, self.inputs)
+        links = self._known_links(dict.fromkeys(name for rule in rules for name in _names(rule)))
+        self._ruleset.check(rules, {n: link.ifindex for n, link in links.items()},
+                            [n for n, link in links.items() if link.loopback])
+        return links
+
+    def _known_links(self, names) -> dict[str, Link]:
+        """Links by name: as last looked up while each name still has the
+        same ifindex (an ioctl, where a netlink dump of every interface
+        takes milliseconds), else looked up again."""
+        try:
+            if all(n in self._links and socket.if_nametoindex(n) == self._links[n].ifindex for n in names):
+                return {n: self._links[n] for n in names}
+        except OSError:
+            pass  # one is gone: lookup says which
+        links = lookup(names)
+        self._links.update(links)
         return links
 
     def _check_options(self) -> None:
@@ -293,7 +322,7 @@ class Relay:
 
     def add_rules(self, rules: list[Rule]) -> list[InstalledRule]:
         """Add rules to the running relay, all or none."""
-        links = self._check(rules, self.inputs, [r.rule for r in self.rules.values()])
+        links = self._check_more(rules)
         done = []
         try:
             for rule in rules:
@@ -339,8 +368,16 @@ class Relay:
         wanted = {str(r) for r in rules}
         return {text: i for text, i in theirs.items() if text in wanted and 0 <= i < abi.MAX_RULES}
 
+    _lowest_free = 0  # every id below it is taken
+
     def _free_id(self) -> int:
-        return next(i for i in range(len(self.rules) + 1) if i not in self.rules)
+        """The lowest free id (a scan from the last one given out: a relay
+        of 10,000 rules adds one without looking at the others)."""
+        i = self._lowest_free
+        while i in self.rules:
+            i += 1
+        self._lowest_free = i
+        return i
 
     def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None,
                  adopt: bool = False) -> InstalledRule:
@@ -365,12 +402,27 @@ class Relay:
                     backend.delete_rule(installed)
                 self._leave(rule)
             raise
+        if installed.rule_id in self.rules:
+            self._forget(self.rules[installed.rule_id].rule)
         self.rules[installed.rule_id] = installed
+        self._ruleset.add(rule)
+        need = (rule.iface, rule.joins)
+        self._joined_by[need] = self._joined_by.get(need, 0) + 1
         self._save_state()
         return installed
 
+    def _forget(self, rule: Rule) -> None:
+        """rule is no longer among self.rules (removed, or replaced)."""
+        self._ruleset.remove(rule)
+        need = (rule.iface, rule.joins)
+        self._joined_by[need] -= 1
+        if not self._joined_by[need]:
+            del self._joined_by[need]
+
     def _uninstall(self, rule_id: int) -> InstalledRule:
         installed = self.rules.pop(rule_id)
+        self._forget(installed.rule)
+        self._lowest_free = min(self._lowest_free, rule_id)
         for backend in self.backends.values():
             backend.delete_rule(installed)
         self._leave(installed.rule)
@@ -383,7 +435,7 @@ class Relay:
         if not self.attachments:
             return []
         events = self.heal()
-        links = all_links()
+        links = self._links = all_links()
         events += [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
         for backend in self.backends.values():
             backend.refresh_outputs(links)
@@ -483,9 +535,8 @@ class Relay:
     def _leave(self, rule: Rule) -> None:
         if rule.joins is None:
             return
-        still_needed = any((r.rule.iface, r.rule.joins) == (rule.iface, rule.joins) for r in self.rules.values())
         pool = self.joins.get(rule.iface)
-        if pool is not None and not still_needed:
+        if pool is not None and (rule.iface, rule.joins) not in self._joined_by:
             pool.leave(*rule.joins)
 
     # -- pins --------------------------------------------------------------
@@ -513,6 +564,21 @@ class Relay:
                 self._state_notice = f"no state file, other relays cannot see this one owns its inputs: {exc}"
 
     def _save_state(self) -> None:
+        """The state file is out of date: flush_state writes it. The daemon
+        flushes after each request it answered, so a rule change costs the
+        requester nothing for it (10,000 rules make a file of ~1 MB)."""
+        self._state_dirty = True
+
+    _state_dirty = False
+
+    @property
+    def state_dirty(self) -> bool:
+        return self._state_dirty
+
+    def flush_state(self) -> None:
+        if not self._state_dirty:
+            return
+        self._state_dirty = False
         state = self.pin_state() if self.pinned is not None or self._state_only else None
         if self.pinned is not None:
             for backend in self.backends.values():
@@ -571,6 +637,26 @@ def _not_joined(rule_id: int, rule: Rule) -> str:
 def _missing(rule: Rule, gone) -> list[str]:
     """rule's output interfaces for which gone(name) holds, each once."""
     return list(dict.fromkeys(o.iface for o in rule.outputs if gone(o.iface)))
+
+
+def _more_files() -> None:
+    """Raise the soft limit of open files to the hard one (systemd's
+    default soft limit is 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # what we have must do
+
+
+def _check_inputs(rules: list[Rule], inputs: list[str]) -> None:
+    for rule in rules:
+        if rule.iface not in inputs:
+            raise RuleError(f"rule {rule} is for {rule.iface}, which is not an input of this relay "
+                            f"(inputs: {', '.join(inputs) or 'none'})")
 
 
 def _names(rule: Rule) -> list[str]:

@@ -21,6 +21,7 @@ prefix, the any-port rule with the longest prefix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -109,8 +110,14 @@ class Rule:
         """GROUP:PORT as written: 239.1.0.0/16:*, [ff3e::1]:5001."""
         return _fmt_endpoint(self.group, self.port, self.group_len)
 
-    def __str__(self) -> str:
+    @functools.cached_property
+    def text(self) -> str:
+        """INPUT/RULE, computed once (a relay of 10,000 rules writes them all
+        to its state file after each change)."""
         return f"{self.iface}/{self.spec()}"
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _fmt_endpoint(group: Address, port: int | None, group_len: int | None = None) -> str:
@@ -338,29 +345,65 @@ def _check_rule(rule: Rule) -> None:
 def validate(rules: Iterable[Rule], ifindex: Mapping[str, int], loopback: Iterable[str] = ()) -> list[Rule]:
     """Check a whole rule set against the interfaces that exist (name ->
     ifindex; loopback: the names of loopback devices): unknown interfaces,
-    loopback ones, duplicates, the rule limit. attach and `config check`
-    both run this."""
-    rules = list(rules)
-    loopback = set(loopback)
-    seen: dict[tuple, Rule] = {}
-    for rule in rules:
-        names = [rule.iface, *(o.iface for o in rule.outputs)]
-        for name in names:
-            if name not in ifindex:
-                raise InterfaceError(f"interface {name!r} does not exist (rule {rule})")
-        for name in names:
-            if name in loopback:
-                raise InterfaceError(f"interface {name!r} is a loopback device: nothing arrives there from a "
-                                     f"network and nothing sent there leaves the host (rule {rule})")
-        if rule.key in seen:
-            raise RuleError(f"duplicate rule for {rule.iface} {rule.endpoint()}: {rule.spec()}")
-        seen[rule.key] = rule
-    if len(rules) > abi.MAX_RULES:
-        raise RuleError(f"{len(rules)} rules; the limit is {abi.MAX_RULES}")
-    outputs = {o.iface for r in rules for o in r.outputs}
-    if len(outputs) > abi.MAX_PORTS:
-        raise RuleError(f"{len(outputs)} output interfaces; the limit is {abi.MAX_PORTS}")
-    return rules
+    loopback ones, duplicates, the limits. attach and `config check` both
+    run this."""
+    return RuleSet().check(rules, ifindex, loopback)
+
+
+class RuleSet:
+    """Rules validated together, with what the limits count (keys, outputs,
+    output interfaces), so rules added to a relay of 10,000 are checked
+    against them without going over every rule again."""
+
+    def __init__(self):
+        self.keys: dict[tuple, Rule] = {}
+        self.outputs = 0
+        self.ifaces: dict[str, int] = {}  # output interface -> rules that use it
+
+    def add(self, rule: Rule) -> None:
+        self.keys[rule.key] = rule
+        self.outputs += len(rule.outputs)
+        for name in {o.iface for o in rule.outputs}:
+            self.ifaces[name] = self.ifaces.get(name, 0) + 1
+
+    def remove(self, rule: Rule) -> None:
+        if self.keys.pop(rule.key, None) is None:
+            return
+        self.outputs -= len(rule.outputs)
+        for name in {o.iface for o in rule.outputs}:
+            self.ifaces[name] -= 1
+            if not self.ifaces[name]:
+                del self.ifaces[name]
+
+    def check(self, rules: Iterable[Rule], ifindex: Mapping[str, int], loopback: Iterable[str] = ()) -> list[Rule]:
+        """Check rules as additions to this set (which does not change):
+        their interfaces (name -> ifindex of those that exist; loopback:
+        the loopback ones), duplicates, the limits."""
+        rules = list(rules)
+        loopback = set(loopback)
+        seen: dict[tuple, Rule] = {}
+        for rule in rules:
+            names = [rule.iface, *(o.iface for o in rule.outputs)]
+            for name in names:
+                if name not in ifindex:
+                    raise InterfaceError(f"interface {name!r} does not exist (rule {rule})")
+            for name in names:
+                if name in loopback:
+                    raise InterfaceError(f"interface {name!r} is a loopback device: nothing arrives there from a "
+                                         f"network and nothing sent there leaves the host (rule {rule})")
+            if rule.key in seen or rule.key in self.keys:
+                raise RuleError(f"duplicate rule for {rule.iface} {rule.endpoint()}: {rule.spec()}")
+            seen[rule.key] = rule
+        total = len(self.keys) + len(rules)
+        if total > abi.MAX_RULES:
+            raise RuleError(f"{total} rules; the limit is {abi.MAX_RULES}")
+        outputs = self.outputs + sum(len(r.outputs) for r in rules)
+        if outputs > abi.MAX_RULE_OUTPUTS:
+            raise RuleError(f"{outputs} outputs across all rules; the limit is {abi.MAX_RULE_OUTPUTS}")
+        ifaces = set(self.ifaces) | {o.iface for r in rules for o in r.outputs}
+        if len(ifaces) > abi.MAX_PORTS:
+            raise RuleError(f"{len(ifaces)} output interfaces; the limit is {abi.MAX_PORTS}")
+        return rules
 
 
 def diff(old: Iterable[Rule], new: Iterable[Rule]) -> tuple[list[Rule], list[Rule], list[Rule]]:

@@ -64,6 +64,53 @@ class SlotAllocator:
         return dict(self._slot)
 
 
+class StatAllocator:
+    """Keys of the per-output counters (mcr_output_stats, abi.MAX_RULE_OUTPUTS):
+    a rule holds one per output, in rule order, and keeps them while its
+    outputs change (output i counts on, as its rule id does), so per-CPU
+    counter memory follows the outputs that exist, not 16 a possible rule."""
+
+    def __init__(self, size: int = abi.MAX_RULE_OUTPUTS):
+        self._free = set(range(size))
+        self._held: dict[int, tuple[int, ...]] = {}  # rule id -> its keys
+        self._left: dict[int, tuple[int, ...]] = {}  # rule id -> a killed relay's keys for it (adopt)
+
+    def adopt(self, left: dict[int, tuple[int, ...]]) -> None:
+        """A killed relay's keys by rule id: a rule installed under one of
+        its ids gets its keys back (its counters go on), while they are free."""
+        self._left = dict(left)
+
+    def take(self, rule_id: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(rule_id's n keys, those new to it: their counters start at 0)."""
+        held = self._held.get(rule_id)
+        if held is None:
+            left = self._left.pop(rule_id, ())
+            held = left if left and set(left) <= self._free else ()
+            self._free -= set(held)
+        if n <= len(held):
+            self._free |= set(held[n:])
+            self._held[rule_id] = held[:n]
+            return held[:n], ()
+        if n - len(held) > len(self._free):
+            raise RuleError(f"more than {abi.MAX_RULE_OUTPUTS} outputs across all rules")
+        new = tuple(self._free.pop() for _ in range(n - len(held)))
+        self._held[rule_id] = held + new
+        return held + new, new
+
+    def restore(self, rule_id: int, held: tuple[int, ...] | None) -> None:
+        """Undo take: rule_id holds held again (None: nothing)."""
+        self._free |= set(self._held.pop(rule_id, ()))
+        if held is not None:
+            self._free -= set(held)
+            self._held[rule_id] = held
+
+    def held(self, rule_id: int) -> tuple[int, ...] | None:
+        return self._held.get(rule_id)
+
+    def release(self, rule_id: int) -> None:
+        self._free |= set(self._held.pop(rule_id, ()))
+
+
 def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
     """The ifindexes of rule's outputs as its fan-out devmap lists them: up
     before down, then by MTU, largest first; a stable sort, so outputs on
@@ -90,8 +137,13 @@ class BpfBackend:
             # check missed): relay all the same, counting from zero.
             self.adopt_notice = "counters start again: the killed relay's pinned maps could not be taken over"
             self.datapath = loader.Datapath()
+            adopt = None
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
+        self._stats = StatAllocator()
+        self._kinds = dict.fromkeys(encode.RULE_KINDS, 0)  # as in mcr_config
+        if adopt is not None:  # its rules' output counters are where its entries say
+            self._stats.adopt(_left_output_slots(left["instance"]))
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
         # ifindex -> remove its clsact qdisc with the filter: True (this
@@ -252,15 +304,20 @@ class BpfBackend:
         maps = self.datapath.maps
         rule, rule_id = installed.rule, installed.rule_id
         kept = self._slots.held(rule_id)
+        kept_stats = self._stats.held(rule_id)
         single = len(rule.outputs) == 1
         outputs = []
         try:
+            stats, new_stats = self._stats.take(rule_id, len(rule.outputs))
             for i, out in enumerate(rule.outputs):
                 link = links[out.iface]
                 slot = self._slot(rule_id, link.ifindex) if single else i
-                outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac))
+                outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac, stats[i]))
             if fresh:
-                maps.reset_rule_counters(rule_id)
+                maps.reset_rule_counters(rule_id, stats)
+            else:
+                maps.reset_output_counters(new_stats)
+            maps.output_slots[rule_id] = stats
             if not single:
                 self._set_fanout(rule_id, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
@@ -271,11 +328,13 @@ class BpfBackend:
                           encode.rule_value(rule, rule_id, outputs, abi.RULE_VIA_TC if via_tc else 0))
         except BaseException:
             self._free_slots(rule_id, keep=kept)  # what this call acquired
+            self._stats.restore(rule_id, kept_stats)
             raise
         if single:
             maps.clear_fanout(rule_id)
             self._fanout_order.pop(rule_id, None)
         self._free_slots(rule_id, keep=_single_output(installed, links))
+        previous = self._rules.get(rule_id)
         self._rules[rule_id] = installed
         if via_tc:
             self._via_tc.add(rule_id)
@@ -284,7 +343,7 @@ class BpfBackend:
         if self.tracer is not None:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
-        self._count_kinds()
+        self._count_kinds(previous.rule if previous is not None else None, rule)
 
     def delete_rule(self, installed: InstalledRule) -> None:
         maps = self.datapath.maps
@@ -292,9 +351,11 @@ class BpfBackend:
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)
-        self._rules.pop(installed.rule_id, None)
+        self._stats.release(installed.rule_id)
+        maps.output_slots.pop(installed.rule_id, None)
+        if self._rules.pop(installed.rule_id, None) is not None:
+            self._count_kinds(installed.rule, None)
         self._via_tc.discard(installed.rule_id)
-        self._count_kinds()
 
     def _slot(self, rule_id: int, ifindex: int) -> int:
         slot, new = self._slots.acquire(rule_id, ifindex)
@@ -312,8 +373,17 @@ class BpfBackend:
         for slot in self._slots.release(rule_id, keep):
             self.datapath.maps.clear_port(slot)
 
-    def _count_kinds(self) -> None:
-        self.datapath.maps.set_config(**encode.rule_kinds(r.rule for r in self._rules.values()))
+    def _count_kinds(self, old, new) -> None:
+        """Keep mcr_config's rule counts (which lookups run) as rule old
+        becomes new (either None), without counting every rule again."""
+        kinds = dict(self._kinds)
+        for rule, step in ((old, -1), (new, 1)):
+            kind = encode.rule_kind(rule) if rule is not None else None
+            if kind is not None:
+                kinds[kind] += step
+        if kinds != self._kinds:
+            self._kinds = kinds
+            self.datapath.maps.set_config(**kinds)
 
     def _set_fanout(self, rule_id: int, rule, links: dict[str, Link]) -> None:
         """Write a fan-out rule's devmap with the outputs that can take a
@@ -427,6 +497,22 @@ class BpfBackend:
         if self.pinned is not None and not keep:
             pins.remove(self.instance)
         self.pinned = None
+
+
+def _left_output_slots(instance: str) -> dict[int, tuple[int, ...]]:
+    """The per-output counter keys a killed relay's rule entries name, from
+    its pinned maps ({} when they can't be read: its counters then start
+    again)."""
+    try:
+        maps = pins.PinnedMaps(instance, (abi.MAP_RULES, abi.MAP_RANGES))
+    except McrError:
+        return {}
+    try:
+        return maps.read_output_slots()
+    except OSError:
+        return {}
+    finally:
+        maps.close()
 
 
 def _single_output(installed: InstalledRule, links: dict[str, Link]) -> tuple[int, ...]:

@@ -32,7 +32,8 @@ def doc():
 
 def test_every_figure_is_measured(doc):
     ns = doc["ns"]
-    assert set(ns) == {"empty_ns", "empty_short_ns", *lookup.PROGRAMS, "mcr_relay_forward", "mcr_relay_no_rule"}
+    assert set(ns) == {"empty_ns", "empty_short_ns", *lookup.PROGRAMS, "mcr_relay_forward", "mcr_relay_no_rule",
+                       "mcr_relay_range_forward", "mcr_relay_no_rule_ranges"}
     assert ns["empty_ns"] > 0
     assert all(isinstance(v, float) for v in ns.values())
     json.dumps(doc)  # what the benchmark writes

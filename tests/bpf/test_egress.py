@@ -34,7 +34,7 @@ from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
 from tests.fixtures import packets
 from tests.fixtures.packets import Udp4, Udp6, mac
-from tests.fixtures.xdp_table import ANY, assert_checksums_valid
+from tests.fixtures.xdp_table import ANY, assert_checksums_valid, stats_of
 
 pytestmark = pytest.mark.root
 
@@ -235,9 +235,11 @@ def relay(datapath):
     maps = datapath.maps
     for rule_id, (text, outs, has_fanout) in RULES.items():
         rule = parse_rule(text, "in")
-        values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface])
+        stats = stats_of(rule_id, len(rule.outputs))
+        values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface], stat=stats[i])
                   for i, o in enumerate(rule.outputs)]
-        maps.reset_rule_counters(rule_id)
+        maps.reset_rule_counters(rule_id, stats)
+        maps.output_slots[rule_id] = stats
         if has_fanout:
             maps.set_fanout(rule_id, [(LO, datapath.egress_fd)] * len(outs))
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, values))
@@ -340,10 +342,11 @@ def test_cleared_fanout_drops(datapath, relay, run_xdp):
     (the relay never does it in this order, but the datapath must not mind)."""
     pkt = replace(IN, dst="239.1.1.42")
     rule = parse_rule(f"239.1.1.42:5001={spec(FAN4)}", "in")
-    values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface])
-              for i, o in enumerate(rule.outputs)]
     rule_id = 12
-    relay.reset_rule_counters(rule_id)
+    stats = stats_of(rule_id, len(rule.outputs))
+    values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface], stat=stats[i])
+              for i, o in enumerate(rule.outputs)]
+    relay.reset_rule_counters(rule_id, stats)
     relay.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, values))
     try:
         relay.set_fanout(rule_id, [(LO, datapath.egress_fd)] * len(values))
@@ -443,8 +446,10 @@ META_CASES = [
 def other_input(datapath, relay):
     """OTHER_INPUT's rule for IN's group and port."""
     rule = parse_rule(f"239.1.1.1:5001={spec([OTHER])}", "in")
-    value = encode.output_value(rule, rule.outputs[0], ifindex=IFINDEX["b"], slot=0, src_mac=MACS["b"])
-    relay.reset_rule_counters(OTHER_RULE_ID)
+    stats = stats_of(OTHER_RULE_ID, 1)
+    value = encode.output_value(rule, rule.outputs[0], ifindex=IFINDEX["b"], slot=0, src_mac=MACS["b"], stat=stats[0])
+    relay.reset_rule_counters(OTHER_RULE_ID, stats)
+    relay.output_slots[OTHER_RULE_ID] = stats
     relay.put_rule(encode.rule_key(rule, OTHER_INPUT), encode.rule_value(rule, OTHER_RULE_ID, [value]))
     yield relay
     relay.delete_rule(encode.rule_key(rule, OTHER_INPUT))

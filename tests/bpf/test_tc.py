@@ -76,8 +76,11 @@ def relay(datapath):
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     for rule_id, (text, _) in FAN_RULES.items():
         rule = parse_rule(text, "in")
-        outs = [encode.output_value(rule, o, ifindex=LO, slot=i, src_mac=OUT_MAC) for i, o in enumerate(rule.outputs)]
-        maps.reset_rule_counters(rule_id)
+        stats = xdp_table.stats_of(rule_id, len(rule.outputs))
+        outs = [encode.output_value(rule, o, ifindex=LO, slot=i, src_mac=OUT_MAC, stat=stats[i])
+                for i, o in enumerate(rule.outputs)]
+        maps.reset_rule_counters(rule_id, stats)
+        maps.output_slots[rule_id] = stats
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, outs))
     texts = [text for text, _ in (*xdp_table.RULES.values(), *FAN_RULES.values())]
     maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in texts))

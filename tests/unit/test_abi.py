@@ -137,7 +137,7 @@ LAYOUTS = {
     5: "9a6503aeb3f346d9f1eadef59868a0faa3239167bf08f4971c569891d10cb54e",
     6: "bfb9956efa1328d5379c0de87372acdac874feba58e538b24cbee138210e447e",  # mcr_rule.flags, mcr_tc_companion
     7: "112de68073d31e25b35b38abb6d09dfe46f7be509e2424615070d5cab652635d",  # mcr_output.ttl
-    8: "f49129b2bcf0ac6eb0934932543d4cbbee436c9ffb8328023538689ed2992610",  # mcr_ranges, mcr_rule.host_mask
+    8: "4f4d07606d1bb751eacb5eeef84dc240ce15e039138c0b06879adc2d01ec4fb7",  # ranges, output stat keys
 }
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mcr_xdp import abi, pins
-from mcr_xdp.backends.bpf import SlotAllocator
+from mcr_xdp.backends.bpf import SlotAllocator, StatAllocator
 from mcr_xdp.errors import McrError, RuleError
 from mcr_xdp.modes import Mode
 from mcr_xdp.rules import parse_rule
@@ -94,3 +94,39 @@ def test_the_state_names_the_mode_as_mode_does():
     assert state["abi_version"] == abi.ABI_VERSION
     assert state["inputs"] == {"in0": {"ifindex": 3, "prog_id": 42, "mode": "tc"}}
     assert Mode(state["inputs"]["in0"]["mode"]) is Mode.TC
+
+
+def test_output_counter_keys_follow_the_outputs_of_a_rule():
+    """StatAllocator: a rule holds one key per output, keeps them while its
+    outputs change (output i counts on), and frees them with the rule."""
+    stats = StatAllocator(8)
+    keys, new = stats.take(1, 3)
+    assert len(set(keys)) == 3 and new == keys
+    more, new = stats.take(1, 5)  # two outputs more: the first three keep their keys
+    assert more[:3] == keys and len(new) == 2 and set(new).isdisjoint(keys)
+    fewer, new = stats.take(1, 2)
+    assert fewer == keys[:2] and new == ()
+    other, _ = stats.take(2, 6)  # the three given back are taken again
+    assert set(other).isdisjoint(fewer)
+    with pytest.raises(RuleError, match="outputs across all rules"):
+        stats.take(3, 1)
+    stats.release(1)
+    assert len(stats.take(3, 2)[0]) == 2
+
+
+def test_output_counter_keys_of_a_killed_relay_go_back_to_its_rules():
+    stats = StatAllocator(6)
+    stats.adopt({4: (1, 2), 5: (0,)})
+    assert stats.take(4, 2) == ((1, 2), ())  # its counters go on: nothing to zero
+    taken, _ = stats.take(9, 3)  # a new rule gets what no rule holds (0 may be among them)
+    assert not {1, 2} & set(taken)
+    assert not set(stats.take(5, 1)[0]) & set(taken)  # never a key another rule holds now
+
+
+def test_undoing_a_take():
+    stats = StatAllocator(4)
+    held, _ = stats.take(1, 2)
+    stats.take(1, 4)
+    stats.restore(1, held)
+    assert stats.held(1) == held
+    assert len(stats.take(2, 2)[0]) == 2  # the two given back are free again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from mcr_xdp.errors import InterfaceError, RuleError
 from mcr_xdp.rules import Output, Rule, diff, input_of, parse_rule, validate
 
 IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
+README = Path(__file__).resolve().parents[2] / "README.md"
 MANY_OUTPUTS = ",".join(f"o{i}" for i in range(abi.MAX_OUTPUTS + 1))
 
 
@@ -252,7 +254,7 @@ INVALID_SETS = [
         id="duplicate-rule",
     ),
     pytest.param(
-        [(f"239.1.1.1:{port}=eth1", "eth0") for port in range(1, abi.MAX_RULES + 2)],
+        [(f"239.1.1.{1 + i // 60000}:{1 + i % 60000}=eth1", "eth0") for i in range(abi.MAX_RULES + 1)],
         RuleError,
         f"{abi.MAX_RULES + 1} rules; the limit is {abi.MAX_RULES}",
         id="too-many-rules",
@@ -306,3 +308,13 @@ def test_a_loopback_input_is_refused():
     rule = parse_rule("239.1.1.1:5001=eth1", "lo")
     with pytest.raises(InterfaceError, match="'lo' is a loopback device"):
         validate([rule], IFINDEX | {"lo": 1}, loopback=["lo"])
+
+
+def test_every_rule_of_the_readme_table_is_valid():
+    """The README's rule table: each example is a rule this relay takes."""
+    examples = re.findall(r"^\| `([^`]+=[^`]+)` \|", README.read_text(), re.M)
+    assert len(examples) >= 13 and any("/16:*" in e for e in examples)
+    for text in examples:
+        rule = parse_rule(text, "eth0")
+        assert validate([rule], IFINDEX) == [rule]
+        assert parse_rule(str(rule)) == rule

@@ -106,6 +106,7 @@ class Relay:
             self._close_unused()
             self._link_states(links)
             self.started_at = time.monotonic()
+            self._started_wall = time.time()
             self._pin()
             pins.sweep(keep=self.instance)
         except BaseException:
@@ -546,7 +547,7 @@ class Relay:
         return self.config.instance or instance_name()
 
     def pin_state(self) -> dict:
-        return pins.make_state(os.getpid(), time.time() - self.uptime,
+        return pins.make_state(os.getpid(), self._started_wall or time.time() - self.uptime,
                           {a.ifname: (a.ifindex, a.prog_id, a.mode) for a in self.attachments.values()},
                           {i: r.rule for i, r in self.rules.items()}, self.config.control_socket)
 
@@ -554,6 +555,7 @@ class Relay:
         """Pins where a backend can; the state file in any case: it says
         which relay (pid, socket) owns the inputs, so neither `detach` nor
         a new relay takes them from a live one."""
+        self._state_dirty = False  # what start installed is in what is written here
         for backend in self.backends.values():
             self.pinned = backend.pin(self.instance, self.pin_state()) or self.pinned
         if self.pinned is None:
@@ -570,6 +572,7 @@ class Relay:
         self._state_dirty = True
 
     _state_dirty = False
+    _started_wall = 0.0  # time.time() at start: the state file's "started", the same in every write
 
     @property
     def state_dirty(self) -> bool:

@@ -177,18 +177,15 @@ static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struc
 
 /* The header fields of one output, written in place (eth: where the new
  * Ethernet header goes). Checksums are the caller's: XDP adds the deltas
- * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. An
- * output port of 0 (a range rule's output that keeps the port) writes
- * p->key.port, the port as received. */
+ * itself (rewrite_ipv4/6), TC leaves them to the kernel's helpers. The
+ * TTL and port as received are p->hops and p->key.port. */
 static __always_inline void rewrite_fields(struct pkt *p, void *eth, const struct mcr_rule *rule,
 					   const struct mcr_output *out)
 {
-	__be16 port = out->port ? out->port : p->key.port;
-
 	if (p->iph)
-		write_fields_ipv4(eth, p->iph, p->udp, rule, out, p->hops, port);
+		write_fields_ipv4(eth, p->iph, p->udp, rule, out, p->hops, p->key.port);
 	else if (p->ip6h)
-		write_fields_ipv6(eth, p->ip6h, p->udp, rule, out, p->hops, port);
+		write_fields_ipv6(eth, p->ip6h, p->udp, rule, out, p->hops, p->key.port);
 }
 
 /* Fields and checksums, from the original headers (XDP). */

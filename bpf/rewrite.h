@@ -40,6 +40,13 @@ static __always_inline __u8 out_ttl(const struct mcr_output *out, __u8 hops)
 	return out->ttl ? out->ttl : hops - 1;
 }
 
+/* The destination port an output sends to: its own, or (0: a range rule's
+ * output that keeps the port) received, the port as received. */
+static __always_inline __be16 out_port(const struct mcr_output *out, __be16 received)
+{
+	return out->port ? out->port : received;
+}
+
 /* The fields an output changes, checksums aside: Ethernet header, group,
  * port, TTL (hops: the TTL as received, so rewriting one packet for several
  * outputs in turn still lowers it by one). The XDP rewrites below add the
@@ -48,7 +55,7 @@ static __always_inline __u8 out_ttl(const struct mcr_output *out, __u8 hops)
  *
  * A range rule's outputs (MCR_RULE_RANGE) send to their prefix with the
  * packet's host bits, to that group's MAC (RFC 1112 6.4, RFC 2464 7).
- * port: the new destination port. */
+ * port: the destination port as received (out_port, as hops for out_ttl). */
 static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, struct udphdr *udp,
 					      const struct mcr_rule *rule, const struct mcr_output *out,
 					      __u8 hops, __be16 port)
@@ -64,7 +71,7 @@ static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, stru
 		iph->daddr = *(const __be32 *)out->group;
 	}
 	iph->ttl = out_ttl(out, hops);
-	udp->dest = port;
+	udp->dest = out_port(out, port);
 }
 
 static __always_inline void write_fields_ipv6(void *eth, struct ipv6hdr *ip6h, struct udphdr *udp,
@@ -86,7 +93,7 @@ static __always_inline void write_fields_ipv6(void *eth, struct ipv6hdr *ip6h, s
 		__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
 	}
 	ip6h->hop_limit = out_ttl(out, hops);
-	udp->dest = port;
+	udp->dest = out_port(out, port);
 }
 
 /* The UDP checksum delta of one output: a range rule's covers the prefix
@@ -118,7 +125,7 @@ static __always_inline void rewrite_ipv4(struct ethhdr *eth, struct iphdr *iph,
 		check = csum_apply(udp->check, l4_delta(udp, rule, out));
 		udp->check = check ? check : 0xffff;
 	}
-	write_fields_ipv4(eth, iph, udp, rule, out, iph->ttl, out->port ? out->port : udp->dest);
+	write_fields_ipv4(eth, iph, udp, rule, out, iph->ttl, udp->dest);
 }
 
 /* Rewrite an IPv6/UDP packet for one output. IPv6 has no header checksum;
@@ -132,7 +139,7 @@ static __always_inline void rewrite_ipv6(struct ethhdr *eth, struct ipv6hdr *ip6
 
 	check = csum_apply(udp->check, l4_delta(udp, rule, out));
 	udp->check = check ? check : 0xffff;
-	write_fields_ipv6(eth, ip6h, udp, rule, out, ip6h->hop_limit, out->port ? out->port : udp->dest);
+	write_fields_ipv6(eth, ip6h, udp, rule, out, ip6h->hop_limit, udp->dest);
 }
 
 #endif /* MCR_REWRITE_H */

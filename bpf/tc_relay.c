@@ -95,7 +95,7 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ru
 				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0))
 		return -1;
 	if (bpf_l4_csum_replace(skb, l4 + __builtin_offsetof(struct udphdr, check), old_port,
-				out->port ? out->port : port, BPF_F_MARK_MANGLED_0 | sizeof(__u16)))
+				out_port(out, port), BPF_F_MARK_MANGLED_0 | sizeof(__u16)))
 		return -1;
 	return 0;
 }

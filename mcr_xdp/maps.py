@@ -79,19 +79,17 @@ class Maps:
     def clear_port(self, slot: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
 
-    _rule_kinds = (0, 0, 0)
+    rule_kinds = {"ssm_rules": 0, "range_rules": 0, "any_port_rules": 0}  # as mcr_config holds them
     _steer_cpus = 0
 
     def set_config(self, ssm_rules: int, range_rules: int = 0, any_port_rules: int = 0) -> None:
         """How many rules of each kind the lookups past the exact one have
         (0 skips a lookup)."""
-        self._rule_kinds = (ssm_rules, range_rules, any_port_rules)
+        self.rule_kinds = {"ssm_rules": ssm_rules, "range_rules": range_rules, "any_port_rules": any_port_rules}
         self._write_config()
 
     def _write_config(self) -> None:
-        ssm, ranges, any_port = self._rule_kinds
-        cfg = abi.Config(abi_version=abi.ABI_VERSION, ssm_rules=ssm, steer_cpus=self._steer_cpus,
-                         range_rules=ranges, any_port_rules=any_port)
+        cfg = abi.Config(abi_version=abi.ABI_VERSION, steer_cpus=self._steer_cpus, **self.rule_kinds)
         libbpf.map_update(self._fd[abi.MAP_CONFIG], ctypes.c_uint32(0), cfg)
 
     def set_steering(self, cpus: tuple[int, ...], prog_fd: int) -> None:

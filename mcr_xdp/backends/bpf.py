@@ -70,9 +70,11 @@ class StatAllocator:
     outputs change (output i counts on, as its rule id does), so per-CPU
     counter memory follows the outputs that exist, not 16 a possible rule."""
 
-    def __init__(self, size: int = abi.MAX_RULE_OUTPUTS):
+    def __init__(self, size: int = abi.MAX_RULE_OUTPUTS, held: dict[int, tuple[int, ...]] | None = None):
+        """held: the dict to keep rule id -> its keys in (Maps.output_slots,
+        where the counters are read by them)."""
         self._free = set(range(size))
-        self._held: dict[int, tuple[int, ...]] = {}  # rule id -> its keys
+        self._held = {} if held is None else held  # rule id -> its keys
         self._left: dict[int, tuple[int, ...]] = {}  # rule id -> a killed relay's keys for it (adopt)
 
     def adopt(self, left: dict[int, tuple[int, ...]]) -> None:
@@ -140,8 +142,7 @@ class BpfBackend:
             adopt = None
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
-        self._stats = StatAllocator()
-        self._kinds = dict.fromkeys(encode.RULE_KINDS, 0)  # as in mcr_config
+        self._stats = StatAllocator(held=self.datapath.maps.output_slots)
         if adopt is not None:  # its rules' output counters are where its entries say
             self._stats.adopt(_left_output_slots(left["instance"]))
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
@@ -317,7 +318,6 @@ class BpfBackend:
                 maps.reset_rule_counters(rule_id, stats)
             else:
                 maps.reset_output_counters(new_stats)
-            maps.output_slots[rule_id] = stats
             if not single:
                 self._set_fanout(rule_id, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
@@ -352,7 +352,6 @@ class BpfBackend:
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)
         self._stats.release(installed.rule_id)
-        maps.output_slots.pop(installed.rule_id, None)
         if self._rules.pop(installed.rule_id, None) is not None:
             self._count_kinds(installed.rule, None)
         self._via_tc.discard(installed.rule_id)
@@ -376,14 +375,14 @@ class BpfBackend:
     def _count_kinds(self, old, new) -> None:
         """Keep mcr_config's rule counts (which lookups run) as rule old
         becomes new (either None), without counting every rule again."""
-        kinds = dict(self._kinds)
+        maps = self.datapath.maps
+        kinds = dict(maps.rule_kinds)
         for rule, step in ((old, -1), (new, 1)):
             kind = encode.rule_kind(rule) if rule is not None else None
             if kind is not None:
                 kinds[kind] += step
-        if kinds != self._kinds:
-            self._kinds = kinds
-            self.datapath.maps.set_config(**kinds)
+        if kinds != maps.rule_kinds:
+            maps.set_config(**kinds)
 
     def _set_fanout(self, rule_id: int, rule, links: dict[str, Link]) -> None:
         """Write a fan-out rule's devmap with the outputs that can take a

@@ -25,13 +25,15 @@ struct pkt {
 	struct udphdr *udp;
 	void *end;              /* of the frame: bounds the IPv4 options' checksum */
 	int tagged;
+	int unicast;            /* to a unicast address (a unicast input's rule, if any) */
 	__u8 hops;              /* TTL or hop limit */
 	struct mcr_rule_key key;
 };
 
 /* Parse up to UDP and fill in the lookup key (source left zero). Returns
- * MCR_MATCH, or the PASS verdict that says why the packet is not ours. */
-static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifindex, struct pkt *p)
+ * MCR_MATCH, or the PASS verdict that says why the packet is not ours.
+ * unicast: a unicast destination may be ours (a unicast input's rule). */
+static __always_inline __u32 parse_headers(void *data, void *data_end, __u32 ifindex, struct pkt *p, int unicast)
 {
 	struct cursor cur = { .pos = data, .end = data_end };
 	__be16 proto;
@@ -46,8 +48,11 @@ static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifin
 
 		if (!iph)
 			return MCR_V_PASS_MALFORMED;
-		if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000))
-			return MCR_V_PASS_NOT_MULTICAST;
+		if ((iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000)) {
+			if (!unicast)
+				return MCR_V_PASS_NOT_MULTICAST;
+			p->unicast = 1;
+		}
 		if (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET))
 			return MCR_V_PASS_FRAGMENT;
 		if (iph->protocol != IPPROTO_UDP)
@@ -61,8 +66,11 @@ static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifin
 
 		if (!ip6h)
 			return MCR_V_PASS_MALFORMED;
-		if (ip6h->daddr.s6_addr[0] != 0xff)
-			return MCR_V_PASS_NOT_MULTICAST;
+		if (ip6h->daddr.s6_addr[0] != 0xff) {
+			if (!unicast)
+				return MCR_V_PASS_NOT_MULTICAST;
+			p->unicast = 1;
+		}
 		if (ip6h->nexthdr != IPPROTO_UDP)
 			return ip6h->nexthdr == IPPROTO_TCP || ip6h->nexthdr == IPPROTO_ICMPV6 ?
 			       MCR_V_PASS_NOT_UDP : MCR_V_PASS_IPV6_EXT;
@@ -95,11 +103,26 @@ static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifin
 	return MCR_MATCH;
 }
 
+/* parse_headers, with every unicast packet that is not a rule's candidate
+ * counted as what it is to the relay: not multicast, the host's. */
+static __always_inline __u32 parse_packet(void *data, void *data_end, __u32 ifindex, struct pkt *p, int unicast)
+{
+	__u32 verdict = parse_headers(data, data_end, ifindex, p, unicast);
+
+	return p->unicast && verdict != MCR_MATCH ? MCR_V_PASS_NOT_MULTICAST : verdict;
+}
+
 static __always_inline struct mcr_config *config(void)
 {
 	__u32 zero = 0;
 
 	return mcr_config.lookup(&zero);
+}
+
+/* Whether a unicast packet can be a rule's (a unicast input exists). */
+static __always_inline int unicast_rules(struct mcr_config *cfg)
+{
+	return cfg && cfg->unicast_rules;
 }
 
 static __always_inline void copy_source(__u8 *to, struct pkt *p)
@@ -165,7 +188,7 @@ static __always_inline struct mcr_rule *match_rule(struct mcr_config *cfg, struc
 		return NULL;
 	rule = lookup_rule(cfg, p);
 	if (!rule) {
-		*verdict = MCR_V_PASS_NO_RULE;
+		*verdict = p->unicast ? MCR_V_PASS_NOT_MULTICAST : MCR_V_PASS_NO_RULE;
 		return NULL;
 	}
 	if (p->iph && !ipv4_checksum_ok(p->iph, p->end)) {

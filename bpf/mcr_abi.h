@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define MCR_ABI_VERSION 8
+#define MCR_ABI_VERSION 9
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -75,7 +75,9 @@ enum mcr_verdict {
 	MCR_V_REDIRECT_MULTI = 10,   /* forwarded to several outputs (one count per input packet) */
 	MCR_V_EGRESS_DROP = 11,      /* a copy the egress program could not place (its rule or
 				      * output vanished, or more copies than outputs) */
-	MCR_V_MAX = 12,
+	MCR_V_DROP_NO_NEIGH = 12,    /* a copy for a unicast receiver whose next hop has no
+				      * known MAC (MCR_OUT_UNRESOLVED): one count per copy */
+	MCR_V_MAX = 13,
 };
 
 /* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
@@ -127,13 +129,20 @@ struct mcr_output {
 			      * in every output of a rule); 0: the received one minus
 			      * one. Set, a TTL of 1 or less is forwarded, not dropped,
 			      * and ip_csum_delta leaves the TTL out (new in ABI 7) */
-	__u8 pad0;
-	__u8 group[16];      /* new destination group */
+	__u8 flags;          /* MCR_OUT_* (new in ABI 9) */
+	__u8 group[16];      /* new destination group, or a unicast receiver's address */
 	__u32 ip_csum_delta; /* IPv4 header checksum delta */
 	__u32 l4_csum_delta; /* UDP checksum delta (pseudo header + port) */
 	__u32 pseudo_csum_delta; /* UDP checksum delta of the pseudo header alone
 				  * (TC: a partial checksum covers only that) */
 };
+
+/* mcr_output.flags */
+#define MCR_OUT_UNRESOLVED 0x1 /* a unicast receiver whose next hop's MAC the kernel does
+				* not know (yet): its copies are dropped and counted
+				* (MCR_V_DROP_NO_NEIGH), never sent to a guessed address */
+#define MCR_OUT_UNICAST 0x2    /* a unicast receiver (group holds its address): the
+				* destination MAC is its next hop's, never the group's */
 
 /* mcr_rule.flags */
 #define MCR_RULE_VIA_TC 0x1  /* an output has no XDP transmit (ndo_xdp_xmit: VXLAN,
@@ -162,6 +171,8 @@ struct mcr_config {
 	__u32 steer_cpus;    /* CPUs in MCR_MAP_STEER: 0 forwards on the receiving CPU */
 	__u32 range_rules;   /* range rules for one port in MCR_MAP_RANGES: 0 skips that lookup */
 	__u32 any_port_rules; /* range rules for any port: 0 skips that lookup */
+	__u32 unicast_rules; /* rules for a unicast destination (unicast inputs): 0 passes
+			      * every unicast packet before any lookup (new in ABI 9) */
 };
 
 struct mcr_counter {

@@ -117,7 +117,7 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	__u32 verdict, *cpu, seq = 0;
 	void *fanout;
 
-	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p);
+	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p, unicast_rules(cfg));
 	rule = match_rule(cfg, &p, &verdict);
 	if (!rule)
 		goto out;
@@ -147,6 +147,12 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	action = XDP_DROP;
 	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
+		goto out;
+	}
+	/* A unicast receiver whose next hop has no known MAC: counted, not
+	 * sent to a guessed one (a fan-out rule's copy: by the egress program). */
+	if (rule->n_outputs == 1 && (rule->out[0].flags & MCR_OUT_UNRESOLVED)) {
+		verdict = MCR_V_DROP_NO_NEIGH;
 		goto out;
 	}
 	verdict = MCR_V_DROP_NO_OUTPUT;
@@ -200,18 +206,21 @@ out:
 	return action;
 }
 
-/* Only a frame to a multicast MAC can be ours: every other frame (the
- * host's unicast traffic) goes on without touching its metadata area. */
-static __always_inline int multicast_mac(struct xdp_md *ctx)
+/* Only a frame to a multicast MAC can be ours, unless a unicast input has
+ * a rule: every other frame (the host's unicast traffic) goes on without
+ * touching its metadata area. */
+static __always_inline int may_be_ours(struct xdp_md *ctx)
 {
 	__u8 *dst = (void *)(long)ctx->data;
 
-	return (void *)(dst + 1) <= (void *)(long)ctx->data_end && (dst[0] & 1);
+	if ((void *)(dst + 1) > (void *)(long)ctx->data_end)
+		return 0;
+	return (dst[0] & 1) || unicast_rules(config());
 }
 
 int mcr_relay(struct xdp_md *ctx)
 {
-	return forward(ctx, 1, multicast_mac(ctx) && meta_reserve(ctx), 1);
+	return forward(ctx, 1, may_be_ours(ctx) && meta_reserve(ctx), 1);
 }
 
 int mcr_relay_skb(struct xdp_md *ctx)
@@ -292,6 +301,7 @@ static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 {
 	struct mcr_meta meta = {}, *m = meta_of(ctx);
 	__u32 ifindex = ctx->ingress_ifindex;
+	struct mcr_config *cfg;
 	struct mcr_rule *rule;
 	struct pkt p = {};
 	void *data, *data_end;
@@ -311,14 +321,19 @@ static __always_inline int egress(struct xdp_md *ctx, __u32 egress_ifindex)
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	bytes = data_end - data;
-	if (parse_packet(data, data_end, ifindex, &p) != MCR_MATCH || p.tagged)
+	cfg = config();
+	if (parse_packet(data, data_end, ifindex, &p, unicast_rules(cfg)) != MCR_MATCH || p.tagged)
 		goto drop;
-	rule = lookup_rule(config(), &p);
+	rule = lookup_rule(cfg, &p);
 	if (!rule)
 		goto drop;
 	idx = egress_output(rule, egress_ifindex, m);
 	if (idx < 0 || idx >= MCR_MAX_OUTPUTS)
 		goto drop;
+	if (rule->out[idx].flags & MCR_OUT_UNRESOLVED) {
+		count_verdict(MCR_V_DROP_NO_NEIGH, bytes);
+		return XDP_DROP;
+	}
 	rewrite(&p, p.eth, rule, &rule->out[idx]);
 	count_output(&rule->out[idx], bytes);
 	return XDP_PASS;

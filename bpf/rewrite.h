@@ -54,7 +54,9 @@ static __always_inline __be16 out_port(const struct mcr_output *out, __be16 rece
  * csum helpers, which also keep a partial (offloaded) checksum right.
  *
  * A range rule's outputs (MCR_RULE_RANGE) send to their prefix with the
- * packet's host bits, to that group's MAC (RFC 1112 6.4, RFC 2464 7).
+ * packet's host bits, to that group's MAC (RFC 1112 6.4, RFC 2464 7);
+ * a unicast receiver (MCR_OUT_UNICAST, in a rule for any port or a
+ * source range: no host bits) to its next hop's, as written.
  * port: the destination port as received (out_port, as hops for out_ttl). */
 static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, struct udphdr *udp,
 					      const struct mcr_rule *rule, const struct mcr_output *out,
@@ -65,8 +67,10 @@ static __always_inline void write_fields_ipv4(void *eth, struct iphdr *iph, stru
 	__builtin_memcpy(eth, out->eth, sizeof(out->eth));
 	if (rule->flags & MCR_RULE_RANGE) {
 		iph->daddr = *(const __be32 *)out->group | (iph->daddr & *(const __be32 *)rule->host_mask);
-		__builtin_memcpy(mac + 3, (__u8 *)&iph->daddr + 1, 3);
-		mac[3] &= 0x7f;
+		if (!(out->flags & MCR_OUT_UNICAST)) {
+			__builtin_memcpy(mac + 3, (__u8 *)&iph->daddr + 1, 3);
+			mac[3] &= 0x7f;
+		}
 	} else {
 		iph->daddr = *(const __be32 *)out->group;
 	}
@@ -88,7 +92,8 @@ static __always_inline void write_fields_ipv6(void *eth, struct ipv6hdr *ip6h, s
 #pragma unroll
 		for (i = 0; i < 4; i++)
 			daddr[i] = group[i] | (daddr[i] & keep[i]);
-		__builtin_memcpy(mac + 2, &daddr[3], 4);
+		if (!(out->flags & MCR_OUT_UNICAST))
+			__builtin_memcpy(mac + 2, &daddr[3], 4);
 	} else {
 		__builtin_memcpy(&ip6h->daddr, out->group, sizeof(out->group));
 	}

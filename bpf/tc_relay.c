@@ -50,7 +50,8 @@ static __always_inline int reparse(struct __sk_buff *skb, struct pkt *p)
 	if (bpf_skb_pull_data(skb, len))
 		return -1;
 	__builtin_memset(p, 0, sizeof(*p));
-	if (parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, p) != MCR_MATCH)
+	/* Any destination: a unicast receiver's address after a rewrite. */
+	if (parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, p, 1) != MCR_MATCH)
 		return -1;
 	return 0;
 }
@@ -112,7 +113,8 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	__be16 port;
 	__u8 hops;
 
-	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p);
+	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p,
+			       unicast_rules(cfg));
 	/* Two tags (QinQ): the kernel took the outer one into skb metadata
 	 * before this hook. The XDP programs see both and pass such a frame
 	 * as not IP; so does this one. */
@@ -137,11 +139,24 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 		goto out;
 
 	n = rule->n_outputs;
+	/* A unicast receiver whose next hop has no known MAC: counted, not
+	 * sent to a guessed one (as a verdict of its own per copy). */
+	if (n == 1 && (rule->out[0].flags & MCR_OUT_UNRESOLVED)) {
+		verdict = MCR_V_DROP_NO_NEIGH;
+		goto out;
+	}
 	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
 		const struct mcr_output *out = &rule->out[i];
 
 		if (i >= n)
 			break;
+		if (out->flags & MCR_OUT_UNRESOLVED) {
+			count_verdict(MCR_V_DROP_NO_NEIGH, bytes);
+			/* The last output: the copies before it went. */
+			if (i + 1 == n && prev)
+				verdict = MCR_V_REDIRECT_MULTI;
+			continue;
+		}
 		if (tc_rewrite(skb, rule, out, prev, hops, port))
 			goto out;
 		prev = out;
@@ -163,7 +178,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 out:
 	count_verdict(verdict, bytes);
 	if (rule)
-		count_rule(rule->id, bytes, action == TC_ACT_REDIRECT);
+		count_rule(rule->id, bytes, action == TC_ACT_REDIRECT || verdict == MCR_V_REDIRECT_MULTI);
 	return action;
 }
 

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -60,9 +60,10 @@ class Verdict(enum.IntEnum):
     REDIRECT = 9
     REDIRECT_MULTI = 10
     EGRESS_DROP = 11
+    DROP_NO_NEIGH = 12
 
 
-VERDICT_MAX = 12
+VERDICT_MAX = 13
 
 
 class RuleKey(ctypes.Structure):
@@ -99,7 +100,7 @@ class Output(ctypes.Structure):
         ("eth", ctypes.c_uint8 * 12),
         ("port", ctypes.c_uint16),
         ("ttl", ctypes.c_uint8),
-        ("pad0", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
         ("group", ctypes.c_uint8 * 16),
         ("ip_csum_delta", ctypes.c_uint32),
         ("l4_csum_delta", ctypes.c_uint32),
@@ -109,6 +110,8 @@ class Output(ctypes.Structure):
 
 RULE_VIA_TC = 0x1  # Rule.flags: native XDP passes the frame to the TC program on its input
 RULE_RANGE = 0x2  # Rule.flags: from mcr_ranges; outputs keep the packet's host bits (host_mask)
+OUT_UNRESOLVED = 0x1  # Output.flags: a unicast receiver without a known next-hop MAC: copies dropped
+OUT_UNICAST = 0x2  # Output.flags: a unicast receiver: its MAC is the next hop's, not the group's
 
 
 class Rule(ctypes.Structure):
@@ -128,6 +131,7 @@ class Config(ctypes.Structure):
         ("steer_cpus", ctypes.c_uint32),
         ("range_rules", ctypes.c_uint32),
         ("any_port_rules", ctypes.c_uint32),
+        ("unicast_rules", ctypes.c_uint32),
     ]
 
 

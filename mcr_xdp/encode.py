@@ -58,9 +58,12 @@ def host_mask(rule: Rule) -> bytes:
     return mask.to_bytes(bits // 8, "big").ljust(16, b"\0")
 
 
-def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: bytes, stat: int = 0) -> abi.Output:
+def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: bytes, stat: int = 0,
+                 next_hop: bytes | None = None) -> abi.Output:
     """One output's datapath value: slot is its mcr_tx_ports key (one-output
-    rules), stat its key in mcr_output_stats."""
+    rules), stat its key in mcr_output_stats; next_hop the MAC of a unicast
+    receiver's next hop (None: unknown, and its copies are dropped and
+    counted, never sent to a guessed address)."""
     group = rule.out_group(out)
     port = rule.out_port(out)
     old_port, new_port = struct.pack("!H", rule.port), struct.pack("!H", port)
@@ -74,7 +77,11 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
     value.ifindex = ifindex
     value.slot = slot
     value.stat = stat
-    value.eth[:] = multicast_mac(group) + src_mac
+    if out.unicast:
+        value.flags = abi.OUT_UNICAST | (abi.OUT_UNRESOLVED if next_hop is None else 0)
+        value.eth[:] = (next_hop or bytes(6)) + src_mac
+    else:
+        value.eth[:] = multicast_mac(group) + src_mac
     value.port = socket.htons(out.port or 0) if rule.ranged else socket.htons(port)
     value.group[:] = _addr16(group)
     # IPv6 has no header checksum; the UDP checksum covers the addresses
@@ -102,25 +109,28 @@ def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int =
     return value
 
 
-RULE_KINDS = ("ssm_rules", "range_rules", "any_port_rules")
+RULE_KINDS = ("ssm_rules", "range_rules", "any_port_rules", "unicast_rules")
 
 
-def rule_kind(rule: Rule) -> str | None:
-    """Which lookup past the exact (group, port) one finds rule (a
-    maps.set_config argument), None for that one itself."""
+def rule_kind(rule: Rule) -> tuple[str, ...]:
+    """The mcr_config counts (maps.set_config arguments) rule adds to: the
+    lookup past the exact (group, port) one that finds it, if any, and
+    unicast_rules for a unicast input (the datapath looks up unicast
+    packets at all)."""
     if rule.ranged:
-        return "range_rules" if rule.port else "any_port_rules"
-    return "ssm_rules" if rule.source is not None else None
+        kinds: tuple[str, ...] = ("range_rules" if rule.port else "any_port_rules",)
+    else:
+        kinds = ("ssm_rules",) if rule.source is not None else ()
+    return (*kinds, "unicast_rules") if rule.unicast else kinds
 
 
 def rule_kinds(rules: Iterable[Rule]) -> dict[str, int]:
-    """How many rules each lookup past the exact one has (maps.set_config's
+    """How many rules each count of mcr_config has (maps.set_config's
     arguments): exact source-specific, range for one port, range for any
-    port."""
+    port, unicast inputs."""
     kinds = dict.fromkeys(RULE_KINDS, 0)
     for rule in rules:
-        kind = rule_kind(rule)
-        if kind is not None:
+        for kind in rule_kind(rule):
             kinds[kind] += 1
     return kinds
 

@@ -79,13 +79,14 @@ class Maps:
     def clear_port(self, slot: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
 
-    rule_kinds = {"ssm_rules": 0, "range_rules": 0, "any_port_rules": 0}  # as mcr_config holds them
+    rule_kinds = {"ssm_rules": 0, "range_rules": 0, "any_port_rules": 0, "unicast_rules": 0}  # as mcr_config holds them
     _steer_cpus = 0
 
-    def set_config(self, ssm_rules: int, range_rules: int = 0, any_port_rules: int = 0) -> None:
+    def set_config(self, ssm_rules: int, range_rules: int = 0, any_port_rules: int = 0, unicast_rules: int = 0) -> None:
         """How many rules of each kind the lookups past the exact one have
-        (0 skips a lookup)."""
-        self.rule_kinds = {"ssm_rules": ssm_rules, "range_rules": range_rules, "any_port_rules": any_port_rules}
+        (0 skips a lookup; unicast_rules 0 passes unicast packets unlooked-at)."""
+        self.rule_kinds = {"ssm_rules": ssm_rules, "range_rules": range_rules, "any_port_rules": any_port_rules,
+                           "unicast_rules": unicast_rules}
         self._write_config()
 
     def _write_config(self) -> None:

@@ -4,6 +4,8 @@ Syntax, everywhere (CLI, config, control socket):
     [INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...][;OPTION...]
     OUT = IFACE            keep group and port
         | IFACE/GROUP:PORT rewrite to a new group and port
+        | IFACE/ADDR:PORT  send to a unicast receiver (its next hop's MAC
+                           from the kernel's neighbour table)
     OPTION = ttl=N         send with TTL / hop limit N (1-255) instead of
                            the received one minus one
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
@@ -16,6 +18,10 @@ prefix of the same length (host bits kept); an output port * keeps the
 port. A packet takes the first of: the exact (source, group, port) rule,
 the exact (group, port) rule, the range rule of its port with the longest
 prefix, the any-port rule with the longest prefix.
+
+Unicast inputs: GROUP may be a unicast address of the input interface
+(10.0.1.2:5001): the relay takes the UDP stream sent there and sends it
+on; such a rule gives every output its destination.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class Output:
             return self.iface
         return f"{self.iface}/{_fmt_endpoint(self.group, self.port, self.group_len)}"
 
+    @property
+    def unicast(self) -> bool:
+        """A unicast receiver (head-end replication): sent to its next hop's MAC."""
+        return self.group is not None and not self.group.is_multicast
+
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -79,11 +90,16 @@ class Rule:
         return _network(self.group, self.group_len)
 
     @property
+    def unicast(self) -> bool:
+        """A unicast input: the rule takes UDP sent to an address of the input."""
+        return not self.group.is_multicast
+
+    @property
     def joins(self) -> tuple[Address, Address | None] | None:
         """The (group, source) an input joins for this rule; None for a
-        group range (nobody joins 65,536 groups: see docs/user-guide.md).
-        A source range joins the group from any source."""
-        if self.group_len is not None:
+        group range (nobody joins 65,536 groups: see docs/user-guide.md)
+        and a unicast input. A source range joins the group from any source."""
+        if self.group_len is not None or self.unicast:
             return None
         return self.group, (self.source if self.source_len is None else None)
 
@@ -163,7 +179,8 @@ def _network(addr: Address, length: int | None) -> ipaddress.IPv4Network | ipadd
 
 
 def _parse_endpoint(text: str, what: str) -> tuple[Address, int, int | None]:
-    """GROUP:PORT -> (group, port, group prefix length or None)."""
+    """GROUP:PORT -> (group, port, group prefix length or None). GROUP may
+    be one unicast address (_check_rule says where that fits)."""
     m = _ENDPOINT.match(text.strip())
     if not m and "[" not in text and text.count(":") > 1:
         raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
@@ -177,10 +194,11 @@ def _parse_endpoint(text: str, what: str) -> tuple[Address, int, int | None]:
         group, length = _parse_prefix(m["v4"], what)
         if group.version != 4:
             raise RuleError(f"{what} {text!r}: write IPv6 groups in brackets, e.g. [ff3e::1]:5001")
-    if not _network(group, length).is_multicast:
-        what_range = f"{group}/{length} is not a range of multicast groups" if length is not None \
-            else f"{group} is not a multicast group"
-        raise RuleError(f"{what} {what_range}")
+    if length is not None and not _network(group, length).is_multicast:
+        raise RuleError(f"{what} {group}/{length} is not a range of multicast groups")
+    if length is None and not group.is_multicast and not unicast_source(group):
+        raise RuleError(f"{what} {group} is not a multicast group, nor a unicast address a host can have "
+                        "(unspecified, loopback, reserved or broadcast)")
     return group, _parse_port(m["port"], what), length
 
 
@@ -313,12 +331,14 @@ def _check_rule(rule: Rule) -> None:
         if rule.group_len is not None:
             raise RuleError(f"rule {rule.spec()}: a source (or source range) needs one group, not the range "
                             f"{rule.group}/{rule.group_len}: write one rule per group, or leave the source out")
+    if rule.unicast:
+        _check_unicast_input(rule)
     if len(rule.outputs) > abi.MAX_OUTPUTS:
         raise RuleError(f"rule {rule.spec()} has {len(rule.outputs)} outputs; the limit is {abi.MAX_OUTPUTS}")
     lengths = [(rule.group, rule.group_len),
                *((o.group, o.group_len) if o.group is not None else (rule.group, rule.group_len) for o in rule.outputs)]
     for group, length in dict.fromkeys(lengths):
-        if link_local(group, length) and rule.ttl is None:
+        if group.is_multicast and link_local(group, length) and rule.ttl is None:
             what = f"group {group} is a link-local group" if length is None else \
                 f"group range {group}/{length} holds link-local groups"
             raise RuleError(f"{what} ({LINK_LOCAL[group.version]}): their traffic is for one link only "
@@ -330,6 +350,9 @@ def _check_rule(rule: Rule) -> None:
         group = rule.out_group(out)
         if group.version != rule.group.version:
             raise RuleError(f"output {out} changes the IP version of group {rule.group}")
+        if out.unicast and rule.group_len is not None:
+            raise RuleError(f"output {out}: a unicast receiver takes one group's stream, not the range "
+                            f"{rule.group}/{rule.group_len}: write a rule per group for it")
         if out.group is not None and out.group_len != rule.group_len:
             if rule.group_len is None:
                 raise RuleError(f"output {out}: a rule for one group sends to one group, not a range")
@@ -340,6 +363,19 @@ def _check_rule(rule: Rule) -> None:
         if target in seen:
             raise RuleError(f"output {out} appears twice in rule {rule.spec()}")
         seen.add(target)
+
+
+def _check_unicast_input(rule: Rule) -> None:
+    """A rule for a unicast address of its input: one address, one port,
+    and a destination for every output (the address is the input's own)."""
+    if rule.port == ANY_PORT:
+        raise RuleError(f"rule {rule.spec()}: a unicast input takes one port, not * (that would take every UDP "
+                        f"datagram sent to {rule.group}, the host's own traffic too)")
+    for out in rule.outputs:
+        if out.group is None:
+            raise RuleError(f"group {rule.group} is not a multicast group: a rule for a unicast address "
+                            f"(a unicast input) gives each output its destination, e.g. "
+                            f"{out.iface}/{'239.1.1.1' if rule.group.version == 4 else '[ff3e::1]'}:{rule.port}")
 
 
 def validate(rules: Iterable[Rule], ifindex: Mapping[str, int], loopback: Iterable[str] = ()) -> list[Rule]:

@@ -378,8 +378,7 @@ class BpfBackend:
         maps = self.datapath.maps
         kinds = dict(maps.rule_kinds)
         for rule, step in ((old, -1), (new, 1)):
-            kind = encode.rule_kind(rule) if rule is not None else None
-            if kind is not None:
+            for kind in encode.rule_kind(rule) if rule is not None else ():
                 kinds[kind] += step
         if kinds != maps.rule_kinds:
             maps.set_config(**kinds)

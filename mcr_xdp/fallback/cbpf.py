@@ -5,7 +5,9 @@ The filter admits exactly the frames a rule of the input matches, by group
 check), and never the relay's own transmissions (PACKET_OUTGOING). Within
 BPF_MAXINSNS each (group, port) pair is tested exactly; past that the
 filter widens to "multicast UDP to a rule port" (when no rule is for any
-port), then to "multicast UDP", and the worker's lookup decides.
+port), then to "multicast UDP", and the worker's lookup decides. A unicast
+input's (address, port) is tested exactly in every form: the host's own
+unicast traffic never reaches a worker.
 
 Frames on a packet socket arrive without their VLAN tag (the kernel moves
 it into metadata before the taps run), so the IP header is at byte 14.
@@ -84,6 +86,9 @@ def _v4(pairs: list[Pair], ports: set[int], exact: bool, by_port: bool) -> list[
         for group, mask, port in pairs:
             prog += _match(IP4_DADDR, group, mask, port)
         return prog + [_i(RET, 0)]
+    for group, mask, port in pairs:  # unicast inputs: exact in every form
+        if group[0] & 0xF0 != 0xE0:
+            prog += _match(IP4_DADDR, group, mask, port)
     prog += [_i(LD_W_ABS, IP4_DADDR), _i(JGE, 0xE0000000, jt=1), _i(RET, 0), _i(JGE, 0xF0000000, jf=1),
              _i(RET, 0)]
     return _accept_ports(prog, ports, by_port)
@@ -110,6 +115,9 @@ def _v6(pairs: list[Pair], ports: set[int], exact: bool, by_port: bool) -> list[
         for group, mask, port in pairs:
             prog += _match(IP6_DADDR, group, mask, port)
         return prog + [_i(RET, 0)]
+    for group, mask, port in pairs:
+        if group[0] != 0xFF:
+            prog += _match(IP6_DADDR, group, mask, port)
     prog += [_i(LD_B_ABS, IP6_DADDR), _i(JEQ, 0xFF, jt=1), _i(RET, 0)]
     return _accept_ports(prog, ports, by_port)
 

@@ -19,9 +19,9 @@ from .counters import output_base, rule_base
 
 # Verdicts as plain ints: the per-packet path compares and shifts them.
 (PASS_NOT_IP, PASS_NOT_UDP, PASS_NOT_MULTICAST, PASS_FRAGMENT, PASS_NO_RULE, PASS_MALFORMED, PASS_IPV6_EXT,
- DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI) = (int(abi.Verdict[name]) for name in (
+ DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH) = (int(abi.Verdict[name]) for name in (
     "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
-    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI"))
+    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH"))
 
 _ORDER = sys.byteorder  # the deltas are sums of 16-bit words in host order
 _IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -42,6 +42,7 @@ class Out(NamedTuple):
     l4_delta: int
     counter: int  # its packets counter (counters.output_base)
     ttl: int = 0  # the rule's ;ttl=N (0: the received TTL minus one)
+    unicast: bool = False  # a unicast receiver: its MAC is its next hop's, never the group's
 
 
 class Entry(NamedTuple):
@@ -49,6 +50,7 @@ class Entry(NamedTuple):
     outputs: tuple[Out, ...]
     counter: int  # the rule's packets counter (counters.rule_base)
     host_mask: int | None = None  # a range rule's (abi.RULE_RANGE): the group bits a packet keeps
+    unresolved: int = 0  # outputs left out of `outputs`: unicast receivers without a next-hop MAC
 
 
 def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output]) -> dict:
@@ -60,8 +62,9 @@ def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output]) -
         "source": rule.source.packed.hex() if rule.source is not None else "", "source_len": rule.source_len,
         "group": rule.group.packed.hex(), "group_len": rule.group_len, "port": rule.port, "ranged": rule.ranged,
         "outputs": [{"ifindex": o.ifindex, "eth": bytes(o.eth).hex(), "group": bytes(o.group)[:n].hex(),
-                     "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta, "ttl": o.ttl}
+                     "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta, "ttl": o.ttl, "flags": o.flags}
                     for o in outputs],
+        "unicast": rule.unicast,
     }
 
 
@@ -95,7 +98,8 @@ def _place(entry: Entry, out: Out, group: bytes, dport: bytes) -> Out:
     if out.port != b"\0\0":
         port = out.port
         l4 = _fold(l4 + (~int.from_bytes(dport, "big") & 0xFFFF) + int.from_bytes(port, "big"))
-    return out._replace(eth=_group_mac(new) + out.eth[6:], group=new, port=port, l4_delta=l4)
+    eth = out.eth if out.unicast else _group_mac(new) + out.eth[6:]
+    return out._replace(eth=eth, group=new, port=port, l4_delta=l4)
 
 
 def _network(delta: int) -> int:
@@ -145,14 +149,18 @@ class Table:
         self.ranges: dict[tuple, dict[int, dict[int, Entry]]] = {}
         self.lengths: dict[tuple, list[int]] = {}
         self.range_keys: dict[int, tuple] = {}  # rule id -> (ranges key, bits, value)
+        self.unicast: set[int] = set()  # ids of unicast inputs' rules: while none, unicast is the host's
 
     def put(self, msg: dict) -> Entry:
         self.delete(msg["id"])
+        if msg.get("unicast"):
+            self.unicast.add(msg["id"])
         if msg.get("ranged"):
             return self._put_range(msg)
         source = bytes.fromhex(msg["source"])
         key = (msg["ifindex"], source, bytes.fromhex(msg["group"]), msg["port"].to_bytes(2, "big"))
-        entry = Entry(msg["id"], _outputs(msg), rule_base(msg["id"]))
+        outputs, unresolved = _outputs(msg)
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), unresolved=unresolved)
         self.by_key[key] = entry
         self.keys[msg["id"]] = key
         if source:
@@ -163,7 +171,8 @@ class Table:
         # The group bits a packet keeps: those past the group prefix.
         length = msg.get("group_len")
         host_mask = 0 if length is None else (1 << (4 * len(msg["group"]) - length)) - 1
-        entry = Entry(msg["id"], _outputs(msg), rule_base(msg["id"]), host_mask)
+        outputs, unresolved = _outputs(msg)
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), host_mask, unresolved)
         key = (msg["ifindex"], msg["port"].to_bytes(2, "big"), len(msg["group"]) // 2)
         bits, value = _range_prefix(msg)
         self.ranges.setdefault(key, {}).setdefault(bits, {})[value] = entry
@@ -172,6 +181,7 @@ class Table:
         return entry
 
     def delete(self, rule_id: int) -> None:
+        self.unicast.discard(rule_id)
         found = self.range_keys.pop(rule_id, None)
         if found is not None:
             key, bits, value = found
@@ -229,8 +239,8 @@ class Table:
             ihl = (vihl & 0x0F) << 2
             if vihl >> 4 != 4 or ihl < 20 or tot < ihl or 14 + tot > n:
                 return PASS_MALFORMED, None, ()
-            if group[0] & 0xF0 != 0xE0:
-                return PASS_NOT_MULTICAST, None, ()
+            if group[0] & 0xF0 != 0xE0 and (not self.unicast or frag & 0x3FFF or proto != 17):
+                return PASS_NOT_MULTICAST, None, ()  # the host's (a unicast input's rule is UDP)
             if frag & 0x3FFF:
                 return PASS_FRAGMENT, None, ()
             if proto != 17:
@@ -240,7 +250,7 @@ class Table:
             l4 = 14 + ihl
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, l4)
             if not 8 <= int.from_bytes(ulen, "big") <= tot - ihl:
-                return PASS_MALFORMED, None, ()
+                return (PASS_MALFORMED if group[0] & 0xF0 == 0xE0 else PASS_NOT_MULTICAST), None, ()
             entry = None
             if self.ssm.get(ifindex):
                 entry = self.by_key.get((ifindex, src, group, dport))
@@ -249,12 +259,14 @@ class Table:
                 if entry is None:
                     entry = self._lookup_range(ifindex, src, group, dport) if self.ranges else None
                     if entry is None:
-                        return PASS_NO_RULE, None, ()
+                        return (PASS_NO_RULE if group[0] & 0xF0 == 0xE0 else PASS_NOT_MULTICAST), None, ()
             # The header checksum, as the XDP datapath checks it after the
             # lookup: words summed in ones' complement are the header as one
             # number mod 0xffff (2**16 = 1 mod 0xffff), 0 when valid.
             if int.from_bytes(frame[14:l4], "big") % 0xFFFF:
                 return PASS_MALFORMED, None, ()
+            if not entry.outputs:
+                return DROP_NO_NEIGH, entry, ()
             set_ttl = entry.outputs[0].ttl
             if ttl <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
@@ -285,7 +297,7 @@ class Table:
             plen, nh, hops, src, group = _IP6.unpack_from(frame, 18)
             if frame[14] >> 4 != 6 or 54 + plen > n:
                 return PASS_MALFORMED, None, ()
-            if group[0] != 0xFF:
+            if group[0] != 0xFF and (not self.unicast or nh != 17):
                 return PASS_NOT_MULTICAST, None, ()
             if nh != 17:
                 return (PASS_NOT_UDP if nh in (6, 58) else PASS_IPV6_EXT), None, ()
@@ -293,10 +305,12 @@ class Table:
                 return PASS_MALFORMED, None, ()
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, 54)
             if not udp_check or not 8 <= int.from_bytes(ulen, "big") <= plen:
-                return PASS_MALFORMED, None, ()
+                return (PASS_MALFORMED if group[0] == 0xFF else PASS_NOT_MULTICAST), None, ()
             entry = self.lookup(ifindex, src, group, dport)
             if entry is None:
-                return PASS_NO_RULE, None, ()
+                return (PASS_NO_RULE if group[0] == 0xFF else PASS_NOT_MULTICAST), None, ()
+            if not entry.outputs:
+                return DROP_NO_NEIGH, entry, ()
             set_ttl = entry.outputs[0].ttl
             if hops <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
@@ -316,11 +330,16 @@ class Table:
         return PASS_NOT_IP, None, ()
 
 
-def _outputs(msg: dict) -> tuple[Out, ...]:
-    return tuple(
+def _outputs(msg: dict) -> tuple[tuple[Out, ...], int]:
+    """The outputs a packet goes to, and how many were left out: unicast
+    receivers whose next hop has no known MAC (their copies are counted as
+    DROP_NO_NEIGH, never sent to a guessed address)."""
+    outputs = tuple(
         Out(i, o["ifindex"], bytes.fromhex(o["eth"]), bytes.fromhex(o["group"]),
             # o["port"] is the u16 as the datapath stores it (network order in memory)
             o["port"].to_bytes(2, _ORDER), _network(o["ip"]), _network(o["l4"]), output_base(msg["id"], i),
-            o.get("ttl", 0))
+            o.get("ttl", 0), bool(o.get("flags", 0) & abi.OUT_UNICAST))
         for i, o in enumerate(msg["outputs"])
+        if not o.get("flags", 0) & abi.OUT_UNRESOLVED
     )
+    return outputs, len(msg["outputs"]) - len(outputs)

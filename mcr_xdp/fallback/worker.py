@@ -20,7 +20,7 @@ import socket
 import sys
 
 from . import counters as cnt
-from .forward import DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, Table
+from .forward import DROP_NO_NEIGH, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, Table
 from .packet import TP_STATUS_CSUMNOTREADY, Ring
 
 PR_SET_PDEATHSIG = 1
@@ -99,11 +99,14 @@ class Worker:
         c = self.c
         handle = self.table.handle
         tx = self.tx
-        redirect, redirect_multi, no_output = REDIRECT, REDIRECT_MULTI, DROP_NO_OUTPUT
+        redirect, redirect_multi, no_output, no_neigh = REDIRECT, REDIRECT_MULTI, DROP_NO_OUTPUT, DROP_NO_NEIGH << 1
         for frames in ring.blocks():
             for frame, status, length in frames:
                 verdict, entry, sends = handle(frame, ifindex, status & TP_STATUS_CSUMNOTREADY)
                 if sends:
+                    if entry.unresolved:  # copies for unicast receivers without a next-hop MAC
+                        c[no_neigh] += entry.unresolved
+                        c[no_neigh + 1] += entry.unresolved * length
                     sent = 0
                     for out, buf in sends:
                         try:

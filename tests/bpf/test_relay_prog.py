@@ -25,6 +25,7 @@ from tests.fixtures.xdp_table import (
     ZERO_SUM,
     ZERO_SUM6,
     assert_checksums_valid,
+    next_hop,
     rewritten,
     rewritten6,
     rule_counts,
@@ -41,7 +42,8 @@ def relay(datapath):
     maps = datapath.maps
     for rule_id, (text, slot) in RULES.items():
         rule = parse_rule(text, "in")
-        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC)
+        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC,
+                                  next_hop=next_hop(rule.outputs[0]))
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     maps.set_port(SLOT_LO, LO, datapath.egress_fd)
     maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text, _ in RULES.values()))

@@ -72,7 +72,8 @@ def relay(datapath):
     maps = datapath.maps
     for rule_id, (text, _slot) in xdp_table.RULES.items():
         rule = parse_rule(text, "in")
-        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=0, src_mac=OUT_MAC)
+        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=0, src_mac=OUT_MAC,
+                                  next_hop=xdp_table.next_hop(rule.outputs[0]))
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     for rule_id, (text, _) in FAN_RULES.items():
         rule = parse_rule(text, "in")

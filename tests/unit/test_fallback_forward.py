@@ -26,7 +26,8 @@ OUT_MAC = xdp_table.OUT_MAC
 
 def message(rule_id: int, text: str, outs_ifindex: int = LO) -> dict:
     rule = parse_rule(text, "in")
-    outs = [encode.output_value(rule, o, ifindex=outs_ifindex, slot=i, src_mac=OUT_MAC)
+    outs = [encode.output_value(rule, o, ifindex=outs_ifindex, slot=i, src_mac=OUT_MAC,
+                                next_hop=xdp_table.next_hop(o))
             for i, o in enumerate(rule.outputs)]
     return entry_message(rule_id, LO, rule, outs)
 

@@ -160,10 +160,41 @@ def test_keep_output_uses_input_group_and_port():
     assert parse_rule("[ff3e::1]:5001=eth1", "eth0").family == abi.FAMILY_IPV6
 
 
+UNICAST = [
+    # (rule text, unicast input, unicast outputs, what the input joins)
+    ("239.1.1.1:5001=eth1/10.0.2.5:6000", False, [True], ("239.1.1.1", None)),
+    ("239.1.1.1:5001=eth1/10.0.2.5:6000,eth2/239.2.2.2:5002", False, [True, False], ("239.1.1.1", None)),
+    ("239.1.1.1:*=eth1/10.0.2.5:*", False, [True], ("239.1.1.1", None)),
+    ("10.0.1.2:5001=eth1/239.2.2.2:5002", True, [False], None),
+    ("10.0.1.2:5001=eth1/10.0.2.5:6000", True, [True], None),
+    ("[2001:db8::2]:5001=eth1/[ff3e::1]:5002", True, [False], None),
+    ("[ff3e::1]:5001=eth1/[2001:db8::5]:6000;ttl=9", False, [True], ("ff3e::1", None)),
+]
+
+
+@pytest.mark.parametrize("text, unicast, outputs, joins", UNICAST)
+def test_parse_unicast(text, unicast, outputs, joins):
+    rule = parse_rule(text, "eth0")
+    assert rule.unicast is unicast
+    assert [o.unicast for o in rule.outputs] == outputs
+    assert rule.joins == (None if joins is None else (ip_address(joins[0]), None))
+    assert parse_rule(str(rule)) == rule  # its text parses back to itself
+
+
 INVALID = [
     # (rule text, input interface, text the message must contain)
     pytest.param("10.0.0.1:5001=eth1", "eth0", "10.0.0.1 is not a multicast group", id="unicast-group"),
-    pytest.param("239.1.1.1:5001=eth1/10.0.0.1:5002", "eth0", "10.0.0.1 is not a multicast", id="unicast-output"),
+    pytest.param("239.1.1.1:5001=eth1/255.255.255.255:5002", "eth0", "nor a unicast address a host can have",
+                 id="broadcast-output"),
+    pytest.param("239.1.1.1:5001=eth1/0.0.0.0:5002", "eth0", "nor a unicast address", id="unspecified-output"),
+    pytest.param("127.0.0.1:5001=eth1/239.1.1.1:5001", "eth0", "nor a unicast address", id="loopback-input"),
+    pytest.param("10.0.0.1:*=eth1/239.1.1.1:5001", "eth0", "a unicast input takes one port, not *",
+                 id="unicast-input-any-port"),
+    pytest.param("10.0.0.1:5001=eth1/239.1.1.1:5001,eth2", "eth0", "gives each output its destination",
+                 id="unicast-input-output-kept"),
+    pytest.param("239.1.0.0/16:5001=eth1/10.0.0.5:6000", "eth0", "a unicast receiver takes one group's stream",
+                 id="unicast-output-of-a-range"),
+    pytest.param("[ff3e::1]:5001=eth1/10.0.0.5:6000", "eth0", "changes the IP version", id="unicast-output-v4-of-v6"),
     pytest.param("nowhere:5001=eth1", "eth0", "'nowhere' is not an IP address", id="group-not-an-address"),
     pytest.param("239.1.1.1:0=eth1", "eth0", "port '0'", id="port-0"),
     pytest.param("239.1.1.1:65536=eth1", "eth0", "port '65536'", id="port-65536"),

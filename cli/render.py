@@ -42,7 +42,19 @@ def status(st: dict) -> list:
     for i in st["interfaces"]:
         table.add_row(i["name"], mode_text(i), str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
     notices = [Text(f"notice: {n}", style="yellow") for n in dict.fromkeys(st.get("notices", []))]
-    return [head, *notices, table, rule_list(st["rules"])]
+    hops = [next_hops(st["next_hops"])] if st.get("next_hops") else []
+    return [head, *notices, table, rule_list(st["rules"]), *hops]
+
+
+def next_hops(hops: list[dict]) -> Table:
+    """The unicast receivers and the next hop each is sent through."""
+    table = Table(title="unicast receivers", title_justify="left")
+    for col in ("rule", "output", "next hop", "MAC"):
+        table.add_column(col, justify="right" if col == "rule" else "left")
+    for h in hops:
+        mac = Text(h["mac"]) if h["mac"] else Text(f"unresolved: {h['why']}", style="yellow")
+        table.add_row(str(h["rule"]), Text(h["output"]), Text(h["via"]), mac)
+    return table
 
 
 def mode_text(i: dict) -> str:

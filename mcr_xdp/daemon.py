@@ -21,6 +21,7 @@ from . import stats
 from .control import ControlServer
 from .errors import McrError
 from .metrics import MetricsServer, exposition
+from .neighbours import touched_by
 from .relay import Relay
 from .service import Service
 
@@ -67,6 +68,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._wake: socket.socket | None = None  # readable when a signal came
         self._link_events = None  # pyroute2 IPRoute bound to link events, when available
+        self._hop_events = None  # and one bound to neighbour and route events
         self._stack = contextlib.ExitStack()
         self.handover = False  # SIGQUIT came: leave the programs forwarding
         self.left_forwarding: list[str] = []  # the inputs left so, once closed
@@ -119,7 +121,7 @@ class Daemon:
         goes, or goes down is followed at once rather than at the next tick
         (which still checks, should events be lost)."""
         from pyroute2 import IPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_LINK
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH
 
         try:
             events = IPRoute()
@@ -132,6 +134,20 @@ class Daemon:
             return
         self._link_events = events
         self.server.add_reader(events, "links")
+        # Neighbour and route changes move unicast receivers' next hops
+        # (Relay.follow_next_hops): a socket of their own, so the link
+        # dump of a refresh is not paid for every neighbour event.
+        try:
+            hops = IPRoute()
+        except OSError:
+            return
+        stack.callback(hops.close)
+        try:
+            hops.bind(groups=RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        except OSError:
+            return
+        self._hop_events = hops
+        self.server.add_reader(hops, "hops")
 
     def __enter__(self) -> Daemon:
         self.start()
@@ -184,6 +200,8 @@ class Daemon:
                     return
             if "links" in woke:
                 self._follow_links(report)
+            if "hops" in woke:
+                self._follow_next_hops(report)
             if time.monotonic() < deadline:
                 continue
             deadline += self.interval
@@ -209,6 +227,16 @@ class Daemon:
                 report.warn(event)
         except Exception as exc:  # netlink trouble or a bug: the tick checks again
             report.warn(f"could not follow the interfaces: {_what(exc)}")
+
+    def _follow_next_hops(self, report: Reporter) -> None:
+        """Neighbours or routes changed: the unicast receivers they touch
+        are resolved again now."""
+        try:
+            touched = touched_by(self._hop_events.get())
+            for event in self.relay.follow_next_hops(touched):
+                report.warn(event)
+        except Exception as exc:  # netlink trouble or a bug: the tick checks again
+            report.warn(f"could not follow the next hops: {_what(exc)}")
 
     def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
         try:

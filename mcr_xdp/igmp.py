@@ -12,6 +12,7 @@ with IP_MULTICAST_ALL off: they only hold memberships and never queue data.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import socket
 import struct
@@ -158,3 +159,35 @@ class JoinPool:
                 s.sock.close()
             socks.clear()
         self._where.clear()
+
+
+IP_FREEBIND, IPV6_FREEBIND = 15, 78
+
+
+def claim(ifname: str, address, port: int) -> socket.socket:
+    """A unicast input's counterpart of a join: a UDP socket bound to the
+    input's (address, port), so the host stack treats that port as taken.
+    Another program already there is an error (the relay would take its
+    traffic); where a copy of the stream reaches the host (userspace mode)
+    the socket's drop-all filter discards it, where an unbound port would
+    answer every datagram with an ICMP port unreachable. SO_REUSEPORT lets a
+    successor claim it before this relay lets go (a restart without a gap);
+    IP_FREEBIND, an address the interface does not have (yet)."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        _drop_all_filter(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        sock.bind((str(address), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise JoinError(f"{address}:{port} on {ifname} is in use by another program: a rule for it would "
+                            "take that program's traffic") from None
+        raise JoinError(f"cannot claim {address}:{port} on {ifname}: {exc.strerror}") from None
+    return sock

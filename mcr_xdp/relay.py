@@ -26,10 +26,11 @@ from . import abi, features, pins, stats
 from .backends import Attachment, Backend, InstalledRule, Losses, backend_class
 from .control import instance_name
 from .errors import AttachError, BusyError, McrError, RuleError, UsageError
-from .igmp import JoinPool
+from .igmp import JoinPool, claim
 from .links import Link, all_links, lookup
 from .links import counters as link_counters
 from .modes import FAIL_MODES_ENV, Mode, XdpMode, failing_modes, ladder
+from .neighbours import NextHops
 from .rules import Rule, RuleSet, diff, validate
 from .status import InputStatus, document
 
@@ -55,9 +56,11 @@ class Relay:
         self.attachments: dict[str, Attachment] = {}
         self.rules: dict[int, InstalledRule] = {}
         self._ruleset = RuleSet()  # self.rules' rules, for checking more against them (add_rules)
-        self._joined_by: dict[tuple, int] = {}  # (input, Rule.joins) -> rules of self.rules that need it
+        self._joined_by: dict[tuple, int] = {}  # _need(rule) -> rules of self.rules that need it
         self._links: dict[str, Link] = {}  # the interfaces as last looked up
         self.joins: dict[str, JoinPool] = {}
+        self.claims: dict[tuple, socket.socket] = {}  # _need(rule) of unicast inputs -> their claim
+        self.next_hops = NextHops()  # of the unicast receivers
         self.backends: dict[type, Backend] = {}  # backend class -> the open backend
         self._unavailable: dict[type, str] = {}  # backend class -> why it did not open
         self._runs_on: dict[str, Backend] = {}  # input name -> its backend
@@ -163,6 +166,10 @@ class Relay:
         for pool in self.joins.values():
             pool.close()
         self.joins.clear()
+        for sock in self.claims.values():
+            sock.close()
+        self.claims.clear()
+        self.next_hops.close(keep=keep)
         self.rules.clear()
         self._ruleset = RuleSet()
         self._joined_by.clear()
@@ -389,7 +396,7 @@ class Relay:
         counters go on)."""
         replacing = rule_id is not None and not adopt
         installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex,
-                                  tuple(links[o.iface].ifindex for o in rule.outputs))
+                                  tuple(links[o.iface].ifindex for o in rule.outputs), self._hops_for(rule, links))
         if not replacing:
             self._join(rule, links[rule.iface])
         done = []
@@ -407,15 +414,66 @@ class Relay:
             self._forget(self.rules[installed.rule_id].rule)
         self.rules[installed.rule_id] = installed
         self._ruleset.add(rule)
-        need = (rule.iface, rule.joins)
+        need = _need(rule)
         self._joined_by[need] = self._joined_by.get(need, 0) + 1
         self._save_state()
         return installed
 
+    def _hops_for(self, rule: Rule, links: dict[str, Link]) -> tuple[bytes | None, ...]:
+        """The next-hop MACs of rule's unicast receivers (None: unknown, or
+        a multicast output); () when it has none."""
+        if not any(o.unicast for o in rule.outputs):
+            return ()
+        return tuple(self.next_hops.lookup(links[o.iface].ifindex, o.group).mac if o.unicast else None
+                     for o in rule.outputs)
+
+    def follow_next_hops(self, touched: set | None = None) -> list[str]:
+        """Resolve the unicast receivers' next hops again (touched: only
+        those whose next hop is one of these (ifindex, address) pairs, from
+        neighbour events) and rewrite in place the rules whose hop changed.
+        A line for each change."""
+        if not self.next_hops.hops or not self.attachments:
+            return []
+        changed = self.next_hops.refresh(touched)
+        events = []
+        for rule_id, installed in list(self.rules.items()):
+            outs = [(i, o) for i, o in enumerate(installed.rule.outputs)
+                    if o.unicast and i < len(installed.outputs) and (installed.outputs[i], o.group) in changed]
+            if not outs:
+                continue
+            links = self._known_links(_names(installed.rule))
+            self._install(installed.rule, links, rule_id=rule_id)
+            events += [f"rule {rule_id}: output {o}: {changed[installed.outputs[i], o.group].describe(o.group)}"
+                       for i, o in outs]
+        return events
+
+    def unresolved(self) -> list[str]:
+        """A line for every unicast receiver whose copies are dropped for
+        want of a next-hop MAC."""
+        lines = []
+        for rule_id, installed in sorted(self.rules.items()):
+            for i, out in enumerate(installed.rule.outputs):
+                hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
+                if hop is not None and hop.mac is None:
+                    lines.append(f"rule {rule_id}: output {out}: {hop.describe(out.group)}; its copies are dropped "
+                                 "and counted (drop_no_neigh) until the kernel knows a MAC")
+        return lines
+
+    def next_hop_status(self) -> list[dict]:
+        """Every unicast receiver's next hop (status "next_hops")."""
+        found = []
+        for rule_id, installed in sorted(self.rules.items()):
+            for i, out in enumerate(installed.rule.outputs):
+                hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
+                if hop is not None:
+                    found.append({"rule": rule_id, "output": str(out), "via": hop.via,
+                                  "mac": hop.mac.hex(":") if hop.mac is not None else None, "why": hop.why})
+        return found
+
     def _forget(self, rule: Rule) -> None:
         """rule is no longer among self.rules (removed, or replaced)."""
         self._ruleset.remove(rule)
-        need = (rule.iface, rule.joins)
+        need = _need(rule)
         self._joined_by[need] -= 1
         if not self._joined_by[need]:
             del self._joined_by[need]
@@ -423,6 +481,9 @@ class Relay:
     def _uninstall(self, rule_id: int) -> InstalledRule:
         installed = self.rules.pop(rule_id)
         self._forget(installed.rule)
+        if installed.next_hops:
+            self.next_hops.forget({(r.outputs[i], o.group) for r in self.rules.values() if r.next_hops
+                                   for i, o in enumerate(r.rule.outputs) if o.unicast})
         self._lowest_free = min(self._lowest_free, rule_id)
         for backend in self.backends.values():
             backend.delete_rule(installed)
@@ -440,7 +501,7 @@ class Relay:
         events += [*self._follow_inputs(links), *self._follow_outputs(links), *self._link_states(links)]
         for backend in self.backends.values():
             backend.refresh_outputs(links)
-        return events
+        return events + self.follow_next_hops()
 
     def heal(self) -> list[str]:
         """Restart what of a backend died on its own (a userspace worker:
@@ -525,7 +586,12 @@ class Relay:
 
     def _join(self, rule: Rule, link: Link) -> None:
         """Join what rule needs on its input: nothing for a group range, or
-        on an input set to join = "none" (docs/user-guide.md, Ranges)."""
+        on an input set to join = "none" (docs/user-guide.md, Ranges); a
+        unicast input claims its port instead (igmp.claim)."""
+        if rule.unicast:
+            if _need(rule) not in self.claims:
+                self.claims[_need(rule)] = claim(link.name, rule.group, rule.port)
+            return
         if rule.joins is None or link.name in self.config.no_join:
             return
         pool = self.joins.get(link.name)
@@ -534,10 +600,17 @@ class Relay:
         pool.join(*rule.joins)
 
     def _leave(self, rule: Rule) -> None:
+        if _need(rule) in self._joined_by:
+            return  # another rule needs it too
+        if rule.unicast:
+            sock = self.claims.pop(_need(rule), None)
+            if sock is not None:
+                sock.close()
+            return
         if rule.joins is None:
             return
         pool = self.joins.get(rule.iface)
-        if pool is not None and (rule.iface, rule.joins) not in self._joined_by:
+        if pool is not None:
             pool.leave(*rule.joins)
 
     # -- pins --------------------------------------------------------------
@@ -615,11 +688,11 @@ class Relay:
                  if (m := _missing(r.rule, lambda name: self.link_states.get(name) == "gone"))]
         down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
         unjoined = [_not_joined(i, r.rule) for i, r in sorted(self.rules.items())
-                    if r.rule.joins is None and r.rule.iface not in self.config.no_join]
-        notices = [*gone, *down, *unjoined, *([self._state_notice] if self._state_notice else [])]
+                    if r.rule.group_len is not None and r.rule.iface not in self.config.no_join]
+        notices = [*gone, *down, *unjoined, *self.unresolved(), *([self._state_notice] if self._state_notice else [])]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
-                        parts=[b.status() for b in self.backends.values()])
+                        parts=[*(b.status() for b in self.backends.values()), {"next_hops": self.next_hop_status()}])
 
 
 def _input_gone(name: str) -> str:
@@ -660,6 +733,15 @@ def _check_inputs(rules: list[Rule], inputs: list[str]) -> None:
         if rule.iface not in inputs:
             raise RuleError(f"rule {rule} is for {rule.iface}, which is not an input of this relay "
                             f"(inputs: {', '.join(inputs) or 'none'})")
+
+
+def _need(rule: Rule) -> tuple:
+    """What rule needs on its input besides its entry, shared by the rules
+    that need the same: the group (and source) it joins, or the (address,
+    port) a unicast input claims."""
+    if rule.unicast:
+        return (rule.iface, "claim", rule.group, rule.port)
+    return (rule.iface, rule.joins)
 
 
 def _names(rule: Rule) -> list[str]:

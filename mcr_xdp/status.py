@@ -56,6 +56,7 @@ def document(uptime: float, inputs: list[InputStatus], rules: dict, notices: lis
         "steering": None,
         "userspace": None,
         "via_tc": [],  # rules whose outputs native XDP can't all reach: {"rule", "input", "outputs"}
+        "next_hops": [],  # unicast receivers: {"rule", "output", "via", "mac" (None: unresolved), "why"}
     }
     for part in parts:
         for key, value in part.items():

@@ -44,6 +44,11 @@ class InstalledRule:
     rule: Rule
     ifindex: int  # of the input interface, as the map key holds it
     outputs: tuple[int, ...] = ()  # ifindexes of its outputs when written, in rule order
+    next_hops: tuple[bytes | None, ...] = ()  # per output: a unicast receiver's next-hop MAC (None: unknown)
+
+    def next_hop(self, i: int) -> bytes | None:
+        """Output i's next-hop MAC (encode.output_value's next_hop)."""
+        return self.next_hops[i] if i < len(self.next_hops) else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -313,7 +313,8 @@ class BpfBackend:
             for i, out in enumerate(rule.outputs):
                 link = links[out.iface]
                 slot = self._slot(rule_id, link.ifindex) if single else i
-                outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac, stats[i]))
+                outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac, stats[i],
+                                                   installed.next_hop(i)))
             if fresh:
                 maps.reset_rule_counters(rule_id, stats)
             else:

@@ -43,7 +43,8 @@ class UserspaceBackend:
 
     def put_rule(self, installed: InstalledRule, links: dict[str, Link], fresh: bool) -> None:
         rule = installed.rule
-        outputs = [encode.output_value(rule, o, links[o.iface].ifindex, 0, links[o.iface].mac) for o in rule.outputs]
+        outputs = [encode.output_value(rule, o, links[o.iface].ifindex, 0, links[o.iface].mac,
+                                       next_hop=installed.next_hop(i)) for i, o in enumerate(rule.outputs)]
         self.fallback.put_rule(installed.rule_id, installed.ifindex, rule, outputs, fresh)
 
     def delete_rule(self, installed: InstalledRule) -> None:

@@ -246,7 +246,7 @@ class Table:
             if proto != 17:
                 return PASS_NOT_UDP, None, ()
             if tot < ihl + 8:
-                return PASS_MALFORMED, None, ()
+                return (PASS_MALFORMED if group[0] & 0xF0 == 0xE0 else PASS_NOT_MULTICAST), None, ()
             l4 = 14 + ihl
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, l4)
             if not 8 <= int.from_bytes(ulen, "big") <= tot - ihl:
@@ -302,7 +302,7 @@ class Table:
             if nh != 17:
                 return (PASS_NOT_UDP if nh in (6, 58) else PASS_IPV6_EXT), None, ()
             if n < 62 or plen < 8:
-                return PASS_MALFORMED, None, ()
+                return (PASS_MALFORMED if group[0] == 0xFF else PASS_NOT_MULTICAST), None, ()
             sport, dport, ulen, udp_check = _UDP.unpack_from(frame, 54)
             if not udp_check or not 8 <= int.from_bytes(ulen, "big") <= plen:
                 return (PASS_MALFORMED if group[0] == 0xFF else PASS_NOT_MULTICAST), None, ()

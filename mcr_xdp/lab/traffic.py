@@ -9,6 +9,7 @@ the demo, the end-to-end tests and the benchmarks; runnable as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import ipaddress
@@ -113,13 +114,15 @@ def open_receiver(group: str, port: int, iface: str | None = None) -> socket.soc
         s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         s.bind((group, port))
-        mreqn = addr.packed + bytes(4) + struct.pack("i", _ifindex(iface))
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        if addr.is_multicast:  # else a unicast receiver: bound to its address
+            mreqn = addr.packed + bytes(4) + struct.pack("i", _ifindex(iface))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
     else:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
         s.bind((group, port))
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, addr.packed + struct.pack("I", _ifindex(iface)))
+        if addr.is_multicast:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, addr.packed + struct.pack("I", _ifindex(iface)))
     return s
 
 
@@ -195,11 +198,13 @@ def _open_sender(group: str, iface: str | None, ttl: int, source: str | None = N
     s = socket.socket(family, socket.SOCK_DGRAM)
     if family == socket.AF_INET:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)  # to a unicast input
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         if iface:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("i", _ifindex(iface)))
     else:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
         if iface:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, _ifindex(iface))
@@ -215,13 +220,17 @@ def send_streams(streams: list[tuple[str, int]], count: int, rate: float, size: 
     built before the clock starts so pacing holds at high stream counts."""
     total_rate = rate * len(streams)
     payloads = [payload(seq, size) for seq in range(count)]
-    with _open_sender(streams[0][0], iface, ttl, source) as s:
+    # One socket per address family: IPv4 and IPv6 streams may mix.
+    socks = {ipaddress.ip_address(g).version: g for g, _ in streams}
+    with contextlib.ExitStack() as stack:
+        by_version = {v: stack.enter_context(_open_sender(g, iface, ttl, source)) for v, g in socks.items()}
+        targets = [(by_version[ipaddress.ip_address(g).version], (g, p)) for g, p in streams]
         start = time.perf_counter()
         interval = 1.0 / total_rate if total_rate > 0 else 0.0
         k = 0
         for seq in range(count):
             data = payloads[seq]
-            for dest in streams:
+            for s, dest in targets:
                 if interval:
                     delay = start + k * interval - time.perf_counter()
                     if delay > 0.0005:

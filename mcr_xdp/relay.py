@@ -437,6 +437,8 @@ class Relay:
         changed = self.next_hops.refresh(touched)
         events = []
         for rule_id, installed in list(self.rules.items()):
+            if not installed.next_hops:
+                continue
             outs = [(i, o) for i, o in enumerate(installed.rule.outputs)
                     if o.unicast and i < len(installed.outputs) and (installed.outputs[i], o.group) in changed]
             if not outs:
@@ -452,6 +454,8 @@ class Relay:
         want of a next-hop MAC."""
         lines = []
         for rule_id, installed in sorted(self.rules.items()):
+            if not installed.next_hops:
+                continue
             for i, out in enumerate(installed.rule.outputs):
                 hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
                 if hop is not None and hop.mac is None:
@@ -463,6 +467,8 @@ class Relay:
         """Every unicast receiver's next hop (status "next_hops")."""
         found = []
         for rule_id, installed in sorted(self.rules.items()):
+            if not installed.next_hops:
+                continue
             for i, out in enumerate(installed.rule.outputs):
                 hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
                 if hop is not None:

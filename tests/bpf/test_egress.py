@@ -34,7 +34,7 @@ from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
 from tests.fixtures import packets
 from tests.fixtures.packets import Udp4, Udp6, mac
-from tests.fixtures.xdp_table import ANY, assert_checksums_valid, stats_of
+from tests.fixtures.xdp_table import ANY, HOST_MAC, assert_checksums_valid, next_hop, stats_of
 
 pytestmark = pytest.mark.root
 
@@ -70,6 +70,11 @@ SINGLE = [Out("b", "239.7.7.7", 5007, "01:00:5e:07:07:07")]
 SSM_SOURCE = "203.0.113.9"
 RANGE_OUTS = [Out("a", "239.10.4.5", 6001, "01:00:5e:0a:04:05"), Out("b", "239.29.4.5", 5555, "01:00:5e:1d:04:05"),
               Out("a", "239.139.4.5", 5555, "01:00:5e:0b:04:05")]
+# Unicast receivers (next hops: xdp_table.NEXT_HOPS; 10.0.2.9 has none)
+# beside a group on the same interface; and a unicast input's fan-out.
+UNICAST_OUTS = [Out("a", "10.0.2.5", 6000, "02:00:00:00:05:05"), Out("b", "239.17.17.17", 5017, "01:00:5e:11:11:11"),
+                Out("a", "10.0.2.9", 6000, "")]
+UNICAST_IN_OUTS = [Out("a", "239.18.18.18", 5018, "01:00:5e:12:12:12"), Out("b", "10.0.2.5", 6018, "02:00:00:00:05:05")]
 
 
 def spec(outs: list[Out]) -> str:
@@ -89,6 +94,8 @@ RULES = {
     # A range, its outputs as RANGE_IN gets them: the egress finds the rule
     # by longest prefix again, for each copy.
     16: ("239.29.0.0/16:*=a/239.10.0.0/16:6001,b,a/239.139.0.0/16:*", RANGE_OUTS, True),
+    17: (f"239.1.1.17:5001={spec(UNICAST_OUTS)}", UNICAST_OUTS, True),
+    18: (f"192.0.2.50:5001={spec(UNICAST_IN_OUTS)}", UNICAST_IN_OUTS, True),
 }
 TTL_OF = {15: 7}
 
@@ -98,6 +105,8 @@ NO_FANOUT = replace(IN, dst="239.1.1.9")
 IN_WIDE = replace(IN, dst="239.1.1.16")
 FROM_SSM = replace(IN, src=SSM_SOURCE)
 RANGE_IN = Udp4(dst="239.29.4.5", dport=5555)
+TO_UNICAST = replace(IN, dst="239.1.1.17")
+UNICAST_IN = Udp4(dst="192.0.2.50", eth_dst=mac(HOST_MAC))
 
 
 def sent(pkt: Udp4 | Udp6, out: Out, ttl: int | None = None) -> bytes:
@@ -119,8 +128,9 @@ class Copy:
     egress must make of it."""
 
     iface: str
-    out: bytes | None = None  # expected output bytes; None: XDP_DROP, counted EGRESS_DROP
+    out: bytes | None = None  # expected output bytes; None: XDP_DROP, counted as verdict
     counted: tuple[int, int] | None = None  # (rule id, output index) whose counter moves
+    verdict: str = "EGRESS_DROP"  # what a dropped copy counts (abi.Verdict, by name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +172,11 @@ EGRESS_CASES = [
     dropped("IPv6: no rule (deleted)", replace(IN6, dst="ff3e::9"), "a"),
     dropped("tagged copy: the ingress strips tags", replace(IN, vlan=100), "a"),
     dropped("not multicast UDP", packets.arp_request(), "a"),
+    EgressCase("unicast receivers: next hop's MAC; beside a group; an unresolved one dropped, counted",
+               TO_UNICAST.build(), (Copy("a", sent(TO_UNICAST, UNICAST_OUTS[0]), (17, 0)),
+                                    Copy("b", sent(TO_UNICAST, UNICAST_OUTS[1]), (17, 1)),
+                                    Copy("a", None, None, "DROP_NO_NEIGH"))),
+    every_output("unicast input: onto a group and a unicast receiver", UNICAST_IN, 18),
 ]
 
 
@@ -236,7 +251,8 @@ def relay(datapath):
     for rule_id, (text, outs, has_fanout) in RULES.items():
         rule = parse_rule(text, "in")
         stats = stats_of(rule_id, len(rule.outputs))
-        values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface], stat=stats[i])
+        values = [encode.output_value(rule, o, ifindex=IFINDEX[o.iface], slot=i, src_mac=MACS[o.iface], stat=stats[i],
+                                      next_hop=next_hop(o))
                   for i, o in enumerate(rule.outputs)]
         maps.reset_rule_counters(rule_id, stats)
         maps.output_slots[rule_id] = stats
@@ -279,19 +295,19 @@ def test_egress(relay, egress, case):
 
         action, out = egress(case.frame, copy.iface)
 
-        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted,
+        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted, copy.verdict,
                    f"copy {i} through {copy.iface}")
     assert rule_counts(relay) == rules  # the ingress counted the input packet already
 
 
 def check_copy(relay, verdicts, outputs, n: int, action: int, out: bytes, expected: bytes | None,
-               counted: tuple[int, int] | None, where: str) -> None:
-    """One copy through the egress: dropped and counted EGRESS_DROP
+               counted: tuple[int, int] | None, verdict: str, where: str) -> None:
+    """One copy through the egress: dropped and counted as verdict
     (expected None), or passed as expected with valid checksums and counted
     for its output; verdicts and outputs are the counts before it."""
     if expected is None:
         assert action == DROP, where
-        v = abi.Verdict.EGRESS_DROP
+        v = abi.Verdict[verdict]
         verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
     else:
         assert action == PASS, where
@@ -403,6 +419,7 @@ class MetaCopy:
     meta: bytes  # the frame's metadata as the ingress left it
     out: bytes | None  # expected output; None: XDP_DROP, counted EGRESS_DROP
     counted: tuple[int, int] | None = None  # (rule id, output index) whose counter moves
+    verdict: str = "EGRESS_DROP"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,7 +498,8 @@ def test_egress_by_metadata(other_input, egress_meta, case):
         action, meta_out, out = egress_meta(case.frame, copy.iface, copy.meta)
 
         where = f"copy {i} through {copy.iface}"
-        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted, where)
+        check_copy(relay, verdicts, outputs, len(case.frame), action, out, copy.out, copy.counted, copy.verdict,
+                   where)
         if action == PASS:
             ours = int.from_bytes(copy.meta[:4], "little") in (DONE, EGRESS)
             assert meta_out == (b"" if ours else copy.meta), f"{where}: our metadata leaves, others' stays"

@@ -164,7 +164,7 @@ class JoinPool:
 IP_FREEBIND, IPV6_FREEBIND = 15, 78
 
 
-def claim(ifname: str, address, port: int) -> socket.socket:
+def claim(ifname: str, address, port: int) -> tuple[socket.socket, bool]:
     """A unicast input's counterpart of a join: a UDP socket bound to the
     input's (address, port), so the host stack treats that port as taken.
     Another program already there is an error (the relay would take its
@@ -172,22 +172,30 @@ def claim(ifname: str, address, port: int) -> socket.socket:
     the socket's drop-all filter discards it, where an unbound port would
     answer every datagram with an ICMP port unreachable. SO_REUSEPORT lets a
     successor claim it before this relay lets go (a restart without a gap);
-    IP_FREEBIND, an address the interface does not have (yet)."""
+    IP_FREEBIND, an address the host does not have (yet). Returns the
+    socket and whether the address is the host's."""
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    local = True
     try:
         _drop_all_filter(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        else:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-        sock.bind((str(address), port))
+        try:
+            sock.bind((str(address), port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                raise
+            local = False
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            sock.bind((str(address), port))
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise JoinError(f"{address}:{port} on {ifname} is in use by another program: a rule for it would "
                             "take that program's traffic") from None
         raise JoinError(f"cannot claim {address}:{port} on {ifname}: {exc.strerror}") from None
-    return sock
+    return sock, local

@@ -61,6 +61,7 @@ class Relay:
         self.joins: dict[str, JoinPool] = {}
         self.claims: dict[tuple, socket.socket] = {}  # _need(rule) of unicast inputs -> their claim
         self.next_hops = NextHops()  # of the unicast receivers
+        self._not_local: set = set()  # unicast inputs' addresses the host did not have when claimed
         self.backends: dict[type, Backend] = {}  # backend class -> the open backend
         self._unavailable: dict[type, str] = {}  # backend class -> why it did not open
         self._runs_on: dict[str, Backend] = {}  # input name -> its backend
@@ -596,7 +597,9 @@ class Relay:
         unicast input claims its port instead (igmp.claim)."""
         if rule.unicast:
             if _need(rule) not in self.claims:
-                self.claims[_need(rule)] = claim(link.name, rule.group, rule.port)
+                self.claims[_need(rule)], local = claim(link.name, rule.group, rule.port)
+                if not local:
+                    self._not_local.add(rule.group)
             return
         if rule.joins is None or link.name in self.config.no_join:
             return
@@ -695,7 +698,11 @@ class Relay:
         down = [f"interface {n} is down" for n, state in self.link_states.items() if state == "down"]
         unjoined = [_not_joined(i, r.rule) for i, r in sorted(self.rules.items())
                     if r.rule.group_len is not None and r.rule.iface not in self.config.no_join]
-        notices = [*gone, *down, *unjoined, *self.unresolved(), *([self._state_notice] if self._state_notice else [])]
+        foreign = [f"rule {i}: {r.rule.group} is not an address of this host: nothing is sent to it (and relayed) "
+                   "until it is" for i, r in sorted(self.rules.items())
+                   if r.rule.unicast and r.rule.group in self._not_local and not _is_local(r.rule.group)]
+        notices = [*gone, *down, *unjoined, *foreign, *self.unresolved(),
+                   *([self._state_notice] if self._state_notice else [])]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
                         parts=[*(b.status() for b in self.backends.values()), {"next_hops": self.next_hop_status()}])
@@ -739,6 +746,17 @@ def _check_inputs(rules: list[Rule], inputs: list[str]) -> None:
         if rule.iface not in inputs:
             raise RuleError(f"rule {rule} is for {rule.iface}, which is not an input of this relay "
                             f"(inputs: {', '.join(inputs) or 'none'})")
+
+
+def _is_local(address) -> bool:
+    """Whether address is one of this host's (a bind without IP_FREEBIND)."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 def _need(rule: Rule) -> tuple:

@@ -158,3 +158,19 @@ def test_a_unicast_input_port_in_use_is_refused(chain):
     assert done.returncode != 0
     assert f"{IN4}:5001 on {chain.IN} is in use by another program" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_unicast_input_address_the_host_lacks_is_noticed(chain):
+    """A unicast input for an address the input does not have (yet): a
+    status notice says nothing arrives; once the address is added, the
+    stream sent there is relayed, without a command."""
+    later = "10.200.1.7"
+    start_relay(chain, chain.IN, "--rule", f"{later}:5001={chain.OUT}/239.2.2.2:5002")
+    notice = f"{later} is not an address of this host"
+    assert any(notice in n for n in status(chain)["notices"])
+    chain.exec(chain.relay_in.ns, "ip", "addr", "add", f"{later}/24", "dev", chain.IN)
+    assert not any(notice in n for n in status(chain)["notices"])
+    mac = chain.exec(chain.relay_in.ns, "cat", f"/sys/class/net/{chain.IN}/address").stdout.strip()
+    chain.exec(chain.src.ns, "ip", "neigh", "replace", later, "lladdr", mac, "dev", chain.src.name)
+    got = relay_streams(chain, [f"{later}:5001"], ["239.2.2.2:5002"])
+    assert_exact(got, ["239.2.2.2:5002"])

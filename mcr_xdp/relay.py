@@ -450,32 +450,28 @@ class Relay:
                        for i, o in outs]
         return events
 
-    def unresolved(self) -> list[str]:
-        """A line for every unicast receiver whose copies are dropped for
-        want of a next-hop MAC."""
-        lines = []
-        for rule_id, installed in sorted(self.rules.items()):
-            if not installed.next_hops:
-                continue
-            for i, out in enumerate(installed.rule.outputs):
-                hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
-                if hop is not None and hop.mac is None:
-                    lines.append(f"rule {rule_id}: output {out}: {hop.describe(out.group)}; its copies are dropped "
-                                 "and counted (drop_no_neigh) until the kernel knows a MAC")
-        return lines
-
-    def next_hop_status(self) -> list[dict]:
-        """Every unicast receiver's next hop (status "next_hops")."""
-        found = []
+    def _receivers(self):
+        """(rule id, output, its Hop) for every unicast receiver, by rule id."""
         for rule_id, installed in sorted(self.rules.items()):
             if not installed.next_hops:
                 continue
             for i, out in enumerate(installed.rule.outputs):
                 hop = self.next_hops.hops.get((installed.outputs[i], out.group)) if out.unicast else None
                 if hop is not None:
-                    found.append({"rule": rule_id, "output": str(out), "via": hop.via,
-                                  "mac": hop.mac.hex(":") if hop.mac is not None else None, "why": hop.why})
-        return found
+                    yield rule_id, out, hop
+
+    def unresolved(self) -> list[str]:
+        """A line for every unicast receiver whose copies are dropped for
+        want of a next-hop MAC."""
+        return [f"rule {rule_id}: output {out}: {hop.describe(out.group)}; its copies are dropped and counted "
+                "(drop_no_neigh) until the kernel knows a MAC"
+                for rule_id, out, hop in self._receivers() if hop.mac is None]
+
+    def next_hop_status(self) -> list[dict]:
+        """Every unicast receiver's next hop (status "next_hops")."""
+        return [{"rule": rule_id, "output": str(out), "via": hop.via,
+                 "mac": hop.mac.hex(":") if hop.mac is not None else None, "why": hop.why}
+                for rule_id, out, hop in self._receivers()]
 
     def _forget(self, rule: Rule) -> None:
         """rule is no longer among self.rules (removed, or replaced)."""

@@ -42,8 +42,9 @@ def attach(
                                                      help="Alias: native = --mode xdp-native, generic = "
                                                      "--mode xdp-generic, auto = --mode auto.")] = None,
     steer_cpus: Annotated[str | None, typer.Option("--steer-cpus", metavar="LIST", help=(
-        "XDP: hash each flow (source, group, port) to one of these CPUs (e.g. 0,1 or 0-3), which forwards "
-        "it (cpumap); a stream never reorders. Off by default."), show_default=False)] = None,
+        "Native XDP: hash each flow (source, group, port) to one of these CPUs (e.g. 0,1 or 0-3), which "
+        "forwards it (cpumap); a stream never reorders. Generic XDP forwards on the receiving CPU. Off by "
+        "default."), show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, show_default="one per CPU",
                                                 help="Userspace mode: worker processes.")] = None,
     fanout: Annotated[str | None, typer.Option("--fanout", show_default="hash", help=(

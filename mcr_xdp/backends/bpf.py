@@ -16,6 +16,12 @@ from ..links import Link, generic_xdp_vlan_blind
 from ..modes import BPF_MODES, Mode
 from . import Attachment, InstalledRule, Losses
 
+# Generic XDP never steers (bpf/relay.c mcr_relay_skb): the kernel's cpumap
+# runs its program on only the first skb of each batch and hands the rest
+# to the host, unrelayed and uncounted (docs/architecture.md, Steering).
+GENERIC_NO_STEERING = ("{}: generic XDP forwards on the receiving CPU, --steer-cpus steers native XDP only (the "
+                       "kernel's cpumap runs its program on only the first of each batch of generic XDP frames)")
+
 
 class SlotAllocator:
     """Slots of mcr_tx_ports (abi.MAX_PORTS): one per output interface of
@@ -248,6 +254,8 @@ class BpfBackend:
                     raise AttachError(f"generic XDP can't remove a VLAN tag held in skb metadata: {blind}")
                 notice = (f"{link.name}: generic XDP relays a frame whose VLAN tag is in skb metadata with the "
                           f"tag still on ({blind}); --mode xdp-native or tc removes it")
+            if mode == Mode.XDP_GENERIC and self.datapath.steer_cpus:
+                notice = "; ".join(filter(None, [notice, GENERIC_NO_STEERING.format(link.name)]))
             fd = self.datapath.xdp_fd(mode)
             companion = mode == Mode.XDP_NATIVE and any(
                 r.ifindex == link.ifindex and i in self._via_tc for i, r in self._rules.items())

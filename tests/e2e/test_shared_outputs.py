@@ -43,7 +43,9 @@ def test_shared_outputs_exact(chain, name, mode):
 TWO_INPUT_MODES = {
     "native": ("--mode", "xdp-native"),
     "native, steered to one CPU": ("--mode", "xdp-native", "--steer-cpus", "0"),
-    "generic, steered to one CPU": ("--mode", "xdp-generic", "--steer-cpus", "0"),
+    # Generic XDP does not steer (a kernel bug loses frames: bpf/relay.c
+    # mcr_relay_skb); asked to, it forwards on the receiving CPU and says so.
+    "generic, --steer-cpus given": ("--mode", "xdp-generic", "--steer-cpus", "0"),
     "tc": ("--mode", "tc"),
     "userspace": ("--mode", "userspace", "--workers", "2"),
 }
@@ -71,6 +73,9 @@ def test_two_inputs_exact(chain, name, mode):
     scenario = TWO_INPUTS[name]
     res = run_scenario(chain, scenario, *TWO_INPUT_MODES[mode])
     assert_exact(res, scenario, sorted({d for _, dests in scenario.sends for d in dests}))
+    if mode.startswith("generic"):
+        notices = res["stats"]["status"]["notices"]
+        assert sum("--steer-cpus steers native XDP only" in n for n in notices) == 2, notices
 
 
 # A fan-out rule whose FIRST output can't take the frames: down, or an MTU

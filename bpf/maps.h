@@ -39,6 +39,19 @@ MCR_COUNTERS(mcr_verdicts, struct mcr_counter, MCR_V_MAX);
 MCR_COUNTERS(mcr_rule_stats, struct mcr_rule_counters, MCR_MAX_RULES);
 MCR_COUNTERS(mcr_output_stats, struct mcr_counter, MCR_MAX_RULE_OUTPUTS);
 
+/* Stream health (;health=...): rule id -> its tracking state, one entry for
+ * every CPU (a lock in each). Preallocated: 256 entries of ~20 KiB. Kept
+ * across a restart like the counters. */
+#ifdef MCR_ADOPT_DIR
+BPF_TABLE_PINNED("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH, MCR_ADOPT_DIR "/mcr_health");
+#else
+BPF_TABLE("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH);
+#endif
+
+/* Where the payload of the frame being forwarded is, from the end of the
+ * frame, between the two halves of a health check (bpf/health.h). */
+BPF_PERCPU_ARRAY(mcr_health_pos, __u32, 1);
+
 /* Egress: which copy of a packet comes next, for one interface used by
  * several outputs of a rule (key: the mcr_output.stat of the first such
  * output), per CPU. The control plane only zeroes it. */

@@ -13,8 +13,11 @@
 #define MCR_ABI_H
 
 #include <linux/types.h>
+#ifndef __KERNEL__  /* bcc's datapath has it from uapi/linux/bpf.h */
+#include <linux/bpf.h>  /* struct bpf_spin_lock */
+#endif
 
-#define MCR_ABI_VERSION 9
+#define MCR_ABI_VERSION 10
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -23,6 +26,7 @@
 #define MCR_MAX_PORTS   256  /* distinct output interfaces (devmap slots) */
 #define MCR_MAX_CPUS    256  /* entries of a steering list (--steer-cpus) */
 #define MCR_CPUMAP_QSIZE 2048 /* frames queued per steering CPU */
+#define MCR_MAX_HEALTH  256  /* rules with a stream health check (;health=...) */
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
@@ -36,6 +40,7 @@
 #define MCR_MAP_EGRESS_RR "mcr_egress_rr" /* percpu array: rotating index, one interface in several outputs */
 #define MCR_MAP_STEER     "mcr_steer"     /* array: i < mcr_config.steer_cpus -> CPU id */
 #define MCR_MAP_CPUMAP    "mcr_cpumap"    /* cpumap: CPU id -> mcr_cpumap_val (program mcr_cpu_relay) */
+#define MCR_MAP_HEALTH    "mcr_health"    /* hash: rule id -> mcr_health (rules with ;health=...) */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
  * after the datapath redirected them, per output ifindex. */
@@ -156,6 +161,12 @@ struct mcr_output {
 			      * deltas cover the prefix change, which is the same
 			      * whatever the host bits; the datapath adds the port's
 			      * (new in ABI 8) */
+#define MCR_RULE_HEALTH_RTP 0x4 /* ;health=rtp: RTP sequence numbers tracked in
+				 * MCR_MAP_HEALTH under the rule id (new in ABI 10) */
+#define MCR_RULE_HEALTH_TS 0x8  /* ;health=mpegts: MPEG-TS continuity counters per PID,
+				 * after an RTP header if there is one (whose
+				 * sequence numbers are tracked too) (new in ABI 10) */
+#define MCR_RULE_HEALTH (MCR_RULE_HEALTH_RTP | MCR_RULE_HEALTH_TS)
 
 struct mcr_rule {
 	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
@@ -185,6 +196,55 @@ struct mcr_rule_counters {
 	__u64 bytes;         /* matched, frame bytes as received */
 	__u64 forwarded;     /* handed to the output(s) by bpf_redirect_map */
 	__u64 dropped;       /* matched but dropped (TTL, missing output) */
+};
+
+/*
+ * Stream health of one rule (MCR_MAP_HEALTH, new in ABI 10): one entry for
+ * all CPUs, updated under its lock, because one stream's packets may be
+ * handled by several CPUs (a sender that moves, RSS, steering). The
+ * control plane creates the entry zeroed and only reads it afterwards.
+ *
+ * RTP (RFC 3550): sequence numbers are extended to 64 bits around the
+ * highest seen (16-bit wrap); seen[] holds one bit per sequence number of
+ * the last 65,536, a word of 64 valid while its epoch[] equals the
+ * number's bits 16 and up. lost = (max - first + 1) - unique, plus what
+ * earlier SSRCs lost: a late packet that fills a gap takes its loss back.
+ *
+ * MPEG-TS (ISO/IEC 13818-1 2.4.3.3): cc[pid] is MCR_TS_SEEN | MCR_TS_DUP |
+ * the last continuity counter of a packet with payload. A counter that is
+ * not the last + 1 is an error, except one repeat (a duplicate packet), a
+ * packet without payload (its counter does not advance), the null PID and
+ * a set discontinuity_indicator.
+ */
+#define MCR_HEALTH_WORDS 1024  /* 64 sequence numbers each: all 65,536 */
+#define MCR_TS_PIDS 8192
+#define MCR_TS_PACKET 188
+#ifndef MCR_TS_PER_DATAGRAM
+#define MCR_TS_PER_DATAGRAM 8  /* TS packets checked per datagram (7 fit in 1,500 bytes) */
+#endif
+#define MCR_TS_SEEN 0x80
+#define MCR_TS_DUP 0x40
+#define MCR_HEALTH_STARTED 0x1 /* mcr_health.state: an RTP packet was seen */
+
+struct mcr_health {
+	struct bpf_spin_lock lock;
+	__u32 ssrc;          /* of the stream being tracked */
+	__u32 state;         /* MCR_HEALTH_* */
+	__u32 pad0;
+	__u64 first;         /* lowest extended sequence number since the SSRC took over */
+	__u64 max;           /* highest */
+	__u64 received;      /* datagrams checked */
+	__u64 unique;        /* distinct sequence numbers since the SSRC took over */
+	__u64 lost_before;   /* lost by the SSRCs before it */
+	__u64 duplicates;    /* a sequence number seen before */
+	__u64 reordered;     /* arrived after a later one */
+	__u64 ssrc_changes;  /* a new SSRC took over (tracking restarted) */
+	__u64 invalid;       /* not the kind checked: no RTP v2 header (rtp), no TS sync byte (mpegts) */
+	__u64 ts_packets;    /* TS packets checked */
+	__u64 cc_errors;     /* continuity counter errors */
+	__u32 epoch[MCR_HEALTH_WORDS];
+	__u64 seen[MCR_HEALTH_WORDS];
+	__u8 cc[MCR_TS_PIDS];
 };
 
 /* Tracepoints are global and ifindexes are per network namespace: keying by

@@ -28,6 +28,7 @@
 #include "mcr_abi.h"
 #include "maps.h"
 #include "forward.h"
+#include "health.h"
 
 #define MCR_STEERED (MCR_V_MAX + 1) /* handed to another CPU, which counts it */
 
@@ -145,6 +146,8 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	counters = count_match(rule->id, bytes);
 	if (counters)
 		seq = (__u32)counters->packets;
+	if (rule->flags & MCR_RULE_HEALTH)
+		health_mark(data_end - (void *)(p.udp + 1));
 	action = XDP_DROP;
 	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
@@ -204,6 +207,9 @@ out:
 		meta_release(ctx);
 	count_verdict(verdict, bytes);
 	count_outcome(counters, action == XDP_REDIRECT);
+	/* Past steering and the TC hand-over, a rule's frame is this CPU's. */
+	if (rule && (rule->flags & MCR_RULE_HEALTH))
+		health_at_mark(rule, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
 	return action;
 }
 

@@ -28,6 +28,7 @@
 #include "mcr_abi.h"
 #include "maps.h"
 #include "forward.h"
+#include "health.h"
 
 /* Ethernet + tag + IPv4 with options + UDP: every header the program reads
  * or writes, made linear and private (not shared with a clone) by
@@ -126,6 +127,16 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	if (!rule)
 		goto out;
 	action = TC_ACT_SHOT;
+	/* The whole datagram linear, for the checks that read past the
+	 * headers (if the pull fails, they check what is linear). */
+	if (rule->flags & MCR_RULE_HEALTH) {
+		bpf_skb_pull_data(skb, skb->len);
+		if (reparse(skb, &p)) {
+			verdict = MCR_V_DROP_NO_OUTPUT;
+			goto out;
+		}
+		health_check(rule, (__u8 *)(p.udp + 1), (void *)(long)skb->data_end);
+	}
 	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
 		goto out;

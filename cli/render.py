@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from mcr_xdp.health import Counts as HealthCounts
 from mcr_xdp.modes import Mode
 from mcr_xdp.stats import Rates, Snapshot
 
@@ -43,7 +44,8 @@ def status(st: dict) -> list:
         table.add_row(i["name"], mode_text(i), str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
     notices = [Text(f"notice: {n}", style="yellow") for n in dict.fromkeys(st.get("notices", []))]
     hops = [next_hops(st["next_hops"])] if st.get("next_hops") else []
-    return [head, *notices, table, rule_list(st["rules"]), *hops]
+    health = health_table([(h["id"], h["rule"], HealthCounts.from_json(h)) for h in st.get("health", [])])
+    return [head, *notices, table, rule_list(st["rules"]), *hops, *([health] if health is not None else [])]
 
 
 def next_hops(hops: list[dict]) -> Table:
@@ -143,6 +145,28 @@ def rules_live(snap: Snapshot, rates: Rates | None) -> Table:
     return table
 
 
+def health_table(rows: list[tuple[int, str, HealthCounts]]) -> Table | None:
+    """Stream health of the rules with ;health= as (id, rule, counts); None
+    for no such rule. A rule in red has lost packets or continuity."""
+    if not rows:
+        return None
+    table = Table(title="stream health", title_justify="left", expand=True)
+    for col, justify in (("id", "right"), ("rule", "left"), ("kind", "left"), ("received", "right"),
+                         ("lost", "right"), ("duplicates", "right"), ("reordered", "right"),
+                         ("cc errors", "right"), ("ssrc", "right"), ("not of its kind", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for rule_id, rule, h in rows:
+        table.add_row(str(rule_id), Text(rule), h.kind, str(h.received), str(h.lost), str(h.duplicates),
+                      str(h.reordered), str(h.cc_errors) if h.kind == "mpegts" else "-",
+                      f"{h.ssrc:#010x}" if h.ssrc is not None else "-", str(h.invalid),
+                      style="red" if h.lost or h.cc_errors else None)
+    return table
+
+
+def snapshot_health(snap: Snapshot) -> Table | None:
+    return health_table([(r.rule_id, r.rule, r.health) for r in snap.rules if r.health is not None])
+
+
 def cpus_table(snap: Snapshot, rates: Rates | None) -> Table:
     table = Table(title="per CPU", title_justify="left")
     for col in ("cpu", "pps", "share", "packets", "forwarded"):
@@ -177,6 +201,7 @@ def dashboard(snap: Snapshot, rates: Rates | None, status: dict):
     from rich.columns import Columns
     from rich.console import Group
 
-    return Group(header(snap, rates, status), rules_live(snap, rates),
+    health = snapshot_health(snap)
+    return Group(header(snap, rates, status), rules_live(snap, rates), *([health] if health is not None else []),
                  Columns([cpus_table(snap, rates), drops_table(snap, rates)]),
                  Text("q or Ctrl-C quits", style="dim"))

@@ -68,4 +68,6 @@ def stats_cmd(
     snap, status = stats.from_json(data)
     out.print(render.header(snap, None, status))
     out.print(render.rules_live(snap, None))
+    if (health := render.snapshot_health(snap)) is not None:
+        out.print(health)
     out.print(render.drops_table(snap, None))

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -15,6 +15,7 @@ MAX_RULE_OUTPUTS = 131072
 MAX_PORTS = 256
 MAX_CPUS = 256
 CPUMAP_QSIZE = 2048
+MAX_HEALTH = 256
 
 MAP_RULES = "mcr_rules"
 MAP_RANGES = "mcr_ranges"
@@ -27,6 +28,7 @@ MAP_CONFIG = "mcr_config"
 MAP_EGRESS_RR = "mcr_egress_rr"
 MAP_STEER = "mcr_steer"
 MAP_CPUMAP = "mcr_cpumap"
+MAP_HEALTH = "mcr_health"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
 MAP_LOSS_MAPS = "mcr_loss_maps"
@@ -110,6 +112,9 @@ class Output(ctypes.Structure):
 
 RULE_VIA_TC = 0x1  # Rule.flags: native XDP passes the frame to the TC program on its input
 RULE_RANGE = 0x2  # Rule.flags: from mcr_ranges; outputs keep the packet's host bits (host_mask)
+RULE_HEALTH_RTP = 0x4  # Rule.flags: ;health=rtp, tracked in mcr_health under the rule id
+RULE_HEALTH_TS = 0x8  # Rule.flags: ;health=mpegts (and RTP, when the TS packets follow an RTP header)
+RULE_HEALTH = RULE_HEALTH_RTP | RULE_HEALTH_TS
 OUT_UNRESOLVED = 0x1  # Output.flags: a unicast receiver without a known next-hop MAC: copies dropped
 OUT_UNICAST = 0x2  # Output.flags: a unicast receiver: its MAC is the next hop's, not the group's
 
@@ -148,6 +153,38 @@ class RuleCounters(ctypes.Structure):
         ("bytes", ctypes.c_uint64),
         ("forwarded", ctypes.c_uint64),
         ("dropped", ctypes.c_uint64),
+    ]
+
+
+HEALTH_WORDS = 1024
+TS_PIDS = 8192
+TS_PACKET = 188
+TS_PER_DATAGRAM = 8
+TS_SEEN = 0x80
+TS_DUP = 0x40
+HEALTH_STARTED = 0x1
+
+
+class Health(ctypes.Structure):
+    _fields_ = [
+        ("lock", ctypes.c_uint32),  # struct bpf_spin_lock
+        ("ssrc", ctypes.c_uint32),
+        ("state", ctypes.c_uint32),
+        ("pad0", ctypes.c_uint32),
+        ("first", ctypes.c_uint64),
+        ("max", ctypes.c_uint64),
+        ("received", ctypes.c_uint64),
+        ("unique", ctypes.c_uint64),
+        ("lost_before", ctypes.c_uint64),
+        ("duplicates", ctypes.c_uint64),
+        ("reordered", ctypes.c_uint64),
+        ("ssrc_changes", ctypes.c_uint64),
+        ("invalid", ctypes.c_uint64),
+        ("ts_packets", ctypes.c_uint64),
+        ("cc_errors", ctypes.c_uint64),
+        ("epoch", ctypes.c_uint32 * HEALTH_WORDS),
+        ("seen", ctypes.c_uint64 * HEALTH_WORDS),
+        ("cc", ctypes.c_uint8 * TS_PIDS),
     ]
 
 
@@ -201,4 +238,5 @@ STRUCTS = {
     "mcr_loss_key": LossKey,
     "mcr_loss": Loss,
     "mcr_meta": Meta,
+    "mcr_health": Health,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from . import abi, libbpf
+from . import abi, health, libbpf
 
 
 def possible_cpus() -> int:
@@ -165,6 +165,23 @@ class Maps:
             key = ctypes.c_uint32(slot)
             libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], key, zero)
             libbpf.map_update(self._fd[abi.MAP_EGRESS_RR], key, zero_rr)
+
+    def health(self, rule_id: int) -> abi.Health | None:
+        """The stream health state of a rule with ;health= (None: none)."""
+        value = abi.Health()
+        return value if libbpf.map_lookup(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id), value) else None
+
+    def health_counts(self, rule_id: int, kind: str) -> health.Counts | None:
+        """backends.CounterSource: a rule's stream health, if it is checked here."""
+        state = self.health(rule_id)
+        return health.from_state(state, kind) if state is not None else None
+
+    def start_health(self, rule_id: int) -> None:
+        """Track rule_id's stream from nothing (a new rule, or another kind)."""
+        libbpf.map_update(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id), abi.Health())
+
+    def stop_health(self, rule_id: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id))
 
     def read_output_slots(self) -> dict[int, tuple[int, ...]]:
         """rule id -> its outputs' mcr_output_stats keys, from the rule

@@ -28,11 +28,22 @@ class _Doc:
         self.lines: list[str] = []
         self._seen: set[str] = set()
 
-    def metric(self, name: str, kind: str, help_: str, value, **labels) -> None:
+    def metric(self, name: str, type_: str, help_: str, value, **labels) -> None:
         if name not in self._seen:
             self._seen.add(name)
-            self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+            self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {type_}"]
         self.lines.append(f"{name}{_labels(**labels)} {value}")
+
+
+HEALTH_METRICS = (
+    ("received", "Datagrams of the rule's stream checked (;health=)."),
+    ("duplicates", "RTP sequence numbers seen again."),
+    ("reordered", "RTP packets that came after a later one."),
+    ("ssrc_changes", "Times a new RTP SSRC took over the rule's stream."),
+    ("invalid", "Datagrams not of the kind checked (no RTP v2 header, no MPEG-TS sync byte)."),
+    ("ts_packets", "MPEG-TS packets checked."),
+    ("cc_errors", "MPEG-TS continuity counter errors."),
+)
 
 
 def exposition(snap: Snapshot, status: dict) -> str:
@@ -55,6 +66,15 @@ def exposition(snap: Snapshot, status: dict) -> str:
             for o in r.outputs:
                 d.metric(f"mcr_xdp_output_{field}_total", "counter", f"{field.capitalize()} sent to the output.",
                          getattr(o, field), rule_id=r.rule_id, output=o.output, interface=o.iface)
+    checked = [r for r in snap.rules if r.health is not None]
+    for field, help_ in HEALTH_METRICS:
+        for r in checked:
+            d.metric(f"mcr_xdp_rule_health_{field}_total", "counter", help_, getattr(r.health, field),
+                     rule_id=r.rule_id, rule=r.rule, interface=r.iface, kind=r.health.kind)
+    # Not a counter: a late packet takes its loss back.
+    for r in checked:
+        d.metric("mcr_xdp_rule_health_lost", "gauge", "RTP sequence numbers of the rule's stream never seen.",
+                 r.health.lost, rule_id=r.rule_id, rule=r.rule, interface=r.iface, kind=r.health.kind)
     d.metric("mcr_xdp_steering_lost_total", "counter", "Frames a full CPU-steering queue dropped.",
              snap.steering_lost)
     for c in snap.cpus:

@@ -697,11 +697,32 @@ class Relay:
         foreign = [f"rule {i}: {r.rule.group} is not an address of this host: nothing is sent to it (and relayed) "
                    "until it is" for i, r in sorted(self.rules.items())
                    if r.rule.unicast and r.rule.group in self._not_local and not _is_local(r.rule.group)]
-        notices = [*gone, *down, *unjoined, *foreign, *self.unresolved(),
+        health, unchecked = self.health()
+        notices = [*gone, *down, *unjoined, *foreign, *self.unresolved(), *unchecked,
                    *([self._state_notice] if self._state_notice else [])]
         return document(self.uptime, inputs, {i: r.rule for i, r in self.rules.items()}, notices=notices,
                         modes_tried=self.ladder, links=self.link_states,
-                        parts=[*(b.status() for b in self.backends.values()), {"next_hops": self.next_hop_status()}])
+                        parts=[*(b.status() for b in self.backends.values()),
+                               {"next_hops": self.next_hop_status(), "health": health}])
+
+    def health(self) -> tuple[list[dict], list[str]]:
+        """The stream health of the rules with ;health= (status "health"),
+        and a notice for each whose input's backend does not check it (the
+        userspace workers: the check is the kernel datapath's)."""
+        rows, notices = [], []
+        for rule_id, installed in sorted(self.rules.items()):
+            rule = installed.rule
+            if rule.health is None:
+                continue
+            source = getattr(self._runs_on.get(rule.iface), "counters", None)
+            counts = source.health_counts(rule_id, rule.health) if hasattr(source, "health_counts") else None
+            if counts is not None:
+                rows.append({"id": rule_id, "rule": str(rule), **counts.as_json()})
+            elif rule.iface in self.attachments:
+                notices.append(f"rule {rule_id}: ;health={rule.health} is checked by the kernel datapath (XDP, TC); "
+                               f"{rule.iface} runs in {self.attachments[rule.iface].mode.value} mode, where "
+                               "nothing is checked")
+        return rows, notices
 
 
 def _input_gone(name: str) -> str:

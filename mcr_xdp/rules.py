@@ -8,6 +8,10 @@ Syntax, everywhere (CLI, config, control socket):
                            from the kernel's neighbour table)
     OPTION = ttl=N         send with TTL / hop limit N (1-255) instead of
                            the received one minus one
+           | health=rtp    count the stream's RTP sequence gaps, duplicates,
+                           reordering and SSRC changes in the datapath
+           | health=mpegts count MPEG-TS continuity errors per PID (and the
+                           RTP sequence, when an RTP header comes first)
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
 the input interface is given separately (one input interface).
 
@@ -73,6 +77,7 @@ class Rule:
     ttl: int | None = None  # ;ttl=N: the outgoing TTL / hop limit; None: the received one minus one
     group_len: int | None = None  # prefix length of a group range; None: one group
     source_len: int | None = None  # prefix length of a source range; None: one source (or any)
+    health: str | None = None  # ;health=KIND: a HEALTH_KINDS stream check in the datapath
 
     @property
     def key(self) -> tuple:
@@ -120,6 +125,8 @@ class Rule:
             src = f"{self.source}/{self.source_len}@" if self.source_len is not None else f"{self.source}@"
         outs = ",".join(str(o) for o in self.outputs)
         options = f";ttl={self.ttl}" if self.ttl is not None else ""
+        if self.health is not None:
+            options += f";health={self.health}"
         return f"{src}{self.endpoint()}={outs}{options}"
 
     def endpoint(self) -> str:
@@ -301,7 +308,8 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
     return rule
 
 
-RULE_OPTIONS = "ttl=N"
+HEALTH_KINDS = ("rtp", "mpegts")
+RULE_OPTIONS = "ttl=N, health=" + "|".join(HEALTH_KINDS)
 
 
 def _parse_options(options: list[str], text: str) -> dict:
@@ -309,13 +317,18 @@ def _parse_options(options: list[str], text: str) -> dict:
     found: dict = {}
     for option in options:
         key, sep, value = (part.strip() for part in option.partition("="))
-        if key != "ttl":
+        if key not in ("ttl", "health"):
             raise RuleError(f"rule {text!r}: unknown option {key!r} (options: {RULE_OPTIONS})")
         if key in found:
             raise RuleError(f"rule {text!r}: option {key} given twice")
-        if not sep or not value.isdigit() or not 1 <= int(value) <= 255:
-            raise RuleError(f"rule {text!r}: ttl={value!r}: expected a TTL from 1 to 255")
-        found[key] = int(value)
+        if key == "ttl":
+            if not sep or not value.isdigit() or not 1 <= int(value) <= 255:
+                raise RuleError(f"rule {text!r}: ttl={value!r}: expected a TTL from 1 to 255")
+            found[key] = int(value)
+        else:
+            if value not in HEALTH_KINDS:
+                raise RuleError(f"rule {text!r}: health={value!r}: expected one of {', '.join(HEALTH_KINDS)}")
+            found[key] = value
     return found
 
 
@@ -394,11 +407,13 @@ class RuleSet:
     def __init__(self):
         self.keys: dict[tuple, Rule] = {}
         self.outputs = 0
+        self.health = 0  # rules with ;health=
         self.ifaces: dict[str, int] = {}  # output interface -> rules that use it
 
     def add(self, rule: Rule) -> None:
         self.keys[rule.key] = rule
         self.outputs += len(rule.outputs)
+        self.health += rule.health is not None
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] = self.ifaces.get(name, 0) + 1
 
@@ -406,6 +421,7 @@ class RuleSet:
         if self.keys.pop(rule.key, None) is None:
             return
         self.outputs -= len(rule.outputs)
+        self.health -= rule.health is not None
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] -= 1
             if not self.ifaces[name]:
@@ -436,6 +452,9 @@ class RuleSet:
         outputs = self.outputs + sum(len(r.outputs) for r in rules)
         if outputs > abi.MAX_RULE_OUTPUTS:
             raise RuleError(f"{outputs} outputs across all rules; the limit is {abi.MAX_RULE_OUTPUTS}")
+        health = self.health + sum(r.health is not None for r in rules)
+        if health > abi.MAX_HEALTH:
+            raise RuleError(f"{health} rules with ;health=; the limit is {abi.MAX_HEALTH}")
         ifaces = set(self.ifaces) | {o.iface for r in rules for o in r.outputs}
         if len(ifaces) > abi.MAX_PORTS:
             raise RuleError(f"{len(ifaces)} output interfaces; the limit is {abi.MAX_PORTS}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import abi
 from .backends import Losses
+from .health import Counts as HealthCounts
 
 if TYPE_CHECKING:
     from .backends import CounterSource
@@ -42,6 +43,7 @@ class RuleStats:
     forwarded: int
     dropped: int
     outputs: tuple[OutputStats, ...] = ()
+    health: HealthCounts | None = None  # a rule with ;health=, in a backend that checks it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +130,7 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
             rule_id, str(rule), rule.iface, packets, nbytes, forwarded, dropped,
             tuple(OutputStats(str(o), o.iface, sum(oc[i].packets for oc in outs), sum(oc[i].bytes for oc in outs))
                   for i, o in enumerate(rule.outputs)),
+            _health(sources, rule_id, rule.health),
         ))
     per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
     cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
@@ -142,6 +145,20 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
             losses.after_redirect.get(ifindex, 0), losses.ring.get(name, 0),
         )
     return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, losses.steering)
+
+
+def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) -> HealthCounts | None:
+    """A rule's stream health summed over the sources that check it (those
+    with a health method: the kernel datapath); None when none does."""
+    if kind is None:
+        return None
+    found = [h for s in sources if hasattr(s, "health_counts") and (h := s.health_counts(rule_id, kind)) is not None]
+    if not found:
+        return None
+    total = found[0]
+    for more in found[1:]:
+        total = total + more
+    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +237,7 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
                     {"output": o.output, "interface": o.iface, "packets": o.packets, "bytes": o.bytes}
                     for o in r.outputs
                 ],
+                "health": r.health.as_json() if r.health is not None else None,
             }
             for r in snap.rules
         ],
@@ -237,6 +255,7 @@ def from_json(data: dict) -> tuple[Snapshot, dict]:
         RuleStats(
             r["id"], r["rule"], r["input"], r["packets"], r["bytes"], r["forwarded"], r["dropped"],
             tuple(OutputStats(o["output"], o["interface"], o["packets"], o["bytes"]) for o in r["outputs"]),
+            HealthCounts.from_json(r["health"]) if r.get("health") else None,
         )
         for r in data["rules"]
     )

@@ -57,6 +57,7 @@ def document(uptime: float, inputs: list[InputStatus], rules: dict, notices: lis
         "userspace": None,
         "via_tc": [],  # rules whose outputs native XDP can't all reach: {"rule", "input", "outputs"}
         "next_hops": [],  # unicast receivers: {"rule", "output", "via", "mac" (None: unresolved), "why"}
+        "health": [],  # rules with ;health=: {"id", "rule"} and health.Counts' fields
     }
     for part in parts:
         for key, value in part.items():

@@ -13,10 +13,11 @@ if grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then
     HEADERS=linux-headers-$(uname -r)
 fi
 # make for the VMs (vagrant/), which run this script before make exists;
-# the last four for tests/packaging: it lints the shell scripts, runs
-# `vagrant validate` offline with the libvirt provider and verifies the unit.
+# the next four for tests/packaging: it lints the shell scripts, runs
+# `vagrant validate` offline with the libvirt provider and verifies the unit;
+# ffmpeg for the tests' real MPEG-TS streams (tests/e2e/test_health.py).
 PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod tmux
-          make shellcheck vagrant vagrant-libvirt systemd)
+          make shellcheck vagrant vagrant-libvirt systemd ffmpeg)
 
 log() { printf 'setup: %s\n' "$*"; }
 # shellcheck source-path=SCRIPTDIR source=lib.sh

@@ -74,6 +74,9 @@ class CounterSource(Protocol):
         """(packets seen, packets forwarded) per CPU; [] when the source
         does not count per CPU."""
 
+    # Optional: health_counts(rule_id, kind) -> health.Counts | None, the
+    # stream health of a rule with ;health= (the kernel datapath has it).
+
 
 class Backend(Protocol):
     modes: tuple[Mode, ...]  # the modes an input can run in on this backend

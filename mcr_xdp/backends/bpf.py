@@ -327,6 +327,7 @@ class BpfBackend:
                 maps.reset_rule_counters(rule_id, stats)
             else:
                 maps.reset_output_counters(new_stats)
+            self._start_health(installed, fresh)
             if not single:
                 self._set_fanout(rule_id, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
@@ -344,6 +345,8 @@ class BpfBackend:
             self._fanout_order.pop(rule_id, None)
         self._free_slots(rule_id, keep=_single_output(installed, links))
         previous = self._rules.get(rule_id)
+        if rule.health is None and previous is not None and previous.rule.health is not None:
+            maps.stop_health(rule_id)  # after the entry that no longer looks there
         self._rules[rule_id] = installed
         if via_tc:
             self._via_tc.add(rule_id)
@@ -354,9 +357,22 @@ class BpfBackend:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
         self._count_kinds(previous.rule if previous is not None else None, rule)
 
+    def _start_health(self, installed: InstalledRule, fresh: bool) -> None:
+        """A rule with ;health= gets its state before its entry says so: a
+        new one (a new id, another kind), or the one it has (the same rule
+        changed, or a killed relay's, taken over with its maps)."""
+        maps = self.datapath.maps
+        rule_id, health = installed.rule_id, installed.rule.health
+        if health is None:
+            return
+        previous = self._rules.get(rule_id)
+        if fresh or (previous is not None and previous.rule.health != health) or maps.health(rule_id) is None:
+            maps.start_health(rule_id)
+
     def delete_rule(self, installed: InstalledRule) -> None:
         maps = self.datapath.maps
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
+        maps.stop_health(installed.rule_id)
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)

@@ -45,8 +45,19 @@ def payload(seq: int, size: int) -> bytes:
     return head + body + hashlib.blake2b(head + body, digest_size=_DIGEST).digest()
 
 
+RTP_SSRC = 0x6D637278  # "mcrx"
+
+
+def rtp_header(seq: int, ssrc: int = RTP_SSRC) -> bytes:
+    """An RTP v2 header (RFC 3550), dynamic payload type 96, 90 kHz clock."""
+    return struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, (seq * 90) & 0xFFFFFFFF, ssrc)
+
+
 def check_payload(data: bytes) -> int | None:
-    """The sequence number of an intact payload, None if corrupt or foreign."""
+    """The sequence number of an intact payload (after an RTP header, if
+    the sender put one first), None if corrupt or foreign."""
+    if data[12:16] == MAGIC and data[0] >> 6 == 2:
+        data = data[12:]
     if len(data) < MIN_PAYLOAD or data[:4] != MAGIC:
         return None
     if hashlib.blake2b(data[:-_DIGEST], digest_size=_DIGEST).digest() != data[-_DIGEST:]:
@@ -60,23 +71,40 @@ def _ifindex(iface: str | None) -> int:
 
 def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64, iface: str | None = None,
          ttl: int = 16, first_seq: int = 0, source_port: int = 0,
-         progress: Callable[[int], None] | None = None, source: str | None = None) -> float:
+         progress: Callable[[int], None] | None = None, source: str | None = None,
+         rtp: bool = False, skip: frozenset[int] = frozenset()) -> float:
     """Send count packets at rate per second (0: as fast as possible).
     Returns the seconds it took. progress, if given, is called with the
-    number sent so far after every packet (so an interrupted caller knows)."""
+    number sent so far after every packet (so an interrupted caller knows).
+    rtp: each payload behind an RTP header whose sequence number is the
+    payload's (16 bits); skip: sequence numbers left out (gaps), their
+    time slots left empty."""
     with _open_sender(group, iface, ttl, source, source_port) as s:
         dest = (group, port)
         start = time.perf_counter()
         interval = 1.0 / rate if rate > 0 else 0.0
         for i in range(count):
+            seq = first_seq + i
+            if seq in skip:
+                continue
             if interval:
                 delay = start + i * interval - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            s.sendto(payload(first_seq + i, size), dest)
+            data = payload(seq, size)
+            s.sendto(rtp_header(seq) + data if rtp else data, dest)
             if progress is not None:
                 progress(i + 1)
         return time.perf_counter() - start
+
+
+def parse_seqs(text: str) -> frozenset[int]:
+    """"5,9,20-24" -> those sequence numbers."""
+    seqs: set[int] = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        seqs.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(seqs)
 
 
 @dataclasses.dataclass
@@ -370,6 +398,9 @@ def _main(argv=None) -> int:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--ttl", type=int, default=16)
     s.add_argument("--first-seq", type=int, default=0)
+    s.add_argument("--rtp", action="store_true", help="an RTP header (sequence number = the packet's) first")
+    s.add_argument("--skip", type=parse_seqs, default=frozenset(), metavar="SEQ[-SEQ],...",
+                   help="sequence numbers not sent (gaps)")
     r = sub.choices["recv"]
     r.add_argument("--idle-timeout", type=float, default=3.0)
     r.add_argument("--first-timeout", type=float, default=20.0, help="seconds to wait for the first packet")
@@ -392,8 +423,10 @@ def _main(argv=None) -> int:
         print(json.dumps({k: r.as_dict(a.count) for k, r in res.items()}), flush=True)
         return 0
     if a.cmd == "send":
-        took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq, source=a.source)
-        print(json.dumps({"sent": a.count, "seconds": round(took, 3)}), flush=True)
+        took = send(a.group, a.port, a.count, a.rate, a.size, a.iface, a.ttl, a.first_seq, source=a.source,
+                    rtp=a.rtp, skip=a.skip)
+        skipped = sum(1 for seq in a.skip if a.first_seq <= seq < a.first_seq + a.count)
+        print(json.dumps({"sent": a.count - skipped, "seconds": round(took, 3)}), flush=True)
         return 0
     if a.tun:
         result = receive_tun(a.iface, a.group, a.port, a.count, a.idle_timeout, a.first_timeout,

@@ -139,6 +139,7 @@ LAYOUTS = {
     7: "112de68073d31e25b35b38abb6d09dfe46f7be509e2424615070d5cab652635d",  # mcr_output.ttl
     8: "4f4d07606d1bb751eacb5eeef84dc240ce15e039138c0b06879adc2d01ec4fb7",  # ranges, output stat keys
     9: "906a272ff4a1abc7c015fbc9aaf2bc10d749548049327f3c9559673d4651b7bc",  # unicast: output flags, unicast_rules
+    10: "cf4cc9fe56bab021dcfcbef1d2ec5feba0fcb996e298829024de1d9571dfdf3a",  # stream health: rule flags, mcr_health
 }
 
 

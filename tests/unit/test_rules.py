@@ -10,7 +10,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.errors import InterfaceError, RuleError
-from mcr_xdp.rules import Output, Rule, diff, input_of, parse_rule, validate
+from mcr_xdp.rules import Output, Rule, RuleSet, diff, input_of, parse_rule, validate
 
 IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -137,6 +137,29 @@ def test_parse_options(text, expected):
     assert parse_rule(str(rule)) == rule  # its own spelling parses back
 
 
+@pytest.mark.parametrize("text, health, spelled", [
+    ("239.1.1.1:5001=eth1;health=rtp", "rtp", "eth0/239.1.1.1:5001=eth1;health=rtp"),
+    ("[ff3e::1]:5001=eth1 ; health = mpegts ; ttl=4", "mpegts", "eth0/[ff3e::1]:5001=eth1;ttl=4;health=mpegts"),
+])
+def test_parse_health(text, health, spelled):
+    rule = parse_rule(text, "eth0")
+    assert rule.health == health
+    assert str(rule) == spelled
+    assert parse_rule(str(rule)) == rule
+
+
+def test_health_rules_have_a_limit():
+    ruleset = RuleSet()
+    for i in range(abi.MAX_HEALTH):
+        ruleset.add(parse_rule(f"239.1.{i // 250}.{i % 250 + 1}:5001=eth1;health=rtp", "eth0"))
+    ifindex = {"eth0": 1, "eth1": 2}
+    ruleset.check([parse_rule("239.9.9.9:5001=eth1", "eth0")], ifindex)  # without: fine
+    with pytest.raises(RuleError, match=f"{abi.MAX_HEALTH + 1} rules with ;health=; the limit is {abi.MAX_HEALTH}"):
+        ruleset.check([parse_rule("239.9.9.9:5001=eth1;health=mpegts", "eth0")], ifindex)
+    ruleset.remove(parse_rule("239.1.0.1:5001=eth1;health=rtp", "eth0"))
+    ruleset.check([parse_rule("239.9.9.9:5001=eth1;health=mpegts", "eth0")], ifindex)
+
+
 def test_a_changed_ttl_is_a_changed_rule():
     """The options are not part of the key: SIGHUP changes the rule in place."""
     old, new = parse_rule("239.1.1.1:5001=eth1", "eth0"), parse_rule("239.1.1.1:5001=eth1;ttl=3", "eth0")
@@ -227,7 +250,12 @@ INVALID = [
     pytest.param("239.1.1.1:5001=eth1;ttl=x", "eth0", "ttl='x'", id="ttl-not-a-number"),
     pytest.param("239.1.1.1:5001=eth1;ttl", "eth0", "ttl=''", id="ttl-without-value"),
     pytest.param("239.1.1.1:5001=eth1;ttl=4;ttl=5", "eth0", "option ttl given twice", id="ttl-twice"),
-    pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0", "unknown option 'bogus' (options: ttl=N)", id="unknown-option"),
+    pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0", "unknown option 'bogus' (options: ttl=N, health=rtp|mpegts)",
+                 id="unknown-option"),
+    pytest.param("239.1.1.1:5001=eth1;health=smpte", "eth0", "health='smpte': expected one of rtp, mpegts",
+                 id="unknown-health-kind"),
+    pytest.param("239.1.1.1:5001=eth1;health=rtp;health=rtp", "eth0", "option health given twice",
+                 id="health-twice"),
     pytest.param("239.1.1.1:5001=eth1;", "eth0", "unknown option ''", id="empty-option"),
     pytest.param("2001:db8::1@239.1.1.1:5001=eth1", "eth0", "different IP versions", id="source-other-family"),
     pytest.param("ff3e::1:5001=eth1", "eth0", "write IPv6 groups in brackets", id="v6-no-brackets"),

@@ -192,3 +192,28 @@ def test_status_text_shows_the_notices():
           "interfaces": [{"name": "in0", "mode": "xdp-native", "prog_id": 42, "rules": 1, "joins": 1}]}
     shown = text(render.status(st)[1])
     assert "notice: rule 0: an output has no XDP transmit [vx0]" in shown
+
+
+def test_stream_health_in_json_prometheus_and_tables():
+    """A rule's health goes everywhere its counters go: the JSON (schema and
+    round trip), Prometheus (lost as a gauge: a late packet takes it back),
+    the stats tables and status."""
+    from mcr_xdp.health import Counts
+
+    snap = snapshot(3.5, 100)
+    checked = Counts("mpegts", received=90, lost=3, duplicates=1, reordered=2, ssrc=0x11223344, ts_packets=630,
+                     cc_errors=4)
+    snap = dataclasses.replace(snap, rules=(dataclasses.replace(snap.rules[0], health=checked), *snap.rules[1:]))
+    data = stats.as_json(snap, STATUS)
+    jsonschema.validate(data, SCHEMA)
+    assert data["rules"][0]["health"]["cc_errors"] == 4 and data["rules"][1]["health"] is None
+    assert stats.from_json(json.loads(json.dumps(data)))[0] == snap
+    families = {f.name: f for f in text_string_to_metric_families(exposition(snap, STATUS))}
+    assert families["mcr_xdp_rule_health_lost"].type == "gauge"
+    assert [s.value for s in families["mcr_xdp_rule_health_lost"].samples] == [3]
+    assert [s.labels["kind"] for s in families["mcr_xdp_rule_health_cc_errors"].samples] == ["mpegts"]
+    shown = text(render.snapshot_health(snap))
+    assert "0x11223344" in shown and "stream health" in shown
+    assert render.snapshot_health(snapshot(3.5, 100)) is None
+    st = {**STATUS, "interfaces": [], "health": [{"id": 0, "rule": "in0/[ff3e::1]:5001=out0;health=mpegts", **checked.as_json()}]}
+    assert "[ff3e::1]:5001" in "".join(text(r) for r in render.status(st) if not isinstance(r, str))

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * health.h - stream health of a rule's packets (;health=rtp|mpegts): RTP
+ * sequence numbers and MPEG-TS continuity counters, tracked in mcr_health
+ * (struct mcr_health says how). Part of the datapath's one translation
+ * unit (loader.DATAPATH_SOURCES), after forward.h: bcc rewrites the map
+ * calls here. Rules without the option never get past the flag test.
+ */
+#ifndef MCR_HEALTH_H
+#define MCR_HEALTH_H
+
+#define MCR_RTP_HLEN 12
+
+/* One RTP sequence number (state locked by the caller). */
+static __always_inline void rtp_track(struct mcr_health *h, __u16 seq, __u32 ssrc)
+{
+	__u64 ext, bit;
+	__s16 delta = 0;
+	__u32 w, epoch;
+
+	if (!(h->state & MCR_HEALTH_STARTED) || ssrc != h->ssrc) {
+		if (h->state & MCR_HEALTH_STARTED) {
+			/* A new stream: what the old one lost stays lost. */
+			h->ssrc_changes++;
+			h->lost_before += h->max - h->first + 1 - h->unique;
+		}
+		/* Two epochs on from the last: no word of the old stream is valid. */
+		ext = (((h->max >> 16) + 2) << 16) | seq;
+		h->ssrc = ssrc;
+		h->first = ext;
+		h->max = ext;
+		h->unique = 0;
+		h->state |= MCR_HEALTH_STARTED;
+	} else {
+		delta = (__s16)(seq - (__u16)h->max);
+		ext = h->max + (__s64)delta;
+		if (delta > 0)
+			h->max = ext;
+		else if (ext < h->first)
+			h->first = ext;
+	}
+	w = (ext >> 6) & (MCR_HEALTH_WORDS - 1);
+	epoch = ext >> 16;
+	bit = 1ULL << (ext & 63);
+	if (h->epoch[w] != epoch) {
+		h->epoch[w] = epoch;
+		h->seen[w] = 0;
+	}
+	if (h->seen[w] & bit) {
+		h->duplicates++;
+		return;
+	}
+	h->seen[w] |= bit;
+	h->unique++;
+	if (delta < 0)
+		h->reordered++;
+}
+
+/* The TS packets of a datagram, from ts (state locked by the caller). */
+static __always_inline void ts_check(struct mcr_health *h, __u8 *ts, void *end)
+{
+	__u8 *t, st, cc, afc;
+	__u32 pid;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < MCR_TS_PER_DATAGRAM; i++) {
+		t = ts + i * MCR_TS_PACKET;
+		if ((void *)(t + MCR_TS_PACKET) > end)
+			break;
+		if (t[0] != 0x47) {
+			h->invalid++;
+			break;
+		}
+		h->ts_packets++;
+		pid = ((t[1] & 0x1f) << 8) | t[2];
+		afc = (t[3] >> 4) & 3;
+		cc = t[3] & 0xf;
+		/* Null packets carry no continuity; nor does a packet without
+		 * payload advance it. */
+		if (pid == 0x1fff || !(afc & 1))
+			continue;
+		st = h->cc[pid & (MCR_TS_PIDS - 1)];
+		/* A set discontinuity_indicator (adaptation field present, not
+		 * empty) allows any counter. */
+		if ((st & MCR_TS_SEEN) && !((afc & 2) && t[4] && (t[5] & 0x80))) {
+			if (cc == (st & 0xf)) {
+				/* One repeat is a duplicate packet; a second is an error. */
+				if (st & MCR_TS_DUP)
+					h->cc_errors++;
+				h->cc[pid & (MCR_TS_PIDS - 1)] = MCR_TS_SEEN | MCR_TS_DUP | cc;
+				continue;
+			}
+			if (cc != ((st + 1) & 0xf))
+				h->cc_errors++;
+		}
+		h->cc[pid & (MCR_TS_PIDS - 1)] = MCR_TS_SEEN | cc;
+	}
+}
+
+/* Track one matched datagram of a rule with MCR_RULE_HEALTH_*. pl: its
+ * UDP payload, end: the end of the data the program can read. Every byte
+ * is read once, right after its bounds check: the verifier does not know
+ * that a flag set after a check covers a later read. */
+static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, void *end)
+{
+	__u32 id = rule->id, ssrc = 0, xlen, xoff;
+	struct mcr_health *h = mcr_health.lookup(&id);
+	__u8 *ts = pl, b0 = 0;
+	__u16 seq = 0;
+	int rtp = 0;
+
+	if (!h)
+		return;
+	/* An RTP v2 header: the stream for rtp; for mpegts, in front of the
+	 * TS packets or not (a TS sync byte, 0x47, is no RTP v2 first byte). */
+	if ((void *)(pl + MCR_RTP_HLEN) <= end) {
+		b0 = pl[0];
+		if ((b0 >> 6) == 2) {
+			rtp = 1;
+			seq = (pl[2] << 8) | pl[3];
+			ssrc = *(__u32 *)(pl + 8);
+			ts = pl + MCR_RTP_HLEN + 4 * (b0 & 0xf);  /* after the CSRCs */
+		}
+	}
+	/* An extension header: 4 bytes and its length in words. */
+	xlen = 0;
+	if (rtp && (b0 & 0x10)) {
+		if ((void *)(ts + 4) > end)
+			xlen = 0xffff;
+		else
+			xlen = (ts[2] << 8) | ts[3];
+	}
+	if (xlen && xlen <= 256) {
+		xoff = 4 + 4 * xlen;
+		/* A bound on the very register added (clang would drop a C mask). */
+		asm volatile("%0 &= 0x7ff" : "+r"(xoff));
+		ts += xoff;
+		if ((void *)ts > end)
+			xlen = 0xffff;  /* longer than the datagram */
+	}
+	bpf_spin_lock(&h->lock);
+	h->received++;
+	if (rtp)
+		rtp_track(h, seq, ssrc);
+	else if (rule->flags & MCR_RULE_HEALTH_RTP)
+		h->invalid++;
+	if (xlen > 256)  /* past the datagram, or a length no datagram can have */
+		h->invalid++;
+	else if (rule->flags & MCR_RULE_HEALTH_TS)
+		ts_check(h, ts, end);
+	bpf_spin_unlock(&h->lock);
+}
+
+/*
+ * The XDP programs check on the way out of forward(), not where the rule
+ * is found: the verifier walks the check once per way out instead of once
+ * per way in (twice the instructions, close to its limit). Where the
+ * payload is goes from one to the other through a per-CPU scratch word,
+ * as its distance from the end of the frame (a tag removed on the way
+ * moves the start, not the end); a value read from a map is one the
+ * verifier does not track, so it does not split the paths in between.
+ */
+static __always_inline void health_mark(__u32 from_end)
+{
+	__u32 zero = 0, *slot = mcr_health_pos.lookup(&zero);
+
+	if (slot)
+		*slot = from_end;
+}
+
+static __always_inline void health_at_mark(const struct mcr_rule *rule, void *data, void *end)
+{
+	__u32 zero = 0, *slot = mcr_health_pos.lookup(&zero);
+	__u64 off;
+
+	if (!slot)
+		return;
+	/* The payload starts at most 86 bytes in (Ethernet, a tag, IPv4 with
+	 * options, UDP); the mask bounds the very register the verifier sees
+	 * added (clang would drop a C mask after the comparison). */
+	off = (__u64)(end - data) - *slot;
+	if (off > 128)
+		return;
+	asm volatile("%0 &= 0xff" : "+r"(off));
+	health_check(rule, data + off, end);
+}
+
+#endif /* MCR_HEALTH_H */

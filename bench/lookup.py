@@ -38,11 +38,12 @@ PROGRAMS = {
 }
 
 
-def frame(group: str = GROUP, port: int = PORT, size: int = 64, ttl: int = 64) -> bytes:
+def frame(group: str = GROUP, port: int = PORT, size: int = 64, ttl: int = 64, payload: bytes | None = None) -> bytes:
     """An Ethernet/IPv4/UDP frame of size bytes to group:port, with the IPv4
-    header checksum the datapath verifies (no UDP checksum: zero stays)."""
+    header checksum the datapath verifies (no UDP checksum: zero stays).
+    payload: the UDP payload (size follows from it)."""
     a, b, c, d = (int(x) for x in group.split("."))
-    payload = bytes(size - 42)
+    payload = bytes(size - 42) if payload is None else payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, ttl, 17, 0,
                      bytes((192, 0, 2, 1)), bytes((a, b, c, d)))
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
@@ -151,10 +152,41 @@ def relay(rules: int, repeat: int, rounds: int, empty: float, empty_short: float
     return out
 
 
+RTP_PAYLOAD = struct.pack("!BBHII", 0x80, 96, 1, 90, 0x6D637278) + bytes(10)  # a 64-byte frame
+TS_PAYLOAD = struct.pack("!BBHII", 0x80, 33, 1, 90, 0x6D637278) + b"".join(  # 7 TS packets, 5 PIDs
+    struct.pack("!BHB", 0x47, 0x100 + i % 5, 0x10 | i) + bytes(184) for i in range(7))
+
+
+def health(rules: int, repeat: int, empty_short: float) -> dict:
+    """What ;health= adds: rule 0's frame with an RTP header (64 bytes),
+    and with seven TS packets behind one (1,370 bytes), through a rule
+    without the check and one with it. The same buffer runs again and
+    again, so after the first run each RTP packet is a duplicate and each
+    TS packet a repeat: the same lookups, lock and bit tests as a new one."""
+    out = {}
+    for kind, payload in (("rtp", RTP_PAYLOAD), ("mpegts", TS_PAYLOAD)):
+        data = frame(GROUP, ttl=255, payload=payload)
+        for checked in (False, True):
+            texts = _exact_rules(rules)
+            if checked:
+                texts[0] += f";health={kind}"
+            dp = loader.Datapath()
+            try:
+                _install(dp, texts)
+                if checked:
+                    dp.maps.start_health(0)
+                ns = _time(dp.prog_fd, data, LO, SHORT, repeat // SHORT, libbpf.XDP_REDIRECT) - empty_short
+            finally:
+                dp.close()
+            out[f"mcr_relay_{kind}_frame{'_health' if checked else ''}"] = ns
+    return out
+
+
 def measure(rules: int = 1000, repeat: int = 1_000_000, rounds: int = 5) -> dict:
     started = time.time()
     res = micro(rules, repeat, rounds)
     res.update(relay(rules, repeat, rounds, res["empty_ns"], res["empty_short_ns"]))
+    res.update(health(rules, repeat, res["empty_short_ns"]))
     return {"rules": rules, "repeat": repeat, "rounds": rounds, "started": started, "ns": res}
 
 
@@ -166,6 +198,11 @@ def render(doc: dict) -> str:
                 (f"mcr_relay, a frame of a /24 range rule, {doc['rules']} ranges besides", "mcr_relay_range_forward"),
                 ("mcr_relay, multicast without a rule, with those ranges (two trie lookups)",
                  "mcr_relay_no_rule_ranges")) if key in ns),
+            *((what, ns[key]) for what, key in (
+                ("mcr_relay, a 64-byte RTP frame of a rule", "mcr_relay_rtp_frame"),
+                ("... of a rule with ;health=rtp", "mcr_relay_rtp_frame_health"),
+                ("mcr_relay, RTP + 7 TS packets (1,370 bytes) of a rule", "mcr_relay_mpegts_frame"),
+                ("... of a rule with ;health=mpegts", "mcr_relay_mpegts_frame_health")) if key in ns),
             *((PROGRAMS[name], ns[name]) for name in PROGRAMS)]
     lines = [f"ns per packet over an empty XDP program ({ns['empty_ns']:.0f} ns), {doc['rules']} rules, "
              f"median of {doc['rounds']} x {doc['repeat']:,} runs", "",

@@ -32,8 +32,9 @@ def doc():
 
 def test_every_figure_is_measured(doc):
     ns = doc["ns"]
+    health = {f"mcr_relay_{kind}_frame{checked}" for kind in ("rtp", "mpegts") for checked in ("", "_health")}
     assert set(ns) == {"empty_ns", "empty_short_ns", *lookup.PROGRAMS, "mcr_relay_forward", "mcr_relay_no_rule",
-                       "mcr_relay_range_forward", "mcr_relay_no_rule_ranges"}
+                       "mcr_relay_range_forward", "mcr_relay_no_rule_ranges", *health}
     assert ns["empty_ns"] > 0
     assert all(isinstance(v, float) for v in ns.values())
     json.dumps(doc)  # what the benchmark writes
@@ -44,6 +45,7 @@ def test_report_names_each_measurement(doc):
     for what in lookup.PROGRAMS.values():
         assert what in text
     assert "mcr_relay, a frame of a rule" in text
+    assert "of a rule with ;health=mpegts" in text
 
 
 def test_frame_matches_rule_zero_only():

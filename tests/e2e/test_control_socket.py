@@ -111,7 +111,7 @@ def test_rule_add_list_del(chain, sock):
     assert "239.1.1.2" not in joined(chain)
 
     # ... and gone: nothing arrives any more.
-    receiver = start_receiver(chain, "239.2.2.2", 5002, 200, idle=1.0)
+    receiver = start_receiver(chain, "239.2.2.2", 5002, 200, idle=1.0, first=3.0)
     send(chain, "239.1.1.2", 5001, 200, rate=2000)
     assert result(receiver)["received"] == 0
 

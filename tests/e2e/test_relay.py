@@ -43,7 +43,7 @@ def test_stream_relayed_with_rewrite(chain):
 
 def test_ttl_one_is_dropped_not_forwarded(chain):
     start_relay(chain, chain.IN, "--rule", f"{IN_GROUP}:{IN_PORT}={chain.OUT}", "--interval", "1")
-    receiver = start_receiver(chain, IN_GROUP, IN_PORT, 100, idle=1.0)
+    receiver = start_receiver(chain, IN_GROUP, IN_PORT, 100, idle=1.0, first=3.0)  # nothing comes
     send(chain, IN_GROUP, IN_PORT, 100, rate=2000, ttl=1)
     got = result(receiver)
     assert got["received"] == 0

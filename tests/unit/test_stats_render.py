@@ -215,5 +215,6 @@ def test_stream_health_in_json_prometheus_and_tables():
     shown = text(render.snapshot_health(snap))
     assert "0x11223344" in shown and "stream health" in shown
     assert render.snapshot_health(snapshot(3.5, 100)) is None
-    st = {**STATUS, "interfaces": [], "health": [{"id": 0, "rule": "in0/[ff3e::1]:5001=out0;health=mpegts", **checked.as_json()}]}
+    row = {"id": 0, "rule": "in0/[ff3e::1]:5001=out0;health=mpegts", **checked.as_json()}
+    st = {**STATUS, "interfaces": [], "health": [row]}
     assert "[ff3e::1]:5001" in "".join(text(r) for r in render.status(st) if not isinstance(r, str))

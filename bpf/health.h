@@ -80,7 +80,10 @@ static __always_inline void ts_check(struct mcr_health *h, __u8 *ts, void *end)
 		 * payload advance it. */
 		if (pid == 0x1fff || !(afc & 1))
 			continue;
-		st = h->cc[pid & (MCR_TS_PIDS - 1)];
+		/* 6.1's verifier loses the bounds of an OR, and clang drops a C
+		 * mask it can prove changes nothing: bound the index in asm. */
+		asm volatile("%0 &= 0x1fff" : "+r"(pid));
+		st = h->cc[pid];
 		/* A set discontinuity_indicator (adaptation field present, not
 		 * empty) allows any counter. */
 		if ((st & MCR_TS_SEEN) && !((afc & 2) && t[4] && (t[5] & 0x80))) {
@@ -88,13 +91,13 @@ static __always_inline void ts_check(struct mcr_health *h, __u8 *ts, void *end)
 				/* One repeat is a duplicate packet; a second is an error. */
 				if (st & MCR_TS_DUP)
 					h->cc_errors++;
-				h->cc[pid & (MCR_TS_PIDS - 1)] = MCR_TS_SEEN | MCR_TS_DUP | cc;
+				h->cc[pid] = MCR_TS_SEEN | MCR_TS_DUP | cc;
 				continue;
 			}
 			if (cc != ((st + 1) & 0xf))
 				h->cc_errors++;
 		}
-		h->cc[pid & (MCR_TS_PIDS - 1)] = MCR_TS_SEEN | cc;
+		h->cc[pid] = MCR_TS_SEEN | cc;
 	}
 }
 

@@ -48,6 +48,14 @@ BPF_TABLE_PINNED("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH, M
 BPF_TABLE("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH);
 #endif
 
+/* Policers (;police=...): rule id -> its token bucket, one for every CPU.
+ * Kept across a restart like the counters. */
+#ifdef MCR_ADOPT_DIR
+BPF_TABLE_PINNED("hash", __u32, struct mcr_police, mcr_police, MCR_MAX_POLICED, MCR_ADOPT_DIR "/mcr_police");
+#else
+BPF_TABLE("hash", __u32, struct mcr_police, mcr_police, MCR_MAX_POLICED);
+#endif
+
 /* Where the payload of the frame being forwarded is, from the end of the
  * frame, between the two halves of a health check (bpf/health.h). */
 BPF_PERCPU_ARRAY(mcr_health_pos, __u32, 1);

@@ -17,7 +17,7 @@
 #include <linux/bpf.h>  /* struct bpf_spin_lock */
 #endif
 
-#define MCR_ABI_VERSION 10
+#define MCR_ABI_VERSION 11
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -27,6 +27,7 @@
 #define MCR_MAX_CPUS    256  /* entries of a steering list (--steer-cpus) */
 #define MCR_CPUMAP_QSIZE 2048 /* frames queued per steering CPU */
 #define MCR_MAX_HEALTH  256  /* rules with a stream health check (;health=...) */
+#define MCR_MAX_POLICED 4096 /* rules with a policer (;police=...) */
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
@@ -41,6 +42,7 @@
 #define MCR_MAP_STEER     "mcr_steer"     /* array: i < mcr_config.steer_cpus -> CPU id */
 #define MCR_MAP_CPUMAP    "mcr_cpumap"    /* cpumap: CPU id -> mcr_cpumap_val (program mcr_cpu_relay) */
 #define MCR_MAP_HEALTH    "mcr_health"    /* hash: rule id -> mcr_health (rules with ;health=...) */
+#define MCR_MAP_POLICE    "mcr_police"    /* hash: rule id -> mcr_police (rules with ;police=...) */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
  * after the datapath redirected them, per output ifindex. */
@@ -82,7 +84,8 @@ enum mcr_verdict {
 				      * output vanished, or more copies than outputs) */
 	MCR_V_DROP_NO_NEIGH = 12,    /* a copy for a unicast receiver whose next hop has no
 				      * known MAC (MCR_OUT_UNRESOLVED): one count per copy */
-	MCR_V_MAX = 13,
+	MCR_V_DROP_POLICED = 13,     /* over its rule's rate (;police=..., MCR_RULE_POLICE) */
+	MCR_V_MAX = 14,
 };
 
 /* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
@@ -167,6 +170,9 @@ struct mcr_output {
 				 * after an RTP header if there is one (whose
 				 * sequence numbers are tracked too) (new in ABI 10) */
 #define MCR_RULE_HEALTH (MCR_RULE_HEALTH_RTP | MCR_RULE_HEALTH_TS)
+#define MCR_RULE_POLICE 0x10    /* ;police=RATE: a token bucket in MCR_MAP_POLICE under the
+				 * rule id; packets over it are dropped (MCR_V_DROP_POLICED)
+				 * (new in ABI 11) */
 
 struct mcr_rule {
 	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
@@ -245,6 +251,29 @@ struct mcr_health {
 	__u32 epoch[MCR_HEALTH_WORDS];
 	__u64 seen[MCR_HEALTH_WORDS];
 	__u8 cc[MCR_TS_PIDS];
+};
+
+/*
+ * A rule's policer (MCR_MAP_POLICE, new in ABI 11): a token bucket shared by
+ * every CPU, under its lock. Tokens are in units * 10^9 (a unit is a
+ * packet, or a bit of the frame as received with MCR_POLICE_BITS), so that
+ * nanoseconds * rate (units per second) adds them without a division. The
+ * control plane writes rate, burst and fill_ns (burst / rate: after that
+ * long the bucket is full whatever came before); the datapath the rest.
+ */
+#define MCR_POLICE_BITS 0x1  /* mcr_police.flags: rate in bits per second, else packets */
+#define MCR_NSEC 1000000000  /* ns a second: tokens per unit */
+
+struct mcr_police {
+	struct bpf_spin_lock lock;
+	__u32 flags;         /* MCR_POLICE_* */
+	__u64 rate;          /* units per second */
+	__u64 burst;         /* bucket size, units * 10^9 */
+	__u64 fill_ns;       /* burst / rate, in ns */
+	__u64 tokens;        /* units * 10^9 */
+	__u64 last_ns;       /* bpf_ktime_get_ns() of the last refill */
+	__u64 passed;        /* packets within the rate */
+	__u64 dropped;       /* packets over it */
 };
 
 /* Tracepoints are global and ifindexes are per network namespace: keying by

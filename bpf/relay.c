@@ -29,6 +29,7 @@
 #include "maps.h"
 #include "forward.h"
 #include "health.h"
+#include "police.h"
 
 #define MCR_STEERED (MCR_V_MAX + 1) /* handed to another CPU, which counts it */
 
@@ -183,11 +184,8 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 
 	if (rule->n_outputs == 1) {
 		action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
-		if (action == XDP_REDIRECT) {
+		if (action == XDP_REDIRECT)
 			verdict = MCR_V_REDIRECT;
-			if (done)  /* else the egress program counts it */
-				count_output(&rule->out[0], bytes);
-		}
 		goto out;
 	}
 	fanout = mcr_fanout.lookup(&rule->id);
@@ -202,6 +200,16 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 out:
 	if (verdict == MCR_STEERED)
 		return action;
+	/* Over the rule's rate: the redirect asked for is not done (the kernel
+	 * acts on it only for XDP_REDIRECT). Decided here, not before the
+	 * rewrite, for the verifier's sake (as health_at_mark below). */
+	if (action == XDP_REDIRECT && (rule->flags & MCR_RULE_POLICE) && !police_ok(rule, bytes)) {
+		action = XDP_DROP;
+		verdict = MCR_V_DROP_POLICED;
+	}
+	/* Rewritten here (one output): counted here; else the egress program counts it. */
+	if (action == XDP_REDIRECT && done)
+		count_output(&rule->out[0], bytes);
 	/* Frames for the host leave as they came. */
 	if (has_meta && action == XDP_PASS)
 		meta_release(ctx);

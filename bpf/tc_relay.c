@@ -29,6 +29,7 @@
 #include "maps.h"
 #include "forward.h"
 #include "health.h"
+#include "police.h"
 
 /* Ethernet + tag + IPv4 with options + UDP: every header the program reads
  * or writes, made linear and private (not shared with a clone) by
@@ -139,6 +140,10 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	}
 	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
 		verdict = MCR_V_DROP_TTL;
+		goto out;
+	}
+	if ((rule->flags & MCR_RULE_POLICE) && !police_ok(rule, bytes)) {
+		verdict = MCR_V_DROP_POLICED;
 		goto out;
 	}
 	hops = p.hops;

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -16,6 +16,7 @@ MAX_PORTS = 256
 MAX_CPUS = 256
 CPUMAP_QSIZE = 2048
 MAX_HEALTH = 256
+MAX_POLICED = 4096
 
 MAP_RULES = "mcr_rules"
 MAP_RANGES = "mcr_ranges"
@@ -29,6 +30,7 @@ MAP_EGRESS_RR = "mcr_egress_rr"
 MAP_STEER = "mcr_steer"
 MAP_CPUMAP = "mcr_cpumap"
 MAP_HEALTH = "mcr_health"
+MAP_POLICE = "mcr_police"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
 MAP_LOSS_MAPS = "mcr_loss_maps"
@@ -63,9 +65,10 @@ class Verdict(enum.IntEnum):
     REDIRECT_MULTI = 10
     EGRESS_DROP = 11
     DROP_NO_NEIGH = 12
+    DROP_POLICED = 13
 
 
-VERDICT_MAX = 13
+VERDICT_MAX = 14
 
 
 class RuleKey(ctypes.Structure):
@@ -115,6 +118,7 @@ RULE_RANGE = 0x2  # Rule.flags: from mcr_ranges; outputs keep the packet's host 
 RULE_HEALTH_RTP = 0x4  # Rule.flags: ;health=rtp, tracked in mcr_health under the rule id
 RULE_HEALTH_TS = 0x8  # Rule.flags: ;health=mpegts (and RTP, when the TS packets follow an RTP header)
 RULE_HEALTH = RULE_HEALTH_RTP | RULE_HEALTH_TS
+RULE_POLICE = 0x10  # Rule.flags: ;police=RATE, a token bucket in mcr_police under the rule id
 OUT_UNRESOLVED = 0x1  # Output.flags: a unicast receiver without a known next-hop MAC: copies dropped
 OUT_UNICAST = 0x2  # Output.flags: a unicast receiver: its MAC is the next hop's, not the group's
 
@@ -188,6 +192,24 @@ class Health(ctypes.Structure):
     ]
 
 
+POLICE_BITS = 0x1
+NSEC = 1_000_000_000
+
+
+class Police(ctypes.Structure):
+    _fields_ = [
+        ("lock", ctypes.c_uint32),  # struct bpf_spin_lock
+        ("flags", ctypes.c_uint32),
+        ("rate", ctypes.c_uint64),
+        ("burst", ctypes.c_uint64),
+        ("fill_ns", ctypes.c_uint64),
+        ("tokens", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("passed", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
+    ]
+
+
 class LossKey(ctypes.Structure):
     _fields_ = [
         ("from_ifindex", ctypes.c_uint32),
@@ -239,4 +261,5 @@ STRUCTS = {
     "mcr_loss": Loss,
     "mcr_meta": Meta,
     "mcr_health": Health,
+    "mcr_police": Police,
 }

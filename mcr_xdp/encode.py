@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 
 from . import abi, csum
-from .rules import Address, Output, Rule
+from .rules import Address, Output, Rate, Rule
 
 
 def multicast_mac(group: Address) -> bytes:
@@ -105,10 +105,28 @@ def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int =
     value = abi.Rule()
     value.id = rule_id
     value.n_outputs = len(outputs)
-    value.flags = flags | (abi.RULE_RANGE if rule.ranged else 0) | HEALTH_FLAGS.get(rule.health, 0)
+    value.flags = (flags | (abi.RULE_RANGE if rule.ranged else 0) | HEALTH_FLAGS.get(rule.health, 0)
+                   | (abi.RULE_POLICE if rule.police is not None else 0))
     value.host_mask[:] = host_mask(rule)
     for i, out in enumerate(outputs):
         value.out[i] = out
+    return value
+
+
+BURST_SECONDS = 0.02  # a policer's bucket holds 20 ms at its rate ...
+MIN_BURST = {"pps": 1, "bit": 1514 * 8}  # ... and at least one packet, one full-size frame
+
+
+def police_value(rate: Rate) -> abi.Police:
+    """A policer's datapath state for rate, its bucket full (struct
+    mcr_police: tokens in units * 10^9)."""
+    burst_units = max(int(rate.per_second * BURST_SECONDS), MIN_BURST[rate.unit])
+    value = abi.Police()
+    value.flags = abi.POLICE_BITS if rate.bits else 0
+    value.rate = rate.per_second
+    value.burst = burst_units * abi.NSEC
+    value.fill_ns = -(-value.burst // rate.per_second)
+    value.tokens = value.burst
     return value
 
 

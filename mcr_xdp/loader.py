@@ -32,18 +32,19 @@ MAP_NAMES = (
     abi.MAP_STEER,
     abi.MAP_CPUMAP,
     abi.MAP_HEALTH,
+    abi.MAP_POLICE,
 )
 
 # The counter maps a relay started again takes over from the killed one
-# (bpf/maps.h MCR_COUNTERS), and the stream health state.
-ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS, abi.MAP_HEALTH)
+# (bpf/maps.h MCR_COUNTERS), the stream health state and the policers.
+ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS, abi.MAP_HEALTH, abi.MAP_POLICE)
 
 # The datapath is one bcc object: the XDP programs (relay.c) and the TC
 # program (tc_relay.c) share its maps. bcc rewrites map calls (map.lookup())
 # only in the file it compiles, never in headers it includes, so the code
 # both programs share (forward.h) is compiled as part of that one text, in
 # this order; `#line` keeps compiler messages pointing at the real files.
-DATAPATH_SOURCES = ("forward.h", "health.h", "relay.c", "tc_relay.c")
+DATAPATH_SOURCES = ("forward.h", "health.h", "police.h", "relay.c", "tc_relay.c")
 
 
 # How the kernel says an XDP program is attached; the relay's own modes

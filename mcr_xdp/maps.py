@@ -183,6 +183,21 @@ class Maps:
     def stop_health(self, rule_id: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id))
 
+    def police(self, rule_id: int) -> abi.Police | None:
+        value = abi.Police()
+        return value if libbpf.map_lookup(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id), value) else None
+
+    def set_police(self, rule_id: int, value: abi.Police) -> None:
+        libbpf.map_update(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id), value)
+
+    def stop_police(self, rule_id: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id))
+
+    def policed(self, rule_id: int) -> int | None:
+        """backends.CounterSource: packets rule_id's policer dropped (None: none here)."""
+        state = self.police(rule_id)
+        return state.dropped if state is not None else None
+
     def read_output_slots(self) -> dict[int, tuple[int, ...]]:
         """rule id -> its outputs' mcr_output_stats keys, from the rule
         entries themselves (a relay that is gone left them in its maps)."""

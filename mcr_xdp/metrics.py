@@ -66,6 +66,10 @@ def exposition(snap: Snapshot, status: dict) -> str:
             for o in r.outputs:
                 d.metric(f"mcr_xdp_output_{field}_total", "counter", f"{field.capitalize()} sent to the output.",
                          getattr(o, field), rule_id=r.rule_id, output=o.output, interface=o.iface)
+    for r in snap.rules:
+        if r.policed is not None:
+            d.metric("mcr_xdp_rule_policed_total", "counter", "Packets of the rule its policer dropped (;police=).",
+                     r.policed, rule_id=r.rule_id, rule=r.rule, interface=r.iface)
     checked = [r for r in snap.rules if r.health is not None]
     for field, help_ in HEALTH_METRICS:
         for r in checked:

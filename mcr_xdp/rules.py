@@ -12,6 +12,8 @@ Syntax, everywhere (CLI, config, control socket):
                            reordering and SSRC changes in the datapath
            | health=mpegts count MPEG-TS continuity errors per PID (and the
                            RTP sequence, when an RTP header comes first)
+           | police=RATE   drop what goes over RATE: 20kpps, 500pps,
+                           100mbit, 1.5gbit (bits of the frames as received)
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
 the input interface is given separately (one input interface).
 
@@ -68,6 +70,45 @@ class Output:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rate:
+    """A policer's rate (;police=RATE): per second, packets or bits (of
+    frames as received, Ethernet header included)."""
+
+    per_second: int
+    unit: str  # "pps" or "bit"
+
+    @property
+    def bits(self) -> bool:
+        return self.unit == "bit"
+
+    def __str__(self) -> str:
+        for prefix, factor in (("g", 10**9), ("m", 10**6), ("k", 10**3)):
+            if self.per_second % factor == 0:
+                return f"{self.per_second // factor}{prefix}{self.unit}"
+        return f"{self.per_second}{self.unit}"
+
+
+_RATE = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<prefix>[kmg]?)(?P<unit>pps|bit)$")
+_PREFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+MAX_PPS = 1_000_000_000  # 10^9 packets or 10^11 bits a second: past any one stream, and the
+MAX_BITS = 100_000_000_000  # datapath's token arithmetic (units * 10^9, 64 bits) stays exact
+
+
+def parse_rate(text: str) -> Rate:
+    """"20kpps", "100mbit", "1.5gbit" -> Rate; ValueError if not a rate."""
+    m = _RATE.match(text.strip().lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a rate like 20kpps or 100mbit")
+    value = float(m["n"]) * _PREFIX[m["prefix"]]
+    if value != int(value):
+        raise ValueError(f"{text!r} is not a whole number of {m['unit']} a second")
+    rate = Rate(int(value), m["unit"])
+    if not 1 <= rate.per_second <= (MAX_BITS if rate.bits else MAX_PPS):
+        raise ValueError(f"{text!r} is out of range (1pps to 1gpps, 1bit to 100gbit)")
+    return rate
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     iface: str  # input interface
     group: Address
@@ -78,6 +119,7 @@ class Rule:
     group_len: int | None = None  # prefix length of a group range; None: one group
     source_len: int | None = None  # prefix length of a source range; None: one source (or any)
     health: str | None = None  # ;health=KIND: a HEALTH_KINDS stream check in the datapath
+    police: Rate | None = None  # ;police=RATE: a token bucket in the datapath
 
     @property
     def key(self) -> tuple:
@@ -127,6 +169,8 @@ class Rule:
         options = f";ttl={self.ttl}" if self.ttl is not None else ""
         if self.health is not None:
             options += f";health={self.health}"
+        if self.police is not None:
+            options += f";police={self.police}"
         return f"{src}{self.endpoint()}={outs}{options}"
 
     def endpoint(self) -> str:
@@ -309,7 +353,7 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
 
 
 HEALTH_KINDS = ("rtp", "mpegts")
-RULE_OPTIONS = "ttl=N, health=" + "|".join(HEALTH_KINDS)
+RULE_OPTIONS = "ttl=N, health=" + "|".join(HEALTH_KINDS) + ", police=RATE"
 
 
 def _parse_options(options: list[str], text: str) -> dict:
@@ -317,7 +361,7 @@ def _parse_options(options: list[str], text: str) -> dict:
     found: dict = {}
     for option in options:
         key, sep, value = (part.strip() for part in option.partition("="))
-        if key not in ("ttl", "health"):
+        if key not in ("ttl", "health", "police"):
             raise RuleError(f"rule {text!r}: unknown option {key!r} (options: {RULE_OPTIONS})")
         if key in found:
             raise RuleError(f"rule {text!r}: option {key} given twice")
@@ -325,10 +369,15 @@ def _parse_options(options: list[str], text: str) -> dict:
             if not sep or not value.isdigit() or not 1 <= int(value) <= 255:
                 raise RuleError(f"rule {text!r}: ttl={value!r}: expected a TTL from 1 to 255")
             found[key] = int(value)
-        else:
+        elif key == "health":
             if value not in HEALTH_KINDS:
                 raise RuleError(f"rule {text!r}: health={value!r}: expected one of {', '.join(HEALTH_KINDS)}")
             found[key] = value
+        else:
+            try:
+                found[key] = parse_rate(value)
+            except ValueError as exc:
+                raise RuleError(f"rule {text!r}: police={value!r}: {exc}") from None
     return found
 
 
@@ -408,12 +457,14 @@ class RuleSet:
         self.keys: dict[tuple, Rule] = {}
         self.outputs = 0
         self.health = 0  # rules with ;health=
+        self.policed = 0  # rules with ;police=
         self.ifaces: dict[str, int] = {}  # output interface -> rules that use it
 
     def add(self, rule: Rule) -> None:
         self.keys[rule.key] = rule
         self.outputs += len(rule.outputs)
         self.health += rule.health is not None
+        self.policed += rule.police is not None
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] = self.ifaces.get(name, 0) + 1
 
@@ -422,6 +473,7 @@ class RuleSet:
             return
         self.outputs -= len(rule.outputs)
         self.health -= rule.health is not None
+        self.policed -= rule.police is not None
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] -= 1
             if not self.ifaces[name]:
@@ -455,6 +507,9 @@ class RuleSet:
         health = self.health + sum(r.health is not None for r in rules)
         if health > abi.MAX_HEALTH:
             raise RuleError(f"{health} rules with ;health=; the limit is {abi.MAX_HEALTH}")
+        policed = self.policed + sum(r.police is not None for r in rules)
+        if policed > abi.MAX_POLICED:
+            raise RuleError(f"{policed} rules with ;police=; the limit is {abi.MAX_POLICED}")
         ifaces = set(self.ifaces) | {o.iface for r in rules for o in r.outputs}
         if len(ifaces) > abi.MAX_PORTS:
             raise RuleError(f"{len(ifaces)} output interfaces; the limit is {abi.MAX_PORTS}")

@@ -44,6 +44,7 @@ class RuleStats:
     dropped: int
     outputs: tuple[OutputStats, ...] = ()
     health: HealthCounts | None = None  # a rule with ;health=, in a backend that checks it
+    policed: int | None = None  # a rule with ;police=: packets its policer dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,7 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
             tuple(OutputStats(str(o), o.iface, sum(oc[i].packets for oc in outs), sum(oc[i].bytes for oc in outs))
                   for i, o in enumerate(rule.outputs)),
             _health(sources, rule_id, rule.health),
+            _policed(sources, rule_id) if rule.police is not None else None,
         ))
     per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
     cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
@@ -159,6 +161,12 @@ def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) ->
     for more in found[1:]:
         total = total + more
     return total
+
+
+def _policed(sources: Sequence[CounterSource], rule_id: int) -> int | None:
+    """Packets a rule's policer dropped, over the sources that police it."""
+    found = [n for s in sources if hasattr(s, "policed") and (n := s.policed(rule_id)) is not None]
+    return sum(found) if found else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +246,7 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
                     for o in r.outputs
                 ],
                 "health": r.health.as_json() if r.health is not None else None,
+                "policed": r.policed,
             }
             for r in snap.rules
         ],
@@ -256,6 +265,7 @@ def from_json(data: dict) -> tuple[Snapshot, dict]:
             r["id"], r["rule"], r["input"], r["packets"], r["bytes"], r["forwarded"], r["dropped"],
             tuple(OutputStats(o["output"], o["interface"], o["packets"], o["bytes"]) for o in r["outputs"]),
             HealthCounts.from_json(r["health"]) if r.get("health") else None,
+            r.get("policed"),
         )
         for r in data["rules"]
     )

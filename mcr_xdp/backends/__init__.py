@@ -75,7 +75,8 @@ class CounterSource(Protocol):
         does not count per CPU."""
 
     # Optional: health_counts(rule_id, kind) -> health.Counts | None, the
-    # stream health of a rule with ;health= (the kernel datapath has it).
+    # stream health of a rule with ;health= (the kernel datapath has it);
+    # policed(rule_id) -> int | None, what a rule's policer dropped.
 
 
 class Backend(Protocol):

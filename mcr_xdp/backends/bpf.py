@@ -328,6 +328,7 @@ class BpfBackend:
             else:
                 maps.reset_output_counters(new_stats)
             self._start_health(installed, fresh)
+            self._start_police(installed, fresh)
             if not single:
                 self._set_fanout(rule_id, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
@@ -347,6 +348,8 @@ class BpfBackend:
         previous = self._rules.get(rule_id)
         if rule.health is None and previous is not None and previous.rule.health is not None:
             maps.stop_health(rule_id)  # after the entry that no longer looks there
+        if rule.police is None and previous is not None and previous.rule.police is not None:
+            maps.stop_police(rule_id)
         self._rules[rule_id] = installed
         if via_tc:
             self._via_tc.add(rule_id)
@@ -369,10 +372,26 @@ class BpfBackend:
         if fresh or (previous is not None and previous.rule.health != health) or maps.health(rule_id) is None:
             maps.start_health(rule_id)
 
+    def _start_police(self, installed: InstalledRule, fresh: bool) -> None:
+        """A rule with ;police= gets its bucket before its entry says so:
+        full, for a new rule or another rate; else the one it has (the
+        same rule changed otherwise, or a killed relay's, taken over)."""
+        maps = self.datapath.maps
+        rule_id, rate = installed.rule_id, installed.rule.police
+        if rate is None:
+            return
+        value = encode.police_value(rate)
+        now = maps.police(rule_id)
+        if fresh or now is None or (now.rate, now.flags, now.burst) != (value.rate, value.flags, value.burst):
+            if now is not None and not fresh:  # the same rule at another rate: its counts go on
+                value.passed, value.dropped = now.passed, now.dropped
+            maps.set_police(rule_id, value)
+
     def delete_rule(self, installed: InstalledRule) -> None:
         maps = self.datapath.maps
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
         maps.stop_health(installed.rule_id)
+        maps.stop_police(installed.rule_id)
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)

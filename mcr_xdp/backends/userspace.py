@@ -45,7 +45,8 @@ class UserspaceBackend:
         rule = installed.rule
         outputs = [encode.output_value(rule, o, links[o.iface].ifindex, 0, links[o.iface].mac,
                                        next_hop=installed.next_hop(i)) for i, o in enumerate(rule.outputs)]
-        self.fallback.put_rule(installed.rule_id, installed.ifindex, rule, outputs, fresh)
+        police = encode.police_value(rule.police) if rule.police is not None else None
+        self.fallback.put_rule(installed.rule_id, installed.ifindex, rule, outputs, fresh, police)
 
     def delete_rule(self, installed: InstalledRule) -> None:
         self.fallback.delete_rule(installed.rule_id)

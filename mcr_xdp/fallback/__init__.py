@@ -300,10 +300,10 @@ class Fallback:
 
     # -- rules -------------------------------------------------------------
 
-    def put_rule(self, rule_id: int, ifindex: int, rule, outputs, fresh: bool) -> None:
-        """Install or replace rule_id (rules.Rule, its encoded outputs);
-        fresh: a new id, whose counters start at zero."""
-        msg = entry_message(rule_id, ifindex, rule, outputs)
+    def put_rule(self, rule_id: int, ifindex: int, rule, outputs, fresh: bool, police=None) -> None:
+        """Install or replace rule_id (rules.Rule, its encoded outputs and
+        policer, an abi.Police); fresh: a new id, whose counters start at zero."""
+        msg = entry_message(rule_id, ifindex, rule, outputs, police)
         if fresh:
             self.counters.reset_rule(rule_id)
         self._send(msg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import time
 from typing import NamedTuple
 
 from .. import abi
@@ -19,9 +20,9 @@ from .counters import output_base, rule_base
 
 # Verdicts as plain ints: the per-packet path compares and shifts them.
 (PASS_NOT_IP, PASS_NOT_UDP, PASS_NOT_MULTICAST, PASS_FRAGMENT, PASS_NO_RULE, PASS_MALFORMED, PASS_IPV6_EXT,
- DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH) = (int(abi.Verdict[name]) for name in (
+ DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH, DROP_POLICED) = (int(abi.Verdict[n]) for n in (
     "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
-    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH"))
+    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH", "DROP_POLICED"))
 
 _ORDER = sys.byteorder  # the deltas are sums of 16-bit words in host order
 _IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -51,11 +52,35 @@ class Entry(NamedTuple):
     counter: int  # the rule's packets counter (counters.rule_base)
     host_mask: int | None = None  # a range rule's (abi.RULE_RANGE): the group bits a packet keeps
     unresolved: int = 0  # outputs left out of `outputs`: unicast receivers without a next-hop MAC
+    bucket: Bucket | None = None  # ;police=RATE: this worker's token bucket
 
 
-def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output]) -> dict:
-    """A rule (rules.Rule, its encoded outputs) as the relay sends it to its
-    workers (JSON-able)."""
+class Bucket:
+    """bpf/police.h's token bucket (struct mcr_police), per worker: a
+    rule's stream goes to one worker (PACKET_FANOUT hashes flows), which
+    holds it to the rule's rate."""
+
+    __slots__ = ("bits", "rate", "burst", "fill_ns", "tokens", "last")
+
+    def __init__(self, police: dict):
+        self.bits, self.rate = police["bits"], police["rate"]
+        self.burst, self.fill_ns = police["burst"], police["fill_ns"]
+        self.tokens, self.last = self.burst, 0
+
+    def take(self, nbytes: int, now: int) -> bool:
+        """Whether a frame of nbytes at now (ns) is within the rate."""
+        cost = nbytes * 8 * abi.NSEC if self.bits else abi.NSEC
+        tokens = min(self.burst, self.tokens + min(now - self.last, self.fill_ns) * self.rate)
+        self.last = now
+        ok = tokens >= cost
+        self.tokens = tokens - cost if ok else tokens
+        return ok
+
+
+def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output],
+                  police: abi.Police | None = None) -> dict:
+    """A rule (rules.Rule, its encoded outputs and policer) as the relay
+    sends it to its workers (JSON-able)."""
     n = 4 if rule.family == abi.FAMILY_IPV4 else 16
     return {
         "op": "put", "id": rule_id, "ifindex": ifindex,
@@ -65,7 +90,13 @@ def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output]) -
                      "port": o.port, "ip": o.ip_csum_delta, "l4": o.l4_csum_delta, "ttl": o.ttl, "flags": o.flags}
                     for o in outputs],
         "unicast": rule.unicast,
+        "police": None if police is None else {"bits": bool(police.flags & abi.POLICE_BITS), "rate": police.rate,
+                                               "burst": police.burst, "fill_ns": police.fill_ns},
     }
+
+
+def _bucket(msg: dict) -> Bucket | None:
+    return Bucket(msg["police"]) if msg.get("police") else None
 
 
 def _range_prefix(msg: dict) -> tuple[int, int]:
@@ -160,7 +191,7 @@ class Table:
         source = bytes.fromhex(msg["source"])
         key = (msg["ifindex"], source, bytes.fromhex(msg["group"]), msg["port"].to_bytes(2, "big"))
         outputs, unresolved = _outputs(msg)
-        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), unresolved=unresolved)
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), unresolved=unresolved, bucket=_bucket(msg))
         self.by_key[key] = entry
         self.keys[msg["id"]] = key
         if source:
@@ -172,7 +203,7 @@ class Table:
         length = msg.get("group_len")
         host_mask = 0 if length is None else (1 << (4 * len(msg["group"]) - length)) - 1
         outputs, unresolved = _outputs(msg)
-        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), host_mask, unresolved)
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), host_mask, unresolved, _bucket(msg))
         key = (msg["ifindex"], msg["port"].to_bytes(2, "big"), len(msg["group"]) // 2)
         bits, value = _range_prefix(msg)
         self.ranges.setdefault(key, {}).setdefault(bits, {})[value] = entry
@@ -270,6 +301,8 @@ class Table:
             set_ttl = entry.outputs[0].ttl
             if ttl <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
+            if entry.bucket is not None and not entry.bucket.take(n, time.monotonic_ns()):
+                return DROP_POLICED, entry, ()
             # ;ttl=N: the TTL/protocol word's part of the header checksum.
             extra = (~(ttl << 8 | 17) & 0xFFFF) + (set_ttl << 8 | 17) if set_ttl else 0
             fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
@@ -314,6 +347,8 @@ class Table:
             set_ttl = entry.outputs[0].ttl
             if hops <= 1 and not set_ttl:
                 return DROP_TTL, entry, ()
+            if entry.bucket is not None and not entry.bucket.take(n, time.monotonic_ns()):
+                return DROP_POLICED, entry, ()
             fixed, rest = frame[12:21], frame[62:]
             sends = []
             for out in entry.outputs:

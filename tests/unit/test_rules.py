@@ -148,6 +148,17 @@ def test_parse_health(text, health, spelled):
     assert parse_rule(str(rule)) == rule
 
 
+@pytest.mark.parametrize("text, per_second, unit, spelled", [
+    ("20kpps", 20_000, "pps", "20kpps"), ("1.5gbit", 1_500_000_000, "bit", "1500mbit"),
+    ("500pps", 500, "pps", "500pps"),
+    ("100Mbit", 100_000_000, "bit", "100mbit"), ("1234bit", 1234, "bit", "1234bit"),
+])
+def test_parse_police(text, per_second, unit, spelled):
+    rule = parse_rule(f"239.1.1.1:5001=eth1;police={text}", "eth0")
+    assert (rule.police.per_second, rule.police.unit, str(rule.police)) == (per_second, unit, spelled)
+    assert parse_rule(str(rule)) == rule
+
+
 def test_health_rules_have_a_limit():
     ruleset = RuleSet()
     for i in range(abi.MAX_HEALTH):
@@ -250,12 +261,18 @@ INVALID = [
     pytest.param("239.1.1.1:5001=eth1;ttl=x", "eth0", "ttl='x'", id="ttl-not-a-number"),
     pytest.param("239.1.1.1:5001=eth1;ttl", "eth0", "ttl=''", id="ttl-without-value"),
     pytest.param("239.1.1.1:5001=eth1;ttl=4;ttl=5", "eth0", "option ttl given twice", id="ttl-twice"),
-    pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0", "unknown option 'bogus' (options: ttl=N, health=rtp|mpegts)",
+    pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0",
+                 "unknown option 'bogus' (options: ttl=N, health=rtp|mpegts, police=RATE)",
                  id="unknown-option"),
     pytest.param("239.1.1.1:5001=eth1;health=smpte", "eth0", "health='smpte': expected one of rtp, mpegts",
                  id="unknown-health-kind"),
     pytest.param("239.1.1.1:5001=eth1;health=rtp;health=rtp", "eth0", "option health given twice",
                  id="health-twice"),
+    pytest.param("239.1.1.1:5001=eth1;police=20kbps", "eth0", "police='20kbps': '20kbps' is not a rate like",
+                 id="police-unit"),
+    pytest.param("239.1.1.1:5001=eth1;police=0pps", "eth0", "out of range", id="police-zero"),
+    pytest.param("239.1.1.1:5001=eth1;police=200gbit", "eth0", "out of range", id="police-too-fast"),
+    pytest.param("239.1.1.1:5001=eth1;police=0.5kpps5", "eth0", "not a rate", id="police-garbage"),
     pytest.param("239.1.1.1:5001=eth1;", "eth0", "unknown option ''", id="empty-option"),
     pytest.param("2001:db8::1@239.1.1.1:5001=eth1", "eth0", "different IP versions", id="source-other-family"),
     pytest.param("ff3e::1:5001=eth1", "eth0", "write IPv6 groups in brackets", id="v6-no-brackets"),

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * police.h - a rule's policer (;police=RATE): a token bucket in mcr_police
+ * (struct mcr_police says how), one for all CPUs. Part of the datapath's
+ * one translation unit (loader.DATAPATH_SOURCES): bcc rewrites the map
+ * call here. Rules without the option never get past the flag test.
+ */
+#ifndef MCR_POLICE_H
+#define MCR_POLICE_H
+
+/* 1 when a packet of bytes is within its rule's rate (it takes its tokens),
+ * 0 when over (counted, to be dropped). No state: within. */
+static __always_inline int police_ok(const struct mcr_rule *rule, __u64 bytes)
+{
+	__u32 id = rule->id;
+	struct mcr_police *pol = mcr_police.lookup(&id);
+	__u64 now = bpf_ktime_get_ns(), elapsed, tokens, cost;
+	int ok;
+
+	if (!pol)
+		return 1;
+	bpf_spin_lock(&pol->lock);
+	cost = (pol->flags & MCR_POLICE_BITS) ? bytes * 8 * MCR_NSEC : MCR_NSEC;
+	/* Past fill_ns the bucket is full: no product can overflow. */
+	elapsed = now - pol->last_ns;
+	if (elapsed > pol->fill_ns)
+		elapsed = pol->fill_ns;
+	tokens = pol->tokens + elapsed * pol->rate;
+	if (tokens > pol->burst)
+		tokens = pol->burst;
+	pol->last_ns = now;
+	ok = tokens >= cost;
+	if (ok) {
+		tokens -= cost;
+		pol->passed++;
+	} else {
+		pol->dropped++;
+	}
+	pol->tokens = tokens;
+	bpf_spin_unlock(&pol->lock);
+	return ok;
+}
+
+#endif /* MCR_POLICE_H */

@@ -166,23 +166,25 @@ static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, 
  */
 static __always_inline void health_mark(__u32 from_end)
 {
-	__u32 zero = 0, *slot = mcr_health_pos.lookup(&zero);
+	__u32 zero = 0;
+	struct mcr_scratch *scratch = mcr_scratch.lookup(&zero);
 
-	if (slot)
-		*slot = from_end;
+	if (scratch)
+		scratch->from_end = from_end;
 }
 
 static __always_inline void health_at_mark(const struct mcr_rule *rule, void *data, void *end)
 {
-	__u32 zero = 0, *slot = mcr_health_pos.lookup(&zero);
+	__u32 zero = 0;
+	struct mcr_scratch *scratch = mcr_scratch.lookup(&zero);
 	__u64 off;
 
-	if (!slot)
+	if (!scratch)
 		return;
 	/* The payload starts at most 86 bytes in (Ethernet, a tag, IPv4 with
 	 * options, UDP); the mask bounds the very register the verifier sees
 	 * added (clang would drop a C mask after the comparison). */
-	off = (__u64)(end - data) - *slot;
+	off = (__u64)(end - data) - scratch->from_end;
 	if (off > 128)
 		return;
 	asm volatile("%0 &= 0xff" : "+r"(off));

@@ -56,9 +56,16 @@ BPF_TABLE_PINNED("hash", __u32, struct mcr_police, mcr_police, MCR_MAX_POLICED, 
 BPF_TABLE("hash", __u32, struct mcr_police, mcr_police, MCR_MAX_POLICED);
 #endif
 
-/* Where the payload of the frame being forwarded is, from the end of the
- * frame, between the two halves of a health check (bpf/health.h). */
-BPF_PERCPU_ARRAY(mcr_health_pos, __u32, 1);
+/* The relay's own output MACs (the loop guard). */
+BPF_HASH(mcr_own_macs, struct mcr_mac, __u32, MCR_MAX_PORTS);
+
+/* What forward() learns on the way in and uses on the way out, kept here
+ * rather than in a register the verifier would track (and split its paths
+ * by): see bpf/health.h. */
+struct mcr_scratch {
+	__u32 from_end;  /* the payload's distance from the end of the frame (health) */
+};
+BPF_PERCPU_ARRAY(mcr_scratch, struct mcr_scratch, 1);
 
 /* Egress: which copy of a packet comes next, for one interface used by
  * several outputs of a rule (key: the mcr_output.stat of the first such

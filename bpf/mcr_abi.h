@@ -43,6 +43,7 @@
 #define MCR_MAP_CPUMAP    "mcr_cpumap"    /* cpumap: CPU id -> mcr_cpumap_val (program mcr_cpu_relay) */
 #define MCR_MAP_HEALTH    "mcr_health"    /* hash: rule id -> mcr_health (rules with ;health=...) */
 #define MCR_MAP_POLICE    "mcr_police"    /* hash: rule id -> mcr_police (rules with ;police=...) */
+#define MCR_MAP_OWN_MACS  "mcr_own_macs"  /* hash: mcr_mac -> 1, the MACs the relay sends from (loop guard) */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
  * after the datapath redirected them, per output ifindex. */
@@ -85,7 +86,9 @@ enum mcr_verdict {
 	MCR_V_DROP_NO_NEIGH = 12,    /* a copy for a unicast receiver whose next hop has no
 				      * known MAC (MCR_OUT_UNRESOLVED): one count per copy */
 	MCR_V_DROP_POLICED = 13,     /* over its rule's rate (;police=..., MCR_RULE_POLICE) */
-	MCR_V_MAX = 14,
+	MCR_V_DROP_LOOP = 14,        /* matched, but sent from a MAC of the relay's own outputs
+				      * (MCR_MAP_OWN_MACS): its own copy come back, a loop */
+	MCR_V_MAX = 15,
 };
 
 /* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
@@ -190,6 +193,14 @@ struct mcr_config {
 	__u32 any_port_rules; /* range rules for any port: 0 skips that lookup */
 	__u32 unicast_rules; /* rules for a unicast destination (unicast inputs): 0 passes
 			      * every unicast packet before any lookup (new in ABI 9) */
+	__u32 own_macs;      /* entries in MCR_MAP_OWN_MACS: 0 turns the loop guard off
+			      * (new in ABI 11) */
+};
+
+/* Key of MCR_MAP_OWN_MACS. */
+struct mcr_mac {
+	__u8 addr[6];
+	__u8 pad[2];
 };
 
 struct mcr_counter {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * police.h - a rule's policer (;police=RATE): a token bucket in mcr_police
- * (struct mcr_police says how), one for all CPUs. Part of the datapath's
+ * police.h - what keeps a stream from flooding the networks behind the
+ * relay: a rule's policer (;police=RATE), a token bucket in mcr_police
+ * (struct mcr_police says how), one for all CPUs; and the loop guard. Part of the datapath's
  * one translation unit (loader.DATAPATH_SOURCES): bcc rewrites the map
  * call here. Rules without the option never get past the flag test.
  */
@@ -39,6 +40,26 @@ static __always_inline int police_ok(const struct mcr_rule *rule, __u64 bytes)
 	pol->tokens = tokens;
 	bpf_spin_unlock(&pol->lock);
 	return ok;
+}
+
+/*
+ * The loop guard: a frame sent from one of the relay's own output MACs has
+ * come back to an input, through a bridge or a loop in the network; relayed
+ * again it would circle until its TTL runs out, multiplied by every fan-out
+ * on the way. The control plane keeps mcr_own_macs; mcr_config.own_macs 0
+ * (no output yet) skips the lookup.
+ */
+static __always_inline int own_mac(struct mcr_config *cfg, void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	struct mcr_mac key = {};
+
+	/* Multicast frames only (the relay's own copies): the host's unicast
+	 * traffic pays nothing. */
+	if (!cfg || !cfg->own_macs || (void *)(eth + 1) > data_end || !(eth->h_dest[0] & 1))
+		return 0;
+	__builtin_memcpy(key.addr, eth->h_source, sizeof(key.addr));
+	return mcr_own_macs.lookup(&key) != NULL;
 }
 
 #endif /* MCR_POLICE_H */

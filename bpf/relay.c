@@ -120,6 +120,14 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	__u32 verdict, *cpu, seq = 0;
 	void *fanout;
 
+	/* The relay's own copy come back (a loop): dropped before anything
+	 * else, where the verifier has one path to walk, not dozens. */
+	if (own_mac(cfg, data, data_end)) {
+		if (has_meta)
+			meta_release(ctx);
+		count_verdict(MCR_V_DROP_LOOP, bytes);
+		return XDP_DROP;
+	}
 	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p, unicast_rules(cfg));
 	rule = match_rule(cfg, &p, &verdict);
 	if (!rule)

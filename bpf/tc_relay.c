@@ -105,6 +105,7 @@ static __always_inline int tc_rewrite(struct __sk_buff *skb, const struct mcr_ru
 
 static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 {
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	__u64 bytes = skb->len;
 	struct mcr_config *cfg = config();
 	struct mcr_rule *rule = NULL;
@@ -115,8 +116,13 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	__be16 port;
 	__u8 hops;
 
-	verdict = parse_packet((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ingress_ifindex, &p,
-			       unicast_rules(cfg));
+	/* The relay's own copy come back (a loop); beside native XDP, the XDP
+	 * program has dropped it already. */
+	if (!companion && own_mac(cfg, data, data_end)) {
+		count_verdict(MCR_V_DROP_LOOP, bytes);
+		return TC_ACT_SHOT;
+	}
+	verdict = parse_packet(data, data_end, skb->ingress_ifindex, &p, unicast_rules(cfg));
 	/* Two tags (QinQ): the kernel took the outer one into skb metadata
 	 * before this hook. The XDP programs see both and pass such a frame
 	 * as not IP; so does this one. */

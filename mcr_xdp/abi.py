@@ -31,6 +31,7 @@ MAP_STEER = "mcr_steer"
 MAP_CPUMAP = "mcr_cpumap"
 MAP_HEALTH = "mcr_health"
 MAP_POLICE = "mcr_police"
+MAP_OWN_MACS = "mcr_own_macs"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
 MAP_LOSS_MAPS = "mcr_loss_maps"
@@ -66,9 +67,10 @@ class Verdict(enum.IntEnum):
     EGRESS_DROP = 11
     DROP_NO_NEIGH = 12
     DROP_POLICED = 13
+    DROP_LOOP = 14
 
 
-VERDICT_MAX = 14
+VERDICT_MAX = 15
 
 
 class RuleKey(ctypes.Structure):
@@ -141,6 +143,14 @@ class Config(ctypes.Structure):
         ("range_rules", ctypes.c_uint32),
         ("any_port_rules", ctypes.c_uint32),
         ("unicast_rules", ctypes.c_uint32),
+        ("own_macs", ctypes.c_uint32),
+    ]
+
+
+class Mac(ctypes.Structure):
+    _fields_ = [
+        ("addr", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint8 * 2),
     ]
 
 
@@ -262,4 +272,5 @@ STRUCTS = {
     "mcr_meta": Meta,
     "mcr_health": Health,
     "mcr_police": Police,
+    "mcr_mac": Mac,
 }

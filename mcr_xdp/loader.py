@@ -33,6 +33,7 @@ MAP_NAMES = (
     abi.MAP_CPUMAP,
     abi.MAP_HEALTH,
     abi.MAP_POLICE,
+    abi.MAP_OWN_MACS,
 )
 
 # The counter maps a relay started again takes over from the killed one

@@ -89,8 +89,24 @@ class Maps:
                            "unicast_rules": unicast_rules}
         self._write_config()
 
+    own_macs: frozenset[bytes] = frozenset()  # as mcr_own_macs holds them
+
+    def set_own_macs(self, macs: frozenset[bytes]) -> None:
+        """The MACs the relay sends from (the loop guard drops frames from
+        them arriving at an input); an empty set turns the guard off."""
+        if macs == self.own_macs:
+            return
+        fd = self._fd[abi.MAP_OWN_MACS]
+        for mac in macs - self.own_macs:
+            libbpf.map_update(fd, abi.Mac((ctypes.c_uint8 * 6)(*mac)), ctypes.c_uint32(1))
+        for mac in self.own_macs - macs:
+            libbpf.map_delete(fd, abi.Mac((ctypes.c_uint8 * 6)(*mac)))
+        self.own_macs = macs
+        self._write_config()
+
     def _write_config(self) -> None:
-        cfg = abi.Config(abi_version=abi.ABI_VERSION, steer_cpus=self._steer_cpus, **self.rule_kinds)
+        cfg = abi.Config(abi_version=abi.ABI_VERSION, steer_cpus=self._steer_cpus, own_macs=len(self.own_macs),
+                         **self.rule_kinds)
         libbpf.map_update(self._fd[abi.MAP_CONFIG], ctypes.c_uint32(0), cfg)
 
     def set_steering(self, cpus: tuple[int, ...], prog_fd: int) -> None:

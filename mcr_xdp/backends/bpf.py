@@ -153,6 +153,7 @@ class BpfBackend:
             self._stats.adopt(_left_output_slots(left["instance"]))
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
+        self._out_macs: dict[int, frozenset[bytes]] = {}  # rule id -> its outputs' MACs (the loop guard)
         # ifindex -> remove its clsact qdisc with the filter: True (this
         # backend added it), None (if then empty: a killed relay's, taken over)
         self._tc_qdiscs: dict[int, bool | None] = {}
@@ -359,6 +360,8 @@ class BpfBackend:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
         self._count_kinds(previous.rule if previous is not None else None, rule)
+        self._out_macs[rule_id] = frozenset(links[o.iface].mac for o in rule.outputs)
+        maps.set_own_macs(frozenset().union(*self._out_macs.values()))
 
     def _start_health(self, installed: InstalledRule, fresh: bool) -> None:
         """A rule with ;health= gets its state before its entry says so: a
@@ -392,6 +395,8 @@ class BpfBackend:
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
         maps.stop_health(installed.rule_id)
         maps.stop_police(installed.rule_id)
+        self._out_macs.pop(installed.rule_id, None)
+        maps.set_own_macs(frozenset().union(*self._out_macs.values()))
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)

@@ -20,9 +20,11 @@ from .counters import output_base, rule_base
 
 # Verdicts as plain ints: the per-packet path compares and shifts them.
 (PASS_NOT_IP, PASS_NOT_UDP, PASS_NOT_MULTICAST, PASS_FRAGMENT, PASS_NO_RULE, PASS_MALFORMED, PASS_IPV6_EXT,
- DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH, DROP_POLICED) = (int(abi.Verdict[n]) for n in (
-    "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
-    "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH", "DROP_POLICED"))
+ DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH, DROP_POLICED, DROP_LOOP) = (
+    int(abi.Verdict[n]) for n in (
+        "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
+        "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH",
+        "DROP_POLICED", "DROP_LOOP"))
 
 _ORDER = sys.byteorder  # the deltas are sums of 16-bit words in host order
 _IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -181,9 +183,16 @@ class Table:
         self.lengths: dict[tuple, list[int]] = {}
         self.range_keys: dict[int, tuple] = {}  # rule id -> (ranges key, bits, value)
         self.unicast: set[int] = set()  # ids of unicast inputs' rules: while none, unicast is the host's
+        # The MACs the relay sends from (its outputs'), for the loop guard:
+        # MAC -> how many rule outputs send from it.
+        self.own_macs: dict[bytes, int] = {}
+        self._macs: dict[int, list[bytes]] = {}  # rule id -> its outputs' source MACs
 
     def put(self, msg: dict) -> Entry:
         self.delete(msg["id"])
+        macs = self._macs[msg["id"]] = [bytes.fromhex(o["eth"])[6:] for o in msg["outputs"]]
+        for mac in macs:
+            self.own_macs[mac] = self.own_macs.get(mac, 0) + 1
         if msg.get("unicast"):
             self.unicast.add(msg["id"])
         if msg.get("ranged"):
@@ -213,6 +222,10 @@ class Table:
 
     def delete(self, rule_id: int) -> None:
         self.unicast.discard(rule_id)
+        for mac in self._macs.pop(rule_id, ()):
+            self.own_macs[mac] -= 1
+            if not self.own_macs[mac]:
+                del self.own_macs[mac]
         found = self.range_keys.pop(rule_id, None)
         if found is not None:
             key, bits, value = found
@@ -262,6 +275,10 @@ class Table:
         entry is None when no rule matched. partial: the UDP checksum holds
         only the pseudo header (TP_STATUS_CSUMNOTREADY)."""
         n = len(frame)
+        # The loop guard (bpf/police.h own_mac): a multicast frame from one
+        # of the relay's own output MACs is its own copy come back.
+        if frame[0] & 1 and frame[6:12] in self.own_macs:
+            return DROP_LOOP, None, ()
         et = frame[12:14]
         if et == _IPV4:
             if n < 34:

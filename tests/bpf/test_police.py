@@ -129,3 +129,28 @@ def test_userspace_bucket_is_the_same_arithmetic():
     assert sum(bucket.take(64, now) for _ in range(100)) == 20
     assert sum(bucket.take(64, now + 5_000_000) for _ in range(100)) == 5  # 5 ms: 5 packets
     assert sum(bucket.take(64, now + 10**9) for _ in range(100)) == 20  # long idle: never past the burst
+
+
+OWN = mac("02:00:00:00:00:aa")  # the rules' output MAC (their frames leave from it)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_the_loop_guard_drops_the_relays_own_copies(datapath, rules, hook):
+    """A multicast frame from one of the relay's own output MACs is its own
+    copy come back: dropped and counted before anything else; from any
+    other MAC the same frame is relayed; the guard is off with no MAC."""
+    maps = datapath.maps
+    maps.stop_police(PPS_ID)  # no policer in the way
+    looped = Udp4(dst="239.8.0.1", dport=8000, ttl=255, eth_src=OWN).build()
+    other = Udp4(dst="239.8.0.1", dport=8000, ttl=255).build()
+    maps.set_own_macs(frozenset({OWN, mac("02:00:00:00:00:bb")}))
+    try:
+        before = maps.verdicts()
+        assert _run(datapath, hook, looped, 1) in (libbpf.XDP_DROP, 2)  # XDP_DROP / TC_ACT_SHOT
+        assert _run(datapath, hook, other, 1) in (libbpf.XDP_REDIRECT, 7)  # TC_ACT_REDIRECT
+        after = maps.verdicts()
+        assert after[abi.Verdict.DROP_LOOP].packets == before[abi.Verdict.DROP_LOOP].packets + 1
+        assert after[abi.Verdict.DROP_LOOP].bytes == before[abi.Verdict.DROP_LOOP].bytes + len(looped)
+    finally:
+        maps.set_own_macs(frozenset())
+    assert _run(datapath, hook, looped, 1) in (libbpf.XDP_REDIRECT, 7)  # off: relayed

@@ -140,7 +140,7 @@ LAYOUTS = {
     8: "4f4d07606d1bb751eacb5eeef84dc240ce15e039138c0b06879adc2d01ec4fb7",  # ranges, output stat keys
     9: "906a272ff4a1abc7c015fbc9aaf2bc10d749548049327f3c9559673d4651b7bc",  # unicast: output flags, unicast_rules
     10: "cf4cc9fe56bab021dcfcbef1d2ec5feba0fcb996e298829024de1d9571dfdf3a",  # stream health: rule flags, mcr_health
-    11: "fd0b667bc74b23a7c61f02a759eccb5449bc73a15b5a8271c72c679a62f046f8",  # policers: mcr_police, DROP_POLICED
+    11: "6def29f07f8d73b82c924f7609ba49cce4205a2ac22d8f4f8ee1e28ac7222a1b",  # policers, the loop guard
 }
 
 

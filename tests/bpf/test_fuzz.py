@@ -56,6 +56,7 @@ def relay(datapath):
         maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
     maps.set_port(SLOT, LO, datapath.egress_fd)
     maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in RULES.values()))
+    maps.set_own_macs(frozenset({bytes(xdp_table.OUT_MAC)}))  # the loop guard, as the model has it
     return maps
 
 
@@ -149,7 +150,7 @@ def _checksums_valid(frame: bytes) -> bool:
 
 
 ACTION = {abi.Verdict.REDIRECT: libbpf.XDP_REDIRECT, abi.Verdict.DROP_TTL: libbpf.XDP_DROP,
-          abi.Verdict.DROP_NO_NEIGH: libbpf.XDP_DROP}
+          abi.Verdict.DROP_NO_NEIGH: libbpf.XDP_DROP, abi.Verdict.DROP_LOOP: libbpf.XDP_DROP}
 # With a unicast input among the rules, metadata is reserved for frames to
 # any MAC (bpf/relay.c may_be_ours), not just to multicast ones.
 UNICAST_INPUTS = any(parse_rule(text, "in").unicast for text in RULES.values())

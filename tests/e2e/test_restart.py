@@ -75,7 +75,7 @@ def test_restart_by_another_abi_version_loses_nothing_and_counts_again(chain):
     got = kill_and_restart(chain, "xdp-native", count, rate, older_abi)
     assert (got["unique"], got["missing"], got["duplicates"]) == (count, 0, 0), got
     stats = json.loads(relay_cli(chain, "stats", "--json").stdout)
-    assert 0 < stats["rules"][0]["forwarded"] < count, json.dumps([stats["rules"], stats["status"]["notices"], stats["status"]["interfaces"], stats["verdicts"]])
+    assert 0 < stats["rules"][0]["forwarded"] < count, stats["rules"]
     assert any("counters start again: the maps the killed relay (pid" in n and
                f"are of datapath ABI version {abi.ABI_VERSION - 1}" in n for n in stats["status"]["notices"]), stats
     stopped_clean(chain)

@@ -2,9 +2,10 @@
 /*
  * police.h - what keeps a stream from flooding the networks behind the
  * relay: a rule's policer (;police=RATE), a token bucket in mcr_police
- * (struct mcr_police says how), one for all CPUs; and the loop guard. Part of the datapath's
- * one translation unit (loader.DATAPATH_SOURCES): bcc rewrites the map
- * call here. Rules without the option never get past the flag test.
+ * (struct mcr_police says how), one for all CPUs; and the loop guard.
+ * Part of the datapath's one translation unit (loader.DATAPATH_SOURCES):
+ * bcc rewrites the map calls here. Rules without a policer never get past
+ * the flag test.
  */
 #ifndef MCR_POLICE_H
 #define MCR_POLICE_H

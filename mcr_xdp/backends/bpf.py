@@ -10,6 +10,8 @@ it, and leaves only after no entry names it.
 
 from __future__ import annotations
 
+import collections
+
 from .. import abi, encode, features, libbpf, loader, pins
 from ..errors import AttachError, McrError, RuleError
 from ..links import Link, generic_xdp_vlan_blind
@@ -153,7 +155,11 @@ class BpfBackend:
             self._stats.adopt(_left_output_slots(left["instance"]))
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
-        self._out_macs: dict[int, frozenset[bytes]] = {}  # rule id -> its outputs' MACs (the loop guard)
+        # The loop guard: rule id -> its outputs' MACs, and MAC -> how many
+        # rules send from it (kept as rules come and go: a relay adding
+        # 65,536 rules must not walk all of them for each).
+        self._out_macs: dict[int, frozenset[bytes]] = {}
+        self._mac_users: collections.Counter[bytes] = collections.Counter()
         # ifindex -> remove its clsact qdisc with the filter: True (this
         # backend added it), None (if then empty: a killed relay's, taken over)
         self._tc_qdiscs: dict[int, bool | None] = {}
@@ -360,8 +366,21 @@ class BpfBackend:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
         self._count_kinds(previous.rule if previous is not None else None, rule)
-        self._out_macs[rule_id] = frozenset(links[o.iface].mac for o in rule.outputs)
-        maps.set_own_macs(frozenset().union(*self._out_macs.values()))
+        self._set_out_macs(rule_id, frozenset(links[o.iface].mac for o in rule.outputs))
+
+    def _set_out_macs(self, rule_id: int, macs: frozenset[bytes]) -> None:
+        """rule_id now sends from macs (none: deleted); the datapath's set
+        of own MACs follows when a MAC gains its first rule or loses its last."""
+        old = self._out_macs.pop(rule_id, frozenset())
+        if macs:
+            self._out_macs[rule_id] = macs
+        self._mac_users.update(macs - old)
+        self._mac_users.subtract(old - macs)
+        for mac in old - macs:
+            if not self._mac_users[mac]:
+                del self._mac_users[mac]
+        if macs != old:
+            self.datapath.maps.set_own_macs(frozenset(self._mac_users))
 
     def _start_health(self, installed: InstalledRule, fresh: bool) -> None:
         """A rule with ;health= gets its state before its entry says so: a
@@ -395,8 +414,7 @@ class BpfBackend:
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
         maps.stop_health(installed.rule_id)
         maps.stop_police(installed.rule_id)
-        self._out_macs.pop(installed.rule_id, None)
-        maps.set_own_macs(frozenset().union(*self._out_macs.values()))
+        self._set_out_macs(installed.rule_id, frozenset())
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
         self._free_slots(installed.rule_id)

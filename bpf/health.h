@@ -11,8 +11,9 @@
 
 #define MCR_RTP_HLEN 12
 
-/* One RTP sequence number (state locked by the caller). */
-static __always_inline void rtp_track(struct mcr_health *h, __u16 seq, __u32 ssrc)
+/* One RTP sequence number (state locked by the caller); 1 when it was seen
+ * before (a duplicate). */
+static __always_inline int rtp_track(struct mcr_health *h, __u16 seq, __u32 ssrc)
 {
 	__u64 ext, bit;
 	__s16 delta = 0;
@@ -48,12 +49,13 @@ static __always_inline void rtp_track(struct mcr_health *h, __u16 seq, __u32 ssr
 	}
 	if (h->seen[w] & bit) {
 		h->duplicates++;
-		return;
+		return 1;
 	}
 	h->seen[w] |= bit;
 	h->unique++;
 	if (delta < 0)
 		h->reordered++;
+	return 0;
 }
 
 /* The TS packets of a datagram, from ts (state locked by the caller). */
@@ -101,11 +103,18 @@ static __always_inline void ts_check(struct mcr_health *h, __u8 *ts, void *end)
 	}
 }
 
+/* What the merge made of a leg's datagram (merge_check), for the leg's counts. */
+#define MCR_MERGE_NONE 0     /* not a merge leg, or not forwarded for another reason */
+#define MCR_MERGE_FIRST 1    /* the first copy: forwarded */
+#define MCR_MERGE_COPY 2     /* a later copy: dropped */
+#define MCR_MERGE_INVALID 3  /* no RTP header: dropped */
+
 /* Track one matched datagram of a rule with MCR_RULE_HEALTH_*. pl: its
- * UDP payload, end: the end of the data the program can read. Every byte
- * is read once, right after its bounds check: the verifier does not know
- * that a flag set after a check covers a later read. */
-static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, void *end)
+ * UDP payload, end: the end of the data the program can read; merged:
+ * MCR_MERGE_*, what the merge made of it (a leg's). Every byte is read
+ * once, right after its bounds check: the verifier does not know that a
+ * flag set after a check covers a later read. */
+static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, void *end, int merged)
 {
 	__u32 id = rule->id, ssrc = 0, xlen, xoff;
 	struct mcr_health *h = mcr_health.lookup(&id);
@@ -144,6 +153,10 @@ static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, 
 	}
 	bpf_spin_lock(&h->lock);
 	h->received++;
+	if (merged == MCR_MERGE_FIRST)
+		h->first_copies++;
+	else if (merged == MCR_MERGE_COPY)
+		h->suppressed++;
 	if (rtp)
 		rtp_track(h, seq, ssrc);
 	else if (rule->flags & MCR_RULE_HEALTH_RTP)
@@ -153,6 +166,52 @@ static __always_inline void health_check(const struct mcr_rule *rule, __u8 *pl, 
 	else if (rule->flags & MCR_RULE_HEALTH_TS)
 		ts_check(h, ts, end);
 	bpf_spin_unlock(&h->lock);
+}
+
+/*
+ * Seamless protection (;merge=rtp): a leg's datagram goes on only if no
+ * leg brought its RTP sequence number before. The window is the merged
+ * stream's, under its lock: legs handled by two CPUs at the same moment
+ * still pass one copy. Without the stream's entry (not written yet) the
+ * packet goes on: a merge never loses what it cannot judge.
+ */
+static __always_inline int merge_check(const struct mcr_rule *rule, __u8 *pl, void *end)
+{
+	__u32 id = rule->merge, ssrc = 0;
+	struct mcr_health *m = mcr_merge.lookup(&id);
+	__u64 now;
+	__u16 seq = 0;
+	int rtp = 0, merged;
+
+	if (!m)
+		return MCR_MERGE_FIRST;
+	if ((void *)(pl + MCR_RTP_HLEN) <= end && (pl[0] >> 6) == 2) {
+		rtp = 1;
+		seq = (pl[2] << 8) | pl[3];
+		ssrc = *(__u32 *)(pl + 8);
+	}
+	now = bpf_ktime_get_ns();
+	bpf_spin_lock(&m->lock);
+	m->received++;
+	if (!rtp) {
+		m->invalid++;
+		merged = MCR_MERGE_INVALID;
+	} else if (rtp_track(m, seq, ssrc)) {
+		merged = MCR_MERGE_COPY;
+		/* Copies alone for longer than any path delay: the sender
+		 * started its sequence over. What the old one lost stays lost;
+		 * the next packet starts the window again. */
+		if (now - m->last_ns > MCR_MERGE_RESYNC_NS) {
+			m->resyncs++;
+			m->lost_before += m->max - m->first + 1 - m->unique;
+			m->state &= ~MCR_HEALTH_STARTED;
+		}
+	} else {
+		m->last_ns = now;
+		merged = MCR_MERGE_FIRST;
+	}
+	bpf_spin_unlock(&m->lock);
+	return merged;
 }
 
 /*
@@ -173,22 +232,39 @@ static __always_inline void health_mark(__u32 from_end)
 		scratch->from_end = from_end;
 }
 
-static __always_inline void health_at_mark(const struct mcr_rule *rule, void *data, void *end)
+/* The payload the mark points at, NULL if none. */
+static __always_inline __u8 *payload_at_mark(void *data, void *end)
 {
 	__u32 zero = 0;
 	struct mcr_scratch *scratch = mcr_scratch.lookup(&zero);
 	__u64 off;
 
 	if (!scratch)
-		return;
+		return NULL;
 	/* The payload starts at most 86 bytes in (Ethernet, a tag, IPv4 with
 	 * options, UDP); the mask bounds the very register the verifier sees
 	 * added (clang would drop a C mask after the comparison). */
 	off = (__u64)(end - data) - scratch->from_end;
 	if (off > 128)
-		return;
+		return NULL;
 	asm volatile("%0 &= 0xff" : "+r"(off));
-	health_check(rule, data + off, end);
+	return data + off;
+}
+
+static __always_inline void health_at_mark(const struct mcr_rule *rule, void *data, void *end, int merged)
+{
+	__u8 *pl = payload_at_mark(data, end);
+
+	if (pl)
+		health_check(rule, pl, end, merged);
+}
+
+/* A merge leg's packet on its way out: MCR_MERGE_FIRST to send it. */
+static __always_inline int merge_at_mark(const struct mcr_rule *rule, void *data, void *end)
+{
+	__u8 *pl = payload_at_mark(data, end);
+
+	return pl ? merge_check(rule, pl, end) : MCR_MERGE_FIRST;
 }
 
 #endif /* MCR_HEALTH_H */

@@ -48,6 +48,14 @@ BPF_TABLE_PINNED("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH, M
 BPF_TABLE("hash", __u32, struct mcr_health, mcr_health, MCR_MAX_HEALTH);
 #endif
 
+/* Merged streams (a|b=...;merge=rtp): mcr_rule.merge -> the first-copy
+ * window its legs share, one for every CPU. Kept across a restart. */
+#ifdef MCR_ADOPT_DIR
+BPF_TABLE_PINNED("hash", __u32, struct mcr_health, mcr_merge, MCR_MAX_MERGES, MCR_ADOPT_DIR "/mcr_merge");
+#else
+BPF_TABLE("hash", __u32, struct mcr_health, mcr_merge, MCR_MAX_MERGES);
+#endif
+
 /* Policers (;police=...): rule id -> its token bucket, one for every CPU.
  * Kept across a restart like the counters. */
 #ifdef MCR_ADOPT_DIR

@@ -17,7 +17,7 @@
 #include <linux/bpf.h>  /* struct bpf_spin_lock */
 #endif
 
-#define MCR_ABI_VERSION 11
+#define MCR_ABI_VERSION 12
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -28,6 +28,7 @@
 #define MCR_CPUMAP_QSIZE 2048 /* frames queued per steering CPU */
 #define MCR_MAX_HEALTH  256  /* rules with a stream health check (;health=...) */
 #define MCR_MAX_POLICED 4096 /* rules with a policer (;police=...) */
+#define MCR_MAX_MERGES  128  /* merged streams (legs a|b=...;merge=rtp) */
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
@@ -44,6 +45,7 @@
 #define MCR_MAP_HEALTH    "mcr_health"    /* hash: rule id -> mcr_health (rules with ;health=...) */
 #define MCR_MAP_POLICE    "mcr_police"    /* hash: rule id -> mcr_police (rules with ;police=...) */
 #define MCR_MAP_OWN_MACS  "mcr_own_macs"  /* hash: mcr_mac -> 1, the MACs the relay sends from (loop guard) */
+#define MCR_MAP_MERGE     "mcr_merge"     /* hash: mcr_rule.merge -> mcr_health, one per merged stream */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
  * after the datapath redirected them, per output ifindex. */
@@ -88,7 +90,9 @@ enum mcr_verdict {
 	MCR_V_DROP_POLICED = 13,     /* over its rule's rate (;police=..., MCR_RULE_POLICE) */
 	MCR_V_DROP_LOOP = 14,        /* matched, but sent from a MAC of the relay's own outputs
 				      * (MCR_MAP_OWN_MACS): its own copy come back, a loop */
-	MCR_V_MAX = 15,
+	MCR_V_DROP_MERGED = 15,      /* a merged stream's packet (;merge=rtp) already sent from
+				      * another leg (or without an RTP header) (new in ABI 12) */
+	MCR_V_MAX = 16,
 };
 
 /* Rule lookup key. IPv4 addresses use the first 4 bytes of the 16. */
@@ -176,11 +180,18 @@ struct mcr_output {
 #define MCR_RULE_POLICE 0x10    /* ;police=RATE: a token bucket in MCR_MAP_POLICE under the
 				 * rule id; packets over it are dropped (MCR_V_DROP_POLICED)
 				 * (new in ABI 11) */
+#define MCR_RULE_MERGE 0x20     /* a leg of a merged stream (a|b=...;merge=rtp): only the
+				 * first copy of each RTP sequence number, on whichever
+				 * leg, is forwarded; the state is MCR_MAP_MERGE's entry
+				 * mcr_rule.merge, shared by the legs. A leg has
+				 * MCR_RULE_HEALTH_RTP too: its own arrivals, in its own
+				 * mcr_health entry (new in ABI 12) */
 
 struct mcr_rule {
 	__u32 id;            /* index into MCR_MAP_RULE_STATS and MCR_MAP_FANOUT */
 	__u16 n_outputs;     /* 1: rewrite and redirect at ingress; more: broadcast */
 	__u16 flags;         /* MCR_RULE_* */
+	__u32 merge;         /* MCR_RULE_MERGE: the key of its stream in MCR_MAP_MERGE (new in ABI 12) */
 	__u8 host_mask[16];  /* MCR_RULE_RANGE: the group bits a packet keeps */
 	struct mcr_output out[MCR_MAX_OUTPUTS];
 };
@@ -232,6 +243,15 @@ struct mcr_rule_counters {
  * not the last + 1 is an error, except one repeat (a duplicate packet), a
  * packet without payload (its counter does not advance), the null PID and
  * a set discontinuity_indicator.
+ *
+ * A merged stream (MCR_MAP_MERGE, new in ABI 12) has the same struct: its
+ * RTP window over every leg's packets is the first-copy test (a sequence
+ * number seen before is a copy: dropped), received counts every leg's
+ * datagrams, unique what was forwarded, duplicates the copies dropped,
+ * lost what no leg brought. last_ns is when it last forwarded: copies
+ * alone for longer than MCR_MERGE_RESYNC_NS mean the sender started its
+ * sequence over (same SSRC), and the next packet starts tracking again
+ * (resyncs). A leg's own entry counts first_copies and suppressed.
  */
 #define MCR_HEALTH_WORDS 1024  /* 64 sequence numbers each: all 65,536 */
 #define MCR_TS_PIDS 8192
@@ -242,6 +262,9 @@ struct mcr_rule_counters {
 #define MCR_TS_SEEN 0x80
 #define MCR_TS_DUP 0x40
 #define MCR_HEALTH_STARTED 0x1 /* mcr_health.state: an RTP packet was seen */
+#ifndef MCR_MERGE_RESYNC_NS
+#define MCR_MERGE_RESYNC_NS 1000000000 /* 1 s: longer than any path's delay */
+#endif
 
 struct mcr_health {
 	struct bpf_spin_lock lock;
@@ -262,6 +285,10 @@ struct mcr_health {
 	__u32 epoch[MCR_HEALTH_WORDS];
 	__u64 seen[MCR_HEALTH_WORDS];
 	__u8 cc[MCR_TS_PIDS];
+	__u64 last_ns;       /* merged stream: bpf_ktime_get_ns() when it last forwarded */
+	__u64 resyncs;       /* merged stream: tracking started over (see above) */
+	__u64 first_copies;  /* a merge leg: its packets forwarded (the first copy) */
+	__u64 suppressed;    /* a merge leg: its copies dropped (another leg's came first) */
 };
 
 /*

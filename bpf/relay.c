@@ -116,7 +116,7 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	struct mcr_rule_counters *counters = NULL;
 	struct pkt p = {};
 	struct mcr_rule *rule = NULL;
-	int action = XDP_PASS, done = 0;
+	int action = XDP_PASS, done = 0, merged = MCR_MERGE_NONE;
 	__u32 verdict, *cpu, seq = 0;
 	void *fanout;
 
@@ -215,6 +215,14 @@ out:
 		action = XDP_DROP;
 		verdict = MCR_V_DROP_POLICED;
 	}
+	/* A merge leg: the first copy of each sequence number goes on. */
+	if (action == XDP_REDIRECT && (rule->flags & MCR_RULE_MERGE)) {
+		merged = merge_at_mark(rule, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
+		if (merged != MCR_MERGE_FIRST) {
+			action = XDP_DROP;
+			verdict = MCR_V_DROP_MERGED;
+		}
+	}
 	/* Rewritten here (one output): counted here; else the egress program counts it. */
 	if (action == XDP_REDIRECT && done)
 		count_output(&rule->out[0], bytes);
@@ -225,7 +233,7 @@ out:
 	count_outcome(counters, action == XDP_REDIRECT);
 	/* Past steering and the TC hand-over, a rule's frame is this CPU's. */
 	if (rule && (rule->flags & MCR_RULE_HEALTH))
-		health_at_mark(rule, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
+		health_at_mark(rule, (void *)(long)ctx->data, (void *)(long)ctx->data_end, merged);
 	return action;
 }
 

@@ -113,6 +113,7 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	int action = TC_ACT_UNSPEC;  /* not ours: on to the next filter, then the host */
 	struct pkt p = {};
 	__u32 verdict, n, i;
+	int merged = MCR_MERGE_NONE;
 	__be16 port;
 	__u8 hops;
 
@@ -134,24 +135,29 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 	if (!rule)
 		goto out;
 	action = TC_ACT_SHOT;
+	if (p.hops <= 1 && !rule->out[0].ttl)  /* ;ttl=N forwards it with TTL N */
+		verdict = MCR_V_DROP_TTL;
+	else if ((rule->flags & MCR_RULE_POLICE) && !police_ok(rule, bytes))
+		verdict = MCR_V_DROP_POLICED;
 	/* The whole datagram linear, for the checks that read past the
 	 * headers (if the pull fails, they check what is linear). */
-	if (rule->flags & MCR_RULE_HEALTH) {
+	if (rule->flags & (MCR_RULE_HEALTH | MCR_RULE_MERGE)) {
 		bpf_skb_pull_data(skb, skb->len);
 		if (reparse(skb, &p)) {
 			verdict = MCR_V_DROP_NO_OUTPUT;
 			goto out;
 		}
-		health_check(rule, (__u8 *)(p.udp + 1), (void *)(long)skb->data_end);
+		/* A merge leg: the first copy of each sequence number goes on. */
+		if (verdict == MCR_MATCH && (rule->flags & MCR_RULE_MERGE)) {
+			merged = merge_check(rule, (__u8 *)(p.udp + 1), (void *)(long)skb->data_end);
+			if (merged != MCR_MERGE_FIRST)
+				verdict = MCR_V_DROP_MERGED;
+		}
+		if (rule->flags & MCR_RULE_HEALTH)
+			health_check(rule, (__u8 *)(p.udp + 1), (void *)(long)skb->data_end, merged);
 	}
-	if (p.hops <= 1 && !rule->out[0].ttl) {  /* ;ttl=N forwards it with TTL N */
-		verdict = MCR_V_DROP_TTL;
+	if (verdict != MCR_MATCH)
 		goto out;
-	}
-	if ((rule->flags & MCR_RULE_POLICE) && !police_ok(rule, bytes)) {
-		verdict = MCR_V_DROP_POLICED;
-		goto out;
-	}
 	hops = p.hops;
 	port = p.key.port;
 	verdict = MCR_V_DROP_NO_OUTPUT;

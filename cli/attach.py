@@ -14,7 +14,7 @@ from mcr_xdp.fallback import FANOUT_MODES
 from mcr_xdp.maps import parse_cpu_list
 from mcr_xdp.modes import Mode, XdpMode
 from mcr_xdp.relay import Relay, RelayConfig
-from mcr_xdp.rules import parse_rule
+from mcr_xdp.rules import parse_rules
 
 from . import render
 from .console import err, out
@@ -79,7 +79,7 @@ def attach(
     if not inputs:
         raise typer.BadParameter("name at least one input interface (or give --config)", param_hint="INTERFACES")
     default = inputs[0] if len(inputs) == 1 else None
-    rules = [*(file_cfg.rules if file_cfg else []), *(parse_rule(text, default) for text in rule)]
+    rules = [*(file_cfg.rules if file_cfg else []), *(leg for text in rule for leg in parse_rules(text, default))]
     if not rules:
         raise typer.BadParameter("give at least one --rule (or --config with rules)", param_hint="--rule")
     if join not in JOIN_VALUES:

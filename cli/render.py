@@ -167,6 +167,33 @@ def snapshot_health(snap: Snapshot) -> Table | None:
     return health_table([(r.rule_id, r.rule, r.health) for r in snap.rules if r.health is not None])
 
 
+def merge_table(snap: Snapshot) -> Table | None:
+    """Merged streams (;merge=rtp): a row per stream (what went out), then
+    a row per leg (what it brought first, its copies dropped, what it
+    missed); None without any. A stream in red lost packets on every leg."""
+    legs = [r for r in snap.rules if r.merge is not None]
+    if not legs:
+        return None
+    streams: dict[str, list] = {}
+    for r in legs:
+        streams.setdefault("|".join(sorted(r.rule.split("=", 1)[0].split("|"))), []).append(r)
+    table = Table(title="merged streams", title_justify="left", expand=True)
+    for col, justify in (("id", "right"), ("stream / leg", "left"), ("forwarded", "right"), ("copies", "right"),
+                         ("lost", "right"), ("reordered", "right"), ("resyncs", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for name, rows in streams.items():
+        m = rows[0].merge
+        out = rows[0].rule.split("=", 1)[1]
+        table.add_row("", Text(f"{name} -> {out}"), str(m.forwarded), str(m.copies), str(m.lost), str(m.reordered),
+                      str(m.resyncs), style="red" if m.lost else "bold")
+        for r in rows:
+            h = r.health
+            table.add_row(str(r.rule_id), Text("  leg " + r.rule.split("|", 1)[0]),
+                          str(h.first_copies) if h else "-", str(h.suppressed) if h else "-",
+                          str(h.lost) if h else "-", "", "")
+    return table
+
+
 def cpus_table(snap: Snapshot, rates: Rates | None) -> Table:
     table = Table(title="per CPU", title_justify="left")
     for col in ("cpu", "pps", "share", "packets", "forwarded"):
@@ -201,7 +228,7 @@ def dashboard(snap: Snapshot, rates: Rates | None, status: dict):
     from rich.columns import Columns
     from rich.console import Group
 
-    health = snapshot_health(snap)
-    return Group(header(snap, rates, status), rules_live(snap, rates), *([health] if health is not None else []),
+    extra = [t for t in (snapshot_health(snap), merge_table(snap)) if t is not None]
+    return Group(header(snap, rates, status), rules_live(snap, rates), *extra,
                  Columns([cpus_table(snap, rates), drops_table(snap, rates)]),
                  Text("q or Ctrl-C quits", style="dim"))

@@ -68,6 +68,7 @@ def stats_cmd(
     snap, status = stats.from_json(data)
     out.print(render.header(snap, None, status))
     out.print(render.rules_live(snap, None))
-    if (health := render.snapshot_health(snap)) is not None:
-        out.print(health)
+    for table in (render.snapshot_health(snap), render.merge_table(snap)):
+        if table is not None:
+            out.print(table)
     out.print(render.drops_table(snap, None))

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 11
+ABI_VERSION = 12
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -17,6 +17,7 @@ MAX_CPUS = 256
 CPUMAP_QSIZE = 2048
 MAX_HEALTH = 256
 MAX_POLICED = 4096
+MAX_MERGES = 128
 
 MAP_RULES = "mcr_rules"
 MAP_RANGES = "mcr_ranges"
@@ -32,6 +33,7 @@ MAP_CPUMAP = "mcr_cpumap"
 MAP_HEALTH = "mcr_health"
 MAP_POLICE = "mcr_police"
 MAP_OWN_MACS = "mcr_own_macs"
+MAP_MERGE = "mcr_merge"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
 MAP_LOSS_MAPS = "mcr_loss_maps"
@@ -68,9 +70,10 @@ class Verdict(enum.IntEnum):
     DROP_NO_NEIGH = 12
     DROP_POLICED = 13
     DROP_LOOP = 14
+    DROP_MERGED = 15
 
 
-VERDICT_MAX = 15
+VERDICT_MAX = 16
 
 
 class RuleKey(ctypes.Structure):
@@ -121,6 +124,7 @@ RULE_HEALTH_RTP = 0x4  # Rule.flags: ;health=rtp, tracked in mcr_health under th
 RULE_HEALTH_TS = 0x8  # Rule.flags: ;health=mpegts (and RTP, when the TS packets follow an RTP header)
 RULE_HEALTH = RULE_HEALTH_RTP | RULE_HEALTH_TS
 RULE_POLICE = 0x10  # Rule.flags: ;police=RATE, a token bucket in mcr_police under the rule id
+RULE_MERGE = 0x20  # Rule.flags: a leg of a merged stream, its window in mcr_merge under Rule.merge
 OUT_UNRESOLVED = 0x1  # Output.flags: a unicast receiver without a known next-hop MAC: copies dropped
 OUT_UNICAST = 0x2  # Output.flags: a unicast receiver: its MAC is the next hop's, not the group's
 
@@ -130,6 +134,7 @@ class Rule(ctypes.Structure):
         ("id", ctypes.c_uint32),
         ("n_outputs", ctypes.c_uint16),
         ("flags", ctypes.c_uint16),
+        ("merge", ctypes.c_uint32),
         ("host_mask", ctypes.c_uint8 * 16),
         ("out", Output * MAX_OUTPUTS),
     ]
@@ -177,6 +182,7 @@ TS_PER_DATAGRAM = 8
 TS_SEEN = 0x80
 TS_DUP = 0x40
 HEALTH_STARTED = 0x1
+MERGE_RESYNC_NS = 1_000_000_000
 
 
 class Health(ctypes.Structure):
@@ -199,6 +205,10 @@ class Health(ctypes.Structure):
         ("epoch", ctypes.c_uint32 * HEALTH_WORDS),
         ("seen", ctypes.c_uint64 * HEALTH_WORDS),
         ("cc", ctypes.c_uint8 * TS_PIDS),
+        ("last_ns", ctypes.c_uint64),
+        ("resyncs", ctypes.c_uint64),
+        ("first_copies", ctypes.c_uint64),
+        ("suppressed", ctypes.c_uint64),
     ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from .errors import McrError, UsageError
 from .maps import parse_cpu_list
 from .modes import Mode, XdpMode
-from .rules import Rule, parse_rule
+from .rules import Rule, parse_rules
 
 TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "inputs"}
 INPUT_KEYS = {"rules", "join"}
@@ -155,7 +155,7 @@ def load(path: str | Path) -> FileConfig:
         cfg.interfaces.append(iface)
         for i, text_rule in enumerate(rules):
             try:
-                cfg.rules.append(parse_rule(text_rule, iface))
+                cfg.rules.extend(parse_rules(text_rule, iface))
             except McrError as exc:
                 quoted = rf"""(["']){re.escape(text_rule)}\1"""  # in this table, either TOML quote
                 fail(_line_of(lines, quoted, header) or header, f"{key}.rules[{i}]", str(exc))

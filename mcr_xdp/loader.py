@@ -34,11 +34,14 @@ MAP_NAMES = (
     abi.MAP_HEALTH,
     abi.MAP_POLICE,
     abi.MAP_OWN_MACS,
+    abi.MAP_MERGE,
 )
 
 # The counter maps a relay started again takes over from the killed one
-# (bpf/maps.h MCR_COUNTERS), the stream health state and the policers.
-ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS, abi.MAP_HEALTH, abi.MAP_POLICE)
+# (bpf/maps.h MCR_COUNTERS), the stream health state, the policers and the
+# merged streams' windows.
+ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS, abi.MAP_HEALTH, abi.MAP_POLICE,
+                abi.MAP_MERGE)
 
 # The datapath is one bcc object: the XDP programs (relay.c) and the TC
 # program (tc_relay.c) share its maps. bcc rewrites map calls (map.lookup())

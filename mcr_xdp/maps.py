@@ -56,6 +56,8 @@ class Maps:
         # in rule order: what the control plane gave out, or, for a relay
         # that is gone, what its rule entries say (read_output_slots).
         self.output_slots: dict[int, tuple[int, ...]] = {}
+        # rule id -> its merged stream's key in mcr_merge (merge legs only)
+        self.merge_keys: dict[int, int] = {}
 
     @property
     def fds(self) -> dict[str, int]:
@@ -199,6 +201,24 @@ class Maps:
     def stop_health(self, rule_id: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id))
 
+    def merge(self, key: int) -> abi.Health | None:
+        """A merged stream's window (None: none under key)."""
+        value = abi.Health()
+        return value if libbpf.map_lookup(self._fd[abi.MAP_MERGE], ctypes.c_uint32(key), value) else None
+
+    def start_merge(self, key: int) -> None:
+        """A merged stream from nothing: every sequence number new."""
+        libbpf.map_update(self._fd[abi.MAP_MERGE], ctypes.c_uint32(key), abi.Health())
+
+    def stop_merge(self, key: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_MERGE], ctypes.c_uint32(key))
+
+    def merge_counts(self, rule_id: int, kind: str, legs: int) -> health.MergeCounts | None:
+        """backends.CounterSource: a merge leg's stream, if it is merged here."""
+        key = self.merge_keys.get(rule_id)
+        state = self.merge(key) if key is not None else None
+        return health.merge_from_state(state, kind, legs) if state is not None else None
+
     def police(self, rule_id: int) -> abi.Police | None:
         value = abi.Police()
         return value if libbpf.map_lookup(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id), value) else None
@@ -217,10 +237,17 @@ class Maps:
     def read_output_slots(self) -> dict[int, tuple[int, ...]]:
         """rule id -> its outputs' mcr_output_stats keys, from the rule
         entries themselves (a relay that is gone left them in its maps)."""
-        found = {}
+        return {value.id: tuple(value.out[i].stat for i in range(min(value.n_outputs, abi.MAX_OUTPUTS)))
+                for value in self._rule_values()}
+
+    def read_merge_keys(self) -> dict[int, int]:
+        """rule id -> its merged stream's mcr_merge key, for the merge legs
+        among the rule entries (as read_output_slots)."""
+        return {value.id: value.merge for value in self._rule_values() if value.flags & abi.RULE_MERGE}
+
+    def _rule_values(self):
         for name, key_type in ((abi.MAP_RULES, abi.RuleKey), (abi.MAP_RANGES, abi.RangeKey)):
             for key in libbpf.map_keys(self._fd[name], key_type):
                 value = abi.Rule()
                 if libbpf.map_lookup(self._fd[name], key, value):
-                    found[value.id] = tuple(value.out[i].stat for i in range(min(value.n_outputs, abi.MAX_OUTPUTS)))
-        return found
+                    yield value

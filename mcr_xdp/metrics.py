@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 
 from .errors import UsageError
-from .stats import Snapshot
+from .stats import RuleStats, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_TIMEOUT = 1.0
@@ -43,6 +43,16 @@ HEALTH_METRICS = (
     ("invalid", "Datagrams not of the kind checked (no RTP v2 header, no MPEG-TS sync byte)."),
     ("ts_packets", "MPEG-TS packets checked."),
     ("cc_errors", "MPEG-TS continuity counter errors."),
+    ("first_copies", "A merge leg's packets forwarded: the first copy of their RTP sequence number."),
+    ("suppressed", "A merge leg's packets dropped: another leg's copy came first."),
+)
+MERGE_METRICS = (
+    ("received", "Datagrams of a merged stream, from every leg (;merge=rtp)."),
+    ("forwarded", "Packets of a merged stream forwarded: the first copy of each RTP sequence number."),
+    ("copies", "Later copies of a merged stream's packets, dropped."),
+    ("reordered", "Packets of a merged stream forwarded after a later one."),
+    ("invalid", "Datagrams of a merged stream without an RTP header, dropped."),
+    ("resyncs", "Times a merged stream's sender started its RTP sequence over."),
 )
 
 
@@ -79,6 +89,18 @@ def exposition(snap: Snapshot, status: dict) -> str:
     for r in checked:
         d.metric("mcr_xdp_rule_health_lost", "gauge", "RTP sequence numbers of the rule's stream never seen.",
                  r.health.lost, rule_id=r.rule_id, rule=r.rule, interface=r.iface, kind=r.health.kind)
+    # A merged stream once (every leg shows it), labelled by its legs.
+    streams: dict[str, RuleStats] = {}
+    for r in snap.rules:
+        if r.merge is not None:
+            streams.setdefault("|".join(sorted(r.rule.split("=", 1)[0].split("|"))), r)
+    for field, help_ in MERGE_METRICS:
+        for name, r in streams.items():
+            d.metric(f"mcr_xdp_merge_{field}_total", "counter", help_, getattr(r.merge, field), stream=name,
+                     kind=r.merge.kind)
+    for name, r in streams.items():
+        d.metric("mcr_xdp_merge_lost", "gauge", "RTP sequence numbers of a merged stream no leg brought.",
+                 r.merge.lost, stream=name, kind=r.merge.kind)
     d.metric("mcr_xdp_steering_lost_total", "counter", "Frames a full CPU-steering queue dropped.",
              snap.steering_lost)
     for c in snap.cpus:

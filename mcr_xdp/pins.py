@@ -275,6 +275,7 @@ def read_stats(instance: str):
     maps = PinnedMaps(instance, loader.MAP_NAMES)
     try:
         maps.output_slots = maps.read_output_slots()
+        maps.merge_keys = maps.read_merge_keys()
         names = [*found["inputs"], *(o.iface for r in rules.values() for o in r.outputs)]
         snap = stats.collect([maps], rules, links=counters(names))
     finally:

@@ -343,8 +343,13 @@ class Relay:
         return done
 
     def delete_rule(self, rule_id: int) -> InstalledRule:
+        """Delete a rule; a merge leg goes with every leg of its stream."""
         if rule_id not in self.rules:
             raise RuleError(f"no rule with id {rule_id}")
+        name = self.rules[rule_id].rule.merge_name
+        if name is not None:
+            for other in [i for i, r in self.rules.items() if r.rule.merge_name == name and i != rule_id]:
+                self._uninstall(other)
         return self._uninstall(rule_id)
 
     def find_rule(self, rule: Rule) -> InstalledRule | None:
@@ -712,13 +717,16 @@ class Relay:
         rows, notices = [], []
         for rule_id, installed in sorted(self.rules.items()):
             rule = installed.rule
-            if rule.health is None:
+            if rule.health_kind is None:
                 continue
             source = getattr(self._runs_on.get(rule.iface), "counters", None)
-            counts = source.health_counts(rule_id, rule.health) if hasattr(source, "health_counts") else None
+            counts = source.health_counts(rule_id, rule.health_kind) if hasattr(source, "health_counts") else None
             if counts is not None:
-                rows.append({"id": rule_id, "rule": str(rule), **counts.as_json()})
-            elif rule.iface in self.attachments:
+                merge = source.merge_counts(rule_id, rule.merge, 1 + len(rule.merge_with)) \
+                    if rule.merge is not None and hasattr(source, "merge_counts") else None
+                rows.append({"id": rule_id, "rule": str(rule), **counts.as_json(),
+                             **({"merge": merge.as_json()} if merge is not None else {})})
+            elif rule.iface in self.attachments and rule.health is not None:
                 notices.append(f"rule {rule_id}: ;health={rule.health} is checked by the kernel datapath (XDP, TC); "
                                f"{rule.iface} runs in {self.attachments[rule.iface].mode.value} mode, where "
                                "nothing is checked")

@@ -14,6 +14,10 @@ Syntax, everywhere (CLI, config, control socket):
                            RTP sequence, when an RTP header comes first)
            | police=RATE   drop what goes over RATE: 20kpps, 500pps,
                            100mbit, 1.5gbit (bits of the frames as received)
+           | merge=rtp     seamless protection: the left side lists the legs
+                           that carry one RTP stream, [INPUT/][SOURCE@]GROUP:PORT
+                           joined by |, and only the first copy of each RTP
+                           sequence number, from whichever leg, goes on
 IPv6 addresses go in brackets: [ff3e::1]:5001. INPUT may be left out where
 the input interface is given separately (one input interface).
 
@@ -120,6 +124,8 @@ class Rule:
     source_len: int | None = None  # prefix length of a source range; None: one source (or any)
     health: str | None = None  # ;health=KIND: a HEALTH_KINDS stream check in the datapath
     police: Rate | None = None  # ;police=RATE: a token bucket in the datapath
+    merge: str | None = None  # ;merge=KIND: a leg of a merged stream (MERGE_KINDS)
+    merge_with: tuple[str, ...] = ()  # the stream's other legs, as INPUT/[SOURCE@]GROUP:PORT
 
     @property
     def key(self) -> tuple:
@@ -154,6 +160,31 @@ class Rule:
     def family(self) -> int:
         return abi.FAMILY_IPV4 if self.group.version == 4 else abi.FAMILY_IPV6
 
+    @property
+    def leg(self) -> str:
+        """What this rule takes, as a merge leg is written: INPUT/[SOURCE@]GROUP:PORT."""
+        return f"{self.iface}/{self._match()}"
+
+    @property
+    def merge_name(self) -> str | None:
+        """What the legs of one merged stream share (their own legs, in
+        order): the stream's identity; None for a rule that merges nothing."""
+        if self.merge is None:
+            return None
+        return "|".join(sorted((self.leg, *self.merge_with)))
+
+    @property
+    def health_kind(self) -> str | None:
+        """The stream check the datapath runs: ;health=, or RTP for a merge
+        leg (its own arrivals, the leg's counts)."""
+        return self.health if self.health is not None else self.merge
+
+    def _match(self) -> str:
+        src = ""
+        if self.source is not None:
+            src = f"{self.source}/{self.source_len}@" if self.source_len is not None else f"{self.source}@"
+        return f"{src}{self.endpoint()}"
+
     def out_group(self, out: Output) -> Address:
         return self.group if out.group is None else out.group
 
@@ -161,17 +192,18 @@ class Rule:
         return self.port if out.port is None else out.port
 
     def spec(self) -> str:
-        """The rule in RULE syntax, without the input interface."""
-        src = ""
-        if self.source is not None:
-            src = f"{self.source}/{self.source_len}@" if self.source_len is not None else f"{self.source}@"
+        """The rule in RULE syntax, without the input interface (a merge
+        leg's own first, then its other legs)."""
+        match = "|".join((self._match(), *self.merge_with))
         outs = ",".join(str(o) for o in self.outputs)
         options = f";ttl={self.ttl}" if self.ttl is not None else ""
         if self.health is not None:
             options += f";health={self.health}"
         if self.police is not None:
             options += f";police={self.police}"
-        return f"{src}{self.endpoint()}={outs}{options}"
+        if self.merge is not None:
+            options += f";merge={self.merge}"
+        return f"{match}={outs}{options}"
 
     def endpoint(self) -> str:
         """GROUP:PORT as written: 239.1.0.0/16:*, [ff3e::1]:5001."""
@@ -323,37 +355,94 @@ def parse_rule(text: str, iface: str | None = None) -> Rule:
     """Parse RULE; iface is the input interface when the rule does not name
     one (INPUT/...). Checks syntax and the rule on its own (families,
     multicast, loops, output count, options). Raises RuleError naming the
-    bad part."""
+    bad part. A merged stream (legs a|b=...;merge=rtp) gives its first leg
+    (parse_rules gives every leg)."""
+    return parse_rules(text, iface)[0]
+
+
+MAX_LEGS = 8  # legs of one merged stream
+
+
+def parse_rules(text: str, iface: str | None = None) -> list[Rule]:
+    """parse_rule, for every leg of a merged stream: one rule per leg, each
+    with the others in merge_with (one rule for text without legs)."""
     body, *options = text.strip().split(";")
     match, sep, outs = body.strip().partition("=")
     if not sep or not outs.strip():
         raise RuleError(f"rule {text!r} has no outputs: expected GROUP:PORT=OUT[,OUT...]")
-    if "/" in match and _names_input(match.partition("/")[0]):
-        named, _, match = match.partition("/")
-        if iface is not None and named != iface:
-            raise RuleError(f"rule {text!r} names input {named!r} but is given for {iface!r}")
-        iface = named
+    legs = [_parse_leg(leg, iface, text) for leg in match.split("|")]
     if iface is None:
+        iface = legs[0][0]
+    legs = [(leg_iface or iface, *rest) for leg_iface, *rest in legs]
+    if legs[0][0] is None:
         raise RuleError(f"rule {text!r} does not say its input interface: write INPUT/{text.strip()}")
-    if not _IFNAME.match(iface):
-        raise RuleError(f"input interface {iface!r} is not a valid interface name")
+    outputs = tuple(_parse_output(o) for o in outs.split(","))
+    found = _parse_options(options, text)
+    if len(legs) > 1 and "merge" not in found:
+        raise RuleError(f"rule {text!r} lists {len(legs)} inputs joined by |: that is a merged stream, "
+                        "which needs ;merge=rtp")
+    if len(legs) > MAX_LEGS:
+        raise RuleError(f"rule {text!r} merges {len(legs)} legs; the limit is {MAX_LEGS}")
+    rules = [Rule(iface=leg_iface, group=group, port=port, outputs=outputs, source=source,
+                  group_len=group_len, source_len=source_len, **found)
+             for leg_iface, source, source_len, group, port, group_len in legs]
+    for rule in rules:
+        _check_rule(rule)
+    if "merge" in found:
+        _check_merge(rules, text)
+        names = [r.leg for r in rules]
+        rules = [dataclasses.replace(r, merge_with=tuple(names[:i] + names[i + 1:])) for i, r in enumerate(rules)]
+    return rules
+
+
+def _parse_leg(text: str, iface: str | None, rule_text: str) -> tuple:
+    """[INPUT/][SOURCE@]GROUP:PORT -> (input or None, source, source_len,
+    group, port, group_len)."""
+    named = None
+    if "/" in text and _names_input(text.partition("/")[0]):
+        named, _, text = text.partition("/")
+        named = named.strip()
+        if iface is not None and named != iface and "|" not in rule_text:
+            raise RuleError(f"rule {rule_text!r} names input {named!r} but is given for {iface!r}")
+    leg_iface = named or iface
+    if leg_iface is not None and not _IFNAME.match(leg_iface):
+        raise RuleError(f"input interface {leg_iface!r} is not a valid interface name")
     source = source_len = None
-    if "@" in match:
-        src_text, _, match = match.partition("@")
+    if "@" in text:
+        src_text, _, text = text.partition("@")
         src_text = src_text.strip()
         if src_text.startswith("[") and src_text.endswith("]"):
             src_text = src_text[1:-1]
         source, source_len = _parse_prefix(src_text, "source")
-    group, port, group_len = _parse_endpoint(match, "group")
-    outputs = tuple(_parse_output(o) for o in outs.split(","))
-    rule = Rule(iface=iface, group=group, port=port, outputs=outputs, source=source,
-                group_len=group_len, source_len=source_len, **_parse_options(options, text))
-    _check_rule(rule)
-    return rule
+    group, port, group_len = _parse_endpoint(text, "group")
+    return leg_iface, source, source_len, group, port, group_len
+
+
+def _check_merge(legs: list[Rule], text: str) -> None:
+    """The legs of a merged stream: each one exact stream, none twice."""
+    for leg in legs:
+        if leg.ranged:
+            raise RuleError(f"rule {text!r}: leg {leg.leg} is a range; a merged stream's legs are each one "
+                            "stream (one group, one port)")
+    seen = set()
+    for leg in legs:
+        if leg.key in seen:
+            raise RuleError(f"rule {text!r}: leg {leg.leg} appears twice")
+        seen.add(leg.key)
+        if leg.family != legs[0].family:
+            raise RuleError(f"rule {text!r}: legs {legs[0].leg} and {leg.leg} are of different IP versions")
+    # One stream out: an output that keeps the group (port) would send
+    # each leg's packets to its own.
+    for out in legs[0].outputs:
+        if len({leg.out_group(out) for leg in legs}) > 1 or len({leg.out_port(out) for leg in legs}) > 1:
+            example = f"{out.iface}/{_fmt_endpoint(legs[0].group, legs[0].port)}"
+            raise RuleError(f"rule {text!r}: output {out} keeps each leg's group and port, and the legs differ: "
+                            f"give it the merged stream's, e.g. {example}")
 
 
 HEALTH_KINDS = ("rtp", "mpegts")
-RULE_OPTIONS = "ttl=N, health=" + "|".join(HEALTH_KINDS) + ", police=RATE"
+MERGE_KINDS = ("rtp",)
+RULE_OPTIONS = "ttl=N, health=" + "|".join(HEALTH_KINDS) + ", police=RATE, merge=" + "|".join(MERGE_KINDS)
 
 
 def _parse_options(options: list[str], text: str) -> dict:
@@ -361,7 +450,7 @@ def _parse_options(options: list[str], text: str) -> dict:
     found: dict = {}
     for option in options:
         key, sep, value = (part.strip() for part in option.partition("="))
-        if key not in ("ttl", "health", "police"):
+        if key not in ("ttl", "health", "police", "merge"):
             raise RuleError(f"rule {text!r}: unknown option {key!r} (options: {RULE_OPTIONS})")
         if key in found:
             raise RuleError(f"rule {text!r}: option {key} given twice")
@@ -372,6 +461,11 @@ def _parse_options(options: list[str], text: str) -> dict:
         elif key == "health":
             if value not in HEALTH_KINDS:
                 raise RuleError(f"rule {text!r}: health={value!r}: expected one of {', '.join(HEALTH_KINDS)}")
+            found[key] = value
+        elif key == "merge":
+            if value not in MERGE_KINDS:
+                raise RuleError(f"rule {text!r}: merge={value!r}: expected {', '.join(MERGE_KINDS)} (the legs carry "
+                                "one RTP stream, told apart by its sequence numbers)")
             found[key] = value
         else:
             try:
@@ -458,13 +552,16 @@ class RuleSet:
         self.outputs = 0
         self.health = 0  # rules with ;health=
         self.policed = 0  # rules with ;police=
+        self.merges: dict[str, int] = {}  # merged stream (Rule.merge_name) -> its legs here
         self.ifaces: dict[str, int] = {}  # output interface -> rules that use it
 
     def add(self, rule: Rule) -> None:
         self.keys[rule.key] = rule
         self.outputs += len(rule.outputs)
-        self.health += rule.health is not None
+        self.health += rule.health_kind is not None
         self.policed += rule.police is not None
+        if rule.merge is not None:
+            self.merges[rule.merge_name] = self.merges.get(rule.merge_name, 0) + 1
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] = self.ifaces.get(name, 0) + 1
 
@@ -472,8 +569,12 @@ class RuleSet:
         if self.keys.pop(rule.key, None) is None:
             return
         self.outputs -= len(rule.outputs)
-        self.health -= rule.health is not None
+        self.health -= rule.health_kind is not None
         self.policed -= rule.police is not None
+        if rule.merge is not None:
+            self.merges[rule.merge_name] -= 1
+            if not self.merges[rule.merge_name]:
+                del self.merges[rule.merge_name]
         for name in {o.iface for o in rule.outputs}:
             self.ifaces[name] -= 1
             if not self.ifaces[name]:
@@ -504,9 +605,12 @@ class RuleSet:
         outputs = self.outputs + sum(len(r.outputs) for r in rules)
         if outputs > abi.MAX_RULE_OUTPUTS:
             raise RuleError(f"{outputs} outputs across all rules; the limit is {abi.MAX_RULE_OUTPUTS}")
-        health = self.health + sum(r.health is not None for r in rules)
+        health = self.health + sum(r.health_kind is not None for r in rules)
         if health > abi.MAX_HEALTH:
-            raise RuleError(f"{health} rules with ;health=; the limit is {abi.MAX_HEALTH}")
+            raise RuleError(f"{health} rules with ;health= or merge legs; the limit is {abi.MAX_HEALTH}")
+        merges = set(self.merges) | {r.merge_name for r in rules if r.merge is not None}
+        if len(merges) > abi.MAX_MERGES:
+            raise RuleError(f"{len(merges)} merged streams; the limit is {abi.MAX_MERGES}")
         policed = self.policed + sum(r.police is not None for r in rules)
         if policed > abi.MAX_POLICED:
             raise RuleError(f"{policed} rules with ;police=; the limit is {abi.MAX_POLICED}")

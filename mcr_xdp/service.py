@@ -9,7 +9,7 @@ from . import stats
 from .control import RequestError
 from .errors import McrError, RuleError
 from .relay import Relay
-from .rules import input_of, parse_rule
+from .rules import input_of, parse_rule, parse_rules
 
 
 class Service:
@@ -42,7 +42,7 @@ class Service:
         if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
             raise RequestError("rule.add takes 'rules': a non-empty list of rule strings")
         default = self.relay.inputs[0] if len(self.relay.inputs) == 1 else None
-        parsed = [parse_rule(text, input_of(text) or default) for text in rules]
+        parsed = [leg for text in rules for leg in parse_rules(text, input_of(text) or default)]
         added = self.relay.add_rules(parsed)
         self.runtime.update(r.rule.key for r in added)
         return [{"id": r.rule_id, "rule": str(r.rule)} for r in added]

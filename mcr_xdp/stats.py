@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import abi
 from .backends import Losses
 from .health import Counts as HealthCounts
+from .health import MergeCounts
 
 if TYPE_CHECKING:
     from .backends import CounterSource
@@ -45,6 +46,7 @@ class RuleStats:
     outputs: tuple[OutputStats, ...] = ()
     health: HealthCounts | None = None  # a rule with ;health=, in a backend that checks it
     policed: int | None = None  # a rule with ;police=: packets its policer dropped
+    merge: MergeCounts | None = None  # a merge leg: its stream at the output (every leg's the same)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +133,9 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
             rule_id, str(rule), rule.iface, packets, nbytes, forwarded, dropped,
             tuple(OutputStats(str(o), o.iface, sum(oc[i].packets for oc in outs), sum(oc[i].bytes for oc in outs))
                   for i, o in enumerate(rule.outputs)),
-            _health(sources, rule_id, rule.health),
+            _health(sources, rule_id, rule.health_kind),
             _policed(sources, rule_id) if rule.police is not None else None,
+            _merge(sources, rule_id, rule),
         ))
     per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
     cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
@@ -161,6 +164,19 @@ def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) ->
     for more in found[1:]:
         total = total + more
     return total
+
+
+def _merge(sources: Sequence[CounterSource], rule_id: int, rule) -> MergeCounts | None:
+    """A merge leg's stream, from the source that merges it (legs run in
+    one backend); None for a rule that merges nothing."""
+    if rule.merge is None:
+        return None
+    for source in sources:
+        found = source.merge_counts(rule_id, rule.merge, 1 + len(rule.merge_with)) \
+            if hasattr(source, "merge_counts") else None
+        if found is not None:
+            return found
+    return None
 
 
 def _policed(sources: Sequence[CounterSource], rule_id: int) -> int | None:
@@ -247,6 +263,7 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
                 ],
                 "health": r.health.as_json() if r.health is not None else None,
                 "policed": r.policed,
+                "merge": r.merge.as_json() if r.merge is not None else None,
             }
             for r in snap.rules
         ],
@@ -266,6 +283,7 @@ def from_json(data: dict) -> tuple[Snapshot, dict]:
             tuple(OutputStats(o["output"], o["interface"], o["packets"], o["bytes"]) for o in r["outputs"]),
             HealthCounts.from_json(r["health"]) if r.get("health") else None,
             r.get("policed"),
+            MergeCounts.from_json(r["merge"]) if r.get("merge") else None,
         )
         for r in data["rules"]
     )

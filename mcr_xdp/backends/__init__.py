@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import RuleError
 from ..modes import Mode
 
 if TYPE_CHECKING:
@@ -49,6 +50,54 @@ class InstalledRule:
     def next_hop(self, i: int) -> bytes | None:
         """Output i's next-hop MAC (encode.output_value's next_hop)."""
         return self.next_hops[i] if i < len(self.next_hops) else None
+
+
+class MergeAllocator:
+    """Keys in mcr_merge, one per merged stream (Rule.merge_name), held
+    while any of its legs is installed. A killed relay's legs, taken over
+    with its maps, keep the keys their entries name (and the windows there)."""
+
+    def __init__(self, size: int):
+        self._free = set(range(size))
+        self._keys: dict[str, int] = {}  # merge name -> key
+        self._legs: dict[str, set[int]] = {}  # merge name -> its legs' rule ids
+        self._left: dict[int, int] = {}  # a killed relay's leg rule ids -> their keys
+
+    def adopt(self, left: dict[int, int]) -> None:
+        self._left = {rule_id: key for rule_id, key in left.items() if key in self._free}
+
+    def take(self, rule_id: int, name: str) -> tuple[int, bool]:
+        """(name's key, whether its window is new: to be written empty)."""
+        key = self._keys.get(name)
+        if key is not None:
+            self._legs[name].add(rule_id)
+            return key, False
+        key = self._left.pop(rule_id, None)
+        new = key is None or key not in self._free
+        if new:
+            if not self._free:
+                raise RuleError(f"more than {len(self._keys)} merged streams")
+            key = min(self._free - set(self._left.values()) or self._free)
+        self._free.discard(key)
+        self._keys[name] = key
+        self._legs[name] = {rule_id}
+        return key, new
+
+    def key(self, name: str) -> int | None:
+        return self._keys.get(name)
+
+    def release(self, rule_id: int, name: str) -> int | None:
+        """rule_id leaves name's legs: the key, if that was its last leg (to be cleared)."""
+        legs = self._legs.get(name)
+        if legs is None or rule_id not in legs:
+            return None
+        legs.discard(rule_id)
+        if legs:
+            return None
+        del self._legs[name]
+        key = self._keys.pop(name)
+        self._free.add(key)
+        return key
 
 
 @dataclasses.dataclass(frozen=True)

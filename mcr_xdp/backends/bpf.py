@@ -16,7 +16,7 @@ from .. import abi, encode, features, libbpf, loader, pins
 from ..errors import AttachError, McrError, RuleError
 from ..links import Link, generic_xdp_vlan_blind
 from ..modes import BPF_MODES, Mode
-from . import Attachment, InstalledRule, Losses
+from . import Attachment, InstalledRule, Losses, MergeAllocator
 
 # Generic XDP never steers (bpf/relay.c mcr_relay_skb): the kernel's cpumap
 # runs its program on only the first skb of each batch and hands the rest
@@ -151,8 +151,11 @@ class BpfBackend:
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
         self._stats = StatAllocator(held=self.datapath.maps.output_slots)
+        self._merges = MergeAllocator(abi.MAX_MERGES)
         if adopt is not None:  # its rules' output counters are where its entries say
-            self._stats.adopt(_left_output_slots(left["instance"]))
+            slots, merge_keys = _left_entries(left["instance"])
+            self._stats.adopt(slots)
+            self._merges.adopt(merge_keys)
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
         # The loop guard: rule id -> its outputs' MACs, and MAC -> how many
@@ -336,6 +339,7 @@ class BpfBackend:
                 maps.reset_output_counters(new_stats)
             self._start_health(installed, fresh)
             self._start_police(installed, fresh)
+            merge = self._start_merge(installed)
             if not single:
                 self._set_fanout(rule_id, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
@@ -343,7 +347,7 @@ class BpfBackend:
             if via_tc and att is not None and att.mode == Mode.XDP_NATIVE:
                 self._add_companion(att.ifindex, att.ifname)  # before the entry that passes frames to it
             maps.put_rule(encode.rule_key(rule, installed.ifindex),
-                          encode.rule_value(rule, rule_id, outputs, abi.RULE_VIA_TC if via_tc else 0))
+                          encode.rule_value(rule, rule_id, outputs, abi.RULE_VIA_TC if via_tc else 0, merge))
         except BaseException:
             self._free_slots(rule_id, keep=kept)  # what this call acquired
             self._stats.restore(rule_id, kept_stats)
@@ -353,8 +357,10 @@ class BpfBackend:
             self._fanout_order.pop(rule_id, None)
         self._free_slots(rule_id, keep=_single_output(installed, links))
         previous = self._rules.get(rule_id)
-        if rule.health is None and previous is not None and previous.rule.health is not None:
+        if rule.health_kind is None and previous is not None and previous.rule.health_kind is not None:
             maps.stop_health(rule_id)  # after the entry that no longer looks there
+        if previous is not None and previous.rule.merge_name not in (None, rule.merge_name):
+            self._stop_merge(rule_id, previous.rule.merge_name)
         if rule.police is None and previous is not None and previous.rule.police is not None:
             maps.stop_police(rule_id)
         self._rules[rule_id] = installed
@@ -387,12 +393,34 @@ class BpfBackend:
         new one (a new id, another kind), or the one it has (the same rule
         changed, or a killed relay's, taken over with its maps)."""
         maps = self.datapath.maps
-        rule_id, health = installed.rule_id, installed.rule.health
+        rule_id, health = installed.rule_id, installed.rule.health_kind
         if health is None:
             return
         previous = self._rules.get(rule_id)
-        if fresh or (previous is not None and previous.rule.health != health) or maps.health(rule_id) is None:
+        if fresh or (previous is not None and previous.rule.health_kind != health) or maps.health(rule_id) is None:
             maps.start_health(rule_id)
+
+    def _start_merge(self, installed: InstalledRule) -> int:
+        """A merge leg's stream key (0 for a rule that merges nothing), its
+        window written empty when the stream is new here."""
+        name = installed.rule.merge_name
+        if name is None:
+            return 0
+        maps = self.datapath.maps
+        key, new = self._merges.take(installed.rule_id, name)
+        if new or maps.merge(key) is None:
+            maps.start_merge(key)
+        maps.merge_keys[installed.rule_id] = key
+        return key
+
+    def _stop_merge(self, rule_id: int, name: str) -> None:
+        """rule_id is no leg of name any more; the window goes with its last leg."""
+        maps = self.datapath.maps
+        if maps.merge_keys.get(rule_id) == self._merges.key(name):
+            del maps.merge_keys[rule_id]
+        key = self._merges.release(rule_id, name)
+        if key is not None:
+            maps.stop_merge(key)
 
     def _start_police(self, installed: InstalledRule, fresh: bool) -> None:
         """A rule with ;police= gets its bucket before its entry says so:
@@ -414,6 +442,8 @@ class BpfBackend:
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
         maps.stop_health(installed.rule_id)
         maps.stop_police(installed.rule_id)
+        if installed.rule.merge_name is not None:
+            self._stop_merge(installed.rule_id, installed.rule.merge_name)
         self._set_out_macs(installed.rule_id, frozenset())
         maps.clear_fanout(installed.rule_id)
         self._fanout_order.pop(installed.rule_id, None)
@@ -564,18 +594,18 @@ class BpfBackend:
         self.pinned = None
 
 
-def _left_output_slots(instance: str) -> dict[int, tuple[int, ...]]:
-    """The per-output counter keys a killed relay's rule entries name, from
-    its pinned maps ({} when they can't be read: its counters then start
-    again)."""
+def _left_entries(instance: str) -> tuple[dict[int, tuple[int, ...]], dict[int, int]]:
+    """The per-output counter keys and merged-stream keys a killed relay's
+    rule entries name, from its pinned maps (empty when they can't be read:
+    its counters and windows then start again)."""
     try:
         maps = pins.PinnedMaps(instance, (abi.MAP_RULES, abi.MAP_RANGES))
     except McrError:
-        return {}
+        return {}, {}
     try:
-        return maps.read_output_slots()
+        return maps.read_output_slots(), maps.read_merge_keys()
     except OSError:
-        return {}
+        return {}, {}
     finally:
         maps.close()
 

@@ -35,8 +35,10 @@ import subprocess
 import sys
 import time
 
-from ..errors import AttachError, BusyError, UsageError
-from . import cbpf, packet
+from .. import abi
+from ..backends import MergeAllocator
+from ..errors import AttachError, BusyError, RuleError, UsageError
+from . import cbpf, packet, streams
 from . import counters as cnt
 from .forward import entry_message
 
@@ -61,6 +63,7 @@ class _Rule:
     ifindex: int
     endpoint: tuple[str, int]
     message: dict
+    merge_name: str | None = None
 
 
 class Fallback:
@@ -79,6 +82,10 @@ class Fallback:
         self.dead: set[int] = set()
         self.counters: cnt.Counters | None = None
         self._counters_fd: int | None = None  # kept to hand a restarted worker its block
+        self.states: streams.States | None = None  # the stream checks' state (health, merges)
+        self._health_slots: dict[int, int] = {}  # rule id -> its health state's slot
+        self._free_health = set(range(streams.HEALTH_SLOTS))
+        self._merges = MergeAllocator(abi.MAX_MERGES)
         self._seq = 0
         self.restarts = 0
         self._started: dict[int, float] = {}  # worker index -> when last restarted (monotonic)
@@ -89,7 +96,8 @@ class Fallback:
         """Start the workers (once)."""
         self._counters_fd = cnt.create(self.nworkers)
         try:
-            self.counters = cnt.Counters(self._counters_fd, self.nworkers)
+            self.states = streams.States(streams.create())
+            self.counters = cnt.Counters(self._counters_fd, self.nworkers, self.states)
             for i in range(self.nworkers):
                 proc, control = self._spawn(i)
                 self.procs.append(proc)
@@ -102,13 +110,13 @@ class Fallback:
 
     def _spawn(self, i: int) -> tuple[subprocess.Popen, socket.socket]:
         """Worker i's process, with its control socket and counter block."""
-        fd = self._counters_fd
+        fd, states = self._counters_fd, self.states.fd
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mcr_xdp.fallback.worker", str(i), str(theirs.fileno()), str(fd),
-                 str(os.getpid())],
-                pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 str(states), str(os.getpid())],
+                pass_fds=(theirs.fileno(), fd, states), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             )
         except BaseException:
             mine.close()
@@ -196,6 +204,10 @@ class Fallback:
         if self._counters_fd is not None:
             os.close(self._counters_fd)
             self._counters_fd = None
+        if self.states is not None:
+            self.states.close()
+            os.close(self.states.fd)
+            self.states = None
 
     # -- worker messages ---------------------------------------------------
 
@@ -306,10 +318,14 @@ class Fallback:
         msg = entry_message(rule_id, ifindex, rule, outputs, police)
         if fresh:
             self.counters.reset_rule(rule_id)
+        old = self.rules.get(rule_id)
+        msg["health"] = self._health_slot(rule_id, rule.health_kind, fresh or old is None
+                                          or old.message.get("health", {}).get("kind") != rule.health_kind)
+        msg["merge"] = self._merge_key(rule_id, rule.merge_name, old.merge_name if old is not None else None)
         self._send(msg)
         self._sync()
         endpoint = (str(rule.groups), rule.port)
-        self.rules[rule_id] = _Rule(ifindex, endpoint, msg)
+        self.rules[rule_id] = _Rule(ifindex, endpoint, msg, rule.merge_name)
         inp = self.inputs.get(ifindex)
         if inp is not None and endpoint not in inp.endpoints:
             inp.endpoints.add(endpoint)
@@ -326,6 +342,41 @@ class Fallback:
             self._refilter(inp)
         self._send({"op": "del", "id": rule_id})
         self._sync()
+        self._health_slot(rule_id, None, False)
+        self._merge_key(rule_id, None, r.merge_name)
+
+    def _health_slot(self, rule_id: int, kind: str | None, new: bool) -> dict | None:
+        """rule_id's health state (kind: None for none), from nothing when new."""
+        slot = self._health_slots.get(rule_id)
+        if kind is None:
+            if slot is not None:
+                del self._health_slots[rule_id], self.counters.health_slots[rule_id]
+                self._free_health.add(slot)
+            return None
+        if slot is None:
+            if not self._free_health:
+                raise RuleError(f"more than {streams.HEALTH_SLOTS} rules with ;health= or merge legs")
+            slot = self._health_slots[rule_id] = min(self._free_health)
+            self._free_health.discard(slot)
+            new = True
+        if new:
+            self.states.reset(slot)
+        self.counters.health_slots[rule_id] = slot
+        return {"kind": kind, "slot": slot}
+
+    def _merge_key(self, rule_id: int, name: str | None, old_name: str | None) -> int | None:
+        """rule_id's merged stream's key (name: None for none; old_name: the
+        one it had); the window starts empty with the stream's first leg."""
+        if old_name is not None and old_name != name:
+            self.counters.merge_keys.pop(rule_id, None)
+            self._merges.release(rule_id, old_name)
+        if name is None:
+            return None
+        key, new = self._merges.take(rule_id, name)
+        if new:
+            self.states.reset(streams.merge_slot(key))
+        self.counters.merge_keys[rule_id] = key
+        return key
 
     # -- observation -------------------------------------------------------
 

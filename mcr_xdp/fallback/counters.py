@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 
-from .. import abi
+from .. import abi, health
 
 VERDICTS = 0
 RULES = VERDICTS + abi.VERDICT_MAX * 2  # packets, bytes per verdict
@@ -47,8 +47,11 @@ class Counters:
     """The relay's side: a backends.CounterSource summed over workers, plus
     per-worker totals."""
 
-    def __init__(self, fd: int, workers: int):
+    def __init__(self, fd: int, workers: int, states=None):
         self.workers = workers
+        self.states = states  # streams.States: the stream checks' state
+        self.health_slots: dict[int, int] = {}  # rule id -> its health state's slot
+        self.merge_keys: dict[int, int] = {}  # rule id -> its merged stream's key
         self._map = mmap.mmap(fd, BLOCK * workers, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._map).cast("Q")
 
@@ -67,6 +70,16 @@ class Counters:
     def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
         return [abi.Counter(self._sum(output_base(rule_id, i)), self._sum(output_base(rule_id, i) + 1))
                 for i in range(n_outputs)]
+
+    def health_counts(self, rule_id: int, kind: str) -> health.Counts | None:
+        slot = self.health_slots.get(rule_id)
+        return health.from_state(self.states.copy(slot), kind) if slot is not None else None
+
+    def merge_counts(self, rule_id: int, kind: str, legs: int) -> health.MergeCounts | None:
+        from .streams import merge_slot
+
+        key = self.merge_keys.get(rule_id)
+        return health.merge_from_state(self.states.copy(merge_slot(key)), kind, legs) if key is not None else None
 
     def cpu_totals(self) -> list[tuple[int, int]]:
         """Workers are not CPUs: their totals are in the backend's status

@@ -16,15 +16,17 @@ import time
 from typing import NamedTuple
 
 from .. import abi
+from ..health import MERGE_FIRST
 from .counters import output_base, rule_base
+from .streams import Stream
 
 # Verdicts as plain ints: the per-packet path compares and shifts them.
 (PASS_NOT_IP, PASS_NOT_UDP, PASS_NOT_MULTICAST, PASS_FRAGMENT, PASS_NO_RULE, PASS_MALFORMED, PASS_IPV6_EXT,
- DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH, DROP_POLICED, DROP_LOOP) = (
+ DROP_TTL, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, DROP_NO_NEIGH, DROP_POLICED, DROP_LOOP, DROP_MERGED) = (
     int(abi.Verdict[n]) for n in (
         "PASS_NOT_IP", "PASS_NOT_UDP", "PASS_NOT_MULTICAST", "PASS_FRAGMENT", "PASS_NO_RULE", "PASS_MALFORMED",
         "PASS_IPV6_EXT", "DROP_TTL", "DROP_NO_OUTPUT", "REDIRECT", "REDIRECT_MULTI", "DROP_NO_NEIGH",
-        "DROP_POLICED", "DROP_LOOP"))
+        "DROP_POLICED", "DROP_LOOP", "DROP_MERGED"))
 
 _ORDER = sys.byteorder  # the deltas are sums of 16-bit words in host order
 _IPV4, _IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -55,6 +57,7 @@ class Entry(NamedTuple):
     host_mask: int | None = None  # a range rule's (abi.RULE_RANGE): the group bits a packet keeps
     unresolved: int = 0  # outputs left out of `outputs`: unicast receivers without a next-hop MAC
     bucket: Bucket | None = None  # ;police=RATE: this worker's token bucket
+    stream: Stream | None = None  # ;health= or a merge leg: the checks, in the relay's shared state
 
 
 class Bucket:
@@ -172,7 +175,8 @@ class Table:
     them; handle() is the per-packet path, written for CPython's speed:
     one struct unpack per header, one pack per copy, ints for verdicts."""
 
-    def __init__(self):
+    def __init__(self, states=None):
+        self.states = states  # streams.States: where rules' stream checks keep their state (None: no checks)
         self.by_key: dict[tuple, Entry] = {}
         self.keys: dict[int, tuple] = {}  # rule id -> key
         self.ssm: dict[int, int] = {}  # input ifindex -> source-specific rules on it
@@ -200,19 +204,26 @@ class Table:
         source = bytes.fromhex(msg["source"])
         key = (msg["ifindex"], source, bytes.fromhex(msg["group"]), msg["port"].to_bytes(2, "big"))
         outputs, unresolved = _outputs(msg)
-        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), unresolved=unresolved, bucket=_bucket(msg))
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), unresolved=unresolved, bucket=_bucket(msg),
+                      stream=self._stream(msg))
         self.by_key[key] = entry
         self.keys[msg["id"]] = key
         if source:
             self.ssm[key[0]] = self.ssm.get(key[0], 0) + 1
         return entry
 
+    def _stream(self, msg: dict) -> Stream | None:
+        checked, merge = msg.get("health"), msg.get("merge")
+        if self.states is None or (checked is None and merge is None):
+            return None
+        return Stream(self.states, checked and checked["kind"], checked and checked["slot"], merge)
+
     def _put_range(self, msg: dict) -> Entry:
         # The group bits a packet keeps: those past the group prefix.
         length = msg.get("group_len")
         host_mask = 0 if length is None else (1 << (4 * len(msg["group"]) - length)) - 1
         outputs, unresolved = _outputs(msg)
-        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), host_mask, unresolved, _bucket(msg))
+        entry = Entry(msg["id"], outputs, rule_base(msg["id"]), host_mask, unresolved, _bucket(msg), self._stream(msg))
         key = (msg["ifindex"], msg["port"].to_bytes(2, "big"), len(msg["group"]) // 2)
         bits, value = _range_prefix(msg)
         self.ranges.setdefault(key, {}).setdefault(bits, {})[value] = entry
@@ -316,10 +327,11 @@ class Table:
             if not entry.outputs:
                 return DROP_NO_NEIGH, entry, ()
             set_ttl = entry.outputs[0].ttl
-            if ttl <= 1 and not set_ttl:
-                return DROP_TTL, entry, ()
-            if entry.bucket is not None and not entry.bucket.take(n, time.monotonic_ns()):
-                return DROP_POLICED, entry, ()
+            stop = _stop(entry, ttl, set_ttl, n)
+            if entry.stream is not None and entry.stream.check(frame[l4 + 8:14 + tot], stop is None) > MERGE_FIRST:
+                stop = DROP_MERGED
+            if stop is not None:
+                return stop, entry, ()
             # ;ttl=N: the TTL/protocol word's part of the header checksum.
             extra = (~(ttl << 8 | 17) & 0xFFFF) + (set_ttl << 8 | 17) if set_ttl else 0
             fixed, options, rest = frame[12:22], frame[34:l4], frame[l4 + 8:]
@@ -362,10 +374,11 @@ class Table:
             if not entry.outputs:
                 return DROP_NO_NEIGH, entry, ()
             set_ttl = entry.outputs[0].ttl
-            if hops <= 1 and not set_ttl:
-                return DROP_TTL, entry, ()
-            if entry.bucket is not None and not entry.bucket.take(n, time.monotonic_ns()):
-                return DROP_POLICED, entry, ()
+            stop = _stop(entry, hops, set_ttl, n)
+            if entry.stream is not None and entry.stream.check(frame[62:54 + plen], stop is None) > MERGE_FIRST:
+                stop = DROP_MERGED
+            if stop is not None:
+                return stop, entry, ()
             fixed, rest = frame[12:21], frame[62:]
             sends = []
             for out in entry.outputs:
@@ -380,6 +393,16 @@ class Table:
                                              _UDP.pack(sport, out.port, ulen, check), rest))))
             return REDIRECT if len(sends) == 1 else REDIRECT_MULTI, entry, sends
         return PASS_NOT_IP, None, ()
+
+
+def _stop(entry: Entry, hops: int, set_ttl: int, nbytes: int) -> int | None:
+    """The verdict that keeps a matched frame from its outputs, if any:
+    its TTL (unless ;ttl=N sets one), its rule's policer."""
+    if hops <= 1 and not set_ttl:
+        return DROP_TTL
+    if entry.bucket is not None and not entry.bucket.take(nbytes, time.monotonic_ns()):
+        return DROP_POLICED
+    return None
 
 
 def _outputs(msg: dict) -> tuple[tuple[Out, ...], int]:

@@ -1,5 +1,5 @@
 """One fallback worker process: `python -m mcr_xdp.fallback.worker INDEX
-CONTROL_FD COUNTERS_FD RELAY_PID`, started by the relay
+CONTROL_FD COUNTERS_FD STATES_FD RELAY_PID`, started by the relay
 (mcr_xdp.fallback.Fallback), never by hand.
 
 It owns, per input interface, one receive socket of that input's fanout
@@ -22,6 +22,7 @@ import sys
 from . import counters as cnt
 from .forward import DROP_NO_NEIGH, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, Table
 from .packet import TP_STATUS_CSUMNOTREADY, Ring
+from .streams import States
 
 PR_SET_PDEATHSIG = 1
 MAX_MSG = 1 << 16
@@ -29,12 +30,13 @@ MAX_FDS = 4
 
 
 class Worker:
-    def __init__(self, index: int, control: socket.socket, counters_fd: int):
+    def __init__(self, index: int, control: socket.socket, counters_fd: int, states_fd: int):
         self.index = index
         self.control = control
         self._map, self.c = cnt.open_block(counters_fd, index)
         os.close(counters_fd)
-        self.table = Table()
+        self.states = States(states_fd)
+        self.table = Table(self.states)
         self.rings: dict[int, tuple[int, Ring]] = {}  # socket fd -> (input ifindex, ring)
         self.tx: dict[int, socket.socket] = {}  # output ifindex -> socket
         self.poll = select.poll()
@@ -146,6 +148,8 @@ class Worker:
             sock.close()
         self.c.release()
         self._map.close()
+        self.table = None  # its streams' views into the state file
+        self.states.close()
         self.control.close()
 
 
@@ -157,13 +161,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    index, control_fd, counters_fd, parent = (int(a) for a in argv)
+    index, control_fd, counters_fd, states_fd, parent = (int(a) for a in argv)
     _die_with_parent(parent)
     # Ctrl-C reaches the whole process group: the relay decides when workers end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     control = socket.socket(fileno=control_fd)
-    worker = Worker(index, control, counters_fd)
+    worker = Worker(index, control, counters_fd, states_fd)
     control.send(json.dumps({"ready": index}).encode())
     try:
         worker.run()

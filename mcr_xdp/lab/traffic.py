@@ -268,6 +268,32 @@ def send_streams(streams: list[tuple[str, int]], count: int, rate: float, size: 
         return time.perf_counter() - start
 
 
+def send_legs(legs: list[tuple[str, int]], count: int, rate: float, size: int = 64, iface: str | None = None,
+              ttl: int = 16, skips: tuple[frozenset[int], ...] = (), lag: int = 0) -> tuple[float, list[int]]:
+    """One RTP stream sent on each of legs (seamless protection, SMPTE ST
+    2022-7 style): sequence numbers 0..count-1 on every leg, leg i leaving
+    out skips[i] and running i * lag packets behind the first (a longer
+    path). rate: steps per second, each step one packet per leg. Returns
+    (seconds, packets sent per leg)."""
+    payloads = [rtp_header(seq) + payload(seq, size) for seq in range(count)]
+    skips = tuple(skips) + (frozenset(),) * (len(legs) - len(skips))
+    sent = [0] * len(legs)
+    with _open_sender(legs[0][0], iface, ttl) as s:
+        start = time.perf_counter()
+        interval = 1.0 / rate if rate > 0 else 0.0
+        for step in range(count + lag * (len(legs) - 1)):
+            if interval:
+                delay = start + step * interval - time.perf_counter()
+                if delay > 0.0005:
+                    time.sleep(delay)
+            for i, dest in enumerate(legs):
+                seq = step - i * lag
+                if 0 <= seq < count and seq not in skips[i]:
+                    s.sendto(payloads[seq], dest)
+                    sent[i] += 1
+        return time.perf_counter() - start, sent
+
+
 def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | None = None,
                     idle_timeout: float = 3.0, first_timeout: float = 20.0, ready=None) -> dict[str, Received]:
     """Receive several streams at once (one socket each, one selector);
@@ -401,6 +427,11 @@ def _main(argv=None) -> int:
     s.add_argument("--rtp", action="store_true", help="an RTP header (sequence number = the packet's) first")
     s.add_argument("--skip", type=parse_seqs, default=frozenset(), metavar="SEQ[-SEQ],...",
                    help="sequence numbers not sent (gaps)")
+    s.add_argument("--legs", action="store_true",
+                   help="the --dest streams are legs of one RTP stream (send_legs); --skip is the first's gaps")
+    s.add_argument("--leg-skip", type=parse_seqs, action="append", default=[], metavar="SEQ[-SEQ],...",
+                   help="gaps of the next leg (repeatable)")
+    s.add_argument("--lag", type=int, default=0, help="packets each leg runs behind the one before")
     r = sub.choices["recv"]
     r.add_argument("--idle-timeout", type=float, default=3.0)
     r.add_argument("--first-timeout", type=float, default=20.0, help="seconds to wait for the first packet")
@@ -413,6 +444,10 @@ def _main(argv=None) -> int:
         p.error("give --group and --port, or --dest")
     else:
         streams = stream_list(a.group, a.port, a.streams)
+    if a.cmd == "send" and a.legs:
+        took, sent = send_legs(streams, a.count, a.rate, a.size, a.iface, a.ttl, (a.skip, *a.leg_skip), a.lag)
+        print(json.dumps({"sent": sum(sent), "legs": sent, "seconds": round(took, 3)}), flush=True)
+        return 0
     if a.cmd == "send" and (len(streams) > 1 or a.dest):
         took = send_streams(streams, a.count, a.rate, a.size, a.iface, a.ttl, a.source)
         print(json.dumps({"sent": a.count * len(streams), "seconds": round(took, 3)}), flush=True)

@@ -54,12 +54,22 @@ def test_rtp_gaps_are_counted_exactly(chain, mode):
         assert "stream health" in shown and str(MISSING) in shown
 
 
-def test_userspace_mode_says_it_does_not_check(chain):
-    start_relay(chain, chain.IN, "--rule", "239.1.1.1:5001=out0;health=rtp", "--mode", "userspace")
+def test_userspace_mode_checks_the_same(chain):
+    """The workers keep the datapath's state (mcr_xdp.fallback.streams): the
+    same numbers, in the same places."""
+    count, gaps = 20_000, [(1000 + i * 1500, 1 + i % 4) for i in range(11)]
+    skip = ",".join(f"{start}-{start + n - 1}" for start, n in gaps)
+    missing = sum(n for _, n in gaps)
+    start_relay(chain, chain.IN, "--rule", "239.1.1.1:5001=out0/239.2.2.2:5002;health=rtp",
+                "--mode", "userspace", "--workers", "2")
+    receiver = start_receiver(chain, "239.2.2.2", 5002, count - missing, idle=2.0)
+    send(chain, "239.1.1.1", 5001, count, rate=10_000, extra=("--rtp", "--skip", skip))
+    assert result(receiver)["unique"] == count - missing
+    h = _health_of(chain)
+    assert (h["received"], h["lost"], h["duplicates"], h["ssrc"]) == (count - missing, missing, 0, 0x6D637278), h
     status = json.loads(relay_cli(chain, "status", "--json").stdout)
-    assert status["health"] == []
-    assert any(";health=rtp is checked by the kernel datapath" in n for n in status["notices"]), status["notices"]
-    assert _health_of(chain) is None
+    assert [s["lost"] for s in status["health"]] == [missing]
+    assert not any("health" in n for n in status["notices"]), status["notices"]
 
 
 def _ts_file(tmp_path) -> bytes:

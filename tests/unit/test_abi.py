@@ -141,6 +141,7 @@ LAYOUTS = {
     9: "906a272ff4a1abc7c015fbc9aaf2bc10d749548049327f3c9559673d4651b7bc",  # unicast: output flags, unicast_rules
     10: "cf4cc9fe56bab021dcfcbef1d2ec5feba0fcb996e298829024de1d9571dfdf3a",  # stream health: rule flags, mcr_health
     11: "6def29f07f8d73b82c924f7609ba49cce4205a2ac22d8f4f8ee1e28ac7222a1b",  # policers, the loop guard
+    12: "287aab002ff7f40a94f18b62872cc007af67891401227d690aed250347f07863",  # merged streams: mcr_rule.merge, mcr_merge
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mcr_xdp import abi
 from mcr_xdp.errors import InterfaceError, RuleError
-from mcr_xdp.rules import Output, Rule, RuleSet, diff, input_of, parse_rule, validate
+from mcr_xdp.rules import Output, Rule, RuleSet, diff, input_of, parse_rule, parse_rules, validate
 
 IFINDEX = {"eth0": 2, "eth1": 3, "eth2": 4}
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -165,7 +165,8 @@ def test_health_rules_have_a_limit():
         ruleset.add(parse_rule(f"239.1.{i // 250}.{i % 250 + 1}:5001=eth1;health=rtp", "eth0"))
     ifindex = {"eth0": 1, "eth1": 2}
     ruleset.check([parse_rule("239.9.9.9:5001=eth1", "eth0")], ifindex)  # without: fine
-    with pytest.raises(RuleError, match=f"{abi.MAX_HEALTH + 1} rules with ;health=; the limit is {abi.MAX_HEALTH}"):
+    with pytest.raises(RuleError, match=f"{abi.MAX_HEALTH + 1} rules with ;health= or merge legs; the limit is "
+                                        f"{abi.MAX_HEALTH}"):
         ruleset.check([parse_rule("239.9.9.9:5001=eth1;health=mpegts", "eth0")], ifindex)
     ruleset.remove(parse_rule("239.1.0.1:5001=eth1;health=rtp", "eth0"))
     ruleset.check([parse_rule("239.9.9.9:5001=eth1;health=mpegts", "eth0")], ifindex)
@@ -262,8 +263,25 @@ INVALID = [
     pytest.param("239.1.1.1:5001=eth1;ttl", "eth0", "ttl=''", id="ttl-without-value"),
     pytest.param("239.1.1.1:5001=eth1;ttl=4;ttl=5", "eth0", "option ttl given twice", id="ttl-twice"),
     pytest.param("239.1.1.1:5001=eth1;bogus=1", "eth0",
-                 "unknown option 'bogus' (options: ttl=N, health=rtp|mpegts, police=RATE)",
+                 "unknown option 'bogus' (options: ttl=N, health=rtp|mpegts, police=RATE, merge=rtp)",
                  id="unknown-option"),
+    pytest.param("239.1.1.1:5001|eth2/239.1.1.2:5001=eth1", "eth0", "joined by |: that is a merged stream, which "
+                 "needs ;merge=rtp", id="legs-without-merge"),
+    pytest.param("239.1.1.1:5001|239.1.1.1:5001=eth1;merge=rtp", "eth0", "leg eth0/239.1.1.1:5001 appears twice",
+                 id="leg-twice"),
+    pytest.param("239.1.0.0/16:5001|eth2/239.1.1.2:5001=eth1;merge=rtp", "eth0",
+                 "leg eth0/239.1.0.0/16:5001 is a range", id="range-leg"),
+    pytest.param("239.1.1.1:*|eth2/239.1.1.2:5001=eth1;merge=rtp", "eth0", "is a range", id="any-port-leg"),
+    pytest.param("239.1.1.1:5001|eth1/239.1.1.2:5001=eth1;merge=rtp", "eth0",
+                 "output eth1 is the input interface eth1", id="leg-on-the-output"),
+    pytest.param("239.1.1.1:5001|eth2/[ff3e::1]:5001=eth1/239.3.3.3:5001;merge=rtp", "eth0",
+                 "changes the IP version", id="legs-of-two-families"),
+    pytest.param("239.1.1.1:5001|eth2/239.1.1.2:5001=eth1;merge=rtp", "eth0",
+                 "output eth1 keeps each leg's group and port, and the legs differ: give it the merged stream's, "
+                 "e.g. eth1/239.1.1.1:5001", id="merged-output-keeps-the-group"),
+    pytest.param("239.1.1.1:5001=eth1;merge=mpegts", "eth0", "merge='mpegts': expected rtp", id="merge-kind"),
+    pytest.param("|".join(f"239.1.1.{i}:5001" for i in range(1, 10)) + "=eth1;merge=rtp", "eth0",
+                 "merges 9 legs; the limit is 8", id="too-many-legs"),
     pytest.param("239.1.1.1:5001=eth1;health=smpte", "eth0", "health='smpte': expected one of rtp, mpegts",
                  id="unknown-health-kind"),
     pytest.param("239.1.1.1:5001=eth1;health=rtp;health=rtp", "eth0", "option health given twice",
@@ -394,3 +412,38 @@ def test_every_rule_of_the_readme_table_is_valid():
         rule = parse_rule(text, "eth0")
         assert validate([rule], IFINDEX) == [rule]
         assert parse_rule(str(rule)) == rule
+
+
+def test_merge_legs_each_a_rule_naming_the_others():
+    legs = parse_rules("eth0/239.1.1.1:5001|eth1/10.0.0.1@239.1.1.2:5001|239.1.1.3:5001=eth2/239.3.3.3:5003;merge=rtp")
+    assert [(r.iface, str(r.group), r.source) for r in legs] == [
+        ("eth0", "239.1.1.1", None), ("eth1", "239.1.1.2", ip_address("10.0.0.1")),
+        ("eth0", "239.1.1.3", None)]  # a leg without INPUT/ takes the rule's
+    assert legs[1].merge_with == ("eth0/239.1.1.1:5001", "eth0/239.1.1.3:5001")
+    assert len({r.merge_name for r in legs}) == 1  # one stream
+    assert {r.merge for r in legs} == {"rtp"} and {r.health_kind for r in legs} == {"rtp"}
+    # Each leg's text parses back to that leg (the state file and restart go by it).
+    for leg in legs:
+        assert parse_rule(str(leg)) == leg
+        assert str(leg).startswith(leg.leg + "|")
+    assert parse_rules("eth0/239.1.1.1:5001=eth2;merge=rtp;health=mpegts")[0].health_kind == "mpegts"
+
+
+def test_merged_streams_count_their_legs_against_the_limits():
+    ruleset = RuleSet()
+    ifindex = {"eth0": 1, "eth1": 2, "eth2": 3}
+    for i in range(abi.MAX_MERGES):  # one leg: a stream whose duplicates are dropped
+        ruleset.add(parse_rule(f"eth0/239.1.{i // 250}.{i % 250 + 1}:5001=eth2;merge=rtp"))
+    assert ruleset.health == abi.MAX_MERGES  # a leg tracks its own arrivals
+    with pytest.raises(RuleError, match=f"{abi.MAX_MERGES + 1} merged streams; the limit is {abi.MAX_MERGES}"):
+        ruleset.check(parse_rules("eth0/239.9.9.9:5001=eth2;merge=rtp"), ifindex)
+    with pytest.raises(RuleError, match="duplicate rule for eth0 239.1.0.1:5001"):
+        ruleset.check(parse_rules("eth0/239.1.0.1:5001=eth2"), ifindex)
+    for i in range(abi.MAX_MERGES):
+        ruleset.remove(parse_rule(f"eth0/239.1.{i // 250}.{i % 250 + 1}:5001=eth2;merge=rtp"))
+    for i in range(abi.MAX_HEALTH // 2):
+        for leg in parse_rules(f"eth0/239.2.{i // 250}.{i % 250 + 1}:5001|eth1/239.2.{i // 250}.{i % 250 + 1}:5001"
+                               "=eth2;merge=rtp"):
+            ruleset.add(leg)
+    with pytest.raises(RuleError, match=f"{abi.MAX_HEALTH + 2} rules with ;health= or merge legs"):
+        ruleset.check(parse_rules("eth0/239.9.9.9:5001|eth1/239.9.9.9:5001=eth2;merge=rtp"), ifindex)

@@ -218,3 +218,31 @@ def test_stream_health_in_json_prometheus_and_tables():
     row = {"id": 0, "rule": "in0/[ff3e::1]:5001=out0;health=mpegts", **checked.as_json()}
     st = {**STATUS, "interfaces": [], "health": [row]}
     assert "[ff3e::1]:5001" in "".join(text(r) for r in render.status(st) if not isinstance(r, str))
+
+
+def test_merged_streams_in_json_prometheus_and_tables():
+    """A merged stream shows on each leg in the JSON, once in Prometheus
+    (labelled by its legs) and in the stats table with a row per leg."""
+    from mcr_xdp.health import Counts, MergeCounts
+
+    snap = snapshot(3.5, 100)
+    merged = MergeCounts("rtp", 2, received=190, forwarded=99, copies=91, lost=1, reordered=4)
+    legs = ("in0/239.1.1.1:5001|in1/239.1.1.2:5001=out0/239.2.2.2:5002;merge=rtp",
+            "in1/239.1.1.2:5001|in0/239.1.1.1:5001=out0/239.2.2.2:5002;merge=rtp")
+    rules = tuple(dataclasses.replace(snap.rules[0], rule_id=i, rule=text, merge=merged,
+                                      health=Counts("rtp", received=95, lost=5, first_copies=50 - i,
+                                                    suppressed=45 + i))
+                  for i, text in enumerate(legs))
+    snap = dataclasses.replace(snap, rules=rules)
+    data = stats.as_json(snap, STATUS)
+    jsonschema.validate(data, SCHEMA)
+    assert [r["merge"]["copies"] for r in data["rules"]] == [91, 91]
+    assert stats.from_json(json.loads(json.dumps(data)))[0] == snap
+    families = {f.name: f for f in text_string_to_metric_families(exposition(snap, STATUS))}
+    assert [(s.labels["stream"], s.value) for s in families["mcr_xdp_merge_lost"].samples] \
+        == [("in0/239.1.1.1:5001|in1/239.1.1.2:5001", 1)]
+    assert families["mcr_xdp_merge_copies"].samples[0].value == 91
+    assert [s.value for s in families["mcr_xdp_rule_health_first_copies"].samples] == [50, 49]
+    shown = text(render.merge_table(snap))
+    assert "merged streams" in shown and "leg in1/239.1.1.2:5001" in shown and "-> out0/239.2.2.2:5002" in shown
+    assert render.merge_table(snapshot(3.5, 100)) is None

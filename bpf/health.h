@@ -200,14 +200,16 @@ static __always_inline int merge_check(const struct mcr_rule *rule, __u8 *pl, vo
 		merged = MCR_MERGE_COPY;
 		/* Copies alone for longer than any path delay: the sender
 		 * started its sequence over. What the old one lost stays lost;
-		 * the next packet starts the window again. */
-		if (now - m->last_ns > MCR_MERGE_RESYNC_NS) {
+		 * the next packet starts the window again. The clock was read
+		 * before the lock: another CPU may have stored a later one. */
+		if (now > m->last_ns && now - m->last_ns > MCR_MERGE_RESYNC_NS) {
 			m->resyncs++;
 			m->lost_before += m->max - m->first + 1 - m->unique;
 			m->state &= ~MCR_HEALTH_STARTED;
 		}
 	} else {
-		m->last_ns = now;
+		if (now > m->last_ns)
+			m->last_ns = now;
 		merged = MCR_MERGE_FIRST;
 	}
 	bpf_spin_unlock(&m->lock);

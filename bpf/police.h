@@ -23,14 +23,17 @@ static __always_inline int police_ok(const struct mcr_rule *rule, __u64 bytes)
 		return 1;
 	bpf_spin_lock(&pol->lock);
 	cost = (pol->flags & MCR_POLICE_BITS) ? bytes * 8 * MCR_NSEC : MCR_NSEC;
-	/* Past fill_ns the bucket is full: no product can overflow. */
-	elapsed = now - pol->last_ns;
+	/* Past fill_ns the bucket is full: no product can overflow. The
+	 * clock was read before the lock: another CPU may have stored a
+	 * later one (then nothing has elapsed, and last_ns stays). */
+	elapsed = now > pol->last_ns ? now - pol->last_ns : 0;
 	if (elapsed > pol->fill_ns)
 		elapsed = pol->fill_ns;
 	tokens = pol->tokens + elapsed * pol->rate;
 	if (tokens > pol->burst)
 		tokens = pol->burst;
-	pol->last_ns = now;
+	if (now > pol->last_ns)
+		pol->last_ns = now;
 	ok = tokens >= cost;
 	if (ok) {
 		tokens -= cost;

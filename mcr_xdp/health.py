@@ -150,12 +150,12 @@ def merge_check(m: abi.Health, payload: bytes, now: int) -> int:
         m.invalid += 1
         return MERGE_INVALID
     if rtp_track(m, *header):
-        if now - m.last_ns > abi.MERGE_RESYNC_NS:
+        if now > m.last_ns and now - m.last_ns > abi.MERGE_RESYNC_NS:
             m.resyncs += 1
             m.lost_before += m.max - m.first + 1 - m.unique
             m.state &= ~abi.HEALTH_STARTED
         return MERGE_COPY
-    m.last_ns = now
+    m.last_ns = max(m.last_ns, now)  # a worker's clock may lag the one that wrote it
     return MERGE_FIRST
 
 

@@ -75,8 +75,8 @@ class Bucket:
     def take(self, nbytes: int, now: int) -> bool:
         """Whether a frame of nbytes at now (ns) is within the rate."""
         cost = nbytes * 8 * abi.NSEC if self.bits else abi.NSEC
-        tokens = min(self.burst, self.tokens + min(now - self.last, self.fill_ns) * self.rate)
-        self.last = now
+        tokens = min(self.burst, self.tokens + min(max(now - self.last, 0), self.fill_ns) * self.rate)
+        self.last = max(self.last, now)
         ok = tokens >= cost
         self.tokens = tokens - cost if ok else tokens
         return ok

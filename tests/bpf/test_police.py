@@ -154,3 +154,18 @@ def test_the_loop_guard_drops_the_relays_own_copies(datapath, rules, hook):
     finally:
         maps.set_own_macs(frozenset())
     assert _run(datapath, hook, looped, 1) in (libbpf.XDP_REDIRECT, 7)  # off: relayed
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_later_time_stored_by_another_cpu_is_no_refill(datapath, rules, hook):
+    """Each CPU reads the clock before it takes the bucket's lock, so it
+    may find a later time there, stored by another CPU meanwhile: no time
+    has passed for it (an unsigned wrap once made that a full bucket)."""
+    maps = datapath.maps
+    value = encode.police_value(rules[PPS_ID].police)
+    value.tokens = 0
+    value.last_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**9  # bpf_ktime_get_ns() + 1 s
+    maps.set_police(PPS_ID, value)
+    assert _run(datapath, hook, frame(PPS_ID), 1) in (libbpf.XDP_DROP, 2)
+    assert _counts(maps, PPS_ID) == (0, 1)
+    assert maps.police(PPS_ID).last_ns == value.last_ns  # never moved back

@@ -319,8 +319,8 @@ class Fallback:
         if fresh:
             self.counters.reset_rule(rule_id)
         old = self.rules.get(rule_id)
-        msg["health"] = self._health_slot(rule_id, rule.health_kind, fresh or old is None
-                                          or old.message.get("health", {}).get("kind") != rule.health_kind)
+        was = (old.message.get("health") or {}).get("kind") if old is not None else None
+        msg["health"] = self._health_slot(rule_id, rule.health_kind, fresh or was != rule.health_kind)
         msg["merge"] = self._merge_key(rule_id, rule.merge_name, old.merge_name if old is not None else None)
         self._send(msg)
         self._sync()

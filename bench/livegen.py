@@ -34,6 +34,7 @@ MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in net/bpf/test_run.c
 MAGIC = b"MCRB"
 HEADERS = 14 + 20 + 8
 MIN_PAYLOAD = len(MAGIC) + 8  # magic + sequence number
+RTP_SSRC = 0x6D637278  # of the RTP header in front, in RTP mode
 PROG = "bench_gen"
 
 
@@ -49,6 +50,7 @@ class GenConfig:
     streams: int = 1
     ttl: int = 16
     sport: int = 40000
+    rtp: bool = False  # an RTP header first (its sequence number the frame's low 16 bits)
 
     @property
     def ip_len(self) -> int:
@@ -67,11 +69,13 @@ def _fold(total: int) -> int:
     return total
 
 
-def payload_template(size: int) -> bytes:
+def payload_template(size: int, rtp: bool = False) -> bytes:
     """Magic, a zero sequence number (the program writes it) and a fixed
-    pattern nobody rewrites."""
-    size = max(size, MIN_PAYLOAD)
-    return MAGIC + bytes(8) + bytes((i * 7 + 3) & 0xFF for i in range(size - MIN_PAYLOAD))
+    pattern nobody rewrites; rtp: behind an RTP header whose sequence
+    number (zero here) the program writes too."""
+    head = struct.pack("!BBHII", 0x80, 96, 0, 0, RTP_SSRC) if rtp else b""
+    size = max(size, MIN_PAYLOAD + len(head))
+    return head + MAGIC + bytes(8) + bytes((i * 7 + 3) & 0xFF for i in range(size - MIN_PAYLOAD - len(head)))
 
 
 def frame_template(cfg: GenConfig) -> bytes:
@@ -83,7 +87,7 @@ def frame_template(cfg: GenConfig) -> bytes:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, cfg.ip_len, 0, 0, cfg.ttl, 17, 0,
                      ipaddress.IPv4Address(cfg.saddr).packed, group.packed)
     udp = struct.pack("!HHHH", cfg.sport, cfg.port, 8 + cfg.size, 0)
-    return eth + ip + udp + payload_template(cfg.size)
+    return eth + ip + udp + payload_template(cfg.size, cfg.rtp)
 
 
 def checksum_bases(cfg: GenConfig) -> tuple[int, int]:
@@ -93,15 +97,16 @@ def checksum_bases(cfg: GenConfig) -> tuple[int, int]:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, cfg.ip_len, 0, 0, cfg.ttl, 17, 0, saddr, bytes(4))
     udp_len = 8 + cfg.size
     pseudo = saddr + bytes(4) + struct.pack("!BBH", 0, 17, udp_len)
-    udp = struct.pack("!HHHH", cfg.sport, cfg.port, udp_len, 0) + payload_template(cfg.size)
+    udp = struct.pack("!HHHH", cfg.sport, cfg.port, udp_len, 0) + payload_template(cfg.size, cfg.rtp)
     return _fold(_words(ip)), _fold(_words(pseudo + udp))
 
 
 def cflags(cfg: GenConfig) -> list[str]:
     if not 1 <= cfg.streams <= 1 << 16:
         raise ValueError(f"streams {cfg.streams} out of range")
-    if cfg.size < MIN_PAYLOAD or HEADERS + cfg.size > 3500:
-        raise ValueError(f"payload size {cfg.size} must be {MIN_PAYLOAD}..{3500 - HEADERS} bytes for live frames")
+    least = MIN_PAYLOAD + (12 if cfg.rtp else 0)
+    if cfg.size < least or HEADERS + cfg.size > 3500:
+        raise ValueError(f"payload size {cfg.size} must be {least}..{3500 - HEADERS} bytes for live frames")
     ip_sum, udp_sum = checksum_bases(cfg)
     smac = int.from_bytes(cfg.src_mac, "big")
     values = {
@@ -117,6 +122,7 @@ def cflags(cfg: GenConfig) -> list[str]:
         "GEN_SMAC_LO": smac & 0xFFFFFFFF,
         "GEN_IP_SUM": ip_sum,
         "GEN_UDP_SUM": udp_sum,
+        "GEN_RTP": int(cfg.rtp),
     }
     return [f"-D{k}={v}u" for k, v in values.items()]
 

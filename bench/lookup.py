@@ -105,11 +105,21 @@ def micro(rules: int, repeat: int, rounds: int) -> dict:
         bpf.cleanup()
 
 
+MERGE_KEY = 1  # the merged stream's window, for a rule with ;merge=rtp
+
+
 def _install(dp, texts: list[str]) -> None:
     for i, text in enumerate(texts):
         rule = parse_rule(text, "in")
         out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=1, src_mac=bytes.fromhex("0200000000aa"))
-        dp.maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, i, [out]))
+        if rule.health_kind is not None:
+            dp.maps.start_health(i)
+        if rule.merge is not None:
+            dp.maps.start_merge(MERGE_KEY)
+        if rule.police is not None:
+            dp.maps.set_police(i, encode.police_value(rule.police))
+        dp.maps.put_rule(encode.rule_key(rule, LO),
+                         encode.rule_value(rule, i, [out], merge=MERGE_KEY if rule.merge else 0))
     dp.maps.set_port(1, LO, dp.egress_fd)
     dp.maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text in texts))
 
@@ -158,27 +168,36 @@ TS_PAYLOAD = struct.pack("!BBHII", 0x80, 33, 1, 90, 0x6D637278) + b"".join(  # 7
 
 
 def health(rules: int, repeat: int, empty_short: float) -> dict:
-    """What ;health= adds: rule 0's frame with an RTP header (64 bytes),
-    and with seven TS packets behind one (1,370 bytes), through a rule
-    without the check and one with it. The same buffer runs again and
+    """What a rule's options add: rule 0's frame with an RTP header (64
+    bytes), and with seven TS packets behind one (1,370 bytes), through a
+    rule without the option and one with it. The same buffer runs again and
     again, so after the first run each RTP packet is a duplicate and each
-    TS packet a repeat: the same lookups, lock and bit tests as a new one."""
+    TS packet a repeat: the same lookups, lock and bit tests as a new one;
+    a merge leg drops that copy (the work of a first copy but the redirect).
+    A policer at 1 Gpps never drops; the loop guard looks up the source MAC
+    of every multicast frame once the relay has outputs."""
     out = {}
-    for kind, payload in (("rtp", RTP_PAYLOAD), ("mpegts", TS_PAYLOAD)):
-        data = frame(GROUP, ttl=255, payload=payload)
-        for checked in (False, True):
-            texts = _exact_rules(rules)
-            if checked:
-                texts[0] += f";health={kind}"
-            dp = loader.Datapath()
-            try:
-                _install(dp, texts)
-                if checked:
-                    dp.maps.start_health(0)
-                ns = _time(dp.prog_fd, data, LO, SHORT, repeat // SHORT, libbpf.XDP_REDIRECT) - empty_short
-            finally:
-                dp.close()
-            out[f"mcr_relay_{kind}_frame{'_health' if checked else ''}"] = ns
+    redirect, drop = libbpf.XDP_REDIRECT, libbpf.XDP_DROP
+    cases = (("rtp", RTP_PAYLOAD, "", "", redirect),
+             ("rtp", RTP_PAYLOAD, ";health=rtp", "_health", redirect),
+             ("rtp", RTP_PAYLOAD, ";merge=rtp", "_merge", drop),
+             ("rtp", RTP_PAYLOAD, ";police=1gpps", "_police", redirect),
+             ("rtp", RTP_PAYLOAD, "", "_loop_guard", redirect),
+             ("mpegts", TS_PAYLOAD, "", "", redirect),
+             ("mpegts", TS_PAYLOAD, ";health=mpegts", "_health", redirect))
+    for kind, payload, option, tag, expect in cases:
+        texts = _exact_rules(rules)
+        texts[0] += option
+        dp = loader.Datapath()
+        try:
+            _install(dp, texts)
+            if tag == "_loop_guard":  # another output's MAC: the run's own rewrite sends from ...aa
+                dp.maps.set_own_macs(frozenset({bytes.fromhex("0200000000bb")}))
+            ns = _time(dp.prog_fd, frame(GROUP, ttl=255, payload=payload), LO, SHORT, repeat // SHORT,
+                       expect) - empty_short
+        finally:
+            dp.close()
+        out[f"mcr_relay_{kind}_frame{tag}"] = ns
     return out
 
 
@@ -201,6 +220,10 @@ def render(doc: dict) -> str:
             *((what, ns[key]) for what, key in (
                 ("mcr_relay, a 64-byte RTP frame of a rule", "mcr_relay_rtp_frame"),
                 ("... of a rule with ;health=rtp", "mcr_relay_rtp_frame_health"),
+                ("... of a merge leg (;merge=rtp: its own health and the stream's window; a copy, dropped)",
+                 "mcr_relay_rtp_frame_merge"),
+                ("... of a rule with ;police=1gpps", "mcr_relay_rtp_frame_police"),
+                ("... with the loop guard on (the relay's output MACs known)", "mcr_relay_rtp_frame_loop_guard"),
                 ("mcr_relay, RTP + 7 TS packets (1,370 bytes) of a rule", "mcr_relay_mpegts_frame"),
                 ("... of a rule with ;health=mpegts", "mcr_relay_mpegts_frame_health")) if key in ns),
             *((PROGRAMS[name], ns[name]) for name in PROGRAMS)]

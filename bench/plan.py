@@ -17,8 +17,11 @@ LAYOUTS = {
                 "relay); the generator stays on CPU 0",
 }
 NOISE_LIMIT = 0.15  # CPUs other processes may use during a run before it is repeated
-ALL_RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", "mcr-xdp-generic", "mcr-xdp-tc",
-              "mcr-xdp-userspace", "socat", "smcroute")
+RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", "mcr-xdp-generic", "mcr-xdp-tc",
+          "mcr-xdp-userspace", "socat", "smcroute")
+# The same native relay with a rule option that reads the payload, fed RTP.
+OPTIONS = ("mcr-xdp-native", "mcr-xdp-native-health", "mcr-xdp-native-merge")
+ALL_RELAYS = (*RELAYS, *OPTIONS[1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ BOTH = ("default", "threaded")
 QUICK = Plan(
     "quick",
     (
-        Block("relays", ALL_RELAYS, sizes=(64,), layouts=("default",), rates=("flat",)),
+        Block("relays", RELAYS, sizes=(64,), layouts=("default",), rates=("flat",)),
         Block("relays", ("ceiling", "bare-redirect", "mcr-xdp-native", "socat", "smcroute"), sizes=(64,),
               layouts=("threaded",), rates=("flat",)),
         # Userspace relays and kernel routing peak below flat out (a flood starves them).
@@ -74,6 +77,7 @@ QUICK = Plan(
         Block("loss", ("mcr-xdp-native",), sizes=(64,), layouts=("threaded",), rates=("c0.95",)),
         Block("rules", ("mcr-xdp-native",), sizes=(64,), streams=1000),
         Block("fan-out", ("mcr-xdp-native",), sizes=(64,), outputs=8),
+        Block("options", OPTIONS, sizes=(64,)),
     ),
     repeats=3,
     seconds=0.6,
@@ -83,7 +87,7 @@ QUICK = Plan(
 FULL = Plan(
     "full",
     (
-        Block("relays", ALL_RELAYS, sizes=(64, 1316), layouts=BOTH,
+        Block("relays", RELAYS, sizes=(64, 1316), layouts=BOTH,
               rates=("flat", "50000", "300000", "1000000"), socket_check=True),
         Block("loss", ("mcr-xdp-native",), sizes=(64, 1316), layouts=("default",), rates=("c0.85",)),
         Block("loss", ("mcr-xdp-native",), sizes=(64, 1316), layouts=("threaded",), rates=("c0.95",)),
@@ -98,6 +102,7 @@ FULL = Plan(
               exact=50_000, repeats=1),
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=2, exact=100_000, repeats=1),
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=5, exact=100_000, repeats=1),
+        Block("options", OPTIONS, sizes=(64, 1316), layouts=BOTH),
     ),
     repeats=3,
     seconds=0.8,

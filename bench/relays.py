@@ -43,6 +43,7 @@ class Relay:
     max_streams = 1 << 16
     max_outputs = 1
     userspace = False  # does the relay's work run in its own processes?
+    rtp = False  # are its input frames RTP (the generator in RTP mode)?
 
     def __init__(self):
         self.topo: Chain | None = None
@@ -144,13 +145,18 @@ class McrXdp(Relay):
 
     max_outputs = 8
 
-    def __init__(self, mode: str = "native", cli_mode: str | None = None, steer_cpus: str | None = None):
+    def __init__(self, mode: str = "native", cli_mode: str | None = None, steer_cpus: str | None = None,
+                 option: str | None = None):
+        """option: a rule option its rules carry (health=rtp, merge=rtp):
+        the generator then sends RTP."""
         super().__init__()
-        self.mode, self.cli_mode, self.steer_cpus = mode, cli_mode, steer_cpus
-        self.key = f"mcr-xdp-{mode}" + ("-steer" if steer_cpus else "")
+        self.mode, self.cli_mode, self.steer_cpus, self.option = mode, cli_mode, steer_cpus, option
+        self.key = f"mcr-xdp-{mode}" + ("-steer" if steer_cpus else "") + (
+            f"-{option.partition('=')[0]}" if option else "")
         self.userspace = mode == "userspace"
+        self.rtp = option is not None
         self.label = f"mcr-xdp {mode}" + (" XDP" if cli_mode is None else "") + (
-            f", steering to CPUs {steer_cpus}" if steer_cpus else "")
+            f", steering to CPUs {steer_cpus}" if steer_cpus else "") + (f", ;{option}" if option else "")
         self.prog_id: int | None = None
 
     def unavailable(self) -> str | None:
@@ -165,7 +171,8 @@ class McrXdp(Relay):
         rules = []
         for i in range(self.streams):
             targets = ",".join(f"{name}/{group(OUT_GROUP, i)}:{OUT_PORT}" for name in outs)
-            rules += ["--rule", f"{group(IN_GROUP, i)}:{IN_PORT}={targets}"]
+            option = f";{self.option}" if self.option else ""
+            rules += ["--rule", f"{group(IN_GROUP, i)}:{IN_PORT}={targets}{option}"]
         return rules
 
     def _start(self) -> None:
@@ -315,4 +322,5 @@ def all_relays(socat_cpu: int = 1) -> list[Relay]:
     """In measurement order: the ceiling first, since fixed-rate points of
     the others are fractions of it."""
     return [Ceiling(), BareRedirect(), McrXdp("native"), McrXdp("native", steer_cpus="0,1"), McrXdp("generic"),
-            McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"), Socat(socat_cpu), Smcroute()]
+            McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"), Socat(socat_cpu), Smcroute(),
+            McrXdp("native", option="health=rtp"), McrXdp("native", option="merge=rtp")]

@@ -82,13 +82,13 @@ class Runner:
             self.topo.close()
             self.topo = None
 
-    def gen(self, size: int, streams: int) -> LiveGen:
-        key = (size, streams)
+    def gen(self, size: int, streams: int, rtp: bool = False) -> LiveGen:
+        key = (size, streams, rtp)
         if key not in self.gens:
             ns = self.topo.src.ns
             cfg = GenConfig(ns=ns, ifindex=nsutil.ifindex(ns, self.topo.src.name),
                             src_mac=nsutil.mac(ns, self.topo.src.name), saddr=self.topo.src.ip,
-                            group=IN_GROUP, port=IN_PORT, size=size, streams=streams)
+                            group=IN_GROUP, port=IN_PORT, size=size, streams=streams, rtp=rtp)
             self.gens[key] = gen = LiveGen(cfg, batch=self.batch, cpu=GEN_CPU)
             check_frames(gen)
         return self.gens[key]
@@ -213,7 +213,7 @@ class Runner:
                 for layout in block.layouts:
                     self.set_layout(layout)
                     for size in sizes:
-                        gen = self.gen(size, block.streams)
+                        gen = self.gen(size, block.streams, relay.rtp)
                         for rate in block.rates:
                             self.results.append({**base, **self.point(relay, gen, layout, size, rate, block)})
             finally:

@@ -711,9 +711,9 @@ class Relay:
                                {"next_hops": self.next_hop_status(), "health": health}])
 
     def health(self) -> tuple[list[dict], list[str]]:
-        """The stream health of the rules with ;health= (status "health"),
-        and a notice for each whose input's backend does not check it (the
-        userspace workers: the check is the kernel datapath's)."""
+        """The stream health of the rules with ;health= and of merge legs
+        (status "health", a leg's with its stream's "merge"), and a notice
+        for each whose input's backend does not check it."""
         rows, notices = [], []
         for rule_id, installed in sorted(self.rules.items()):
             rule = installed.rule
@@ -726,10 +726,9 @@ class Relay:
                     if rule.merge is not None and hasattr(source, "merge_counts") else None
                 rows.append({"id": rule_id, "rule": str(rule), **counts.as_json(),
                              **({"merge": merge.as_json()} if merge is not None else {})})
-            elif rule.iface in self.attachments and rule.health is not None:
-                notices.append(f"rule {rule_id}: ;health={rule.health} is checked by the kernel datapath (XDP, TC); "
-                               f"{rule.iface} runs in {self.attachments[rule.iface].mode.value} mode, where "
-                               "nothing is checked")
+            elif rule.iface in self.attachments:  # every backend checks; a notice should one not
+                notices.append(f"rule {rule_id}: its stream is not checked: {rule.iface} runs in "
+                               f"{self.attachments[rule.iface].mode.value} mode, whose backend keeps no stream state")
         return rows, notices
 
 

@@ -23,6 +23,9 @@
  *                   do not change (all but checksum and destination)
  *   GEN_UDP_SUM     the same for pseudo header + UDP header + payload,
  *                   with destination, checksum and sequence number as zero
+ *   GEN_RTP         1: the payload starts with an RTP header (RFC 3550,
+ *                   one SSRC) whose sequence number is the frame's low 16
+ *                   bits, for the relay's stream checks (;health=, ;merge=)
  * Constants fold into the program. Two small maps steer a running test:
  *   gen_ctl[0]    (array, set by Python)  interval_ns: 0 = flat out, else
  *                 one frame per interval (a token bucket on bpf_ktime);
@@ -42,9 +45,13 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/udp.h>
 
+#ifndef GEN_RTP
+#define GEN_RTP 0
+#endif
 #define GEN_PAYLOAD_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
+#define GEN_RTP_LEN (GEN_RTP ? 12 : 0)
 #define GEN_MAGIC_LEN 4
-#define GEN_MIN_FRAME (GEN_PAYLOAD_OFF + GEN_MAGIC_LEN + 8)
+#define GEN_MIN_FRAME (GEN_PAYLOAD_OFF + GEN_RTP_LEN + GEN_MAGIC_LEN + 8)
 
 /* Behind a frame that is not due yet the token bucket allows at most this
  * much catching up, so a stall never turns into a long line-rate burst. */
@@ -82,8 +89,9 @@ int bench_gen(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct iphdr *iph = data + sizeof(*eth);
 	struct udphdr *udp = (void *)(iph + 1);
-	__be32 *seqp = data + GEN_PAYLOAD_OFF + GEN_MAGIC_LEN;
-	__u32 zero = 0, group, seq_hi, seq_lo;
+	__be32 *seqp = data + GEN_PAYLOAD_OFF + GEN_RTP_LEN + GEN_MAGIC_LEN;
+	__be16 *rtp_seq = data + GEN_PAYLOAD_OFF + 2;
+	__u32 zero = 0, group, seq_hi, seq_lo, rtp = 0;
 	struct gen_state *st;
 	struct gen_ctl *ctl;
 	__u64 seq, now;
@@ -134,10 +142,14 @@ int bench_gen(struct xdp_md *ctx)
 	seq_lo = (__u32)seq;
 	seqp[0] = bpf_htonl(seq_hi);
 	seqp[1] = bpf_htonl(seq_lo);
+	if (GEN_RTP) {
+		rtp = (__u16)seq;
+		*rtp_seq = bpf_htons(rtp);
+	}
 	udp->source = bpf_htons(GEN_SPORT);
 	udp->dest = bpf_htons(GEN_DPORT);
 	udp->len = bpf_htons(GEN_IP_LEN - sizeof(struct iphdr));
-	check = ~fold(GEN_UDP_SUM + add16(group) + add16(seq_hi) + add16(seq_lo));
+	check = ~fold(GEN_UDP_SUM + add16(group) + add16(seq_hi) + add16(seq_lo) + rtp);
 	udp->check = bpf_htons(check ? check : 0xffff);
 
 	return bpf_redirect(GEN_IFINDEX, 0);

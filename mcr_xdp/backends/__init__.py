@@ -124,8 +124,10 @@ class CounterSource(Protocol):
         does not count per CPU."""
 
     # Optional: health_counts(rule_id, kind) -> health.Counts | None, the
-    # stream health of a rule with ;health= (the kernel datapath has it);
-    # policed(rule_id) -> int | None, what a rule's policer dropped.
+    # stream health of a rule with ;health= or of a merge leg;
+    # merge_counts(rule_id, kind, legs) -> health.MergeCounts | None, a merge
+    # leg's stream at its output; policed(rule_id) -> int | None, what a
+    # rule's policer dropped (the kernel datapath's).
 
 
 class Backend(Protocol):

@@ -33,6 +33,7 @@ def doc():
 def test_every_figure_is_measured(doc):
     ns = doc["ns"]
     health = {f"mcr_relay_{kind}_frame{checked}" for kind in ("rtp", "mpegts") for checked in ("", "_health")}
+    health |= {f"mcr_relay_rtp_frame_{option}" for option in ("merge", "police", "loop_guard")}
     assert set(ns) == {"empty_ns", "empty_short_ns", *lookup.PROGRAMS, "mcr_relay_forward", "mcr_relay_no_rule",
                        "mcr_relay_range_forward", "mcr_relay_no_rule_ranges", *health}
     assert ns["empty_ns"] > 0
@@ -45,7 +46,7 @@ def test_report_names_each_measurement(doc):
     for what in lookup.PROGRAMS.values():
         assert what in text
     assert "mcr_relay, a frame of a rule" in text
-    assert "of a rule with ;health=mpegts" in text
+    assert "of a rule with ;health=mpegts" in text and "of a merge leg" in text
 
 
 def test_frame_matches_rule_zero_only():

@@ -6,6 +6,7 @@
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
     sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
+    .venv/bin/python -m bench checks               # what ;health= and ;merge= cost a userspace worker
     sudo .venv/bin/python -m bench rules           # start with 1 / 1,000 / 10,000 rules, rule add, memory
     sudo .venv/bin/python -m bench cleanup         # remove what a killed run left
     .venv/bin/python -m bench report --from bench/results/full-TIME.json   # table and plot again
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="run",
-                   choices=("run", "profile", "lookup", "packet-tx", "rules", "report", "cleanup"))
+                   choices=("run", "profile", "lookup", "packet-tx", "checks", "rules", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -104,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         print(report.markdown(doc))
         if a.plot is not None and str(a.plot).lower() != "none":
             log(f"wrote {report.plot(doc, a.plot)}")
+        return 0
+    if a.action == "checks":  # pure Python: no root, no kernel
+        from . import checks
+
+        _publish(a.results, "checks", checks.measure(rounds=a.repeats or 5), checks.render)
         return 0
     try:
         require_root("the benchmark")

@@ -22,7 +22,22 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"mcr-xdp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version_: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                  help="Print the version and exit."),
+) -> None:
+    """Multicast relay whose forwarding runs in the kernel (XDP)."""
 
 
 def reports_errors(command):

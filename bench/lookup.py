@@ -185,19 +185,19 @@ def health(rules: int, repeat: int, empty_short: float) -> dict:
              ("rtp", RTP_PAYLOAD, "", "_loop_guard", redirect),
              ("mpegts", TS_PAYLOAD, "", "", redirect),
              ("mpegts", TS_PAYLOAD, ";health=mpegts", "_health", redirect))
-    for kind, payload, option, tag, expect in cases:
-        texts = _exact_rules(rules)
-        texts[0] += option
-        dp = loader.Datapath()
-        try:
-            _install(dp, texts)
-            if tag == "_loop_guard":  # another output's MAC: the run's own rewrite sends from ...aa
-                dp.maps.set_own_macs(frozenset({bytes.fromhex("0200000000bb")}))
+    dp = loader.Datapath()  # one datapath: each case writes rule 0 again (the key stays)
+    try:
+        for kind, payload, option, tag, expect in cases:
+            texts = _exact_rules(rules)
+            texts[0] += option
+            _install(dp, texts[:1] if out else texts)  # all rules once, then rule 0 again
+            # another output's MAC: the run's own rewrite sends from ...aa
+            dp.maps.set_own_macs(frozenset({bytes.fromhex("0200000000bb")}) if tag == "_loop_guard" else frozenset())
             ns = _time(dp.prog_fd, frame(GROUP, ttl=255, payload=payload), LO, SHORT, repeat // SHORT,
                        expect) - empty_short
-        finally:
-            dp.close()
-        out[f"mcr_relay_{kind}_frame{tag}"] = ns
+            out[f"mcr_relay_{kind}_frame{tag}"] = ns
+    finally:
+        dp.close()
     return out
 
 

@@ -20,8 +20,7 @@ import pytest
 
 from mcr_xdp import abi, encode, health, libbpf
 from mcr_xdp.rules import parse_rules
-from tests.bpf.test_health import rtp
-from tests.bpf.test_tc import SkBuff
+from tests.bpf.test_health import _runner, rtp
 from tests.fixtures.packets import Udp4, mac
 
 pytestmark = pytest.mark.root
@@ -90,14 +89,6 @@ def rules(datapath):
         found[leg] = rule
     maps.set_port(0, LO, datapath.egress_fd)
     return found
-
-
-def _runner(datapath, hook: str):
-    if hook == "tc":
-        fd = datapath.tc_fd
-        return lambda data: libbpf.test_run(fd, data, SkBuff(ingress_ifindex=LO, ifindex=LO))[0]
-    fd = datapath.prog_fd if hook == "native" else datapath.generic_fd
-    return lambda data: libbpf.test_run(fd, data, libbpf.XdpMd(data=0, data_end=len(data), ingress_ifindex=LO))[0]
 
 
 def _start(maps):

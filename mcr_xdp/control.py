@@ -120,7 +120,13 @@ class ControlServer:
 
     @staticmethod
     def _bind(path: str) -> socket.socket:
-        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        parent = Path(path).parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except (FileExistsError, NotADirectoryError):
+            raise ControlError(f"cannot create the control socket {path}: {parent} is not a directory") from None
+        except OSError as exc:  # a read-only tree, no permission
+            raise ControlError(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
         if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ControlError(f"{path} exists and is not a socket: remove it, or give --socket another path")
         if os.path.exists(path):
@@ -138,7 +144,7 @@ class ControlServer:
             sock.bind(path)
         except OSError as exc:
             sock.close()
-            raise ControlError(f"cannot create the control socket {path}: {exc.strerror}") from None
+            raise ControlError(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -283,8 +289,8 @@ def request(op: str, args: dict | None = None, path: str | None = None, timeout:
             raise ControlError(f"no relay is running here ({path} is stale)") from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}: run as root") from None
-        except OSError as exc:
-            raise ControlError(f"cannot reach the relay at {path}: {exc.strerror}") from None
+        except OSError as exc:  # a path too long for AF_UNIX has no errno
+            raise ControlError(f"cannot reach the relay at {path}: {exc.strerror or exc}") from None
         try:
             sock.sendall(msg)
         except (BrokenPipeError, ConnectionResetError):

@@ -253,6 +253,24 @@ def test_other_file_in_the_way_is_left_alone(sock_dir, kind):
     assert path.read_text() == "precious\n" if kind == "file" else path.is_dir()
 
 
+@pytest.mark.parametrize("where, message, client", [
+    ("file", "cannot create the control socket .*: .*/plain is not a directory", "Not a directory"),
+    ("long", "cannot create the control socket .*: AF_UNIX path too long", "AF_UNIX path too long"),
+])
+def test_a_socket_path_that_cannot_be_is_one_clear_error(sock_dir, where, message, client):
+    """--socket under a file, or longer than a Unix socket address holds:
+    an error naming the path and why, for the relay and for a client."""
+    if where == "file":
+        (sock_dir / "plain").write_text("")
+        path = str(sock_dir / "plain" / "ctl.sock")
+    else:
+        path = str(sock_dir / ("a" * 120 + ".sock"))
+    with pytest.raises(ControlError, match=message):
+        ControlServer(path, fake_handler)
+    with pytest.raises(ControlError, match=f"cannot reach the relay at .*: {client}"):
+        control.request("status", {}, path)
+
+
 def test_no_relay(sock_dir):
     with pytest.raises(ControlError, match="^no relay is running here"):
         control.request("status", {}, str(sock_dir / "ctl.sock"))

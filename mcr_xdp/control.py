@@ -3,7 +3,11 @@
 One request per connection: a JSON object on one line,
     {"version": 1, "op": "rule.add", "args": {...}}
 answered by one line,
-    {"version": 1, "ok": true, "result": ...} or {"version": 1, "ok": false, "error": "..."}
+    {"version": 1, "ok": true, "result": ...} or
+    {"version": 1, "ok": false, "error": "...", "exit_code": N}
+where exit_code is what the command line exits with for that refusal (2 a
+bad rule or request, 77 not root, ...: mcr_xdp.errors), so a client shows
+the same code as the relay would have.
 The socket is mode 0600 and the server also checks the peer's uid with
 SO_PEERCRED: only root, or the user the server runs as, may talk to it. A
 relay runs as root, so for a relay that is root alone; admitting the
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import BusyError, McrError
+from .errors import BusyError, McrError, PrivilegeError
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024
@@ -37,7 +41,13 @@ SOCKET_ENV = "MCR_XDP_SOCKET"
 
 
 class ControlError(McrError):
-    """The relay could not be reached or refused a request."""
+    """The relay could not be reached or refused a request; exit_code is
+    the refusal's (the reply's exit_code), else McrError's."""
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class RequestError(McrError):
@@ -184,7 +194,8 @@ class ControlServer:
             return
         pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         if uid not in self._peers:
-            self._reply(sock, {"ok": False, "error": "permission denied: the control socket is for root only"})
+            self._reply(sock, {"ok": False, "error": "permission denied: the control socket is for root only",
+                               "exit_code": PrivilegeError.exit_code})
             return
         sock.setblocking(False)
         conn = _Conn(sock)
@@ -225,7 +236,7 @@ class ControlServer:
         try:
             return {"ok": True, "result": self.handler(op, args)}
         except McrError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:  # a bug must not take the relay down
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
@@ -288,7 +299,7 @@ def request(op: str, args: dict | None = None, path: str | None = None, timeout:
         except ConnectionRefusedError:
             raise ControlError(f"no relay is running here ({path} is stale)") from None
         except PermissionError:
-            raise ControlError(f"permission denied on {path}: run as root") from None
+            raise ControlError(f"permission denied on {path}: run as root", PrivilegeError.exit_code) from None
         except OSError as exc:  # a path too long for AF_UNIX has no errno
             raise ControlError(f"cannot reach the relay at {path}: {exc.strerror or exc}") from None
         try:
@@ -311,5 +322,6 @@ def request(op: str, args: dict | None = None, path: str | None = None, timeout:
     except ValueError:
         raise ControlError(f"the relay at {path} sent a malformed reply") from None
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "request refused"))
+        code = reply.get("exit_code")
+        raise ControlError(reply.get("error", "request refused"), code if isinstance(code, int) else None)
     return reply.get("result")

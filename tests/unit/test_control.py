@@ -118,6 +118,18 @@ def test_client_raises_the_error_reply(serve):
         control.request("refuse", {}, served.path)
 
 
+@pytest.mark.parametrize("op, code", [("refuse", 2), ("frobnicate", 2), ("crash", 1)])
+def test_a_refusal_exits_with_its_own_code(serve, op, code):
+    """The reply carries the refusal's exit code (a bad rule is 2, as the
+    README says), so `mcr-xdp rule add` exits as attach would have."""
+    served = serve()
+    reply = raw(served.path, req(op))
+    assert reply.get("exit_code", 1) == code
+    with pytest.raises(ControlError) as caught:
+        control.request(op, {}, served.path)
+    assert caught.value.exit_code == code
+
+
 def padded_request(size: int) -> bytes:
     """An echo request of exactly size bytes, newline included."""
     empty = req("echo", {"pad": ""})

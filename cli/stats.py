@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from mcr_xdp import control, pins, stats
+from mcr_xdp.errors import PrivilegeError
 
 from . import render
 from .console import out
@@ -22,7 +23,9 @@ def fetch_json(socket_path: str | None) -> dict:
     of one that was killed (its program may still forward)."""
     try:
         return control.request("stats", {}, socket_path)
-    except control.ControlError:
+    except control.ControlError as exc:
+        if exc.exit_code == PrivilegeError.exit_code:
+            raise  # not root: the pinned maps would say the same, less clearly
         pinned = pins.read_stats(control.instance_for(socket_path))
         if pinned is None:
             raise

@@ -22,3 +22,20 @@ def test_version(flag):
 def test_short_help(args):
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "Usage:" in res.output and "--help" in res.output and "-h" in res.output
+
+
+def test_stats_of_a_relay_it_may_not_reach_says_so(monkeypatch):
+    """Not root: the socket's refusal (exit 77), not a fall-back to the
+    pinned maps that would fail less clearly."""
+    from mcr_xdp import control, pins
+
+    def refused(*args, **kwargs):
+        raise control.ControlError("permission denied on /run/mcr-xdp/mcr-xdp.sock: run as root", 77)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the pinned maps were read")
+
+    monkeypatch.setattr(control, "request", refused)
+    monkeypatch.setattr(pins, "read_stats", never)
+    res = runner.invoke(app, ["stats"])
+    assert res.exit_code == 77 and "run as root" in res.output

@@ -7,7 +7,7 @@ from rich.text import Text
 
 from mcr_xdp.health import Counts as HealthCounts
 from mcr_xdp.modes import Mode
-from mcr_xdp.stats import Rates, Snapshot
+from mcr_xdp.stats import Rates, Snapshot, merged_stream
 
 
 def si(value: float, unit: str = "") -> str:
@@ -176,7 +176,7 @@ def merge_table(snap: Snapshot) -> Table | None:
         return None
     streams: dict[str, list] = {}
     for r in legs:
-        streams.setdefault("|".join(sorted(r.rule.split("=", 1)[0].split("|"))), []).append(r)
+        streams.setdefault(merged_stream(r.rule), []).append(r)
     table = Table(title="merged streams", title_justify="left", expand=True)
     for col, justify in (("id", "right"), ("stream / leg", "left"), ("forwarded", "right"), ("copies", "right"),
                          ("lost", "right"), ("reordered", "right"), ("resyncs", "right")):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 
 from .errors import UsageError
-from .stats import RuleStats, Snapshot
+from .stats import RuleStats, Snapshot, merged_stream
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_TIMEOUT = 1.0
@@ -93,7 +93,7 @@ def exposition(snap: Snapshot, status: dict) -> str:
     streams: dict[str, RuleStats] = {}
     for r in snap.rules:
         if r.merge is not None:
-            streams.setdefault("|".join(sorted(r.rule.split("=", 1)[0].split("|"))), r)
+            streams.setdefault(merged_stream(r.rule), r)
     for field, help_ in MERGE_METRICS:
         for name, r in streams.items():
             d.metric(f"mcr_xdp_merge_{field}_total", "counter", help_, getattr(r.merge, field), stream=name,

@@ -722,8 +722,7 @@ class Relay:
             source = getattr(self._runs_on.get(rule.iface), "counters", None)
             counts = source.health_counts(rule_id, rule.health_kind) if hasattr(source, "health_counts") else None
             if counts is not None:
-                merge = source.merge_counts(rule_id, rule.merge, 1 + len(rule.merge_with)) \
-                    if rule.merge is not None and hasattr(source, "merge_counts") else None
+                merge = stats.merge_of([source], rule_id, rule)
                 rows.append({"id": rule_id, "rule": str(rule), **counts.as_json(),
                              **({"merge": merge.as_json()} if merge is not None else {})})
             elif rule.iface in self.attachments:  # every backend checks; a notice should one not

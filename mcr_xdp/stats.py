@@ -135,7 +135,7 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
                   for i, o in enumerate(rule.outputs)),
             _health(sources, rule_id, rule.health_kind),
             _policed(sources, rule_id) if rule.police is not None else None,
-            _merge(sources, rule_id, rule),
+            merge_of(sources, rule_id, rule),
         ))
     per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
     cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
@@ -166,7 +166,7 @@ def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) ->
     return total
 
 
-def _merge(sources: Sequence[CounterSource], rule_id: int, rule) -> MergeCounts | None:
+def merge_of(sources: Sequence[CounterSource], rule_id: int, rule) -> MergeCounts | None:
     """A merge leg's stream, from the source that merges it (legs run in
     one backend); None for a rule that merges nothing."""
     if rule.merge is None:
@@ -177,6 +177,12 @@ def _merge(sources: Sequence[CounterSource], rule_id: int, rule) -> MergeCounts 
         if found is not None:
             return found
     return None
+
+
+def merged_stream(rule_text: str) -> str:
+    """The merged stream a leg's rule text (RuleStats.rule) belongs to, as
+    rules.Rule.merge_name names it: its legs, sorted."""
+    return "|".join(sorted(rule_text.split("=", 1)[0].split("|")))
 
 
 def _policed(sources: Sequence[CounterSource], rule_id: int) -> int | None:

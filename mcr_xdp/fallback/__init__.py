@@ -83,7 +83,6 @@ class Fallback:
         self.counters: cnt.Counters | None = None
         self._counters_fd: int | None = None  # kept to hand a restarted worker its block
         self.states: streams.States | None = None  # the stream checks' state (health, merges)
-        self._health_slots: dict[int, int] = {}  # rule id -> its health state's slot
         self._free_health = set(range(streams.HEALTH_SLOTS))
         self._merges = MergeAllocator(abi.MAX_MERGES)
         self._seq = 0
@@ -346,22 +345,23 @@ class Fallback:
         self._merge_key(rule_id, None, r.merge_name)
 
     def _health_slot(self, rule_id: int, kind: str | None, new: bool) -> dict | None:
-        """rule_id's health state (kind: None for none), from nothing when new."""
-        slot = self._health_slots.get(rule_id)
+        """rule_id's health state (kind: None for none), from nothing when
+        new; the slots given out are the counters' health_slots."""
+        slots = self.counters.health_slots
+        slot = slots.get(rule_id)
         if kind is None:
             if slot is not None:
-                del self._health_slots[rule_id], self.counters.health_slots[rule_id]
+                del slots[rule_id]
                 self._free_health.add(slot)
             return None
         if slot is None:
             if not self._free_health:
                 raise RuleError(f"more than {streams.HEALTH_SLOTS} rules with ;health= or merge legs")
-            slot = self._health_slots[rule_id] = min(self._free_health)
+            slot = slots[rule_id] = min(self._free_health)
             self._free_health.discard(slot)
             new = True
         if new:
             self.states.reset(slot)
-        self.counters.health_slots[rule_id] = slot
         return {"kind": kind, "slot": slot}
 
     def _merge_key(self, rule_id: int, name: str | None, old_name: str | None) -> int | None:

@@ -116,25 +116,30 @@ TWO_INPUT_MODES = {m: MODES[m] for m in ("xdp-native", "userspace")}
 def test_legs_on_two_inputs_at_once(chain, mode):
     """The realistic case: each leg arrives on its own network and input,
     from its own sender, both at once (two receive queues, two CPUs or two
-    workers deciding at the same moment)."""
+    workers deciding at the same moment); beside them a plain rule's
+    stream shares the output (30 kpps through out0 in all)."""
     from mcr_xdp.lab.proc import Proc
 
     only_a, only_b, both = _gaps(seed=7)
     ins = [chain.relay_ins[i].name for i in range(2)]
     start_relay(chain, *ins, "--rule", f"{ins[0]}/239.1.1.1:5001|{ins[1]}/239.1.1.2:5001=out0/239.2.2.2:5002;merge=rtp",
-                *TWO_INPUT_MODES[mode])
+                "--rule", f"{ins[0]}/239.1.1.9:5009=out0/239.2.2.9:5009", *TWO_INPUT_MODES[mode])
     receiver = start_receiver(chain, "239.2.2.2", 5002, COUNT - len(both), idle=2.0)
+    plain_receiver = start_receiver(chain, "239.2.2.9", 5009, COUNT, idle=2.0)
     rate = 10_000 / SCALE
     senders = []
-    for i, (group, skip) in enumerate((("239.1.1.1", only_a | both), ("239.1.1.2", only_b | both))):
+    for i, group, extra in ((0, "239.1.1.1", ("--port", "5001", "--rtp", "--skip", _seqs(only_a | both))),
+                            (1, "239.1.1.2", ("--port", "5001", "--rtp", "--skip", _seqs(only_b | both))),
+                            (0, "239.1.1.9", ("--port", "5009"))):
         senders.append(Proc(chain.python(chain.srcs[i].ns, "-m", "mcr_xdp.lab.traffic", "send", "--group", group,
-                                         "--port", "5001", "--iface", chain.srcs[i].name, "--count", str(COUNT),
-                                         "--rate", str(rate), "--rtp", "--skip", _seqs(skip))))
+                                         "--iface", chain.srcs[i].name, "--count", str(COUNT), "--rate", str(rate),
+                                         *extra)))
         chain.procs.append(senders[-1])
     for proc in senders:
         proc.wait_for('"sent"', timeout=(COUNT / rate + 60) * SCALE)
-    got = result(receiver)
+    got, plain = result(receiver), result(plain_receiver)
     stats = json.loads(relay_cli(chain, "stats", "--json").stdout)
-    merged = stats["rules"][0]["merge"]
+    merged = next(r["merge"] for r in stats["rules"] if r["merge"] is not None)
     assert (got["unique"], got["duplicates"], got["missing"]) == (COUNT - len(both), 0, len(both)), (got, stats)
+    assert (plain["unique"], plain["duplicates"], plain["corrupt"]) == (COUNT, 0, 0), plain
     assert (merged["forwarded"], merged["lost"], merged["resyncs"]) == (COUNT - len(both), len(both), 0), merged

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from mcr_xdp import config as config_mod
-from mcr_xdp import control, stats
-from mcr_xdp.config import JOIN_VALUES
-from mcr_xdp.daemon import Daemon
-from mcr_xdp.fallback import FANOUT_MODES
-from mcr_xdp.maps import parse_cpu_list
 from mcr_xdp.modes import Mode, XdpMode
-from mcr_xdp.relay import Relay, RelayConfig
-from mcr_xdp.rules import parse_rules
 
-from . import render
+from . import options
 from .console import err, out
-from .options import SocketOpt
-from .tui import LiveView, require_terminal
+
+if TYPE_CHECKING:
+    from mcr_xdp.daemon import Daemon
+
+    from .tui import LiveView
 
 RULE_HELP = (
     "[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...][;ttl=N], OUT = IFACE (keep group and port) or IFACE/GROUP:PORT; "
@@ -30,38 +25,38 @@ SHOWN_RULES = 20
 
 
 def attach(
-    interfaces: Annotated[list[str] | None, typer.Argument(help="Input interfaces the multicast arrives on.",
-                                                           show_default=False)] = None,
-    rule: Annotated[list[str], typer.Option("--rule", "-r", help=RULE_HELP, show_default=False)] = [],  # noqa: B006
-    config: Annotated[str | None, typer.Option("--config", "-c", help="TOML config file (inputs, rules, "
-                                               "options); SIGHUP re-reads it.")] = None,
-    mode: Annotated[Mode | None, typer.Option("--mode", show_default="auto", help=(
+    interfaces: Optional[List[str]] = typer.Argument(None, help="Input interfaces the multicast arrives on.",
+                                                     show_default=False),
+    rule: List[str] = typer.Option([], "--rule", "-r", help=RULE_HELP, show_default=False),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="TOML config file (inputs, rules, "
+                                         "options); SIGHUP re-reads it."),
+    mode: Optional[Mode] = typer.Option(None, "--mode", show_default="auto", help=(
         "How to relay: xdp-native, xdp-generic, tc (clsact + bpf_clone_redirect), userspace (PACKET_FANOUT "
-        "workers), or auto: the first of those, in that order, that works on each input."))] = None,
-    xdp_mode: Annotated[XdpMode | None, typer.Option("--xdp-mode", show_default="auto",
-                                                     help="Alias: native = --mode xdp-native, generic = "
-                                                     "--mode xdp-generic, auto = --mode auto.")] = None,
-    steer_cpus: Annotated[str | None, typer.Option("--steer-cpus", metavar="LIST", help=(
+        "workers), or auto: the first of those, in that order, that works on each input.")),
+    xdp_mode: Optional[XdpMode] = typer.Option(None, "--xdp-mode", show_default="auto",
+                                               help="Alias: native = --mode xdp-native, generic = "
+                                               "--mode xdp-generic, auto = --mode auto."),
+    steer_cpus: Optional[str] = typer.Option(None, "--steer-cpus", metavar="LIST", help=(
         "Native XDP: hash each flow (source, group, port) to one of these CPUs (e.g. 0,1 or 0-3), which "
         "forwards it (cpumap); a stream never reorders. Generic XDP forwards on the receiving CPU. Off by "
-        "default."), show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, show_default="one per CPU",
-                                                help="Userspace mode: worker processes.")] = None,
-    fanout: Annotated[str | None, typer.Option("--fanout", show_default="hash", help=(
+        "default."), show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, show_default="one per CPU",
+                                          help="Userspace mode: worker processes."),
+    fanout: Optional[str] = typer.Option(None, "--fanout", show_default="hash", help=(
         "Userspace mode: how PACKET_FANOUT spreads packets over the workers: hash (per flow, keeps order), "
-        "cpu (by receiving CPU), lb (round robin, may reorder a stream)."))] = None,
-    interval: Annotated[float | None, typer.Option("--interval", min=0.2, show_default="5",
-                                                   help="Seconds between counter lines.")] = None,
-    join: Annotated[str, typer.Option("--join", metavar="rule|none", help=(
+        "cpu (by receiving CPU), lb (round robin, may reorder a stream).")),
+    interval: Optional[float] = typer.Option(None, "--interval", min=0.2, show_default="5",
+                                             help="Seconds between counter lines."),
+    join: str = typer.Option("rule", "--join", metavar="rule|none", help=(
         "rule: each input joins the groups of its rules (IGMP/MLD); none: joins nothing (the traffic "
         "arrives unasked: static joins, snooping off). Group ranges never join. The config file sets "
-        "it per input."))] = "rule",
-    socket_path: SocketOpt = None,
-    tui: Annotated[bool, typer.Option("--tui", help="Show the live stats view instead of counter lines; "
-                                      "q or Ctrl-C detaches.")] = False,
-    metrics_addr: Annotated[str | None, typer.Option("--metrics-addr", metavar="HOST:PORT",
-                                                     help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
-                                                     show_default=False)] = None,
+        "it per input.")),
+    socket_path: Optional[str] = options.SOCKET,
+    tui: bool = typer.Option(False, "--tui", help="Show the live stats view instead of counter lines; "
+                             "q or Ctrl-C detaches."),
+    metrics_addr: Optional[str] = typer.Option(None, "--metrics-addr", metavar="HOST:PORT",
+                                               help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
+                                               show_default=False),
 ) -> None:
     """Attach the relay to the input interfaces and relay until Ctrl-C or SIGTERM.
 
@@ -72,6 +67,20 @@ def attach(
 
     Example: mcr-xdp attach eth0 --rule 239.1.1.1:5001=eth1/239.2.2.2:5002
     """
+    # Imported here, not at the top: `mcr-xdp status` and the other commands
+    # load this module too, and must not pay for the daemon (pyroute2, bcc).
+    from mcr_xdp import config as config_mod
+    from mcr_xdp import control
+    from mcr_xdp.config import JOIN_VALUES
+    from mcr_xdp.daemon import Daemon
+    from mcr_xdp.fallback import FANOUT_MODES
+    from mcr_xdp.maps import parse_cpu_list
+    from mcr_xdp.relay import Relay, RelayConfig
+    from mcr_xdp.rules import parse_rules
+
+    from . import render
+    from .tui import LiveView, require_terminal
+
     if tui:
         require_terminal("--tui")
     file_cfg = config_mod.load(config) if config else None
@@ -134,6 +143,8 @@ HANDOVER_EXIT = 75
 
 
 def _announce(daemon: Daemon) -> None:
+    from . import render
+
     st = daemon.service.status()
     # Every notice at start: modes that fell through, interfaces down (they
     # are followed), rules forwarded by TC, counters taken over, ...
@@ -155,6 +166,10 @@ class LineReport:
         self.daemon = daemon
 
     def tick(self, prev, cur, status) -> None:
+        from mcr_xdp import stats
+
+        from . import render
+
         if prev is not None:
             out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
 

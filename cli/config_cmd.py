@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
-
-from mcr_xdp import config as config_mod
-from mcr_xdp.links import all_links
-from mcr_xdp.rules import validate
 
 from .console import out
 
@@ -17,8 +11,8 @@ app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 
 @app.command("check")
 def check(
-    path: Annotated[str, typer.Argument(help="TOML config file.", show_default=False)],
-    offline: Annotated[bool, typer.Option("--offline", help="Don't check that the interfaces exist here.")] = False,
+    path: str = typer.Argument(..., help="TOML config file.", show_default=False),
+    offline: bool = typer.Option(False, "--offline", help="Don't check that the interfaces exist here."),
 ) -> None:
     """Validate a config file without root.
 
@@ -26,6 +20,10 @@ def check(
 
     Example: mcr-xdp config check /etc/mcr-xdp/relay.toml
     """
+    from mcr_xdp import config as config_mod
+    from mcr_xdp.links import all_links
+    from mcr_xdp.rules import validate
+
     cfg = config_mod.load(path)
     if offline:
         names = {r.iface for r in cfg.rules} | {o.iface for r in cfg.rules for o in r.outputs}

@@ -1,6 +1,22 @@
-"""Where output goes: results on stdout, diagnostics on stderr."""
+"""Where output goes: results on stdout, diagnostics on stderr.
 
-from rich.console import Console
+The rich consoles are made on first use: importing rich.console costs tens
+of milliseconds that a command printing one plain line need not pay.
+"""
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Console:
+    def __init__(self, **options):
+        self._options = options
+        self._console = None
+
+    def __getattr__(self, name):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=True, **self._options)
+        return getattr(self._console, name)
+
+
+out = _Console()
+err = _Console(stderr=True)

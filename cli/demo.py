@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import re
 import signal
-from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from mcr_xdp import features
 from mcr_xdp.errors import McrError
-from mcr_xdp.lab.netns import Chain, unique_prefix
-from mcr_xdp.lab.proc import Proc, venv_bin
 
 from .console import out
 
@@ -26,9 +21,9 @@ class DemoFailed(McrError):
 
 
 def demo(
-    count: Annotated[int, typer.Option("--count", min=1, max=10_000_000, help="Packets to send.")] = 5000,
-    rate: Annotated[float, typer.Option("--rate", min=1, help="Packets per second.")] = 2000,
-    size: Annotated[int, typer.Option("--size", min=20, max=1472, help="UDP payload bytes.")] = 256,
+    count: int = typer.Option(5000, "--count", min=1, max=10_000_000, help="Packets to send."),
+    rate: float = typer.Option(2000, "--rate", min=1, help="Packets per second."),
+    size: int = typer.Option(256, "--size", min=20, max=1472, help="UDP payload bytes."),
 ) -> None:
     """Relay a stream across throw-away namespaces and check every packet.
 
@@ -36,6 +31,10 @@ def demo(
     (239.1.1.1:5001 rewritten to 239.2.2.2:5002), checks every packet
     arrived once and intact, and removes everything again.
     """
+    from mcr_xdp import features
+    from mcr_xdp.lab.netns import Chain, unique_prefix
+    from mcr_xdp.lab.proc import Proc, venv_bin
+
     features.require_root("the demo")
     topo = Chain(unique_prefix("mcr-demo"))
     procs: list[Proc] = []
@@ -91,6 +90,8 @@ def _report(count: int, result: dict, csum_errors: int, relay_lines: list[str]) 
         ("corrupt payloads", result["corrupt"], result["corrupt"] == 0),
         ("UDP checksum errors at the sink", csum_errors, csum_errors == 0),
     ]
+    from rich.table import Table
+
     table = Table(title="demo result", title_justify="left")
     table.add_column("check")
     table.add_column("value", justify="right")

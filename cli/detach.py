@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
-
-from mcr_xdp import abi, control, features, loader, pins
-from mcr_xdp.errors import BusyError, UsageError
-from mcr_xdp.links import lookup
 
 from .console import out
 
 
 def detach(
-    interface: Annotated[str, typer.Argument(help="Interface to remove the relay's XDP program from.",
-                                             show_default=False)],
-    force: Annotated[bool, typer.Option("--force", help=(
+    interface: str = typer.Argument(..., help="Interface to remove the relay's XDP program from.",
+                                    show_default=False),
+    force: bool = typer.Option(False, "--force", help=(
         "Also remove an XDP program that is not mcr-xdp's, or one a running relay owns "
-        "(that relay stops forwarding there)."))] = False,
+        "(that relay stops forwarding there).")),
 ) -> None:
     """Remove the XDP program or TC filter a killed relay left on INTERFACE.
 
@@ -27,6 +21,10 @@ def detach(
     while a running relay owns INTERFACE. (Userspace-mode workers end with
     their relay: they leave nothing.)
     """
+    from mcr_xdp import abi, control, features, loader, pins
+    from mcr_xdp.errors import BusyError, UsageError
+    from mcr_xdp.links import lookup
+
     features.require_root("detach")
     link = lookup([interface])[interface]
     owner = pins.owner(link.ifindex)

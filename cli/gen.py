@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from mcr_xdp import gen as gen_mod
-
 from .console import err, out
+
+if TYPE_CHECKING:
+    from mcr_xdp import gen as gen_mod
 
 
 def gen(
-    group: Annotated[str, typer.Option("--group", "-g", help="Multicast group to send to (IPv4 or IPv6).",
-                                       show_default=False)],
-    port: Annotated[int, typer.Option("--port", "-p", help="UDP destination port.", show_default=False)],
-    iface: Annotated[str | None, typer.Option("--iface", "-i", help="Interface to send from (default: the route's).",
-                                              show_default=False)] = None,
-    rate: Annotated[float, typer.Option("--rate", help="Packets per second; 0 sends as fast as possible.")] = 1000.0,
-    count: Annotated[int, typer.Option("--count", "-n", help="Packets to send, then stop.")] = 1000,
-    size: Annotated[int, typer.Option("--size", help="UDP payload bytes (sequence header and digest included).")] = 64,
-    ttl: Annotated[int, typer.Option("--ttl", help="IP TTL / hop limit; a relay needs 2 or more.")] = 16,
-    first_seq: Annotated[int, typer.Option("--first-seq", help="Sequence number of the first packet.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    group: str = typer.Option(..., "--group", "-g", help="Multicast group to send to (IPv4 or IPv6).",
+                              show_default=False),
+    port: int = typer.Option(..., "--port", "-p", help="UDP destination port.", show_default=False),
+    iface: Optional[str] = typer.Option(None, "--iface", "-i", help="Interface to send from (default: the route's).",
+                                        show_default=False),
+    rate: float = typer.Option(1000.0, "--rate", help="Packets per second; 0 sends as fast as possible."),
+    count: int = typer.Option(1000, "--count", "-n", help="Packets to send, then stop."),
+    size: int = typer.Option(64, "--size", help="UDP payload bytes (sequence header and digest included)."),
+    ttl: int = typer.Option(16, "--ttl", help="IP TTL / hop limit; a relay needs 2 or more."),
+    first_seq: int = typer.Option(0, "--first-seq", help="Sequence number of the first packet."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Send COUNT packets to GROUP:PORT at RATE, then print a summary.
 
@@ -34,6 +35,8 @@ def gen(
 
     Example: mcr-xdp gen --group 239.1.1.1 --port 5001 --iface eth0 --rate 5000 --count 50000
     """
+    from mcr_xdp import gen as gen_mod
+
     spec = gen_mod.GenSpec(group=group, port=port, count=count, rate=rate, size=size, iface=iface, ttl=ttl,
                            first_seq=first_seq)
     spec = gen_mod.validate(spec)
@@ -50,6 +53,8 @@ def gen(
 
 
 def summary(result: gen_mod.GenResult) -> str:
+    from mcr_xdp import gen as gen_mod
+
     s = result.spec
     via = f" via {s.iface}" if s.iface else ""
     seqs = f"sequence {s.first_seq}..{result.last_seq}" if result.sent else "nothing sent"

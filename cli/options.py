@@ -1,15 +1,17 @@
-"""Options shared by several commands."""
+"""Options shared by several commands.
 
-from typing import Annotated
+Options are written as defaults (`x: T = typer.Option(...)`), not with
+`Annotated`: Debian 12's python3-typer is 0.7, which predates Annotated
+support, and the Debian package uses it (docs/install.md).
+"""
 
 import typer
 
 from mcr_xdp.control import SOCKET_ENV
 
-SocketOpt = Annotated[
-    str | None,
-    typer.Option("--socket", envvar=SOCKET_ENV, show_default="/run/mcr-xdp/mcr-xdp.sock",
-                 help="Control socket of the relay (inside a named network namespace NS: "
-                      "/run/mcr-xdp/netns-NS.sock)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SOCKET = typer.Option(None, "--socket", envvar=SOCKET_ENV, show_default="/run/mcr-xdp/mcr-xdp.sock",
+                      help="Control socket of the relay (inside a named network namespace NS: "
+                           "/run/mcr-xdp/netns-NS.sock).")
+
+
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import List, Optional
 
 import typer
 
 from mcr_xdp import control
 
-from . import render
+from . import options
 from .console import out
-from .options import JsonOpt, SocketOpt
 
 app = typer.Typer(help="Add, delete and list the running relay's rules.", no_args_is_help=True)
 
 
 @app.command("add")
 def add(
-    rules: Annotated[list[str], typer.Argument(help="[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...]", show_default=False)],
-    socket_path: SocketOpt = None,
+    rules: List[str] = typer.Argument(..., help="[INPUT/][SOURCE@]GROUP:PORT=OUT[,OUT...]", show_default=False),
+    socket_path: Optional[str] = options.SOCKET,
 ) -> None:
     """Add rules to the running relay (all or none).
 
@@ -31,9 +30,9 @@ def add(
 
 @app.command("del")
 def delete(
-    rule: Annotated[str, typer.Argument(help="Rule id (from `mcr-xdp rule list`) or the rule's text.",
-                                        show_default=False)],
-    socket_path: SocketOpt = None,
+    rule: str = typer.Argument(..., help="Rule id (from `mcr-xdp rule list`) or the rule's text.",
+                               show_default=False),
+    socket_path: Optional[str] = options.SOCKET,
 ) -> None:
     """Delete a rule from the running relay; its traffic is no longer relayed.
 
@@ -45,10 +44,12 @@ def delete(
 
 
 @app.command("list")
-def list_(socket_path: SocketOpt = None, as_json: JsonOpt = False) -> None:
+def list_(socket_path: Optional[str] = options.SOCKET, as_json: bool = options.JSON) -> None:
     """List the running relay's rules with their ids."""
     rules = control.request("rule.list", {}, socket_path)
     if as_json:
         print(json.dumps(rules, indent=2))
     else:
+        from . import render
+
         out.print(render.rule_list(rules))

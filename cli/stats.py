@@ -5,22 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from mcr_xdp import control, pins, stats
-from mcr_xdp.errors import PrivilegeError
+from mcr_xdp import control
 
-from . import render
+from . import options
 from .console import out
-from .options import SocketOpt
-from .tui import LiveView, require_terminal
+
+if TYPE_CHECKING:
+    from mcr_xdp import stats
 
 
 def fetch_json(socket_path: str | None) -> dict:
     """The running relay's snapshot; when no relay answers, the pinned maps
     of one that was killed (its program may still forward)."""
+    from mcr_xdp import pins, stats
+    from mcr_xdp.errors import PrivilegeError
+
     try:
         return control.request("stats", {}, socket_path)
     except control.ControlError as exc:
@@ -33,18 +36,20 @@ def fetch_json(socket_path: str | None) -> dict:
 
 
 def fetch(socket_path: str | None) -> tuple[stats.Snapshot, dict]:
+    from mcr_xdp import stats
+
     snap, status = stats.from_json(fetch_json(socket_path))
     # Rates need timestamps of this process's clock, not the relay's.
     return dataclasses.replace(snap, timestamp=time.monotonic()), status
 
 
 def stats_cmd(
-    live: Annotated[bool, typer.Option("--live", help="Full-screen live view; q or Ctrl-C quits.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON snapshot (docs/stats-json.md).")] = False,
-    watch: Annotated[float | None, typer.Option("--watch", min=0.1, help="Print a JSON snapshot every SECONDS, "
-                                                "one per line.", show_default=False)] = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between live updates.")] = 1.0,
-    socket_path: SocketOpt = None,
+    live: bool = typer.Option(False, "--live", help="Full-screen live view; q or Ctrl-C quits."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON snapshot (docs/stats-json.md)."),
+    watch: Optional[float] = typer.Option(None, "--watch", min=0.1, help="Print a JSON snapshot every SECONDS, "
+                                          "one per line.", show_default=False),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between live updates."),
+    socket_path: Optional[str] = options.SOCKET,
 ) -> None:
     """Show the running relay's counters: per rule, output, CPU and verdict.
 
@@ -52,6 +57,11 @@ def stats_cmd(
 
     Example: mcr-xdp stats --live
     """
+    from mcr_xdp import stats
+
+    from . import render
+    from .tui import LiveView, require_terminal
+
     if live:
         require_terminal("--live")
         with LiveView() as view:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 from mcr_xdp import control
 
-from . import render
+from . import options
 from .console import out
-from .options import JsonOpt, SocketOpt
 
 
-def status(socket_path: SocketOpt = None, as_json: JsonOpt = False) -> None:
+def status(socket_path: Optional[str] = options.SOCKET, as_json: bool = options.JSON) -> None:
     """Show the running relay: interfaces, XDP mode, program ids, rules, joins, uptime."""
     st = control.request("status", {}, socket_path)
     if as_json:
         print(json.dumps(st, indent=2))
     else:
+        from . import render
+
         for renderable in render.status(st):
             out.print(renderable)

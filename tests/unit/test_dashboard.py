@@ -5,7 +5,8 @@ feature in use; and every metric charted or deliberately not.
 
 A small PromQL reader follows each query's labels through selectors,
 aggregations, functions and vector matching, so a renamed metric, label or
-verdict fails here instead of drawing an empty panel."""
+verdict fails here instead of drawing an empty panel. The list of metrics
+in docs/stats-json.md is checked against the same exposition."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from mcr_xdp.backends import Losses
 from mcr_xdp.health import Counts, MergeCounts
 from mcr_xdp.metrics import exposition
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DASHBOARD = DOCS / "grafana-dashboard.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus at scrape time
 GRAFANA_VARIABLES = {"__rate_interval", "__interval", "__range", "__all"}
@@ -491,3 +493,26 @@ def test_a_metric_outside_the_relay_is_refused():
     with pytest.raises(Unreadable, match="not a metric of the relay"):
         Query('rate(node_network_receive_packets_total{instance="$instance"}[5m])',
               Exposition.of(rendered()), "test")
+
+
+def expand(name: str) -> list[str]:
+    """mcr_xdp_cpu_{packets,forwarded}_total -> both names."""
+    m = re.search(r"\{([^{}]*)\}", name)
+    if not m:
+        return [name]
+    return [full for option in m[1].split(",") for full in expand(name[:m.start()] + option + name[m.end():])]
+
+
+def documented_metrics() -> dict[str, set[str]]:
+    """docs/stats-json.md's Prometheus list, each metric with its labels."""
+    section = (DOCS / "stats-json.md").read_text().split("## Prometheus", 1)[1]
+    found = {}
+    for token in re.findall(r"`(mcr_xdp_[^`]+)`", section):
+        m = re.fullmatch(r"(?P<name>.*?)(?:\{(?P<labels>[a-z_,]*)\})?", token)  # the labels: a last {...}
+        for name in expand(m["name"]):
+            found[name] = set(filter(None, (m["labels"] or "").split(",")))
+    return found
+
+
+def test_the_documented_metrics_are_the_exposition():
+    assert documented_metrics() == Exposition.of(rendered()).labels

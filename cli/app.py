@@ -1,86 +1,40 @@
 """The mcr-xdp command: a thin edge over mcr_xdp.relay.
 
-Each command lives in its own module; this one wires them up and is the one
-place where errors become messages on stderr and exit codes.
+main() answers the plain socket commands (status, rule, one-shot stats) and
+--version without importing typer (socket_cmds says why); everything else
+goes to the typer app in commands.py.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 
-import typer
-
-from mcr_xdp import __version__
-from mcr_xdp.errors import McrError
-
-from . import attach, config_cmd, demo, detach, gen, rule, stats, status
-from .console import err
-
-app = typer.Typer(
-    name="mcr-xdp",
-    help="Multicast relay whose forwarding runs in the kernel (XDP).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"mcr-xdp {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    version_: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
-                                  help="Print the version and exit."),
-) -> None:
-    """Multicast relay whose forwarding runs in the kernel (XDP)."""
-
-
-def reports_errors(command):
-    """Turn McrError into one line on stderr and its exit code; typer itself
-    handles usage errors (exit 2) and help."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except McrError as exc:
-            err.print(f"mcr-xdp: error: {exc}", markup=False, highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("mcr-xdp: interrupted", markup=False)
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-for name, command in (
-    ("attach", attach.attach),
-    ("detach", detach.detach),
-    ("status", status.status),
-    ("stats", stats.stats_cmd),
-    ("demo", demo.demo),
-    ("gen", gen.gen),
-):
-    app.command(name)(reports_errors(command))
-for name, sub in (("rule", rule.app), ("config", config_cmd.app)):
-    for info in sub.registered_commands:
-        info.callback = reports_errors(info.callback)
-    app.add_typer(sub, name=name)
-
-
-@app.command("version")
-def version() -> None:
-    """Print the version."""
-    print(__version__)
+from . import socket_cmds
+from .console import run
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if argv in (["--version"], ["-V"], ["version"]):
+        from mcr_xdp import __version__
+
+        print(f"mcr-xdp {__version__}" if argv[0] != "version" else __version__)
+        return
+    plain = socket_cmds.plain(argv)
+    if plain is not None:
+        func, kwargs = plain
+        sys.exit(run(func, **kwargs))
+    from .commands import app
+
     app(prog_name="mcr-xdp")
+
+
+def __getattr__(name: str):
+    if name == "app":  # the typer app, for tests and tools that import it from here
+        from .commands import app
+
+        return app
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

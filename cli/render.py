@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
 
-from mcr_xdp.health import Counts as HealthCounts
 from mcr_xdp.modes import Mode
-from mcr_xdp.stats import Rates, Snapshot, merged_stream
+
+if TYPE_CHECKING:  # imported where used: `mcr-xdp status` needs neither
+    from mcr_xdp.health import Counts as HealthCounts
+    from mcr_xdp.stats import Rates, Snapshot
 
 
 def si(value: float, unit: str = "") -> str:
@@ -44,6 +48,8 @@ def status(st: dict) -> list:
         table.add_row(i["name"], mode_text(i), str(i["prog_id"]), str(i["rules"]), str(i["joins"]))
     notices = [Text(f"notice: {n}", style="yellow") for n in dict.fromkeys(st.get("notices", []))]
     hops = [next_hops(st["next_hops"])] if st.get("next_hops") else []
+    from mcr_xdp.health import Counts as HealthCounts
+
     health = health_table([(h["id"], h["rule"], HealthCounts.from_json(h)) for h in st.get("health", [])])
     return [head, *notices, table, rule_list(st["rules"]), *hops, *([health] if health is not None else [])]
 
@@ -171,6 +177,8 @@ def merge_table(snap: Snapshot) -> Table | None:
     """Merged streams (;merge=rtp): a row per stream (what went out), then
     a row per leg (what it brought first, its copies dropped, what it
     missed); None without any. A stream in red lost packets on every leg."""
+    from mcr_xdp.stats import merged_stream
+
     legs = [r for r in snap.rules if r.merge is not None]
     if not legs:
         return None

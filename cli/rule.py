@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
 
-from mcr_xdp import control
-
-from . import options
-from .console import out
+from . import options, socket_cmds
 
 app = typer.Typer(help="Add, delete and list the running relay's rules.", no_args_is_help=True)
 
@@ -24,8 +20,7 @@ def add(
 
     Example: mcr-xdp rule add eth0/239.1.1.2:5001=eth1/239.2.2.3:5002,eth2
     """
-    for r in control.request("rule.add", {"rules": rules}, socket_path):
-        out.print(f"added rule {r['id']}: {r['rule']}", markup=False)
+    socket_cmds.rule_add(rules, socket_path)
 
 
 @app.command("del")
@@ -38,18 +33,10 @@ def delete(
 
     Example: mcr-xdp rule del 3
     """
-    args = {"id": int(rule)} if rule.isdigit() else {"rule": rule}
-    r = control.request("rule.del", args, socket_path)
-    out.print(f"deleted rule {r['id']}: {r['rule']}", markup=False)
+    socket_cmds.rule_del(rule, socket_path)
 
 
 @app.command("list")
 def list_(socket_path: Optional[str] = options.SOCKET, as_json: bool = options.JSON) -> None:
     """List the running relay's rules with their ids."""
-    rules = control.request("rule.list", {}, socket_path)
-    if as_json:
-        print(json.dumps(rules, indent=2))
-    else:
-        from . import render
-
-        out.print(render.rule_list(rules))
+    socket_cmds.rule_list(socket_path, as_json)

@@ -9,36 +9,16 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from mcr_xdp import control
-
-from . import options
-from .console import out
+from . import options, socket_cmds
 
 if TYPE_CHECKING:
     from mcr_xdp import stats
 
 
-def fetch_json(socket_path: str | None) -> dict:
-    """The running relay's snapshot; when no relay answers, the pinned maps
-    of one that was killed (its program may still forward)."""
-    from mcr_xdp import pins, stats
-    from mcr_xdp.errors import PrivilegeError
-
-    try:
-        return control.request("stats", {}, socket_path)
-    except control.ControlError as exc:
-        if exc.exit_code == PrivilegeError.exit_code:
-            raise  # not root: the pinned maps would say the same, less clearly
-        pinned = pins.read_stats(control.instance_for(socket_path))
-        if pinned is None:
-            raise
-        return stats.as_json(*pinned)
-
-
 def fetch(socket_path: str | None) -> tuple[stats.Snapshot, dict]:
     from mcr_xdp import stats
 
-    snap, status = stats.from_json(fetch_json(socket_path))
+    snap, status = stats.from_json(socket_cmds.stats_json(socket_path))
     # Rates need timestamps of this process's clock, not the relay's.
     return dataclasses.replace(snap, timestamp=time.monotonic()), status
 
@@ -57,9 +37,7 @@ def stats_cmd(
 
     Example: mcr-xdp stats --live
     """
-    from mcr_xdp import stats
 
-    from . import render
     from .tui import LiveView, require_terminal
 
     if live:
@@ -72,16 +50,6 @@ def stats_cmd(
                     return
     if watch is not None:
         while True:
-            print(json.dumps(fetch_json(socket_path)), flush=True)
+            print(json.dumps(socket_cmds.stats_json(socket_path)), flush=True)
             time.sleep(watch)
-    data = fetch_json(socket_path)
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    snap, status = stats.from_json(data)
-    out.print(render.header(snap, None, status))
-    out.print(render.rules_live(snap, None))
-    for table in (render.snapshot_health(snap), render.merge_table(snap)):
-        if table is not None:
-            out.print(table)
-    out.print(render.drops_table(snap, None))
+    socket_cmds.stats_once(socket_path, as_json)

@@ -36,7 +36,7 @@ class LiveView:
     def __init__(self, screen: bool = True, handle_sigterm: bool = True):
         self._handle_sigterm = handle_sigterm
         self._old_term = None
-        self._live = Live(console=out, screen=screen, auto_refresh=False, transient=False)
+        self._live = Live(console=out.console, screen=screen, auto_refresh=False, transient=False)
         self._prev: stats.Snapshot | None = None
         self._tty = sys.stdin.isatty()
         self._saved = None

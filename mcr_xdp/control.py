@@ -19,7 +19,6 @@ by the relay's own event loop (no thread per request).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -99,6 +98,8 @@ def instance_for(socket_path: str | None) -> str:
     if path == os.path.abspath(_namespace_path()):
         return base
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)[:32]
+    import hashlib  # here: OpenSSL takes milliseconds to load, and most calls never get here
+
     return f"{base}@{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 

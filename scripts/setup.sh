@@ -12,12 +12,21 @@ HEADERS=linux-headers-amd64
 if grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then
     HEADERS=linux-headers-$(uname -r)
 fi
-# make for the VMs (vagrant/), which run this script before make exists;
-# the next four for tests/packaging: it lints the shell scripts, runs
-# `vagrant validate` offline with the libvirt provider and verifies the unit;
-# ffmpeg for the tests' real MPEG-TS streams (tests/e2e/test_health.py).
-PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod tmux
-          make shellcheck vagrant vagrant-libvirt systemd ffmpeg)
+# What a relay needs (make demo). A relay host installs the Debian package
+# instead (make deb; docs/install.md), which depends on the same.
+PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod libbpf1)
+# --dev: what the tests and builds need on top (make test): make for the VMs
+# (vagrant/), which run this script before make exists; shellcheck, vagrant
+# (`vagrant validate`, libvirt provider) and systemd (`systemd-analyze
+# verify`) for tests/packaging; the Debian package's build tools and lintian
+# (tests/packaging/test_deb.py); mmdebstrap and systemd-container to boot it
+# under systemd (scripts/systemd-test.sh); ffmpeg for real MPEG-TS streams
+# (tests/e2e/test_health.py); tmux for the live views' tests.
+DEV_PACKAGES=(make shellcheck vagrant vagrant-libvirt systemd ffmpeg tmux man-db lintian
+              dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+              python3-build python3-installer bash-completion git mmdebstrap systemd-container)
+DEV=0
+[ "${1:-}" = --dev ] && DEV=1
 
 log() { printf 'setup: %s\n' "$*"; }
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -28,7 +37,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-install_missing "${PACKAGES[@]}"
+if [ "$DEV" = 1 ]; then
+    install_missing "${PACKAGES[@]}" "${DEV_PACKAGES[@]}"
+else
+    install_missing "${PACKAGES[@]}"
+fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Kernels that ship no
 # headers of their own get Debian's newest linux-headers-*-amd64: the XDP
@@ -61,12 +74,18 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV (with system site packages, for Debian's bcc)"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import mcr_xdp_cli, typer, rich, pyroute2, pytest, scapy' 2>/dev/null \
-   || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    log "installing mcr-xdp into $VENV"
+# .installed: the relay's own dependencies; .installed-dev: the tests' too.
+if [ "$DEV" = 1 ]; then
+    spec='.[test]' marker=$VENV/.installed-dev imports=(mcr_xdp_cli typer rich pyroute2 pytest scapy)
+else
+    spec=. marker=$VENV/.installed imports=(mcr_xdp_cli typer rich pyroute2)
+fi
+if ! "$VENV/bin/python" -c "import $(IFS=,; echo "${imports[*]}")" 2>/dev/null || [ pyproject.toml -nt "$marker" ]; then
+    log "installing $spec into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
-    touch "$VENV/.installed"
+    "$VENV/bin/python" -m pip install -q -e "$spec"
+    touch "$marker"
+    if [ "$DEV" = 1 ]; then touch "$VENV/.installed"; fi  # the relay's part is in there too
 fi
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc is not importable from $VENV" >&2; exit 1; }
 log "ready: $VENV/bin/mcr-xdp"

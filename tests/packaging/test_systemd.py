@@ -2,7 +2,7 @@
 privileges and sandbox keep what the relay needs and no more.
 
 verify checks that ExecStart's binary exists, and the unit names where a
-user installs it (/usr/local/bin/mcr-xdp); the check runs on a copy that
+Debian package installs it (/usr/bin/mcr-xdp); the check runs on a copy that
 points at this venv's mcr-xdp instead. verify exits 0 on unknown keys and
 bad values (it only prints them), so any output at all is a failure.
 """
@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.pkgtools import ROOT, missing, require
 
 UNIT = ROOT / "systemd" / "mcr-xdp@.service"
-INSTALLED_BINARY = "/usr/local/bin/mcr-xdp"
+INSTALLED_BINARY = "/usr/bin/mcr-xdp"
 # Measured with `setpriv --bounding-set`: see the comment in the unit.
 CAPABILITIES = {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"}
 MAX_EXPOSURE = 5.0  # `systemd-analyze security`: 4.8 when written; lower is better

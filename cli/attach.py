@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
+from mcr_xdp.logs import FORMAT_ENV, Format
 from mcr_xdp.modes import Mode, XdpMode
 
 from . import options
-from .console import err, out
+from .console import log
 
 if TYPE_CHECKING:
     from mcr_xdp.daemon import Daemon
@@ -57,6 +59,11 @@ def attach(
     metrics_addr: Optional[str] = typer.Option(None, "--metrics-addr", metavar="HOST:PORT",
                                                help="Serve Prometheus metrics at http://HOST:PORT/metrics.",
                                                show_default=False),
+    log_format: Optional[Format] = typer.Option(None, "--log-format", envvar=FORMAT_ENV,
+                                                show_default="journal on the journal, else text", help=(
+        "text: plain lines (info on stdout, notices, warnings and errors on stderr); journal: each preceded by "
+        "its syslog level <N>, which journald keeps as the priority; json: one JSON object a line (ts, level, "
+        "msg, fields). Unset: journal on a stream systemd connects to the journal ($JOURNAL_STREAM).")),
 ) -> None:
     """Attach the relay to the input interfaces and relay until Ctrl-C or SIGTERM.
 
@@ -67,6 +74,10 @@ def attach(
 
     Example: mcr-xdp attach eth0 --rule 239.1.1.1:5001=eth1/239.2.2.2:5002
     """
+    # First: the error line of a failing start comes out in this format too.
+    log.format = log_format
+    if log_format is not None:
+        os.environ[FORMAT_ENV] = log_format.value  # for the processes the relay starts (userspace workers)
     # Imported here, not at the top: `mcr-xdp status` and the other commands
     # load this module too, and must not pay for the daemon (pyroute2, bcc).
     from mcr_xdp import config as config_mod
@@ -123,18 +134,19 @@ def attach(
                 daemon.run(ViewReport(daemon, view))
         else:
             daemon.run(LineReport(daemon))
-        out.print(render.counter_line(relay.snapshot(), None), markup=False)
+        last = relay.snapshot()
+        log.info(render.counter_line(last, None), **render.counter_fields(last, None))
     if daemon.handover:
         left = daemon.left_forwarding
         detached = [name for name in inputs if name not in left]
         if left:
-            out.print(f"left {', '.join(left)} forwarding for the next relay started with the same command to take "
-                      "over (SIGQUIT)", markup=False)
+            log.notice(f"left {', '.join(left)} forwarding for the next relay started with the same command to take "
+                       "over (SIGQUIT)")
         if detached:
-            out.print(f"detached {', '.join(detached)} (userspace: nothing of it outlives the process)", markup=False)
-        out.print("left the groups", markup=False)
+            log.info(f"detached {', '.join(detached)} (userspace: nothing of it outlives the process)")
+        log.info("left the groups")
         raise typer.Exit(HANDOVER_EXIT)
-    out.print(f"detached {', '.join(inputs)}; left the groups", markup=False)
+    log.info(f"detached {', '.join(inputs)}; left the groups")
 
 
 # Exit status after SIGQUIT (EX_TEMPFAIL): "start me again". The unit
@@ -149,18 +161,20 @@ def _announce(daemon: Daemon) -> None:
     # Every notice at start: modes that fell through, interfaces down (they
     # are followed), rules forwarded by TC, counters taken over, ...
     for notice in dict.fromkeys(st["notices"]):
-        err.print(f"mcr-xdp: notice: {notice}", markup=False)
+        log.notice(notice)
     for line in render.attach_lines(st, SHOWN_RULES):
-        out.print(line, markup=False)
+        log.info(line)
     if daemon.metrics is not None:
         host, port = daemon.metrics.address
-        out.print(f"metrics at http://{host}:{port}/metrics", markup=False)
-    out.print(f"control socket {daemon.socket_path}", markup=False)
-    out.print("relaying; Ctrl-C or SIGTERM detaches", markup=False)
+        url = f"http://{host}:{port}/metrics"
+        log.info(f"metrics at {url}", metrics=url)
+    log.info(f"control socket {daemon.socket_path}", socket=daemon.socket_path)
+    log.info("relaying; Ctrl-C or SIGTERM detaches")
 
 
 class LineReport:
-    """A counter line every interval (daemon.Reporter)."""
+    """A counter line every interval, and the daemon's events, to the log
+    (daemon.Reporter)."""
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
@@ -171,20 +185,24 @@ class LineReport:
         from . import render
 
         if prev is not None:
-            out.print(render.counter_line(cur, stats.rate(prev, cur)), markup=False)
+            rates = stats.rate(prev, cur)
+            log.info(render.counter_line(cur, rates), **render.counter_fields(cur, rates))
 
     def reloaded(self, result, error) -> None:
+        path = self.daemon.service.config_path
         if error is not None:
-            err.print(f"mcr-xdp: reload failed, rules unchanged: {error}", markup=False)
+            log.error(f"reload failed, rules unchanged: {error}", config=path)
             return
-        out.print(f"reloaded {self.daemon.service.config_path}: {len(result['added'])} added, "
-                  f"{len(result['removed'])} removed, {len(result['changed'])} changed", markup=False)
+        log.info(f"reloaded {path}: {len(result['added'])} added, {len(result['removed'])} removed, "
+                 f"{len(result['changed'])} changed", config=path,
+                 **{k: result[k] for k in ("added", "removed", "changed")})
         if result["runtime_removed"]:
-            err.print(f"mcr-xdp: the file is the rule set: removed {len(result['runtime_removed'])} rule(s) added "
-                      f"with `mcr-xdp rule add`: {', '.join(result['runtime_removed'])}", markup=False)
+            log.warning(f"the file is the rule set: removed {len(result['runtime_removed'])} rule(s) added "
+                        f"with `mcr-xdp rule add`: {', '.join(result['runtime_removed'])}",
+                        rules=result["runtime_removed"])
 
-    def warn(self, text: str) -> None:
-        err.print(f"mcr-xdp: {text}", markup=False)
+    def event(self, event) -> None:
+        log.event(event)
 
     def wants_quit(self, woke) -> bool:
         return False

@@ -2,9 +2,14 @@
 
 The rich consoles are made on first use: importing rich.console costs tens
 of milliseconds that a command printing one plain line need not pay.
+
+log: the lines of a running relay and every command's error line, each
+with its level (mcr_xdp.logs); `attach --log-format` sets its format.
 """
 
 import sys
+
+from mcr_xdp.logs import Log
 
 
 class _Console:
@@ -34,6 +39,7 @@ class _Console:
 
 out = _Console()
 err = _Console(stderr=True)
+log = Log()
 
 
 def run(command, *args, **kwargs) -> int:
@@ -44,9 +50,9 @@ def run(command, *args, **kwargs) -> int:
     try:
         command(*args, **kwargs)
     except McrError as exc:
-        err.print(f"mcr-xdp: error: {exc}", markup=False)
+        log.error(str(exc), exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        err.print("mcr-xdp: interrupted", markup=False)
+        log.warning("interrupted", exit_code=130)
         return 130
     return 0

@@ -105,6 +105,15 @@ def counter_line(snap: Snapshot, rates: Rates | None) -> str:
     return line
 
 
+def counter_fields(snap: Snapshot, rates: Rates | None) -> dict:
+    """The counter line's numbers, for a JSON log line."""
+    fields = {"forwarded": snap.forwarded, "dropped": snap.dropped, "passed": snap.passed, "lost": snap.lost}
+    if rates is not None:
+        fields |= {"forwarded_pps": round(rates.forwarded_pps, 1), "dropped_pps": round(rates.dropped_pps, 1),
+                   "passed_pps": round(rates.passed_pps, 1), "lost_pps": round(rates.lost_pps, 1)}
+    return fields
+
+
 # -- live view (TUI) and one-shot stats tables ------------------------------
 
 def _bar(share: float, width: int = 20) -> str:

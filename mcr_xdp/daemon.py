@@ -20,6 +20,7 @@ from typing import Protocol
 from . import stats
 from .control import ControlServer
 from .errors import McrError
+from .logs import Event, Level
 from .metrics import MetricsServer, exposition
 from .neighbours import touched_by
 from .relay import Relay
@@ -46,7 +47,9 @@ class Reporter(Protocol):
         """A SIGHUP reload's outcome (Service.reload's result, or why it
         failed and the rules are unchanged)."""
 
-    def warn(self, text: str) -> None: ...
+    def event(self, event: Event) -> None:
+        """Something the relay did or met on its own (an interface went
+        down, a worker was restarted), with its level."""
 
     def wants_quit(self, woke: list[str]) -> bool:
         """Whether one of the readers the reporter added (Daemon.add_reader)
@@ -188,7 +191,8 @@ class Daemon:
                 signums = self._signals()
                 for sig in IGNORED:
                     if sig in signums:
-                        report.warn(f"{signal.Signals(sig).name} ignored (SIGHUP reloads, SIGINT and SIGTERM stop)")
+                        report.event(Event(Level.WARNING, f"{signal.Signals(sig).name} ignored (SIGHUP reloads, "
+                                                          "SIGINT and SIGTERM stop)"))
                 if signal.SIGHUP in signums:
                     self._reload(report)
                 if CHILD in signums:
@@ -208,25 +212,25 @@ class Daemon:
             try:
                 prev = self._tick(report, prev)
             except Exception as exc:  # a bug in reporting must not stop the forwarding
-                report.warn(f"internal error, relaying on: {_what(exc)}")
+                report.event(Event(Level.ERROR, f"internal error, relaying on: {_what(exc)}"))
 
     def _heal(self, report: Reporter) -> None:
         """A child ended: if it was a worker, replace it now, before anything
         else (until its sockets close, its share of the traffic is lost)."""
         try:
             for event in self.relay.heal():
-                report.warn(event)
+                report.event(event)
         except Exception as exc:  # a bug: the tick tries again
-            report.warn(f"could not restart a worker: {_what(exc)}")
+            report.event(Event(Level.ERROR, f"could not restart a worker: {_what(exc)}"))
 
     def _follow_links(self, report: Reporter) -> None:
         """Follow the interfaces now (a link event), not at the next tick."""
         try:
             self._link_events.get()  # the batch that woke us: its content is read again by refresh
             for event in self.relay.refresh():
-                report.warn(event)
+                report.event(event)
         except Exception as exc:  # netlink trouble or a bug: the tick checks again
-            report.warn(f"could not follow the interfaces: {_what(exc)}")
+            report.event(Event(Level.WARNING, f"could not follow the interfaces: {_what(exc)}"))
 
     def _follow_next_hops(self, report: Reporter) -> None:
         """Neighbours or routes changed: the unicast receivers they touch
@@ -234,16 +238,16 @@ class Daemon:
         try:
             touched = touched_by(self._hop_events.get())
             for event in self.relay.follow_next_hops(touched):
-                report.warn(event)
+                report.event(event)
         except Exception as exc:  # netlink trouble or a bug: the tick checks again
-            report.warn(f"could not follow the next hops: {_what(exc)}")
+            report.event(Event(Level.WARNING, f"could not follow the next hops: {_what(exc)}"))
 
     def _tick(self, report: Reporter, prev: stats.Snapshot) -> stats.Snapshot:
         try:
             for event in self.relay.refresh():
-                report.warn(event)
+                report.event(event)
         except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
-            report.warn(f"could not re-check the outputs: {exc}")
+            report.event(Event(Level.WARNING, f"could not re-check the outputs: {exc}"))
         cur = self.relay.snapshot()
         report.tick(prev, cur, self.service.status())
         return cur
@@ -267,9 +271,10 @@ class Daemon:
         wanted = result.get("interval")
         if wanted and wanted != self.interval:
             if self.fixed_interval:
-                report.warn(f"interval {wanted:g} s in the file: --interval {self.interval:g} is kept")
+                report.event(Event(Level.WARNING, f"interval {wanted:g} s in the file: --interval "
+                                                  f"{self.interval:g} is kept"))
             else:
-                report.warn(f"interval now {wanted:g} s (was {self.interval:g})")
+                report.event(Event(Level.NOTICE, f"interval now {wanted:g} s (was {self.interval:g})"))
                 self.interval = wanted
 
 

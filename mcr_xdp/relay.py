@@ -29,6 +29,7 @@ from .errors import AttachError, BusyError, McrError, RuleError, UsageError
 from .igmp import JoinPool, claim
 from .links import Link, all_links, lookup
 from .links import counters as link_counters
+from .logs import Event, Level
 from .modes import FAIL_MODES_ENV, Mode, XdpMode, failing_modes, ladder
 from .neighbours import NextHops
 from .rules import Rule, RuleSet, diff, validate
@@ -433,11 +434,11 @@ class Relay:
         return tuple(self.next_hops.lookup(links[o.iface].ifindex, o.group).mac if o.unicast else None
                      for o in rule.outputs)
 
-    def follow_next_hops(self, touched: set | None = None) -> list[str]:
+    def follow_next_hops(self, touched: set | None = None) -> list[Event]:
         """Resolve the unicast receivers' next hops again (touched: only
         those whose next hop is one of these (ifindex, address) pairs, from
         neighbour events) and rewrite in place the rules whose hop changed.
-        A line for each change."""
+        An event for each change: a notice, a warning when it lost its MAC."""
         if not self.next_hops.hops or not self.attachments:
             return []
         changed = self.next_hops.refresh(touched)
@@ -451,8 +452,10 @@ class Relay:
                 continue
             links = self._known_links(_names(installed.rule))
             self._install(installed.rule, links, rule_id=rule_id)
-            events += [f"rule {rule_id}: output {o}: {changed[installed.outputs[i], o.group].describe(o.group)}"
-                       for i, o in outs]
+            for i, o in outs:
+                hop = changed[installed.outputs[i], o.group]
+                events.append(Event(Level.NOTICE if hop.mac is not None else Level.WARNING,
+                                    f"rule {rule_id}: output {o}: {hop.describe(o.group)}"))
         return events
 
     def _receivers(self):
@@ -499,9 +502,10 @@ class Relay:
         self._save_state()
         return installed
 
-    def refresh(self) -> list[str]:
+    def refresh(self) -> list[Event]:
         """Follow the interfaces: inputs, then outputs; restart what of a
-        backend died (userspace workers). Returns a line for each change."""
+        backend died (userspace workers). Returns an event for each change:
+        a warning for what went away or down, a notice for what came back."""
         if not self.attachments:
             return []
         events = self.heal()
@@ -511,24 +515,25 @@ class Relay:
             backend.refresh_outputs(links)
         return events + self.follow_next_hops()
 
-    def heal(self) -> list[str]:
+    def heal(self) -> list[Event]:
         """Restart what of a backend died on its own (a userspace worker:
-        at once, so its share of the traffic goes to the others). A line for
-        each."""
+        at once, so its share of the traffic goes to the others). An event
+        for each."""
         return [event for backend in self.backends.values() for event in backend.heal()]
 
-    def _link_states(self, links: dict[str, Link]) -> list[str]:
-        """Up, down or gone, for every interface of the relay; a line for
+    def _link_states(self, links: dict[str, Link]) -> list[Event]:
+        """Up, down or gone, for every interface of the relay; an event for
         each interface that went up or down (gone and back have their own)."""
         names = dict.fromkeys([*self.attachments, *(n for r in self.rules.values() for n in _names(r.rule))])
         states = {n: ("gone" if n not in links else "up" if links[n].up else "down") for n in names}
-        events = [f"interface {n} is {state}" for n, state in states.items()
+        events = [Event(Level.NOTICE if state == "up" else Level.WARNING, f"interface {n} is {state}")
+                  for n, state in states.items()
                   if state != "gone" and self.link_states.get(n, "up") != state
                   and not (state == "up" and self.link_states.get(n) == "gone")]
         self.link_states = states
         return events
 
-    def _follow_inputs(self, links: dict[str, Link]) -> list[str]:
+    def _follow_inputs(self, links: dict[str, Link]) -> list[Event]:
         """An input whose interface was deleted is reported (a status
         notice) until an interface of that name exists again; then, or when
         it was re-created under a new ifindex, the relay attaches there as
@@ -538,14 +543,14 @@ class Relay:
             link = links.get(name)
             if link is None:
                 if self.link_states.get(name) != "gone":
-                    events.append(_input_gone(name))
+                    events.append(Event(Level.WARNING, _input_gone(name)))
                 continue
             if link.ifindex == att.ifindex:
                 continue
             self._reattach(link, links)
             joined = len(self.joins[name].memberships) if name in self.joins else 0
-            events.append(f"input {name} is back: attached in {self.attachments[name].mode.value} mode, "
-                          f"{joined} group(s) joined")
+            events.append(Event(Level.NOTICE, f"input {name} is back: attached in "
+                                f"{self.attachments[name].mode.value} mode, {joined} group(s) joined"))
         return events
 
     def _reattach(self, link: Link, links: dict[str, Link]) -> None:
@@ -571,7 +576,7 @@ class Relay:
             self._join(installed.rule, link)
         self._attach(link)
 
-    def _follow_outputs(self, links: dict[str, Link]) -> list[str]:
+    def _follow_outputs(self, links: dict[str, Link]) -> list[Event]:
         """A rule whose output was deleted is reported (a status notice)
         until an interface of that name exists again; then, or when an
         output was re-created under a new ifindex (VPN and container
@@ -582,14 +587,14 @@ class Relay:
             rule = installed.rule
             missing = _missing(rule, lambda name: name not in links)
             if any(self.link_states.get(name) != "gone" for name in missing):
-                events.append(_outputs_gone(rule_id, missing))
+                events.append(Event(Level.WARNING, _outputs_gone(rule_id, missing)))
             if missing or rule.iface not in links or links[rule.iface].ifindex != installed.ifindex:
                 continue  # the input is followed by _follow_inputs
             now = tuple(links[o.iface].ifindex for o in rule.outputs)
             if now != installed.outputs:
                 self._install(rule, links, rule_id=rule_id)
-                events.append(f"rule {rule_id}: relaying to {', '.join(o.iface for o in rule.outputs)} again "
-                              "(interface re-created)")
+                events.append(Event(Level.NOTICE, f"rule {rule_id}: relaying to "
+                                    f"{', '.join(o.iface for o in rule.outputs)} again (interface re-created)"))
         return events
 
     def _join(self, rule: Rule, link: Link) -> None:

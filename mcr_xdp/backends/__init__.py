@@ -18,6 +18,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import RuleError
+from ..logs import Event
 from ..modes import Mode
 
 if TYPE_CHECKING:
@@ -168,9 +169,9 @@ class Backend(Protocol):
         """Re-check what depends on the outputs' state (up, MTU); returns
         the rule ids changed."""
 
-    def heal(self) -> list[str]:
+    def heal(self) -> list[Event]:
         """Restart what of the backend died on its own (userspace workers);
-        a line for each thing done."""
+        an event for each thing done."""
 
     def losses(self) -> Losses: ...
 

@@ -15,6 +15,7 @@ import collections
 from .. import abi, encode, features, libbpf, loader, pins
 from ..errors import AttachError, McrError, RuleError
 from ..links import Link, generic_xdp_vlan_blind
+from ..logs import Event
 from ..modes import BPF_MODES, Mode
 from . import Attachment, InstalledRule, Losses, MergeAllocator
 
@@ -519,7 +520,7 @@ class BpfBackend:
                 changed.append(rule_id)
         return changed
 
-    def heal(self) -> list[str]:
+    def heal(self) -> list[Event]:
         return []  # the kernel's programs do not die on their own
 
     # -- observation ---------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .. import encode
 from ..fallback import Fallback
 from ..links import Link
+from ..logs import Event
 from ..modes import Mode
 from . import Attachment, InstalledRule, Losses
 
@@ -54,7 +55,7 @@ class UserspaceBackend:
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         return []  # a worker's send to a dead output fails alone
 
-    def heal(self) -> list[str]:
+    def heal(self) -> list[Event]:
         return self.fallback.heal()
 
     def losses(self) -> Losses:

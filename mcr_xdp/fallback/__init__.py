@@ -38,6 +38,7 @@ import time
 from .. import abi
 from ..backends import MergeAllocator
 from ..errors import AttachError, BusyError, RuleError, UsageError
+from ..logs import Event, Level
 from . import cbpf, packet, streams
 from . import counters as cnt
 from .forward import entry_message
@@ -124,8 +125,8 @@ class Fallback:
             theirs.close()
         return proc, mine
 
-    def heal(self) -> list[str]:
-        """Start a new worker in place of each that died; a line for each."""
+    def heal(self) -> list[Event]:
+        """Start a new worker in place of each that died; an event for each."""
         self.reap()
         events = []
         for i in sorted(self.dead):
@@ -136,11 +137,12 @@ class Fallback:
             try:
                 self._restart(i)
             except (OSError, AttachError) as exc:
-                events.append(f"userspace worker {i} (pid {old}) died; starting another failed: {exc}")
+                events.append(Event(Level.ERROR, f"userspace worker {i} (pid {old}) died; starting another failed: "
+                                                 f"{exc}"))
                 continue
             self.restarts += 1
-            events.append(f"userspace worker {i} (pid {old}) died: worker {i} runs again (pid {self.procs[i].pid}), "
-                          "the other workers carried its share meanwhile")
+            events.append(Event(Level.WARNING, f"userspace worker {i} (pid {old}) died: worker {i} runs again "
+                                f"(pid {self.procs[i].pid}), the other workers carried its share meanwhile"))
         return events
 
     def _restart(self, i: int) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 
+from .. import logs
 from . import counters as cnt
 from .forward import DROP_NO_NEIGH, DROP_NO_OUTPUT, REDIRECT, REDIRECT_MULTI, Table
 from .packet import TP_STATUS_CSUMNOTREADY, Ring
@@ -87,8 +88,9 @@ class Worker:
         try:
             sock.bind((socket.if_indextoname(ifindex), 0))
         except OSError as exc:
-            print(f"mcr-xdp: userspace worker {self.index}: cannot send on ifindex {ifindex}: {exc.strerror}",
-                  file=sys.stderr)
+            # In the relay's log format (inherited through the environment).
+            logs.from_env().warning(f"userspace worker {self.index}: cannot send on ifindex {ifindex}: "
+                                    f"{exc.strerror}")
             sock.close()
             return
         self.tx[ifindex] = sock

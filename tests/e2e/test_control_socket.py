@@ -256,7 +256,7 @@ def test_sighup_with_a_bad_config_changes_nothing(chain, sock, tmp_path, text, m
     assert not any("reloaded" in line for line in relay.lines)
     stderr = stop_cleanly(relay)
     [line] = [line for line in stderr.splitlines() if "reload" in line]
-    assert line.startswith("mcr-xdp: reload failed, rules unchanged: "), line
+    assert line.startswith("mcr-xdp: error: reload failed, rules unchanged: "), line
     assert message.format(cfg=cfg) in line, line
 
 

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from typer.testing import CliRunner
 
 from mcr_xdp import logs
 from mcr_xdp.logs import FORMAT_ENV, Format, Level, Log, line
@@ -123,3 +124,32 @@ def test_log_json(monkeypatch, pipe, journal):
 def test_log_of_a_child_process():
     assert logs.from_env({FORMAT_ENV: "json"}).format is Format.JSON
     assert logs.from_env({}).format is None and logs.from_env({FORMAT_ENV: "nonsense"}).format is None
+
+
+@pytest.fixture
+def cli_log(monkeypatch):
+    """The CLI's log as each command starts it, restored afterwards
+    (attach sets its format and FORMAT_ENV for the relay's children)."""
+    from mcr_xdp_cli.console import log
+
+    monkeypatch.setattr(log, "format", None)
+    monkeypatch.setenv(FORMAT_ENV, "text")
+    monkeypatch.delenv(FORMAT_ENV)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    return log
+
+
+def test_a_failed_attach_says_so_in_the_log_format(cli_log, tmp_path):
+    """The error line of a start that fails (before the relay exists) is in
+    the format asked for, with its level and exit code."""
+    from mcr_xdp_cli.app import app
+
+    missing = tmp_path / "nope.toml"
+    res = CliRunner().invoke(app, ["attach", "--config", str(missing), "--log-format", "json"])
+    assert res.exit_code == 2
+    [obj] = [json.loads(text) for text in res.output.splitlines()]
+    assert obj["level"] == "error" and obj["exit_code"] == 2 and str(missing) in obj["msg"], res.output
+    assert os.environ[FORMAT_ENV] == "json"  # what the relay's workers would inherit
+
+    res = CliRunner().invoke(app, ["attach", "--config", str(missing), "--log-format", "text"])
+    assert res.output == f"mcr-xdp: error: {missing}: cannot read: No such file or directory\n"

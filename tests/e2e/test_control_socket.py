@@ -5,16 +5,20 @@ status|rule` and raw requests over its socket, and through its config file."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION
 from tests.fixtures.control import raw
-from tests.fixtures.relay import relay_cli, result, send, start_receiver, start_relay
+from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay
 
 pytestmark = pytest.mark.e2e
 
@@ -272,6 +276,88 @@ def test_stray_signals_leave_the_relay_running(chain, sock):
     assert result(receiver)["unique"] == 300
     stderr = stop_cleanly(relay)
     assert "SIGUSR1 ignored" in stderr and "SIGUSR2 ignored" in stderr, stderr
+
+
+class PipeLines:
+    """What the other end wrote to a pipe so far, read without blocking."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.text = ""
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """The first line containing text."""
+        deadline = time.monotonic() + timeout * SCALE
+        while True:
+            for line in self.text.splitlines():
+                if text in line:
+                    return line
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self.fd], [], [], left)[0], f"never wrote {text!r}: {self.text}"
+            chunk = os.read(self.fd, 65536)
+            assert chunk, f"closed without writing {text!r}: {self.text}"
+            self.text += chunk.decode()
+
+    def rest(self) -> str:
+        """Everything, once the writers closed their ends."""
+        while chunk := os.read(self.fd, 65536):
+            self.text += chunk.decode()
+        return self.text
+
+
+def test_log_levels_reach_the_journal(chain, sock, tmp_path):
+    """Under systemd, whose $JOURNAL_STREAM names the stream it connected
+    (here the relay's stderr, a pipe of the test's), every line there
+    carries its syslog level <N> for journald; stdout, not that stream,
+    stays plain."""
+    chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "down")
+    cfg = tmp_path / "relay.toml"
+    write_config(cfg, RULE_A)
+    r, w = os.pipe()
+    st = os.fstat(w)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    try:
+        relay = start_relay(chain, "--config", str(cfg), "--socket", sock, env=env, stderr=w)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb", buffering=0) as reader:
+        journal = PipeLines(reader.fileno())
+        assert journal.wait_for("out0 is down") == "<5>mcr-xdp: notice: interface out0 is down"  # at start
+        chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "up")
+        assert journal.wait_for("out0 is up") == "<5>mcr-xdp: notice: interface out0 is up"
+        relay.popen.send_signal(signal.SIGUSR1)
+        assert journal.wait_for("SIGUSR1").startswith("<4>mcr-xdp: SIGUSR1 ignored")
+        cfg.write_text("interval = \n")
+        relay.popen.send_signal(signal.SIGHUP)
+        assert journal.wait_for("reload failed").startswith("<3>mcr-xdp: error: reload failed, rules unchanged: ")
+        assert relay.stop() == 0
+        lines = journal.rest().splitlines()
+    assert all(re.match(r"<[345]>mcr-xdp: ", line) for line in lines), lines
+    assert "Traceback" not in "\n".join(lines)
+    assert "relaying; Ctrl-C or SIGTERM detaches" in relay.lines
+    assert not any(line.startswith("<") for line in relay.lines), relay.lines
+
+
+def test_json_log_lines(chain, sock):
+    """--log-format json: every line of stdout and stderr one JSON object
+    with ts, level and msg; counter lines carry their numbers."""
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock, "--log-format", "json",
+                        "--interval", "0.2")
+    relay.popen.send_signal(signal.SIGUSR1)
+    send(chain, "239.1.1.1", 5001, 200, rate=2000)
+    relay.wait_for('"forwarded_pps"')
+    stderr = stop_cleanly(relay)
+    out = [json.loads(line) for line in relay.lines]
+    err = [json.loads(line) for line in stderr.splitlines()]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", o["ts"]) for o in out + err)
+    assert {o["level"] for o in out} == {"info"} and {o["level"] for o in err} <= {"error", "warning", "notice"}
+    assert {"level": "warning", "msg": "SIGUSR1 ignored (SIGHUP reloads, SIGINT and SIGTERM stop)"} in [
+        {k: o[k] for k in ("level", "msg")} for o in err]
+    assert {"msg": f"control socket {sock}", "socket": sock} in [{k: o[k] for k in ("msg", "socket")}
+                                                                   for o in out if "socket" in o]
+    last = [o for o in out if "forwarded" in o][-1]  # at the end, after the packets
+    assert (last["forwarded"], last["dropped"]) == (200, 0), last
+    assert out[-1]["msg"] == "detached in0; left the groups"
 
 
 def test_sighup_says_what_it_drops_and_applies_the_interval(chain, sock, tmp_path):

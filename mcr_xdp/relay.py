@@ -571,7 +571,6 @@ class Relay:
                 continue
             for b in self.backends.values():
                 b.delete_rule(installed)
-            del self.rules[rule_id]
             self._install(installed.rule, links, rule_id=rule_id)
             self._join(installed.rule, link)
         self._attach(link)

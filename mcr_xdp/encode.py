@@ -101,10 +101,10 @@ def output_value(rule: Rule, out: Output, ifindex: int, slot: int, src_mac: byte
 HEALTH_FLAGS = {"rtp": abi.RULE_HEALTH_RTP, "mpegts": abi.RULE_HEALTH_TS}  # Rule.health -> mcr_rule.flags
 
 
-def rule_value(rule: Rule, rule_id: int, outputs: list[abi.Output], flags: int = 0, merge: int = 0) -> abi.Rule:
+def rule_value(rule: Rule, index: int, outputs: list[abi.Output], flags: int = 0, merge: int = 0) -> abi.Rule:
     """merge: a merge leg's key in mcr_merge (the merged stream's)."""
     value = abi.Rule()
-    value.id = rule_id
+    value.id = index
     value.n_outputs = len(outputs)
     value.flags = (flags | (abi.RULE_RANGE if rule.ranged else 0) | HEALTH_FLAGS.get(rule.health_kind, 0)
                    | (abi.RULE_POLICE if rule.police is not None else 0)

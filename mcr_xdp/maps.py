@@ -52,11 +52,11 @@ class Maps:
     def __init__(self, fds: dict[str, int]):
         self._fd = fds
         self.ncpus = possible_cpus()
-        # rule id -> its outputs' keys in mcr_output_stats (mcr_output.stat),
+        # rule index -> its outputs' keys in mcr_output_stats (mcr_output.stat),
         # in rule order: what the control plane gave out, or, for a relay
         # that is gone, what its rule entries say (read_output_slots).
         self.output_slots: dict[int, tuple[int, ...]] = {}
-        # rule id -> its merged stream's key in mcr_merge (merge legs only)
+        # rule index -> its merged stream's key in mcr_merge (merge legs only)
         self.merge_keys: dict[int, int] = {}
 
     @property
@@ -125,20 +125,20 @@ class Maps:
         self._steer_cpus = n
         self._write_config()
 
-    def set_fanout(self, rule_id: int, outputs: list[tuple[int, int]]) -> None:
-        """Give rule_id a devmap of its outputs: entry i = (ifindex, egress
+    def set_fanout(self, index: int, outputs: list[tuple[int, int]]) -> None:
+        """Give the rule of index a devmap of its outputs: entry i = (ifindex, egress
         program fd). The outer map holds its own reference, so the fd is
         closed here."""
-        fd = libbpf.devmap_create(f"mcr_fo_{rule_id}", abi.MAX_OUTPUTS, ctypes.sizeof(abi.DevmapVal))
+        fd = libbpf.devmap_create(f"mcr_fo_{index}", abi.MAX_OUTPUTS, ctypes.sizeof(abi.DevmapVal))
         try:
             for i, (ifindex, prog_fd) in enumerate(outputs):
                 libbpf.map_update(fd, ctypes.c_uint32(i), abi.DevmapVal(ifindex=ifindex, prog_fd=prog_fd))
-            libbpf.map_update(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(rule_id), ctypes.c_uint32(fd))
+            libbpf.map_update(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(index), ctypes.c_uint32(fd))
         finally:
             os.close(fd)
 
-    def clear_fanout(self, rule_id: int) -> None:
-        libbpf.map_delete(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(rule_id))
+    def clear_fanout(self, index: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_FANOUT], ctypes.c_uint32(index))
 
     def _percpu(self, map_name: str, index: int, vtype):
         values = (vtype * self.ncpus)()
@@ -160,18 +160,18 @@ class Maps:
         return [(sum(c.packets for c in per), sum(per[v].packets for v in forward))
                 for per in self.verdicts_per_cpu()]
 
-    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
-        return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters))
+    def rule_counters(self, index: int) -> abi.RuleCounters:
+        return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
 
-    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
-        slots = self.output_slots.get(rule_id, ())
+    def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]:
+        slots = self.output_slots.get(index, ())
         return [_sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, slots[i], abi.Counter)) if i < len(slots)
                 else abi.Counter() for i in range(n_outputs)]
 
-    def reset_rule_counters(self, rule_id: int, output_slots: tuple[int, ...] = ()) -> None:
-        """Zero a rule's counters before its id is (re)used, and those of
+    def reset_rule_counters(self, index: int, output_slots: tuple[int, ...] = ()) -> None:
+        """Zero a rule's counters before its index is (re)used, and those of
         output_slots (see reset_output_counters)."""
-        libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(rule_id), (abi.RuleCounters * self.ncpus)())
+        libbpf.map_update(self._fd[abi.MAP_RULE_STATS], ctypes.c_uint32(index), (abi.RuleCounters * self.ncpus)())
         self.reset_output_counters(output_slots)
 
     def reset_output_counters(self, slots) -> None:
@@ -184,22 +184,22 @@ class Maps:
             libbpf.map_update(self._fd[abi.MAP_OUTPUT_STATS], key, zero)
             libbpf.map_update(self._fd[abi.MAP_EGRESS_RR], key, zero_rr)
 
-    def health(self, rule_id: int) -> abi.Health | None:
+    def health(self, index: int) -> abi.Health | None:
         """The stream health state of a rule with ;health= (None: none)."""
         value = abi.Health()
-        return value if libbpf.map_lookup(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id), value) else None
+        return value if libbpf.map_lookup(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(index), value) else None
 
-    def health_counts(self, rule_id: int, kind: str) -> health.Counts | None:
+    def health_counts(self, index: int, kind: str) -> health.Counts | None:
         """backends.CounterSource: a rule's stream health, if it is checked here."""
-        state = self.health(rule_id)
+        state = self.health(index)
         return health.from_state(state, kind) if state is not None else None
 
-    def start_health(self, rule_id: int) -> None:
-        """Track rule_id's stream from nothing (a new rule, or another kind)."""
-        libbpf.map_update(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id), abi.Health())
+    def start_health(self, index: int) -> None:
+        """Track the stream of the rule of index from nothing (a new rule, or another kind)."""
+        libbpf.map_update(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(index), abi.Health())
 
-    def stop_health(self, rule_id: int) -> None:
-        libbpf.map_delete(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(rule_id))
+    def stop_health(self, index: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_HEALTH], ctypes.c_uint32(index))
 
     def merge(self, key: int) -> abi.Health | None:
         """A merged stream's window (None: none under key)."""
@@ -213,35 +213,35 @@ class Maps:
     def stop_merge(self, key: int) -> None:
         libbpf.map_delete(self._fd[abi.MAP_MERGE], ctypes.c_uint32(key))
 
-    def merge_counts(self, rule_id: int, kind: str, legs: int) -> health.MergeCounts | None:
+    def merge_counts(self, index: int, kind: str, legs: int) -> health.MergeCounts | None:
         """backends.CounterSource: a merge leg's stream, if it is merged here."""
-        key = self.merge_keys.get(rule_id)
+        key = self.merge_keys.get(index)
         state = self.merge(key) if key is not None else None
         return health.merge_from_state(state, kind, legs) if state is not None else None
 
-    def police(self, rule_id: int) -> abi.Police | None:
+    def police(self, index: int) -> abi.Police | None:
         value = abi.Police()
-        return value if libbpf.map_lookup(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id), value) else None
+        return value if libbpf.map_lookup(self._fd[abi.MAP_POLICE], ctypes.c_uint32(index), value) else None
 
-    def set_police(self, rule_id: int, value: abi.Police) -> None:
-        libbpf.map_update(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id), value)
+    def set_police(self, index: int, value: abi.Police) -> None:
+        libbpf.map_update(self._fd[abi.MAP_POLICE], ctypes.c_uint32(index), value)
 
-    def stop_police(self, rule_id: int) -> None:
-        libbpf.map_delete(self._fd[abi.MAP_POLICE], ctypes.c_uint32(rule_id))
+    def stop_police(self, index: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_POLICE], ctypes.c_uint32(index))
 
-    def policed(self, rule_id: int) -> int | None:
-        """backends.CounterSource: packets rule_id's policer dropped (None: none here)."""
-        state = self.police(rule_id)
+    def policed(self, index: int) -> int | None:
+        """backends.CounterSource: packets the policer of the rule of index dropped (None: none here)."""
+        state = self.police(index)
         return state.dropped if state is not None else None
 
     def read_output_slots(self) -> dict[int, tuple[int, ...]]:
-        """rule id -> its outputs' mcr_output_stats keys, from the rule
+        """rule index -> its outputs' mcr_output_stats keys, from the rule
         entries themselves (a relay that is gone left them in its maps)."""
         return {value.id: tuple(value.out[i].stat for i in range(min(value.n_outputs, abi.MAX_OUTPUTS)))
                 for value in self._rule_values()}
 
     def read_merge_keys(self) -> dict[int, int]:
-        """rule id -> its merged stream's mcr_merge key, for the merge legs
+        """rule index -> its merged stream's mcr_merge key, for the merge legs
         among the rule entries (as read_output_slots)."""
         return {value.id: value.merge for value in self._rule_values() if value.flags & abi.RULE_MERGE}
 

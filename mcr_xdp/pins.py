@@ -35,7 +35,7 @@ from .modes import Mode
 BPFFS = Path("/sys/fs/bpf")
 STATE_DIR = Path("/run/mcr-xdp")
 BPFFS_MAGIC = 0xCAFE4A11
-STATE_VERSION = 2  # the state file's own layout; the maps' is abi.ABI_VERSION
+STATE_VERSION = 3  # the state file's own layout (3: rules with their indexes, next_id); the maps' is abi.ABI_VERSION
 
 
 class AbiMismatch(McrError):
@@ -162,9 +162,10 @@ def pin(instance: str, map_fds: dict[str, int], state: dict) -> str:
     return shown(instance)
 
 
-def make_state(pid: int, started: float, inputs: dict, rules: dict, socket: str | None = None) -> dict:
+def make_state(pid: int, started: float, inputs: dict, rules: dict, next_id: int, socket: str | None = None) -> dict:
     """The state a relay writes beside its pins. inputs: name -> (ifindex,
-    prog_id, Mode); rules: id -> rules.Rule; socket: its control socket."""
+    prog_id, Mode); rules: id -> (index, rules.Rule); next_id: the lowest id
+    never given out (relay.RuleIds); socket: its control socket."""
     return {
         "version": STATE_VERSION,
         "abi_version": abi.ABI_VERSION,
@@ -173,8 +174,35 @@ def make_state(pid: int, started: float, inputs: dict, rules: dict, socket: str 
         "started": started,
         "inputs": {name: {"ifindex": ifindex, "prog_id": prog_id, "mode": mode.value}
                    for name, (ifindex, prog_id, mode) in inputs.items()},
-        "rules": {str(i): str(r) for i, r in rules.items()},
+        "rules": {str(i): {"rule": str(r), "index": index} for i, (index, r) in rules.items()},
+        "next_id": next_id,
     }
+
+
+def state_rules(found: dict) -> dict[int, tuple[int, str]]:
+    """A state's rules: id -> (index, rule text). A relay before version 3
+    of the state gave each rule its index as id. An entry that can't be
+    read, or whose index is out of range or given twice, is left out."""
+    entries = found.get("rules")
+    rules, seen = {}, set()
+    for i, entry in entries.items() if isinstance(entries, dict) else ():
+        try:
+            rule_id = int(i)
+            text, index = (entry, rule_id) if isinstance(entry, str) else (entry["rule"], entry["index"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(text, str) and type(index) is int and rule_id >= 0 and 0 <= index < abi.MAX_RULES \
+                and index not in seen:
+            seen.add(index)
+            rules[rule_id] = (index, text)
+    return rules
+
+
+def next_id(found: dict) -> int:
+    """The lowest rule id the relay that wrote found never gave out, as far
+    as found tells."""
+    written = found.get("next_id")
+    return max(max(state_rules(found), default=-1) + 1, written if type(written) is int else 0)
 
 
 def check_abi(found: dict, where: str) -> None:
@@ -271,13 +299,14 @@ def read_stats(instance: str):
     if found is None or not pin_dir(instance).is_dir():
         return None  # no relay, or one that could not pin (userspace only, no bpffs)
     check_abi(found, shown(instance))
-    rules = {int(i): parse_rule(text) for i, text in found["rules"].items()}
+    placed = {i: (index, parse_rule(text)) for i, (index, text) in state_rules(found).items()}
+    rules = {i: rule for i, (_, rule) in placed.items()}
     maps = PinnedMaps(instance, loader.MAP_NAMES)
     try:
         maps.output_slots = maps.read_output_slots()
         maps.merge_keys = maps.read_merge_keys()
         names = [*found["inputs"], *(o.iface for r in rules.values() for o in r.outputs)]
-        snap = stats.collect([maps], rules, links=counters(names))
+        snap = stats.collect([maps], placed, links=counters(names))
     finally:
         maps.close()
     inputs = [InputStatus(name, info["ifindex"], Mode(info["mode"]), info["prog_id"],

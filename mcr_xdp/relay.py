@@ -13,6 +13,9 @@ any backend makes it live; a deleted rule stops matching before its joins go.
 start() writes every rule before it attaches, so the first packet already
 sees them, and undoes what it did if a later step fails; stop() is
 idempotent and safe after a partial start.
+
+A rule's id, which people and dashboards see, is never given twice in a
+relay's life; where the backends keep it is another number (RuleIds).
 """
 
 from __future__ import annotations
@@ -50,12 +53,71 @@ class RelayConfig:
     no_join: frozenset[str] = frozenset()  # inputs that join no group (join = "none")
 
 
+class RuleIds:
+    """A relay's rule ids, and the indexes behind them.
+
+    The id names a rule to people and to what they build on it (`rule del
+    ID`, `rule list`, the stats JSON, the rule_id label of the Prometheus
+    series): a new rule's is one never given before in this relay's life,
+    which goes on through reloads and through a restart that takes over
+    from the relay before it (SIGQUIT, or killed: the state file carries
+    next_id). A rule keeps its id as long as it lives, changed in place
+    included.
+
+    The index is where the backends keep the rule (the datapath's
+    mcr_rule.id: its slot in the per-rule counter and fan-out arrays, its key
+    in the health and policer maps), below abi.MAX_RULES: the lowest free
+    one, given again once its rule is gone (its counters zeroed first). So
+    ids only go up, for ever, while the datapath's memory stays that of
+    MAX_RULES rules.
+    """
+
+    def __init__(self, size: int = abi.MAX_RULES, next_id: int = 0):
+        self.size = size
+        self.next_id = next_id  # every id below it was given out in this relay's life
+        self._taken: set[int] = set()  # indexes
+        self._lowest_free = 0  # every index below it is taken: a relay of 10,000 rules adds one without a scan
+
+    def take(self) -> tuple[int, int]:
+        """A new rule's (id, index)."""
+        index = self._lowest_free
+        while index in self._taken:
+            index += 1
+        if index >= self.size:
+            raise RuleError(f"more than {self.size} rules")
+        self._taken.add(index)
+        self._lowest_free = index + 1
+        rule_id = self.next_id
+        self.next_id += 1
+        return rule_id, index
+
+    def keep(self, rule_id: int, index: int) -> tuple[int, int]:
+        """(rule_id, index) again, for a rule a killed relay gave them; ids
+        it gave out are never given again."""
+        if not 0 <= index < self.size or index in self._taken or rule_id < 0:
+            raise RuleError(f"rule id {rule_id} at index {index} cannot be kept")
+        self._taken.add(index)
+        self.next_id = max(self.next_id, rule_id + 1)
+        return rule_id, index
+
+    def release(self, index: int) -> None:
+        """index's rule is gone from every backend: the index may be given
+        again (never its id)."""
+        self._taken.discard(index)
+        self._lowest_free = min(self._lowest_free, index)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._taken)
+
+
 class Relay:
     def __init__(self, config: RelayConfig):
         self.config = config
         self.ladder: tuple[Mode, ...] = ()
         self.attachments: dict[str, Attachment] = {}
-        self.rules: dict[int, InstalledRule] = {}
+        self.rules: dict[int, InstalledRule] = {}  # by rule id
+        self._ids = RuleIds()
         self._ruleset = RuleSet()  # self.rules' rules, for checking more against them (add_rules)
         self._joined_by: dict[tuple, int] = {}  # _need(rule) -> rules of self.rules that need it
         self._links: dict[str, Link] = {}  # the interfaces as last looked up
@@ -90,7 +152,7 @@ class Relay:
         left = pins.left_behind(self.instance)
         # Its rule ids and counters go on only where this relay takes over
         # every input it had: a program it left forwarding elsewhere would
-        # count into the same maps under ids that may mean other rules now.
+        # count into the same maps under indexes that may mean other rules now.
         if left is not None and isinstance(left.get("inputs"), dict) and set(left["inputs"]) <= set(cfg.interfaces):
             self._left = left
         _more_files()  # a socket holds 20 joins: 65,536 groups take 3,277 of them
@@ -102,10 +164,7 @@ class Relay:
             for rule in cfg.rules:
                 self._join(rule, links[rule.iface])
             self._open_first()
-            old_ids = self._old_ids(cfg.rules)
-            for rule in sorted(cfg.rules, key=lambda r: str(r) not in old_ids):  # theirs first: ids kept
-                self._install(rule, links, rule_id=old_ids.get(str(rule)), adopt=str(rule) in old_ids)
-            self.rules = dict(sorted(self.rules.items()))
+            self._install_first(cfg.rules, links)
             for name in cfg.interfaces:
                 self._attach(links[name])
             self._close_unused()
@@ -175,7 +234,6 @@ class Relay:
         self.rules.clear()
         self._ruleset = RuleSet()
         self._joined_by.clear()
-        self._lowest_free = 0
         self.pinned = None
 
     def __enter__(self) -> Relay:
@@ -370,52 +428,58 @@ class Relay:
             self._install(rule, links)
         return removed, added, changed
 
-    def _old_ids(self, rules: list[Rule]) -> dict[str, int]:
-        """Rule text -> id, for the rules a killed relay of this instance
-        had too: they keep their ids, so counters taken over from it
-        (pins.left_behind) go on under the same rule."""
+    def _install_first(self, rules: list[Rule], links: dict[str, Link]) -> None:
+        """start's rules. Those a killed relay of this instance had too
+        (self._left) keep their ids and indexes, and go first, so no new
+        rule takes an index whose counters go on; the others get ids after
+        every id it gave out."""
+        old = self._old_ids(rules)
+        self._ids = RuleIds(next_id=pins.next_id(self._left) if self._left is not None else 0)
+        for rule in sorted(rules, key=lambda r: str(r) not in old):
+            self._install(rule, links, adopt=old.get(str(rule)))
+        self.rules = dict(sorted(self.rules.items()))
+
+    def _old_ids(self, rules: list[Rule]) -> dict[str, tuple[int, int]]:
+        """Rule text -> (id, index), for the rules a killed relay of this
+        instance had too: they keep both, so dashboards go on under the same
+        id and the counters taken over from it (pins.left_behind) under the
+        same rule."""
         if self._left is None:
             return {}
-        try:
-            theirs = {text: int(i) for i, text in self._left.get("rules", {}).items()}
-        except (AttributeError, TypeError, ValueError):
-            return {}
         wanted = {str(r) for r in rules}
-        return {text: i for text, i in theirs.items() if text in wanted and 0 <= i < abi.MAX_RULES}
-
-    _lowest_free = 0  # every id below it is taken
-
-    def _free_id(self) -> int:
-        """The lowest free id (a scan from the last one given out: a relay
-        of 10,000 rules adds one without looking at the others)."""
-        i = self._lowest_free
-        while i in self.rules:
-            i += 1
-        self._lowest_free = i
-        return i
+        return {text: (i, index) for i, (index, text) in pins.state_rules(self._left).items() if text in wanted}
 
     def _install(self, rule: Rule, links: dict[str, Link], rule_id: int | None = None,
-                 adopt: bool = False) -> InstalledRule:
-        """Join the rule's group, then write the rule to every backend; with
-        rule_id, replace that rule's outputs in place (same key, same
-        counters), or write it again under that id (an input that moved);
-        with adopt too, a new rule under the id a killed relay gave it (its
-        counters go on)."""
-        replacing = rule_id is not None and not adopt
-        installed = InstalledRule(self._free_id() if rule_id is None else rule_id, rule, links[rule.iface].ifindex,
-                                  tuple(links[o.iface].ifindex for o in rule.outputs), self._hops_for(rule, links))
-        if not replacing:
-            self._join(rule, links[rule.iface])
-        done = []
+                 adopt: tuple[int, int] | None = None) -> InstalledRule:
+        """Join the rule's group, then write the rule to every backend under
+        a new id and index; with rule_id, replace that rule in place (same
+        id and index, same counters: other outputs, or an input that
+        moved); with adopt, a new rule under the (id, index) a killed relay
+        gave it (its counters go on)."""
+        replacing = rule_id is not None
+        if replacing:
+            index = self.rules[rule_id].index
+        elif adopt is not None:
+            rule_id, index = self._ids.keep(*adopt)
+        else:
+            rule_id, index = self._ids.take()
+        joined, done = False, []
         try:
+            installed = InstalledRule(rule_id, index, rule, links[rule.iface].ifindex,
+                                      tuple(links[o.iface].ifindex for o in rule.outputs), self._hops_for(rule, links))
+            if not replacing:
+                self._join(rule, links[rule.iface])
+                joined = True
             for backend in self.backends.values():
-                backend.put_rule(installed, links, fresh=not replacing and not adopt)
+                backend.put_rule(installed, links, fresh=not replacing and adopt is None)
                 done.append(backend)
         except BaseException:
             if not replacing:
                 for backend in done:
                     backend.delete_rule(installed)
-                self._leave(rule)
+                if joined:
+                    self._leave(rule)
+                self._ids.release(index)  # the id stays given: ids only go up
             raise
         if installed.rule_id in self.rules:
             self._forget(self.rules[installed.rule_id].rule)
@@ -495,9 +559,9 @@ class Relay:
         if installed.next_hops:
             self.next_hops.forget({(r.outputs[i], o.group) for r in self.rules.values() if r.next_hops
                                    for i, o in enumerate(r.rule.outputs) if o.unicast})
-        self._lowest_free = min(self._lowest_free, rule_id)
         for backend in self.backends.values():
             backend.delete_rule(installed)
+        self._ids.release(installed.index)  # after every backend let go of it
         self._leave(installed.rule)
         self._save_state()
         return installed
@@ -635,8 +699,9 @@ class Relay:
 
     def pin_state(self) -> dict:
         return pins.make_state(os.getpid(), self._started_wall or time.time() - self.uptime,
-                          {a.ifname: (a.ifindex, a.prog_id, a.mode) for a in self.attachments.values()},
-                          {i: r.rule for i, r in self.rules.items()}, self.config.control_socket)
+                               {a.ifname: (a.ifindex, a.prog_id, a.mode) for a in self.attachments.values()},
+                               {i: (r.index, r.rule) for i, r in self.rules.items()}, self._ids.next_id,
+                               self.config.control_socket)
 
     def _pin(self) -> None:
         """Pins where a backend can; the state file in any case: it says
@@ -679,8 +744,8 @@ class Relay:
     # -- observation -------------------------------------------------------
 
     def snapshot(self) -> stats.Snapshot:
-        rules = {i: r.rule for i, r in self.rules.items()}
-        names = dict.fromkeys([*self.inputs, *(o.iface for r in rules.values() for o in r.outputs)])
+        rules = {i: (r.index, r.rule) for i, r in self.rules.items()}
+        names = dict.fromkeys([*self.inputs, *(o.iface for r in self.rules.values() for o in r.rule.outputs)])
         losses = [b.losses() for b in self.backends.values()]
         total = Losses({k: v for loss in losses for k, v in loss.after_redirect.items()},
                        sum(loss.steering for loss in losses),
@@ -724,9 +789,10 @@ class Relay:
             if rule.health_kind is None:
                 continue
             source = getattr(self._runs_on.get(rule.iface), "counters", None)
-            counts = source.health_counts(rule_id, rule.health_kind) if hasattr(source, "health_counts") else None
+            counts = source.health_counts(installed.index, rule.health_kind) \
+                if hasattr(source, "health_counts") else None
             if counts is not None:
-                merge = stats.merge_of([source], rule_id, rule)
+                merge = stats.merge_of([source], installed.index, rule)
                 rows.append({"id": rule_id, "rule": str(rule), **counts.as_json(),
                              **({"merge": merge.as_json()} if merge is not None else {})})
             elif rule.iface in self.attachments:  # every backend checks; a notice should one not

@@ -111,11 +111,11 @@ class Snapshot:
 def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None = None,
             links: dict | None = None, clock=time.monotonic) -> Snapshot:
     """Read every counter once, summing the sources (the backends a relay
-    runs share its rule ids).
+    runs share its rule indexes).
 
-    rules: rule id -> rules.Rule; losses: what the backends lost outside
-    their verdicts; links: name -> (ifindex, kernel interface counters as a
-    dict) from links.counters().
+    rules: rule id -> (its index, where the sources count it; rules.Rule);
+    losses: what the backends lost outside their verdicts; links: name ->
+    (ifindex, kernel interface counters as a dict) from links.counters().
     """
     timestamp = clock()
     losses = losses or Losses()
@@ -124,18 +124,18 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
                                               sum(r[i].bytes for r in verdict_rows))
                 for i in range(abi.VERDICT_MAX)}
     rows = []
-    for rule_id, rule in sorted(rules.items()):
-        parts = [s.rule_counters(rule_id) for s in sources]
-        outs = [s.output_counters(rule_id, len(rule.outputs)) for s in sources]
+    for rule_id, (index, rule) in sorted(rules.items()):
+        parts = [s.rule_counters(index) for s in sources]
+        outs = [s.output_counters(index, len(rule.outputs)) for s in sources]
         packets, nbytes, forwarded, dropped = (sum(getattr(p, f) for p in parts)
                                                for f in ("packets", "bytes", "forwarded", "dropped"))
         rows.append(RuleStats(
             rule_id, str(rule), rule.iface, packets, nbytes, forwarded, dropped,
             tuple(OutputStats(str(o), o.iface, sum(oc[i].packets for oc in outs), sum(oc[i].bytes for oc in outs))
                   for i, o in enumerate(rule.outputs)),
-            _health(sources, rule_id, rule.health_kind),
-            _policed(sources, rule_id) if rule.police is not None else None,
-            merge_of(sources, rule_id, rule),
+            _health(sources, index, rule.health_kind),
+            _policed(sources, index) if rule.police is not None else None,
+            merge_of(sources, index, rule),
         ))
     per_cpu = [totals for s in sources if (totals := s.cpu_totals())]
     cpus = tuple(CpuStats(cpu, sum(t[cpu][0] for t in per_cpu if cpu < len(t)),
@@ -152,12 +152,12 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
     return Snapshot(timestamp, verdicts, tuple(rows), cpus, interfaces, losses.steering)
 
 
-def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) -> HealthCounts | None:
+def _health(sources: Sequence[CounterSource], index: int, kind: str | None) -> HealthCounts | None:
     """A rule's stream health summed over the sources that check it (those
     with a health method: the kernel datapath); None when none does."""
     if kind is None:
         return None
-    found = [h for s in sources if hasattr(s, "health_counts") and (h := s.health_counts(rule_id, kind)) is not None]
+    found = [h for s in sources if hasattr(s, "health_counts") and (h := s.health_counts(index, kind)) is not None]
     if not found:
         return None
     total = found[0]
@@ -166,13 +166,13 @@ def _health(sources: Sequence[CounterSource], rule_id: int, kind: str | None) ->
     return total
 
 
-def merge_of(sources: Sequence[CounterSource], rule_id: int, rule) -> MergeCounts | None:
+def merge_of(sources: Sequence[CounterSource], index: int, rule) -> MergeCounts | None:
     """A merge leg's stream, from the source that merges it (legs run in
     one backend); None for a rule that merges nothing."""
     if rule.merge is None:
         return None
     for source in sources:
-        found = source.merge_counts(rule_id, rule.merge, 1 + len(rule.merge_with)) \
+        found = source.merge_counts(index, rule.merge, 1 + len(rule.merge_with)) \
             if hasattr(source, "merge_counts") else None
         if found is not None:
             return found
@@ -185,9 +185,9 @@ def merged_stream(rule_text: str) -> str:
     return "|".join(sorted(rule_text.split("=", 1)[0].split("|")))
 
 
-def _policed(sources: Sequence[CounterSource], rule_id: int) -> int | None:
+def _policed(sources: Sequence[CounterSource], index: int) -> int | None:
     """Packets a rule's policer dropped, over the sources that police it."""
-    found = [n for s in sources if hasattr(s, "policed") and (n := s.policed(rule_id)) is not None]
+    found = [n for s in sources if hasattr(s, "policed") and (n := s.policed(index)) is not None]
     return sum(found) if found else None
 
 
@@ -208,7 +208,8 @@ class Rates:
 
 def rate(prev: Snapshot, cur: Snapshot) -> Rates:
     """Per-second rates between two snapshots of the same relay; counters
-    that went backwards (a rule id reused) count as zero."""
+    that went backwards (a relay started again, whose ids may name other
+    rules) count as zero."""
     dt = cur.timestamp - prev.timestamp
     if dt <= 0:
         return Rates(0.0, 0.0, 0.0, 0.0, 0.0, {}, {}, {}, {}, {}, {})

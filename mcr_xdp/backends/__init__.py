@@ -8,8 +8,14 @@ so the relay (mcr_xdp.relay) holds no branch per datapath.
 A relay opens a backend the first time an input tries one of its modes,
 hands it every rule it has, and from then on every rule change; an input
 attaches to exactly one backend. Several backends can run at once (inputs
-in different modes): their counters share the relay's rule ids and are
-summed by stats.collect over CounterSource.
+in different modes): their counters share the relay's rule indexes and
+are summed by stats.collect over CounterSource.
+
+A backend keys a rule by its index (InstalledRule.index), where the
+datapath keeps it (mcr_rule.id: its slot in the per-rule arrays, its key in
+the per-rule hashes), below abi.MAX_RULES and reused once the rule is gone;
+its id, never reused, is only for what the backend shows (status,
+relay.RuleIds).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ class Attachment:
 
 @dataclasses.dataclass(frozen=True)
 class InstalledRule:
-    rule_id: int
+    rule_id: int  # what people see (stats, Prometheus, `rule del`): never reused in a relay's life
+    index: int  # where the backends keep it (< abi.MAX_RULES): reused once the rule is gone
     rule: Rule
     ifindex: int  # of the input interface, as the map key holds it
     outputs: tuple[int, ...] = ()  # ifindexes of its outputs when written, in rule order
@@ -61,19 +68,19 @@ class MergeAllocator:
     def __init__(self, size: int):
         self._free = set(range(size))
         self._keys: dict[str, int] = {}  # merge name -> key
-        self._legs: dict[str, set[int]] = {}  # merge name -> its legs' rule ids
-        self._left: dict[int, int] = {}  # a killed relay's leg rule ids -> their keys
+        self._legs: dict[str, set[int]] = {}  # merge name -> its legs' rule indexes
+        self._left: dict[int, int] = {}  # a killed relay's legs' rule indexes -> their keys
 
     def adopt(self, left: dict[int, int]) -> None:
-        self._left = {rule_id: key for rule_id, key in left.items() if key in self._free}
+        self._left = {index: key for index, key in left.items() if key in self._free}
 
-    def take(self, rule_id: int, name: str) -> tuple[int, bool]:
+    def take(self, index: int, name: str) -> tuple[int, bool]:
         """(name's key, whether its window is new: to be written empty)."""
         key = self._keys.get(name)
         if key is not None:
-            self._legs[name].add(rule_id)
+            self._legs[name].add(index)
             return key, False
-        key = self._left.pop(rule_id, None)
+        key = self._left.pop(index, None)
         new = key is None or key not in self._free
         if new:
             if not self._free:
@@ -81,18 +88,18 @@ class MergeAllocator:
             key = min(self._free - set(self._left.values()) or self._free)
         self._free.discard(key)
         self._keys[name] = key
-        self._legs[name] = {rule_id}
+        self._legs[name] = {index}
         return key, new
 
     def key(self, name: str) -> int | None:
         return self._keys.get(name)
 
-    def release(self, rule_id: int, name: str) -> int | None:
-        """rule_id leaves name's legs: the key, if that was its last leg (to be cleared)."""
+    def release(self, index: int, name: str) -> int | None:
+        """index leaves name's legs: the key, if that was its last leg (to be cleared)."""
         legs = self._legs.get(name)
-        if legs is None or rule_id not in legs:
+        if legs is None or index not in legs:
             return None
-        legs.discard(rule_id)
+        legs.discard(index)
         if legs:
             return None
         del self._legs[name]
@@ -116,18 +123,18 @@ class CounterSource(Protocol):
 
     def verdicts(self) -> list[abi.Counter]: ...
 
-    def rule_counters(self, rule_id: int) -> abi.RuleCounters: ...
+    def rule_counters(self, index: int) -> abi.RuleCounters: ...
 
-    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]: ...
+    def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]: ...
 
     def cpu_totals(self) -> list[tuple[int, int]]:
         """(packets seen, packets forwarded) per CPU; [] when the source
         does not count per CPU."""
 
-    # Optional: health_counts(rule_id, kind) -> health.Counts | None, the
+    # Optional: health_counts(index, kind) -> health.Counts | None, the
     # stream health of a rule with ;health= or of a merge leg;
-    # merge_counts(rule_id, kind, legs) -> health.MergeCounts | None, a merge
-    # leg's stream at its output; policed(rule_id) -> int | None, what a
+    # merge_counts(index, kind, legs) -> health.MergeCounts | None, a merge
+    # leg's stream at its output; policed(index) -> int | None, what a
     # rule's policer dropped (the kernel datapath's).
 
 
@@ -160,14 +167,14 @@ class Backend(Protocol):
     def detach(self, att: Attachment) -> None: ...
 
     def put_rule(self, installed: InstalledRule, links: dict[str, Link], fresh: bool) -> None:
-        """Install or replace (same id) a rule; fresh: a new id, whose
+        """Install or replace (same index) a rule; fresh: a new rule, whose
         counters start at zero. links: every interface the rule names."""
 
     def delete_rule(self, installed: InstalledRule) -> None: ...
 
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         """Re-check what depends on the outputs' state (up, MTU); returns
-        the rule ids changed."""
+        the ids of the rules changed."""
 
     def heal(self) -> list[Event]:
         """Restart what of the backend died on its own (userspace workers);

@@ -35,37 +35,37 @@ class SlotAllocator:
     def __init__(self, size: int = abi.MAX_PORTS):
         self.size = size
         self._slot: dict[int, int] = {}  # ifindex -> slot
-        self._users: dict[int, set[int]] = {}  # ifindex -> rule ids
+        self._users: dict[int, set[int]] = {}  # ifindex -> rule indexes
 
-    def acquire(self, rule_id: int, ifindex: int) -> tuple[int, bool]:
-        """ifindex's slot, with rule_id among its users; and whether the slot
+    def acquire(self, index: int, ifindex: int) -> tuple[int, bool]:
+        """ifindex's slot, with the rule of index among its users; and whether the slot
         is new (its devmap entry must be written)."""
         if ifindex in self._slot:
-            self._users[ifindex].add(rule_id)
+            self._users[ifindex].add(index)
             return self._slot[ifindex], False
         used = set(self._slot.values())
         slot = next((s for s in range(self.size) if s not in used), None)
         if slot is None:
             raise RuleError(f"more than {self.size} output interfaces in single-output rules")
         self._slot[ifindex] = slot
-        self._users[ifindex] = {rule_id}
+        self._users[ifindex] = {index}
         return slot, True
 
-    def release(self, rule_id: int, keep: tuple[int, ...] = ()) -> list[int]:
-        """rule_id no longer outputs anywhere but keep (ifindexes); returns
+    def release(self, index: int, keep: tuple[int, ...] = ()) -> list[int]:
+        """The rule of index no longer outputs anywhere but keep (ifindexes); returns
         the slots no rule uses any more."""
         freed = []
-        for ifindex in [i for i, users in self._users.items() if rule_id in users and i not in keep]:
+        for ifindex in [i for i, users in self._users.items() if index in users and i not in keep]:
             users = self._users[ifindex]
-            users.discard(rule_id)
+            users.discard(index)
             if not users:
                 del self._users[ifindex]
                 freed.append(self._slot.pop(ifindex))
         return freed
 
-    def held(self, rule_id: int) -> tuple[int, ...]:
-        """The ifindexes whose slots rule_id uses."""
-        return tuple(i for i, users in self._users.items() if rule_id in users)
+    def held(self, index: int) -> tuple[int, ...]:
+        """The ifindexes whose slots the rule of index uses."""
+        return tuple(i for i, users in self._users.items() if index in users)
 
     @property
     def in_use(self) -> dict[int, int]:
@@ -76,50 +76,50 @@ class SlotAllocator:
 class StatAllocator:
     """Keys of the per-output counters (mcr_output_stats, abi.MAX_RULE_OUTPUTS):
     a rule holds one per output, in rule order, and keeps them while its
-    outputs change (output i counts on, as its rule id does), so per-CPU
+    outputs change (output i counts on, as its rule index does), so per-CPU
     counter memory follows the outputs that exist, not 16 a possible rule."""
 
     def __init__(self, size: int = abi.MAX_RULE_OUTPUTS, held: dict[int, tuple[int, ...]] | None = None):
-        """held: the dict to keep rule id -> its keys in (Maps.output_slots,
+        """held: the dict to keep rule index -> its keys in (Maps.output_slots,
         where the counters are read by them)."""
         self._free = set(range(size))
-        self._held = {} if held is None else held  # rule id -> its keys
-        self._left: dict[int, tuple[int, ...]] = {}  # rule id -> a killed relay's keys for it (adopt)
+        self._held = {} if held is None else held  # rule index -> its keys
+        self._left: dict[int, tuple[int, ...]] = {}  # rule index -> a killed relay's keys for it (adopt)
 
     def adopt(self, left: dict[int, tuple[int, ...]]) -> None:
-        """A killed relay's keys by rule id: a rule installed under one of
-        its ids gets its keys back (its counters go on), while they are free."""
+        """A killed relay's keys by rule index: a rule installed under one of
+        its indexes gets its keys back (its counters go on), while they are free."""
         self._left = dict(left)
 
-    def take(self, rule_id: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(rule_id's n keys, those new to it: their counters start at 0)."""
-        held = self._held.get(rule_id)
+    def take(self, index: int, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(the n keys of the rule of index, those new to it: their counters start at 0)."""
+        held = self._held.get(index)
         if held is None:
-            left = self._left.pop(rule_id, ())
+            left = self._left.pop(index, ())
             held = left if left and set(left) <= self._free else ()
             self._free -= set(held)
         if n <= len(held):
             self._free |= set(held[n:])
-            self._held[rule_id] = held[:n]
+            self._held[index] = held[:n]
             return held[:n], ()
         if n - len(held) > len(self._free):
             raise RuleError(f"more than {abi.MAX_RULE_OUTPUTS} outputs across all rules")
         new = tuple(self._free.pop() for _ in range(n - len(held)))
-        self._held[rule_id] = held + new
+        self._held[index] = held + new
         return held + new, new
 
-    def restore(self, rule_id: int, held: tuple[int, ...] | None) -> None:
-        """Undo take: rule_id holds held again (None: nothing)."""
-        self._free |= set(self._held.pop(rule_id, ()))
+    def restore(self, index: int, held: tuple[int, ...] | None) -> None:
+        """Undo take: the rule of index holds held again (None: nothing)."""
+        self._free |= set(self._held.pop(index, ()))
         if held is not None:
             self._free -= set(held)
-            self._held[rule_id] = held
+            self._held[index] = held
 
-    def held(self, rule_id: int) -> tuple[int, ...] | None:
-        return self._held.get(rule_id)
+    def held(self, index: int) -> tuple[int, ...] | None:
+        return self._held.get(index)
 
-    def release(self, rule_id: int) -> None:
-        self._free |= set(self._held.pop(rule_id, ()))
+    def release(self, index: int) -> None:
+        self._free |= set(self._held.pop(index, ()))
 
 
 def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
@@ -157,9 +157,9 @@ class BpfBackend:
             slots, merge_keys = _left_entries(left["instance"])
             self._stats.adopt(slots)
             self._merges.adopt(merge_keys)
-        self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule id -> its devmap's ifindexes, in key order
+        self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule index -> its devmap's ifindexes, in key order
         self._rules: dict[int, InstalledRule] = {}
-        # The loop guard: rule id -> its outputs' MACs, and MAC -> how many
+        # The loop guard: rule index -> its outputs' MACs, and MAC -> how many
         # rules send from it (kept as rules come and go: a relay adding
         # 65,536 rules must not walk all of them for each).
         self._out_macs: dict[int, frozenset[bytes]] = {}
@@ -322,65 +322,65 @@ class BpfBackend:
 
     def put_rule(self, installed: InstalledRule, links: dict[str, Link], fresh: bool) -> None:
         maps = self.datapath.maps
-        rule, rule_id = installed.rule, installed.rule_id
-        kept = self._slots.held(rule_id)
-        kept_stats = self._stats.held(rule_id)
+        rule, index = installed.rule, installed.index
+        kept = self._slots.held(index)
+        kept_stats = self._stats.held(index)
         single = len(rule.outputs) == 1
         outputs = []
         try:
-            stats, new_stats = self._stats.take(rule_id, len(rule.outputs))
+            stats, new_stats = self._stats.take(index, len(rule.outputs))
             for i, out in enumerate(rule.outputs):
                 link = links[out.iface]
-                slot = self._slot(rule_id, link.ifindex) if single else i
+                slot = self._slot(index, link.ifindex) if single else i
                 outputs.append(encode.output_value(rule, out, link.ifindex, slot, link.mac, stats[i],
                                                    installed.next_hop(i)))
             if fresh:
-                maps.reset_rule_counters(rule_id, stats)
+                maps.reset_rule_counters(index, stats)
             else:
                 maps.reset_output_counters(new_stats)
             self._start_health(installed, fresh)
             self._start_police(installed, fresh)
             merge = self._start_merge(installed)
             if not single:
-                self._set_fanout(rule_id, rule, links)
+                self._set_fanout(index, rule, links)
             via_tc = not all(links[o.iface].xdp_xmit for o in rule.outputs)
             att = self._inputs.get(installed.ifindex)
             if via_tc and att is not None and att.mode == Mode.XDP_NATIVE:
                 self._add_companion(att.ifindex, att.ifname)  # before the entry that passes frames to it
             maps.put_rule(encode.rule_key(rule, installed.ifindex),
-                          encode.rule_value(rule, rule_id, outputs, abi.RULE_VIA_TC if via_tc else 0, merge))
+                          encode.rule_value(rule, index, outputs, abi.RULE_VIA_TC if via_tc else 0, merge))
         except BaseException:
-            self._free_slots(rule_id, keep=kept)  # what this call acquired
-            self._stats.restore(rule_id, kept_stats)
+            self._free_slots(index, keep=kept)  # what this call acquired
+            self._stats.restore(index, kept_stats)
             raise
         if single:
-            maps.clear_fanout(rule_id)
-            self._fanout_order.pop(rule_id, None)
-        self._free_slots(rule_id, keep=_single_output(installed, links))
-        previous = self._rules.get(rule_id)
+            maps.clear_fanout(index)
+            self._fanout_order.pop(index, None)
+        self._free_slots(index, keep=_single_output(installed, links))
+        previous = self._rules.get(index)
         if rule.health_kind is None and previous is not None and previous.rule.health_kind is not None:
-            maps.stop_health(rule_id)  # after the entry that no longer looks there
+            maps.stop_health(index)  # after the entry that no longer looks there
         if previous is not None and previous.rule.merge_name not in (None, rule.merge_name):
-            self._stop_merge(rule_id, previous.rule.merge_name)
+            self._stop_merge(index, previous.rule.merge_name)
         if rule.police is None and previous is not None and previous.rule.police is not None:
-            maps.stop_police(rule_id)
-        self._rules[rule_id] = installed
+            maps.stop_police(index)
+        self._rules[index] = installed
         if via_tc:
-            self._via_tc.add(rule_id)
+            self._via_tc.add(index)
         else:
-            self._via_tc.discard(rule_id)
+            self._via_tc.discard(index)
         if self.tracer is not None:
             for out in rule.outputs:
                 self.tracer.watch(installed.ifindex, links[out.iface].ifindex)
         self._count_kinds(previous.rule if previous is not None else None, rule)
-        self._set_out_macs(rule_id, frozenset(links[o.iface].mac for o in rule.outputs))
+        self._set_out_macs(index, frozenset(links[o.iface].mac for o in rule.outputs))
 
-    def _set_out_macs(self, rule_id: int, macs: frozenset[bytes]) -> None:
-        """rule_id now sends from macs (none: deleted); the datapath's set
+    def _set_out_macs(self, index: int, macs: frozenset[bytes]) -> None:
+        """The rule of index now sends from macs (none: deleted); the datapath's set
         of own MACs follows when a MAC gains its first rule or loses its last."""
-        old = self._out_macs.pop(rule_id, frozenset())
+        old = self._out_macs.pop(index, frozenset())
         if macs:
-            self._out_macs[rule_id] = macs
+            self._out_macs[index] = macs
         self._mac_users.update(macs - old)
         self._mac_users.subtract(old - macs)
         for mac in old - macs:
@@ -391,15 +391,15 @@ class BpfBackend:
 
     def _start_health(self, installed: InstalledRule, fresh: bool) -> None:
         """A rule with ;health= gets its state before its entry says so: a
-        new one (a new id, another kind), or the one it has (the same rule
+        new one (a new rule, another kind), or the one it has (the same rule
         changed, or a killed relay's, taken over with its maps)."""
         maps = self.datapath.maps
-        rule_id, health = installed.rule_id, installed.rule.health_kind
+        index, health = installed.index, installed.rule.health_kind
         if health is None:
             return
-        previous = self._rules.get(rule_id)
-        if fresh or (previous is not None and previous.rule.health_kind != health) or maps.health(rule_id) is None:
-            maps.start_health(rule_id)
+        previous = self._rules.get(index)
+        if fresh or (previous is not None and previous.rule.health_kind != health) or maps.health(index) is None:
+            maps.start_health(index)
 
     def _start_merge(self, installed: InstalledRule) -> int:
         """A merge leg's stream key (0 for a rule that merges nothing), its
@@ -408,18 +408,18 @@ class BpfBackend:
         if name is None:
             return 0
         maps = self.datapath.maps
-        key, new = self._merges.take(installed.rule_id, name)
+        key, new = self._merges.take(installed.index, name)
         if new or maps.merge(key) is None:
             maps.start_merge(key)
-        maps.merge_keys[installed.rule_id] = key
+        maps.merge_keys[installed.index] = key
         return key
 
-    def _stop_merge(self, rule_id: int, name: str) -> None:
-        """rule_id is no leg of name any more; the window goes with its last leg."""
+    def _stop_merge(self, index: int, name: str) -> None:
+        """The rule of index is no leg of name any more; the window goes with its last leg."""
         maps = self.datapath.maps
-        if maps.merge_keys.get(rule_id) == self._merges.key(name):
-            del maps.merge_keys[rule_id]
-        key = self._merges.release(rule_id, name)
+        if maps.merge_keys.get(index) == self._merges.key(name):
+            del maps.merge_keys[index]
+        key = self._merges.release(index, name)
         if key is not None:
             maps.stop_merge(key)
 
@@ -428,46 +428,46 @@ class BpfBackend:
         full, for a new rule or another rate; else the one it has (the
         same rule changed otherwise, or a killed relay's, taken over)."""
         maps = self.datapath.maps
-        rule_id, rate = installed.rule_id, installed.rule.police
+        index, rate = installed.index, installed.rule.police
         if rate is None:
             return
         value = encode.police_value(rate)
-        now = maps.police(rule_id)
+        now = maps.police(index)
         if fresh or now is None or (now.rate, now.flags, now.burst) != (value.rate, value.flags, value.burst):
             if now is not None and not fresh:  # the same rule at another rate: its counts go on
                 value.passed, value.dropped = now.passed, now.dropped
-            maps.set_police(rule_id, value)
+            maps.set_police(index, value)
 
     def delete_rule(self, installed: InstalledRule) -> None:
         maps = self.datapath.maps
         maps.delete_rule(encode.rule_key(installed.rule, installed.ifindex))
-        maps.stop_health(installed.rule_id)
-        maps.stop_police(installed.rule_id)
+        maps.stop_health(installed.index)
+        maps.stop_police(installed.index)
         if installed.rule.merge_name is not None:
-            self._stop_merge(installed.rule_id, installed.rule.merge_name)
-        self._set_out_macs(installed.rule_id, frozenset())
-        maps.clear_fanout(installed.rule_id)
-        self._fanout_order.pop(installed.rule_id, None)
-        self._free_slots(installed.rule_id)
-        self._stats.release(installed.rule_id)
-        if self._rules.pop(installed.rule_id, None) is not None:
+            self._stop_merge(installed.index, installed.rule.merge_name)
+        self._set_out_macs(installed.index, frozenset())
+        maps.clear_fanout(installed.index)
+        self._fanout_order.pop(installed.index, None)
+        self._free_slots(installed.index)
+        self._stats.release(installed.index)
+        if self._rules.pop(installed.index, None) is not None:
             self._count_kinds(installed.rule, None)
-        self._via_tc.discard(installed.rule_id)
+        self._via_tc.discard(installed.index)
 
-    def _slot(self, rule_id: int, ifindex: int) -> int:
-        slot, new = self._slots.acquire(rule_id, ifindex)
+    def _slot(self, index: int, ifindex: int) -> int:
+        slot, new = self._slots.acquire(index, ifindex)
         if new:
             try:
                 self.datapath.maps.set_port(slot, ifindex, self.datapath.egress_fd)
             except BaseException:
-                self._slots.release(rule_id)
+                self._slots.release(index)
                 raise
         return slot
 
-    def _free_slots(self, rule_id: int, keep: tuple[int, ...] = ()) -> None:
+    def _free_slots(self, index: int, keep: tuple[int, ...] = ()) -> None:
         """Slots no rule entry names any more: cleared, so a frame of a rule
         deleted meanwhile finds an empty slot rather than another output."""
-        for slot in self._slots.release(rule_id, keep):
+        for slot in self._slots.release(index, keep):
             self.datapath.maps.clear_port(slot)
 
     def _count_kinds(self, old, new) -> None:
@@ -481,7 +481,7 @@ class BpfBackend:
         if kinds != maps.rule_kinds:
             maps.set_config(**kinds)
 
-    def _set_fanout(self, rule_id: int, rule, links: dict[str, Link]) -> None:
+    def _set_fanout(self, index: int, rule, links: dict[str, Link]) -> None:
         """Write a fan-out rule's devmap with the outputs that can take a
         frame first: up before down, then by MTU, largest first. Generic
         XDP clones a broadcast entry by entry and gives up at the first
@@ -491,8 +491,8 @@ class BpfBackend:
         interface keep the rule's order (the egress program tells them apart
         by it)."""
         ifindexes = delivery_order(rule, links)
-        self.datapath.maps.set_fanout(rule_id, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
-        self._fanout_order[rule_id] = ifindexes
+        self.datapath.maps.set_fanout(index, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
+        self._fanout_order[index] = ifindexes
 
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         """Re-order fan-out devmaps whose outputs went up, down or changed
@@ -500,24 +500,24 @@ class BpfBackend:
         outputs gained or lost their XDP transmit (a veth's peer turned GRO
         on or off)."""
         changed = []
-        for rule_id, installed in list(self._rules.items()):
+        for index, installed in list(self._rules.items()):
             rule = installed.rule
             if any(o.iface not in links for o in rule.outputs) or \
                     tuple(links[o.iface].ifindex for o in rule.outputs) != installed.outputs:
                 continue  # gone or re-created: the relay rewrites the rule itself
-            if all(links[o.iface].xdp_xmit for o in rule.outputs) == (rule_id in self._via_tc):
+            if all(links[o.iface].xdp_xmit for o in rule.outputs) == (index in self._via_tc):
                 self.put_rule(installed, links, fresh=False)
-                changed.append(rule_id)
-        for rule_id, order in list(self._fanout_order.items()):
-            rule = self._rules[rule_id].rule
+                changed.append(installed.rule_id)
+        for index, order in list(self._fanout_order.items()):
+            rule = self._rules[index].rule
             if any(o.iface not in links for o in rule.outputs):
                 continue
             now = delivery_order(rule, links)
             if sorted(now) != sorted(order):
                 continue  # an output was re-created under a new ifindex: the rule itself needs rewriting
             if now != order:
-                self._set_fanout(rule_id, rule, links)
-                changed.append(rule_id)
+                self._set_fanout(index, rule, links)
+                changed.append(self._rules[index].rule_id)
         return changed
 
     def heal(self) -> list[Event]:
@@ -546,11 +546,10 @@ class BpfBackend:
     def status(self) -> dict:
         dp = self.datapath
         via_tc = []
-        for rule_id in sorted(self._via_tc):
-            installed = self._rules[rule_id]
+        for installed in sorted((self._rules[index] for index in self._via_tc), key=lambda r: r.rule_id):
             att = self._inputs.get(installed.ifindex)
             if att is not None and att.mode == Mode.XDP_NATIVE:
-                via_tc.append({"rule": rule_id, "input": att.ifname,
+                via_tc.append({"rule": installed.rule_id, "input": att.ifname,
                                "outputs": list(dict.fromkeys(o.iface for o in installed.rule.outputs))})
         notices = [f"rule {v['rule']}: an output has no XDP transmit (ndo_xdp_xmit), so native XDP can't reach it: "
                    f"the TC program beside XDP on {v['input']} forwards this rule" for v in via_tc]

@@ -47,10 +47,10 @@ class UserspaceBackend:
         outputs = [encode.output_value(rule, o, links[o.iface].ifindex, 0, links[o.iface].mac,
                                        next_hop=installed.next_hop(i)) for i, o in enumerate(rule.outputs)]
         police = encode.police_value(rule.police) if rule.police is not None else None
-        self.fallback.put_rule(installed.rule_id, installed.ifindex, rule, outputs, fresh, police)
+        self.fallback.put_rule(installed.index, installed.ifindex, rule, outputs, fresh, police)
 
     def delete_rule(self, installed: InstalledRule) -> None:
-        self.fallback.delete_rule(installed.rule_id)
+        self.fallback.delete_rule(installed.index)
 
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         return []  # a worker's send to a dead output fails alone

@@ -313,27 +313,28 @@ class Fallback:
 
     # -- rules -------------------------------------------------------------
 
-    def put_rule(self, rule_id: int, ifindex: int, rule, outputs, fresh: bool, police=None) -> None:
-        """Install or replace rule_id (rules.Rule, its encoded outputs and
-        policer, an abi.Police); fresh: a new id, whose counters start at zero."""
-        msg = entry_message(rule_id, ifindex, rule, outputs, police)
+    def put_rule(self, index: int, ifindex: int, rule, outputs, fresh: bool, police=None) -> None:
+        """Install or replace the rule of index (rules.Rule, its encoded
+        outputs and policer, an abi.Police); fresh: a new rule, whose
+        counters start at zero."""
+        msg = entry_message(index, ifindex, rule, outputs, police)
         if fresh:
-            self.counters.reset_rule(rule_id)
-        old = self.rules.get(rule_id)
+            self.counters.reset_rule(index)
+        old = self.rules.get(index)
         was = (old.message.get("health") or {}).get("kind") if old is not None else None
-        msg["health"] = self._health_slot(rule_id, rule.health_kind, fresh or was != rule.health_kind)
-        msg["merge"] = self._merge_key(rule_id, rule.merge_name, old.merge_name if old is not None else None)
+        msg["health"] = self._health_slot(index, rule.health_kind, fresh or was != rule.health_kind)
+        msg["merge"] = self._merge_key(index, rule.merge_name, old.merge_name if old is not None else None)
         self._send(msg)
         self._sync()
         endpoint = (str(rule.groups), rule.port)
-        self.rules[rule_id] = _Rule(ifindex, endpoint, msg, rule.merge_name)
+        self.rules[index] = _Rule(ifindex, endpoint, msg, rule.merge_name)
         inp = self.inputs.get(ifindex)
         if inp is not None and endpoint not in inp.endpoints:
             inp.endpoints.add(endpoint)
             self._refilter(inp)
 
-    def delete_rule(self, rule_id: int) -> None:
-        r = self.rules.pop(rule_id, None)
+    def delete_rule(self, index: int) -> None:
+        r = self.rules.pop(index, None)
         if r is None:
             return
         inp = self.inputs.get(r.ifindex)
@@ -341,43 +342,44 @@ class Fallback:
                                        for o in self.rules.values()):
             inp.endpoints.discard(r.endpoint)
             self._refilter(inp)
-        self._send({"op": "del", "id": rule_id})
+        self._send({"op": "del", "id": index})
         self._sync()
-        self._health_slot(rule_id, None, False)
-        self._merge_key(rule_id, None, r.merge_name)
+        self._health_slot(index, None, False)
+        self._merge_key(index, None, r.merge_name)
 
-    def _health_slot(self, rule_id: int, kind: str | None, new: bool) -> dict | None:
-        """rule_id's health state (kind: None for none), from nothing when
-        new; the slots given out are the counters' health_slots."""
+    def _health_slot(self, index: int, kind: str | None, new: bool) -> dict | None:
+        """The health state of the rule of index (kind: None for none), from
+        nothing when new; the slots given out are the counters' health_slots."""
         slots = self.counters.health_slots
-        slot = slots.get(rule_id)
+        slot = slots.get(index)
         if kind is None:
             if slot is not None:
-                del slots[rule_id]
+                del slots[index]
                 self._free_health.add(slot)
             return None
         if slot is None:
             if not self._free_health:
                 raise RuleError(f"more than {streams.HEALTH_SLOTS} rules with ;health= or merge legs")
-            slot = slots[rule_id] = min(self._free_health)
+            slot = slots[index] = min(self._free_health)
             self._free_health.discard(slot)
             new = True
         if new:
             self.states.reset(slot)
         return {"kind": kind, "slot": slot}
 
-    def _merge_key(self, rule_id: int, name: str | None, old_name: str | None) -> int | None:
-        """rule_id's merged stream's key (name: None for none; old_name: the
-        one it had); the window starts empty with the stream's first leg."""
+    def _merge_key(self, index: int, name: str | None, old_name: str | None) -> int | None:
+        """The key of the merged stream of the rule of index (name: None for
+        none; old_name: the one it had); the window starts empty with the
+        stream's first leg."""
         if old_name is not None and old_name != name:
-            self.counters.merge_keys.pop(rule_id, None)
-            self._merges.release(rule_id, old_name)
+            self.counters.merge_keys.pop(index, None)
+            self._merges.release(index, old_name)
         if name is None:
             return None
-        key, new = self._merges.take(rule_id, name)
+        key, new = self._merges.take(index, name)
         if new:
             self.states.reset(streams.merge_slot(key))
-        self.counters.merge_keys[rule_id] = key
+        self.counters.merge_keys[index] = key
         return key
 
     # -- observation -------------------------------------------------------

@@ -22,12 +22,12 @@ BLOCK = -(-WORDS * 8 // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
 STRIDE = BLOCK // 8  # words from one worker's block to the next
 
 
-def rule_base(rule_id: int) -> int:
-    return RULES + rule_id * 4
+def rule_base(index: int) -> int:
+    return RULES + index * 4
 
 
-def output_base(rule_id: int, index: int) -> int:
-    return OUTPUTS + (rule_id * abi.MAX_OUTPUTS + index) * 2
+def output_base(index: int, output: int) -> int:
+    return OUTPUTS + (index * abi.MAX_OUTPUTS + output) * 2
 
 
 def create(workers: int) -> int:
@@ -50,8 +50,8 @@ class Counters:
     def __init__(self, fd: int, workers: int, states=None):
         self.workers = workers
         self.states = states  # streams.States: the stream checks' state
-        self.health_slots: dict[int, int] = {}  # rule id -> its health state's slot
-        self.merge_keys: dict[int, int] = {}  # rule id -> its merged stream's key
+        self.health_slots: dict[int, int] = {}  # rule index -> its health state's slot
+        self.merge_keys: dict[int, int] = {}  # rule index -> its merged stream's key
         self._map = mmap.mmap(fd, BLOCK * workers, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._map).cast("Q")
 
@@ -63,22 +63,22 @@ class Counters:
         return [abi.Counter(self._sum(VERDICTS + 2 * i), self._sum(VERDICTS + 2 * i + 1))
                 for i in range(abi.VERDICT_MAX)]
 
-    def rule_counters(self, rule_id: int) -> abi.RuleCounters:
-        base = rule_base(rule_id)
+    def rule_counters(self, index: int) -> abi.RuleCounters:
+        base = rule_base(index)
         return abi.RuleCounters(*(self._sum(base + i) for i in range(4)))
 
-    def output_counters(self, rule_id: int, n_outputs: int) -> list[abi.Counter]:
-        return [abi.Counter(self._sum(output_base(rule_id, i)), self._sum(output_base(rule_id, i) + 1))
+    def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]:
+        return [abi.Counter(self._sum(output_base(index, i)), self._sum(output_base(index, i) + 1))
                 for i in range(n_outputs)]
 
-    def health_counts(self, rule_id: int, kind: str) -> health.Counts | None:
-        slot = self.health_slots.get(rule_id)
+    def health_counts(self, index: int, kind: str) -> health.Counts | None:
+        slot = self.health_slots.get(index)
         return health.from_state(self.states.copy(slot), kind) if slot is not None else None
 
-    def merge_counts(self, rule_id: int, kind: str, legs: int) -> health.MergeCounts | None:
+    def merge_counts(self, index: int, kind: str, legs: int) -> health.MergeCounts | None:
         from .streams import merge_slot
 
-        key = self.merge_keys.get(rule_id)
+        key = self.merge_keys.get(index)
         return health.merge_from_state(self.states.copy(merge_slot(key)), kind, legs) if key is not None else None
 
     def cpu_totals(self) -> list[tuple[int, int]]:
@@ -95,16 +95,16 @@ class Counters:
         fwd = sum(v[base + VERDICTS + 2 * int(x)] for x in (abi.Verdict.REDIRECT, abi.Verdict.REDIRECT_MULTI))
         return {"packets": seen, "forwarded": fwd}
 
-    def reset_rule(self, rule_id: int) -> None:
-        """Zero a rule's counters before its id is (re)used. Workers never
+    def reset_rule(self, index: int) -> None:
+        """Zero a rule's counters before its index is (re)used. Workers never
         count a rule they do not have, so nothing writes these meanwhile."""
         v = self._view
         for w in range(self.workers):
             base = w * STRIDE
             for i in range(4):
-                v[base + rule_base(rule_id) + i] = 0
+                v[base + rule_base(index) + i] = 0
             for i in range(abi.MAX_OUTPUTS * 2):
-                v[base + output_base(rule_id, 0) + i] = 0
+                v[base + output_base(index, 0) + i] = 0
 
     def close(self) -> None:
         self._view.release()

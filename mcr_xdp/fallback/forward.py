@@ -51,7 +51,7 @@ class Out(NamedTuple):
 
 
 class Entry(NamedTuple):
-    rule_id: int
+    index: int
     outputs: tuple[Out, ...]
     counter: int  # the rule's packets counter (counters.rule_base)
     host_mask: int | None = None  # a range rule's (abi.RULE_RANGE): the group bits a packet keeps
@@ -82,13 +82,13 @@ class Bucket:
         return ok
 
 
-def entry_message(rule_id: int, ifindex: int, rule, outputs: list[abi.Output],
+def entry_message(index: int, ifindex: int, rule, outputs: list[abi.Output],
                   police: abi.Police | None = None) -> dict:
     """A rule (rules.Rule, its encoded outputs and policer) as the relay
     sends it to its workers (JSON-able)."""
     n = 4 if rule.family == abi.FAMILY_IPV4 else 16
     return {
-        "op": "put", "id": rule_id, "ifindex": ifindex,
+        "op": "put", "id": index, "ifindex": ifindex,
         "source": rule.source.packed.hex() if rule.source is not None else "", "source_len": rule.source_len,
         "group": rule.group.packed.hex(), "group_len": rule.group_len, "port": rule.port, "ranged": rule.ranged,
         "outputs": [{"ifindex": o.ifindex, "eth": bytes(o.eth).hex(), "group": bytes(o.group)[:n].hex(),
@@ -178,19 +178,19 @@ class Table:
     def __init__(self, states=None):
         self.states = states  # streams.States: where rules' stream checks keep their state (None: no checks)
         self.by_key: dict[tuple, Entry] = {}
-        self.keys: dict[int, tuple] = {}  # rule id -> key
+        self.keys: dict[int, tuple] = {}  # rule index -> key
         self.ssm: dict[int, int] = {}  # input ifindex -> source-specific rules on it
         # Range rules, as the datapath's LPM trie: (input ifindex, port,
         # b"\0\0" for any, address length) -> {prefix bits: {prefix value:
         # entry}}, and the same key -> its prefix lengths, longest first.
         self.ranges: dict[tuple, dict[int, dict[int, Entry]]] = {}
         self.lengths: dict[tuple, list[int]] = {}
-        self.range_keys: dict[int, tuple] = {}  # rule id -> (ranges key, bits, value)
+        self.range_keys: dict[int, tuple] = {}  # rule index -> (ranges key, bits, value)
         self.unicast: set[int] = set()  # ids of unicast inputs' rules: while none, unicast is the host's
         # The MACs the relay sends from (its outputs'), for the loop guard:
         # MAC -> how many rule outputs send from it.
         self.own_macs: dict[bytes, int] = {}
-        self._macs: dict[int, list[bytes]] = {}  # rule id -> its outputs' source MACs
+        self._macs: dict[int, list[bytes]] = {}  # rule index -> its outputs' source MACs
 
     def put(self, msg: dict) -> Entry:
         self.delete(msg["id"])
@@ -231,13 +231,13 @@ class Table:
         self.range_keys[msg["id"]] = (key, bits, value)
         return entry
 
-    def delete(self, rule_id: int) -> None:
-        self.unicast.discard(rule_id)
-        for mac in self._macs.pop(rule_id, ()):
+    def delete(self, index: int) -> None:
+        self.unicast.discard(index)
+        for mac in self._macs.pop(index, ()):
             self.own_macs[mac] -= 1
             if not self.own_macs[mac]:
                 del self.own_macs[mac]
-        found = self.range_keys.pop(rule_id, None)
+        found = self.range_keys.pop(index, None)
         if found is not None:
             key, bits, value = found
             by_bits = self.ranges[key]
@@ -248,7 +248,7 @@ class Table:
             if not by_bits:
                 del self.ranges[key], self.lengths[key]
             return
-        key = self.keys.pop(rule_id, None)
+        key = self.keys.pop(index, None)
         if key is None:
             return
         del self.by_key[key]

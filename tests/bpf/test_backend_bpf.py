@@ -34,12 +34,12 @@ for i in range({rounds}):
     ip("link", "add", "out0", "type", "veth", "peer", "name", "out0p")
     links = lookup(["in0", "out0"])
     seen.add(links["out0"].ifindex)
-    backend.put_rule(InstalledRule(0, rule, links["in0"].ifindex), links, fresh=i == 0)
+    backend.put_rule(InstalledRule(0, 0, rule, links["in0"].ifindex), links, fresh=i == 0)
     last = links["out0"].ifindex
     ip("link", "del", "out0")
 ip("link", "add", "out0", "type", "veth", "peer", "name", "out0p")
 links = lookup(["in0", "out0"])
-backend.put_rule(InstalledRule(0, rule, links["in0"].ifindex), links, fresh=False)
+backend.put_rule(InstalledRule(0, 0, rule, links["in0"].ifindex), links, fresh=False)
 ports = []
 fd = backend.datapath.maps.fds[abi.MAP_TX_PORTS]
 for slot in range(abi.MAX_PORTS):

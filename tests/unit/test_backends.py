@@ -71,7 +71,7 @@ def state_dir(tmp_path, monkeypatch):
 
 def _state(**changes) -> dict:
     st = pins.make_state(1234, 0.0, {"in0": (3, 42, Mode.TC)},
-                         {0: parse_rule("in0/239.1.1.1:5001=out0/239.2.2.2:5002")})
+                         {0: (0, parse_rule("in0/239.1.1.1:5001=out0/239.2.2.2:5002"))}, 1)
     return {**st, **changes}
 
 

@@ -51,25 +51,25 @@ class EverySource:
     def verdicts(self):
         return [abi.Counter(10 + v, 1000 * (10 + v)) for v in range(abi.VERDICT_MAX)]
 
-    def rule_counters(self, rule_id):
-        return abi.RuleCounters(100 + rule_id, 10000, 90 + rule_id, 10)
+    def rule_counters(self, index):
+        return abi.RuleCounters(100 + index, 10000, 90 + index, 10)
 
-    def output_counters(self, rule_id, n_outputs):
-        return [abi.Counter(90 + rule_id, 9000) for _ in range(n_outputs)]
+    def output_counters(self, index, n_outputs):
+        return [abi.Counter(90 + index, 9000) for _ in range(n_outputs)]
 
     def cpu_totals(self):
         return [(500, 450), (300, 280)]
 
-    def health_counts(self, rule_id, kind):
+    def health_counts(self, index, kind):
         return Counts(kind, received=95, lost=5, duplicates=1, reordered=2, ssrc=0x11223344, ssrc_changes=1,
                       invalid=3, ts_packets=630 if kind == "mpegts" else 0, cc_errors=4 if kind == "mpegts" else 0,
                       first_copies=50, suppressed=45)
 
-    def merge_counts(self, rule_id, kind, legs):
+    def merge_counts(self, index, kind, legs):
         return MergeCounts(kind, legs, received=190, forwarded=99, copies=91, lost=1, reordered=4, invalid=2,
                            ssrc=0x11223344, ssrc_changes=1, resyncs=1)
 
-    def policed(self, rule_id):
+    def policed(self, index):
         return 7
 
 
@@ -78,7 +78,8 @@ def rich_snapshot() -> stats.Snapshot:
     links = {name: (ifindex, {"rx_packets": 1000, "rx_dropped": 1, "tx_packets": 900, "tx_dropped": 2})
              for name, ifindex in LINKS.items()}
     losses = Losses(after_redirect={LINKS["out0"]: 5}, steering=4, ring={"in1": 6})
-    return stats.collect([EverySource()], dict(enumerate(RULES)), losses, links, clock=lambda: 1.0)
+    return stats.collect([EverySource()], {i: (i, rule) for i, rule in enumerate(RULES)}, losses, links,
+                         clock=lambda: 1.0)
 
 
 @dataclasses.dataclass

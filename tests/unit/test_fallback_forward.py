@@ -56,7 +56,7 @@ def test_same_table_as_xdp(table, case):
     frame = untag(case.frame)
     verdict, entry, sends = table.handle(frame, LO)
     assert verdict == abi.Verdict[case.verdict]
-    assert (entry.rule_id if entry else None) == case.rule
+    assert (entry.index if entry else None) == case.rule
     if case.action == xdp_table.REDIRECT:
         assert [bytes(buf) for _, buf in sends] == [case.out]
         xdp_table.assert_checksums_valid(bytes(sends[0][1]))
@@ -95,7 +95,7 @@ def test_fanout_one_frame_per_output():
     t = Table()
     t.put(message(3, "239.1.1.1:5001=a/239.3.3.1:6001,b/239.3.3.2:6002,a/239.3.3.3:6003"))
     verdict, entry, sends = t.handle(Udp4().build(), LO)
-    assert verdict == abi.Verdict.REDIRECT_MULTI and entry.rule_id == 3
+    assert verdict == abi.Verdict.REDIRECT_MULTI and entry.index == 3
     expected = [replace(Udp4(), dst=g, dport=p, ttl=63, eth_dst=mac(m), eth_src=OUT_MAC).build()
                 for g, p, m in (("239.3.3.1", 6001, "01:00:5e:03:03:01"), ("239.3.3.2", 6002, "01:00:5e:03:03:02"),
                                 ("239.3.3.3", 6003, "01:00:5e:03:03:03"))]
@@ -110,10 +110,10 @@ def test_rules_replace_and_delete():
     _, _, sends = t.handle(Udp4().build(), LO)
     assert bytes(sends[0][1])[30:34] == bytes([239, 4, 4, 4])
     t.put(message(2, "203.0.113.9@239.1.1.1:5001=x/239.5.5.5:5005"))
-    assert t.handle(replace(Udp4(), src="203.0.113.9").build(), LO)[1].rule_id == 2
-    assert t.handle(Udp4().build(), LO)[1].rule_id == 1
+    assert t.handle(replace(Udp4(), src="203.0.113.9").build(), LO)[1].index == 2
+    assert t.handle(Udp4().build(), LO)[1].index == 1
     t.delete(2)
-    assert t.handle(replace(Udp4(), src="203.0.113.9").build(), LO)[1].rule_id == 1
+    assert t.handle(replace(Udp4(), src="203.0.113.9").build(), LO)[1].index == 1
     t.delete(1)
     assert t.handle(Udp4().build(), LO)[0] == abi.Verdict.PASS_NO_RULE
     assert not t.by_key and not any(t.ssm.values())

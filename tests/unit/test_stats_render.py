@@ -63,7 +63,9 @@ def test_rates_from_two_snapshots():
     assert r.cpu_pps == {0: pytest.approx(2000), 1: pytest.approx(5)}
 
 
-def test_rates_never_negative_when_a_rule_id_is_reused():
+def test_rates_never_negative_when_an_id_names_another_rule():
+    """A client's previous snapshot from a relay that was since started
+    afresh: its ids begin at 0 again."""
     old = snapshot(1.0, 5000)
     new = stats.Snapshot(2.0, old.verdicts, (stats.RuleStats(0, "in0/239.9.9.9:1=out0", "in0", 10, 1000, 10, 0),))
     assert stats.rate(old, new).rule_pps[0] == pytest.approx(10)  # another rule: counted from zero

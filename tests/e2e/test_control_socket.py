@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mcr_xdp.control import MAX_REQUEST, PROTOCOL_VERSION
 from tests.fixtures.control import raw
@@ -65,6 +66,14 @@ def xdp_prog_id(chain, iface: str) -> int:
     return int(words[words.index("prog/xdp") + 2])  # "prog/xdp id N"
 
 
+def prometheus(chain, port: int) -> dict:
+    """The relay's /metrics: (name, sorted labels) -> value."""
+    fetch = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+    text = chain.exec(chain.relay_in.ns, "python3", "-c", fetch).stdout
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
 def stop_cleanly(relay) -> str:
     """Stop the relay; it must exit 0 without a traceback. Returns its stderr."""
     assert relay.stop() == 0
@@ -93,7 +102,7 @@ def test_status(chain, sock):
 
 
 def test_rule_add_list_del(chain, sock):
-    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock)
+    relay = start_relay(chain, chain.IN, "--rule", RULE_A, "--socket", sock, "--metrics-addr", "127.0.0.1:9477")
 
     added = cli(chain, sock, "rule", "add", RULE_B.removeprefix("in0/"))  # one input: INPUT/ may be left out
     assert added.returncode == 0, added.stderr
@@ -119,8 +128,24 @@ def test_rule_add_list_del(chain, sock):
     send(chain, "239.1.1.2", 5001, 200, rate=2000)
     assert result(receiver)["received"] == 0
 
+    # A rule added now gets an id never given before (a dashboard's rule_id
+    # 1 keeps meaning RULE_B), and counts from zero where RULE_B counted.
+    added = cli(chain, sock, "rule", "add", RULE_C)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"added rule 2: {RULE_C}"
+    assert rule_list(chain, sock) == [{"id": 0, "rule": RULE_A}, {"id": 2, "rule": RULE_C}]
+    receiver = start_receiver(chain, "239.2.2.3", 5002, 300, idle=2.0)
+    send(chain, "239.1.1.3", 5001, 300, rate=2000)
+    assert result(receiver)["unique"] == 300
+    snap = json.loads(cli(chain, sock, "stats", "--json").stdout)
+    assert [(r["id"], r["rule"], r["packets"]) for r in snap["rules"]] == [(0, RULE_A, 0), (2, RULE_C, 300)]
+    samples = prometheus(chain, 9477)
+    assert samples[("mcr_xdp_rule_packets_total", (("interface", "in0"), ("rule", RULE_C), ("rule_id", "2")))] == 300
+    assert not any(("rule_id", "1") in labels for _, labels in samples)
+
     by_text = cli(chain, sock, "rule", "del", RULE_A)
     assert by_text.returncode == 0, by_text.stderr
+    assert cli(chain, sock, "rule", "del", "2").returncode == 0
     assert rule_list(chain, sock) == []
     again = cli(chain, sock, "rule", "del", "0")
     assert again.returncode == 2  # a bad rule, as the README's exit codes say
@@ -207,8 +232,9 @@ def test_sighup_applies_the_config_difference(chain, sock, tmp_path):
     line = relay.wait_for("reloaded")
     assert line == f"reloaded {cfg}: 1 added, 1 removed, 1 changed"
     rules = rule_list(chain, sock)
-    assert {r["rule"] for r in rules} == {changed_a, RULE_C}
-    assert {"id": 0, "rule": changed_a} in rules  # changed in place: same id, same counters
+    # A changed in place: same id, same counters. C takes B's place in the
+    # file, not its id: ids are never given twice.
+    assert rules == [{"id": 0, "rule": changed_a}, {"id": 2, "rule": RULE_C}]
     groups = joined(chain)
     assert {"239.1.1.1", "239.1.1.3"} <= groups and "239.1.1.2" not in groups
 
@@ -221,6 +247,23 @@ def test_sighup_applies_the_config_difference(chain, sock, tmp_path):
     assert relay.wait_for("0 added, 0 removed") == f"reloaded {cfg}: 0 added, 0 removed, 0 changed"
     assert rule_list(chain, sock) == rules
     stop_cleanly(relay)
+
+
+def test_ids_go_on_through_a_restart_without_a_gap(chain, sock, tmp_path):
+    """SIGQUIT, then the same command (a restart or an upgrade without a
+    gap): a rule the relay had keeps its id; a rule new to the relay after
+    it, even one it had and deleted, gets an id the first one never gave."""
+    cfg = tmp_path / "relay.toml"
+    write_config(cfg, RULE_A, RULE_B)
+    relay = start_relay(chain, "--config", str(cfg), "--socket", sock)
+    assert cli(chain, sock, "rule", "add", RULE_C).stdout.strip() == f"added rule 2: {RULE_C}"
+    assert cli(chain, sock, "rule", "del", "0").returncode == 0
+    assert relay.stop(sig=signal.SIGQUIT) == 75
+
+    again = start_relay(chain, "--config", str(cfg), "--socket", sock)
+    assert rule_list(chain, sock) == [{"id": 1, "rule": RULE_B}, {"id": 3, "rule": RULE_A}]
+    assert cli(chain, sock, "rule", "add", RULE_C).stdout.strip() == f"added rule 4: {RULE_C}"
+    stop_cleanly(again)
 
 
 BAD_RELOADS = [

@@ -14,7 +14,6 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-import pytest
 import typer.main
 
 from mcr_xdp import __version__
@@ -50,18 +49,6 @@ def commands() -> dict[str, set[str]]:
     return found
 
 
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory) -> Path:
-    require("dpkg-buildpackage", "dpkg-dev")
-    out = tmp_path_factory.mktemp("deb")
-    run = subprocess.run(["bash", str(ROOT / "scripts" / "deb.sh")], cwd=ROOT, env={**os.environ, "DEB_OUT": str(out)},
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    path = Path(run.stdout.strip().splitlines()[-1])
-    assert path == out / f"mcr-xdp_{__version__}_all.deb" and path.is_file()
-    return path
-
-
 def test_versions_agree():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     changelog = re.match(r"mcr-xdp \(([^)]+)\)", (ROOT / "debian" / "changelog").read_text())[1]
@@ -77,6 +64,17 @@ def test_contents(deb):
     conffiles = subprocess.run(["dpkg-deb", "--info", str(deb), "conffiles"], capture_output=True, text=True,
                                check=True).stdout.split()
     assert conffiles == ["/etc/mcr-xdp/relay.toml.example"]  # an operator's edits survive upgrades
+
+
+def test_every_module_is_in_the_package(deb):
+    """The editable install of the venv finds every module; a wheel only
+    those pyproject.toml lists."""
+    listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
+    packaged = {line.split("dist-packages/", 1)[1] for line in listing.splitlines() if "dist-packages/" in line}
+    for package, source in (("mcr_xdp", ROOT / "mcr_xdp"), ("mcr_xdp_cli", ROOT / "cli")):
+        for module in source.rglob("*.py"):
+            if "__pycache__" not in module.parts:
+                assert f"{package}/{module.relative_to(source)}" in packaged, module
 
 
 def test_depends_on_debian_packages(deb):

@@ -30,17 +30,26 @@ def duration(seconds: float) -> str:
 
 
 def rule_list(rules: list[dict]) -> Table:
+    """id and rule; with rates (status after the relay's second tick) the
+    rule's packets and bits per second too."""
+    rated = bool(rules) and all("pps" in r for r in rules)
     table = Table(title=f"{len(rules)} rule(s)", title_justify="left")
     table.add_column("id", justify="right")
     table.add_column("rule")
+    if rated:
+        table.add_column("pps", justify="right")
+        table.add_column("bit/s", justify="right")
     for r in rules:
-        table.add_row(str(r["id"]), Text(r["rule"]))  # Text: "[ff3e::1]" is no markup
+        rates = (si(r["pps"]), si(r["bps"], "bit/s")) if rated else ()
+        table.add_row(str(r["id"]), Text(r["rule"]), *rates)  # Text: "[ff3e::1]" is no markup
     return table
 
 
 def status(st: dict) -> list:
     head = Text(f"relay up {duration(st['uptime'])}, {len(st['rules'])} rule(s)"
-                + (f", config {st['config']}" if st.get("config") else ""))
+                + (f", pid {st['pid']}" if st.get("pid") else "")
+                + (f", config {st['config']}" if st.get("config") else "")
+                + (f"; rates over the last {st['rates_seconds']:.1f} s" if st.get("rates_seconds") else ""))
     table = Table(title="interfaces", title_justify="left")
     for col in ("interface", "mode", "program", "rules", "joins"):
         table.add_column(col, justify="right" if col in ("program", "rules", "joins") else "left")

@@ -76,12 +76,16 @@ def stats_once(socket_path: str | None, as_json: bool) -> None:
     from . import render
 
     snap, status = stats.from_json(data)
-    out.print(render.header(snap, None, status))
-    out.print(render.rules_live(snap, None))
+    rates = stats.rates_from_json(data.get("rates"))
+    out.print(render.header(snap, rates, status))
+    out.print(render.rules_live(snap, rates))
     for table in (render.snapshot_health(snap), render.merge_table(snap)):
         if table is not None:
             out.print(table)
-    out.print(render.drops_table(snap, None))
+    out.print(render.cpus_table(snap, rates))
+    out.print(render.drops_table(snap, rates))
+    if rates is not None:
+        out.print(f"rates over the last {rates.interval:.1f} s", markup=False)
 
 
 # command words -> (function, options it takes as flags, positional arguments:

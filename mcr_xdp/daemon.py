@@ -170,6 +170,7 @@ class Daemon:
         outputs and report a snapshot, until SIGINT, SIGTERM or the reporter
         wants to quit."""
         prev = self.relay.snapshot()
+        self.service.sampled(prev)
         report.tick(None, prev, self.service.status())
         deadline = time.monotonic() + self.interval
         flushed = 0.0
@@ -249,6 +250,7 @@ class Daemon:
         except (McrError, OSError) as exc:  # netlink trouble: keep relaying, try again next time
             report.event(Event(Level.WARNING, f"could not re-check the outputs: {exc}"))
         cur = self.relay.snapshot()
+        self.service.sampled(cur)
         report.tick(prev, cur, self.service.status())
         return cur
 

@@ -4,6 +4,8 @@ data."""
 
 from __future__ import annotations
 
+import os
+
 from . import config as config_mod
 from . import stats
 from .control import RequestError
@@ -17,6 +19,10 @@ class Service:
         self.relay = relay
         self.config_path = config_path
         self.runtime: set = set()  # keys of rules added over the socket (rule.add), not from the file
+        # The daemon's last sample (each tick) and the rates up to it: status
+        # shows those, stats its own against the sample.
+        self.sample: stats.Snapshot | None = None
+        self.tick_rates: stats.Rates | None = None
         self.ops = {
             "status": self.status,
             "rule.list": self.rule_list,
@@ -32,8 +38,22 @@ class Service:
             raise RequestError(f"unknown operation {op!r} (known: {', '.join(sorted(self.ops))})")
         return fn(**_kwargs(op, args))
 
+    def sampled(self, snap: stats.Snapshot) -> None:
+        """The daemon's snapshot of this tick."""
+        if self.sample is not None and snap.timestamp > self.sample.timestamp:
+            self.tick_rates = stats.rate(self.sample, snap)
+        self.sample = snap
+
     def status(self) -> dict:
-        return {**self.relay.status(), "config": self.config_path}
+        """The relay's status, its pid, and each rule's rates over the last
+        tick (none before the second)."""
+        st = {**self.relay.status(), "config": self.config_path, "pid": os.getpid()}
+        rates = self.tick_rates
+        if rates is not None:
+            st["rates_seconds"] = round(rates.interval, 3)
+            st["rules"] = [{**r, "pps": rates.rule_pps.get(r["id"], 0.0), "bps": rates.rule_bps.get(r["id"], 0.0)}
+                           for r in st["rules"]]
+        return st
 
     def rule_list(self) -> list[dict]:
         return self.relay.status()["rules"]
@@ -60,7 +80,14 @@ class Service:
         return {"id": removed.rule_id, "rule": str(removed.rule)}
 
     def stats(self) -> dict:
-        return stats.as_json(self.relay.snapshot(), self.relay.status())
+        """The counters now, with rates since the last sample when it is at
+        least a second old, else over the tick before it: a one-shot
+        `mcr-xdp stats` shows real rates without waiting."""
+        cur = self.relay.snapshot()
+        rates = self.tick_rates
+        if self.sample is not None and cur.timestamp - self.sample.timestamp >= 1.0:
+            rates = stats.rate(self.sample, cur)
+        return stats.as_json(cur, self.relay.status(), rates)
 
     def reload(self) -> dict:
         """Re-read the config file and apply only the difference. The file is

@@ -245,9 +245,41 @@ def rate(prev: Snapshot, cur: Snapshot) -> Rates:
     )
 
 
-def as_json(snap: Snapshot, status: dict | None = None) -> dict:
+def rates_json(rates: Rates) -> dict:
+    """stats JSON's "rates": per second over the last `seconds`."""
+    outputs: dict[int, list[float]] = {}
+    for (rule, _), pps in sorted(rates.output_pps.items()):
+        outputs.setdefault(rule, []).append(pps)
+    return {
+        "seconds": round(rates.interval, 3),
+        "forwarded_pps": rates.forwarded_pps, "dropped_pps": rates.dropped_pps, "passed_pps": rates.passed_pps,
+        "lost_pps": rates.lost_pps,
+        "rules": [{"id": i, "pps": pps, "bps": rates.rule_bps.get(i, 0.0),
+                   "outputs": outputs.get(i, [])}
+                  for i, pps in rates.rule_pps.items()],
+        "verdicts": dict(rates.verdict_pps),
+        "cpus": [{"cpu": cpu, "pps": pps} for cpu, pps in sorted(rates.cpu_pps.items())],
+        "lost_after_redirect": dict(rates.interface_lost_pps),
+    }
+
+
+def rates_from_json(data: dict | None) -> Rates | None:
+    """The Rates of rates_json's output (None stays None)."""
+    if not data:
+        return None
+    return Rates(
+        data["seconds"], data["forwarded_pps"], data["dropped_pps"], data["passed_pps"], data["lost_pps"],
+        {r["id"]: r["pps"] for r in data["rules"]}, {r["id"]: r["bps"] for r in data["rules"]},
+        {(r["id"], i): pps for r in data["rules"] for i, pps in enumerate(r["outputs"])},
+        dict(data["verdicts"]), {c["cpu"]: c["pps"] for c in data["cpus"]}, dict(data["lost_after_redirect"]),
+    )
+
+
+def as_json(snap: Snapshot, status: dict | None = None, rates: Rates | None = None) -> dict:
     """The snapshot as the documented JSON object (docs/stats-json.md);
-    schema_version changes whenever a field changes meaning or goes away."""
+    schema_version changes whenever a field changes meaning or goes away.
+    rates: since the relay's previous sample (None: no sample yet, or the
+    pinned maps of a killed relay)."""
     return {
         "schema_version": JSON_SCHEMA_VERSION,
         "timestamp": snap.timestamp,
@@ -277,6 +309,7 @@ def as_json(snap: Snapshot, status: dict | None = None) -> dict:
         "cpus": [{"cpu": c.cpu, "packets": c.packets, "forwarded": c.forwarded} for c in snap.cpus],
         "interfaces": {n: dataclasses.asdict(i) for n, i in snap.interfaces.items()},
         "status": status or {},
+        "rates": rates_json(rates) if rates is not None else None,
     }
 
 

@@ -248,3 +248,67 @@ def test_merged_streams_in_json_prometheus_and_tables():
     shown = text(render.merge_table(snap))
     assert "merged streams" in shown and "leg in1/239.1.1.2:5001" in shown and "-> out0/239.2.2.2:5002" in shown
     assert render.merge_table(snapshot(3.5, 100)) is None
+
+
+def test_rates_json_matches_schema_and_round_trips():
+    rates = stats.rate(snapshot(10.0, 1000), snapshot(12.0, 3000, lost=50, ttl_drops=10))
+    data = stats.as_json(snapshot(12.0, 3000, lost=50, ttl_drops=10), STATUS, rates)
+    jsonschema.validate(data, SCHEMA)
+    assert data["rates"]["rules"][1] == {"id": 3, "pps": pytest.approx(1005), "bps": pytest.approx(1005 * 800),
+                                         "outputs": [pytest.approx(1000), pytest.approx(1000)]}
+    assert stats.rates_from_json(json.loads(json.dumps(data))["rates"]) == rates
+    jsonschema.validate(stats.as_json(snapshot(12.0, 3000), STATUS), SCHEMA)  # no rates: null
+    assert stats.rates_from_json(None) is None
+
+
+def test_one_shot_tables_show_rates_cpus_and_outputs():
+    prev, cur = snapshot(10.0, 1000), snapshot(12.0, 3000)
+    rates = stats.rate(prev, cur)
+    shown = text(render.rules_live(cur, rates)) + text(render.cpus_table(cur, rates)) + text(render.header(cur, rates,
+                                                                                                         STATUS))
+    assert "1.0 k" in shown and "forwarding 2.0 kpps" in shown  # rule 0 at 1000 pps; 2000 in all
+    assert "-> out1" in shown and "CPU" in shown.upper()
+
+
+def test_status_rows_show_rates_and_the_pid():
+    rule = "in0/[ff3e::1]:5001=out0/[ff3e::2]:5002"
+    st = {**STATUS, "pid": 4242, "rates_seconds": 5.0,
+          "rules": [{"id": 7, "rule": rule, "pps": 1500.0, "bps": 1.2e7}],
+          "interfaces": [{"name": "in0", "mode": "xdp-native", "prog_id": 42, "rules": 1, "joins": 1}]}
+    shown = "".join(text(r) for r in render.status(st))
+    assert "pid 4242" in shown and "rates over the last 5.0 s" in shown
+    assert rule in shown and "1.5 k" in shown and "12.0 Mbit/s" in shown
+    # Before the relay's second tick there are no rates: no empty columns.
+    plain = text(render.rule_list([{"id": 7, "rule": rule}]))
+    assert rule in plain and "pps" not in plain
+
+
+class _Relay:
+    """What Service asks of a relay, for the sampling logic alone."""
+
+    def __init__(self):
+        self.snap = snapshot(0.0, 0)
+
+    def snapshot(self):
+        return self.snap
+
+    def status(self):
+        return {**STATUS, "rules": [{"id": 0, "rule": "in0/239.1.1.1:5001=out0/239.2.2.2:5002"},
+                                    {"id": 3, "rule": "in0/239.1.1.3:5001=out0/239.2.2.2:5002,out1"}]}
+
+
+def test_service_rates_from_the_daemons_samples():
+    from mcr_xdp.service import Service
+
+    relay = _Relay()
+    service = Service(relay)
+    assert service.stats()["rates"] is None and "pid" in service.status() and "pps" not in service.status()["rules"][0]
+    service.sampled(snapshot(10.0, 1000))
+    service.sampled(snapshot(15.0, 6000))  # a tick: 1000 pps per rule
+    st = service.status()
+    assert st["rates_seconds"] == 5.0 and [r["pps"] for r in st["rules"]] == [pytest.approx(1000)] * 2
+    relay.snap = snapshot(15.5, 6500)  # asked half a second after the tick: the tick's rates
+    assert service.stats()["rates"]["seconds"] == 5.0
+    relay.snap = snapshot(17.0, 10000)  # two seconds after: since the tick
+    rates = service.stats()["rates"]
+    assert rates["seconds"] == 2.0 and rates["rules"][0]["pps"] == pytest.approx(2000)

@@ -64,6 +64,9 @@ def attach(
         "text: plain lines (info on stdout, notices, warnings and errors on stderr); journal: each preceded by "
         "its syslog level <N>, which journald keeps as the priority; json: one JSON object a line (ts, level, "
         "msg, fields). Unset: journal on a stream systemd connects to the journal ($JOURNAL_STREAM).")),
+    dry_run: bool = typer.Option(False, "--dry-run", help=(
+        "Check everything and attach nothing: the rules and options, the interfaces (present, free), root, and "
+        "the datapath compiled and loaded into the kernel (the verifier passes it), then unloaded.")),
 ) -> None:
     """Attach the relay to the input interfaces and relay until Ctrl-C or SIGTERM.
 
@@ -125,6 +128,9 @@ def attach(
     relay = Relay(RelayConfig(interfaces=inputs, rules=rules, xdp_mode=xdp, mode=mode, steer_cpus=cpus,
                               workers=workers, fanout=fanout, instance=control.instance_for(path),
                               control_socket=path, no_join=no_join))
+    if dry_run:
+        _dry_run(relay)
+        return
     with Daemon(relay, path, config, metrics_addr, interval, fixed_interval) as daemon:
         _announce(daemon)
         if tui:
@@ -152,6 +158,18 @@ def attach(
 # Exit status after SIGQUIT (EX_TEMPFAIL): "start me again". The unit
 # restarts on it (RestartForceExitStatus=) without counting a failure.
 HANDOVER_EXIT = 75
+
+
+def _dry_run(relay) -> None:
+    result = relay.dry_run()
+    for name, i in result["inputs"].items():
+        took = "; a killed relay's program is on it: attach would take it over" if i["takes_over"] else ""
+        log.info(f"input {name}: free, would try {', '.join(i['modes'])}{took}")
+    for rule in result["rules"]:
+        log.info(f"rule: {rule}")
+    if result["programs"]:
+        log.info(f"datapath compiled, every program loaded and verified: {', '.join(result['programs'])}")
+    log.info(f"dry run: {len(result['rules'])} rule(s) on {len(result['inputs'])} input(s) valid; nothing attached")
 
 
 def _announce(daemon: Daemon) -> None:

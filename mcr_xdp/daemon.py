@@ -95,6 +95,14 @@ class Daemon:
             stack.callback(_restore_signals, previous, old_wakeup)
             stack.callback(self._end_relay)
             self.relay.start()
+            # Ctrl-C while it started (a compile takes seconds): undo the
+            # start and say so (exit 130), as at any other command. SIGTERM
+            # (systemctl stop) stops it cleanly once up, in run().
+            pending = self._signals()
+            if signal.SIGINT in pending:
+                raise KeyboardInterrupt
+            if pending:
+                wake_w.send(pending)
             self.server = ControlServer(self.socket_path, self.service.handle)
             stack.callback(self.server.close)
             self.server.add_reader(wake_r, "signal")

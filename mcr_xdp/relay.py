@@ -28,7 +28,7 @@ import time
 from . import abi, features, pins, stats
 from .backends import Attachment, Backend, InstalledRule, Losses, backend_class
 from .control import instance_name
-from .errors import AttachError, BusyError, McrError, RuleError, UsageError
+from .errors import AttachError, BusyError, McrError, RuleError, SetupError, UsageError
 from .igmp import JoinPool, claim
 from .links import Link, all_links, lookup
 from .links import counters as link_counters
@@ -178,6 +178,32 @@ class Relay:
             raise
         return list(self.attachments.values())
 
+    def dry_run(self) -> dict:
+        """attach --dry-run: every check start makes (root, the rules
+        against this host's interfaces, the options, the inputs free of
+        other programs) and the datapath of the kernel modes compiled and
+        loaded into the kernel, every program of it (the verifier passes
+        them), then unloaded: nothing attached, joined, pinned or sent."""
+        features.require_root("checking the relay")
+        cfg = self.config
+        links = self._check(cfg.rules, cfg.interfaces)
+        self.ladder = ladder(cfg.mode, cfg.xdp_mode)
+        self._check_options()
+        inputs = {}
+        for name in cfg.interfaces:
+            found = [cls.check_free(links[name]) for cls in dict.fromkeys(backend_class(m) for m in self.ladder)]
+            inputs[name] = {"modes": [m.value for m in self.ladder],
+                            "takes_over": any(f is not None for f in found)}
+        programs = []
+        kernel = [m for m in self.ladder if m != Mode.USERSPACE]
+        if kernel:
+            backend = backend_class(kernel[0]).open(self.config)  # compiles and loads the XDP programs
+            try:
+                programs = backend.verify_all(kernel)
+            finally:
+                backend.close()
+        return {"inputs": inputs, "rules": [str(r) for r in cfg.rules], "programs": programs}
+
     def stop(self) -> None:
         """Detach, leave the groups, close the backends. Safe to call twice."""
         errors = []
@@ -309,6 +335,11 @@ class Relay:
         cls = backend_class(self.ladder[0])
         try:
             self._open(cls)
+        except SetupError as exc:
+            # A machine set up wrong (no bcc, no kernel headers) is an error
+            # to fix, not a reason to relay 20 times slower in userspace
+            # without being asked: that takes --mode userspace.
+            raise SetupError(f"{exc}; or relay without the kernel datapath: --mode userspace") from None
         except McrError as exc:
             if all(backend_class(m) is cls for m in self.ladder):
                 raise

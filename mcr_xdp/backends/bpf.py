@@ -523,6 +523,18 @@ class BpfBackend:
     def heal(self) -> list[Event]:
         return []  # the kernel's programs do not die on their own
 
+    def verify_all(self, modes) -> list[str]:
+        """Load the programs of the datapath that load on first use too (TC,
+        cpumap), for attach --dry-run: the names of all loaded."""
+        dp = self.datapath
+        loaded = {abi.PROG_RELAY: dp.prog_fd, abi.PROG_RELAY_GENERIC: dp.generic_fd, abi.PROG_EGRESS: dp.egress_fd}
+        if Mode.TC in modes:
+            loaded[abi.PROG_TC] = dp.tc_fd
+        if Mode.XDP_NATIVE in modes:  # the TC companion, and the steering program (--steer-cpus)
+            loaded[abi.PROG_TC_COMPANION] = dp.tc_companion_fd
+            loaded[abi.PROG_CPU] = dp.cpu_fd
+        return list(loaded)
+
     # -- observation ---------------------------------------------------------
 
     def _start_tracer(self) -> None:

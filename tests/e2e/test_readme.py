@@ -115,6 +115,10 @@ def test_every_readme_example_runs(host):
             relay = None
         if args[0] == "attach" and "--tui" in args:
             in_terminal(host, args, ready="q or Ctrl-C quits")
+        elif args[0] == "attach" and "--dry-run" in args:
+            proc = start(host, args)
+            proc.wait_for("nothing attached", timeout=60 * SCALE)
+            assert proc.popen.wait(timeout=30) == 0, proc.lines
         elif args[0] == "attach":
             proc = start(host, args)
             proc.wait_for("relaying", timeout=60 * SCALE)

@@ -8,6 +8,7 @@
     sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
     .venv/bin/python -m bench checks               # what ;health= and ;merge= cost a userspace worker
     sudo .venv/bin/python -m bench rules           # start with 1 / 1,000 / 10,000 rules, rule add, memory
+    sudo .venv/bin/python -m bench cli             # how fast mcr-xdp status|rule|stats answer; attach's start
     sudo .venv/bin/python -m bench cleanup         # remove what a killed run left
     .venv/bin/python -m bench report --from bench/results/full-TIME.json   # table and plot again
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="run",
-                   choices=("run", "profile", "lookup", "packet-tx", "checks", "rules", "report", "cleanup"))
+                   choices=("run", "profile", "lookup", "packet-tx", "checks", "rules", "cli", "report", "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import lookup
 
             _publish(a.results, "lookup", lookup.measure(rules=a.rules, rounds=a.repeats or 5), lookup.render)
+            return 0
+        if a.action == "cli":
+            from . import cli
+
+            _publish(a.results, "cli", cli.measure(rounds=a.repeats or 20), cli.render)
             return 0
         if a.action == "rules":
             from . import rules

@@ -470,7 +470,7 @@ def _main(argv=None) -> int:
         return 0
     sock = open_receiver(a.group, a.port, a.iface)
     print("ready", flush=True)
-    result = receive(sock, a.count, a.idle_timeout, a.timeout)
+    result = receive(sock, a.count, a.idle_timeout, a.timeout, a.first_timeout)
     print(json.dumps(result.as_dict(a.count)), flush=True)
     return 0
 

@@ -23,6 +23,16 @@ answers() {
     return 1
 }
 main_pid() { systemctl show -P MainPID "$unit"; }
+# replaced OLD: the pid of the process systemd started in OLD's place (30 s).
+replaced() {
+    local new
+    for _ in $(seq 300); do
+        new=$(main_pid)
+        if [ "$new" != 0 ] && [ "$new" != "$1" ]; then echo "$new"; return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
 
 # -- install ---------------------------------------------------------------------
 apt-get install -y -q "/deb/$deb" >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; fail "apt-get install ./$deb"; }
@@ -107,12 +117,7 @@ stream 239.3.3.3 5003
 sleep 1
 old=$(main_pid)
 kill -9 "$old"
-for _ in $(seq 300); do
-    new=$(main_pid)
-    [ "$new" != 0 ] && [ "$new" != "$old" ] && break
-    sleep 0.1
-done
-{ [ "$new" != 0 ] && [ "$new" != "$old" ]; } || fail "systemd did not start the relay again after kill -9"
+new=$(replaced "$old") || fail "systemd did not start the relay again after kill -9"
 answers || fail "the restarted relay never answered"
 sleep 1
 stream_end "across kill -9 and the restart"
@@ -125,12 +130,7 @@ stream 239.3.3.3 5003
 sleep 1
 old=$(main_pid)
 apt-get install -y -q "/deb/$upgrade" >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; fail "apt-get install ./$upgrade"; }
-for _ in $(seq 300); do
-    new=$(main_pid)
-    [ "$new" != 0 ] && [ "$new" != "$old" ] && break
-    sleep 0.1
-done
-{ [ "$new" != 0 ] && [ "$new" != "$old" ]; } || fail "the upgrade did not restart the relay"
+new=$(replaced "$old") || fail "the upgrade did not restart the relay"
 answers || fail "the upgraded relay never answered"
 sleep 1
 stream_end "across the upgrade"

@@ -198,12 +198,10 @@ class LineReport:
         self.daemon = daemon
 
     def tick(self, prev, cur, status) -> None:
-        from mcr_xdp import stats
-
         from . import render
 
-        if prev is not None:
-            rates = stats.rate(prev, cur)
+        rates = self.daemon.service.tick_rates  # prev to cur, worked out once by the service
+        if prev is not None and rates is not None:
             log.info(render.counter_line(cur, rates), **render.counter_fields(cur, rates))
 
     def reloaded(self, result, error) -> None:

@@ -37,7 +37,6 @@ def stats_cmd(
 
     Example: mcr-xdp stats --live
     """
-
     from .tui import LiveView, require_terminal
 
     if live:

@@ -138,8 +138,12 @@ class Relay:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> list[Attachment]:
-        features.require_root("attaching the relay")
+    def _checked(self, doing: str) -> dict[str, Link]:
+        """What start and dry_run check before anything changes: root, the
+        rules against this host's interfaces, the options, the inputs free of
+        other relays' programs (a killed relay's, to take over, go into
+        _takeover). The links of the relay's interfaces."""
+        features.require_root(doing)
         cfg = self.config
         links = self._check(cfg.rules, cfg.interfaces)
         self.ladder = ladder(cfg.mode, cfg.xdp_mode)
@@ -149,6 +153,11 @@ class Relay:
                 found = cls.check_free(links[name])
                 if found is not None:
                     self._takeover[name] = (cls, found)
+        return links
+
+    def start(self) -> list[Attachment]:
+        cfg = self.config
+        links = self._checked("attaching the relay")
         left = pins.left_behind(self.instance)
         # Its rule ids and counters go on only where this relay takes over
         # every input it had: a program it left forwarding elsewhere would
@@ -184,16 +193,10 @@ class Relay:
         other programs) and the datapath of the kernel modes compiled and
         loaded into the kernel, every program of it (the verifier passes
         them), then unloaded: nothing attached, joined, pinned or sent."""
-        features.require_root("checking the relay")
         cfg = self.config
-        links = self._check(cfg.rules, cfg.interfaces)
-        self.ladder = ladder(cfg.mode, cfg.xdp_mode)
-        self._check_options()
-        inputs = {}
-        for name in cfg.interfaces:
-            found = [cls.check_free(links[name]) for cls in dict.fromkeys(backend_class(m) for m in self.ladder)]
-            inputs[name] = {"modes": [m.value for m in self.ladder],
-                            "takes_over": any(f is not None for f in found)}
+        self._checked("checking the relay")
+        inputs = {name: {"modes": [m.value for m in self.ladder], "takes_over": name in self._takeover}
+                  for name in cfg.interfaces}
         programs = []
         kernel = [m for m in self.ladder if m != Mode.USERSPACE]
         if kernel:

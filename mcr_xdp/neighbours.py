@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import ipaddress
+import os
+import socket
+import struct
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .encode import parse_mac
 from .rules import Address
 
 NTF_EXT_MANAGED = 0x1  # NDA_FLAGS_EXT: the kernel keeps the entry resolved
@@ -36,6 +39,86 @@ NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | NUD_NOARP | NUD_PERMANENT  # reachable, 
 RTN_UNICAST, RTN_LOCAL = 1, 2
 
 Key = tuple[int, Address]  # (output ifindex, receiver address)
+
+# Neighbour entries are read and made with netlink messages of our own:
+# Debian 12's pyroute2 (0.7.2, the package's dependency) neither encodes
+# nor decodes NDA_FLAGS_EXT (it sent the managed entry without its flag,
+# and the kernel then never resolved it).
+RTM_NEWNEIGH, RTM_GETNEIGH, NLMSG_ERROR = 28, 30, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+NDA_DST, NDA_LLADDR, NDA_FLAGS_EXT = 1, 2, 15
+_NDMSG = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, ifindex, state, flags, type
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A neighbour table entry, as the kernel has it."""
+
+    state: int
+    mac: bytes | None
+    flags_ext: int
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + bytes(-size % 4)
+
+
+def _neigh_request(kind: int, flags: int, ifindex: int, address: str, state: int = 0,
+                   attrs: bytes = b"") -> Entry | None:
+    """One RTM_*NEIGH request; the entry the kernel answers with (a get),
+    or None (an acknowledged change). Raises NetlinkError."""
+    ip = ipaddress.ip_address(address)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    body = _NDMSG.pack(family, ifindex, state, 0, 0) + _nla(NDA_DST, ip.packed) + attrs
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | flags, 1, 0) + body)
+        data = sock.recv(65536)
+    offset = 0
+    while offset + 16 <= len(data):
+        size, msg_type = struct.unpack_from("=IH", data, offset)
+        if msg_type == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, offset + 16)[0]
+            if code:
+                raise NetlinkError(code, os.strerror(code))
+            return None
+        if msg_type == RTM_NEWNEIGH:
+            return _entry(data[offset + 16 + _NDMSG.size:offset + size], _NDMSG.unpack_from(data, offset + 16)[2])
+        offset += (size + 3) & ~3 or len(data)
+    return None
+
+
+def _entry(attrs: bytes, state: int) -> Entry:
+    mac, flags_ext, offset = None, 0, 0
+    while offset + 4 <= len(attrs):
+        size, kind = struct.unpack_from("=HH", attrs, offset)
+        if size < 4:
+            break
+        payload = attrs[offset + 4:offset + size]
+        if kind == NDA_LLADDR and payload:
+            mac = bytes(payload)
+        elif kind == NDA_FLAGS_EXT and len(payload) >= 4:
+            flags_ext = struct.unpack_from("=I", payload)[0]
+        offset += (size + 3) & ~3
+    return Entry(state, mac, flags_ext)
+
+
+def neigh_get(ifindex: int, address: str) -> Entry | None:
+    """The kernel's entry for address on ifindex (None: there is none)."""
+    try:
+        return _neigh_request(RTM_GETNEIGH, 0, ifindex, address)
+    except NetlinkError as exc:
+        if exc.code == errno.ENOENT:
+            return None
+        raise
+
+
+def neigh_make_managed(ifindex: int, address: str) -> None:
+    """Create or replace the entry as a managed one (the kernel resolves it
+    and keeps it resolved)."""
+    _neigh_request(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, address,
+                   attrs=_nla(NDA_FLAGS_EXT, struct.pack("=I", NTF_EXT_MANAGED)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,40 +193,37 @@ class NextHops:
         via = route.get_attr("RTA_GATEWAY") or str(receiver)
         self._manage(ifindex, via)
         try:
-            neigh = ipr.neigh("get", dst=via, ifindex=ifindex)[0]
+            neigh = neigh_get(ifindex, via)
         except NetlinkError as exc:
-            if exc.code != errno.ENOENT:
-                return Hop(via, None, f"the neighbour table did not answer: {exc.args[-1]}")
+            return Hop(via, None, f"the neighbour table did not answer: {exc.args[-1]}")
+        if neigh is None:
             if (ifindex, via) in self._managed:  # removed behind the relay's back (ip neigh flush): again
                 self._managed.discard((ifindex, via))
                 self._manage(ifindex, via)
             return Hop(via, None, "no neighbour entry yet" if self.managed_supported else
                        "no neighbour entry, and this kernel cannot be asked to make one (Linux 5.16+): it appears "
                        "when the host itself sends to that address")
-        lladdr = neigh.get_attr("NDA_LLADDR")
-        state = neigh["state"]
-        if not lladdr or not state & NUD_VALID:
+        if not neigh.mac or not neigh.state & NUD_VALID:
             why = {NUD_INCOMPLETE: "being resolved", NUD_FAILED: "no answer to ARP / neighbour solicitation"}
-            return Hop(via, None, why.get(state, f"neighbour state {state:#x}"))
-        return Hop(via, parse_mac(lladdr))
+            return Hop(via, None, why.get(neigh.state, f"neighbour state {neigh.state:#x}"))
+        return Hop(via, neigh.mac)
 
     def _manage(self, ifindex: int, via: str) -> None:
         """Ask the kernel to resolve via and keep it resolved (a managed
         entry), unless the operator's entry is there (permanent, no ARP)."""
         if not self.managed_supported or (ifindex, via) in self._managed:
             return
-        ipr = self._netlink()
         try:
-            found = ipr.neigh("get", dst=via, ifindex=ifindex)[0]
+            found = neigh_get(ifindex, via)
         except NetlinkError:
             found = None
-        if found is not None and found["state"] & (NUD_PERMANENT | NUD_NOARP):
+        if found is not None and found.state & (NUD_PERMANENT | NUD_NOARP):
             return  # the operator's
-        if found is not None and (found.get_attr("NDA_FLAGS_EXT") or 0) & NTF_EXT_MANAGED:
+        if found is not None and found.flags_ext & NTF_EXT_MANAGED:
             self._managed.add((ifindex, via))  # a predecessor's (a restart without a gap): this relay's now
             return
         try:
-            ipr.neigh("replace", dst=via, ifindex=ifindex, state=0, NDA_FLAGS_EXT=NTF_EXT_MANAGED)
+            neigh_make_managed(ifindex, via)
         except NetlinkError as exc:
             if exc.code in (errno.EINVAL, errno.EOPNOTSUPP):
                 self.managed_supported = False  # an older kernel: entries appear with the host's own traffic

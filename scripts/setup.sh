@@ -13,8 +13,12 @@ if grep -qx 'ID=ubuntu' /etc/os-release 2>/dev/null; then
     HEADERS=linux-headers-$(uname -r)
 fi
 # What a relay needs (make demo). A relay host installs the Debian package
-# instead (make deb; docs/install.md), which depends on the same.
-PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod libbpf1)
+# instead (make deb; docs/install.md), which depends on the same. Debian's
+# pyroute2, rich and typer too, so that the venv (which sees the system's
+# packages) runs on the very versions the package does, on every machine:
+# pip installs from PyPI only what Debian does not have.
+PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod libbpf1
+          python3-pyroute2 python3-rich python3-typer)
 # --dev: what the tests and builds need on top (make test): make for the VMs
 # (vagrant/), which run this script before make exists; shellcheck, vagrant
 # (`vagrant validate`, libvirt provider) and systemd (`systemd-analyze

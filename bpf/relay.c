@@ -249,7 +249,7 @@ static __always_inline int may_be_ours(struct xdp_md *ctx)
 	return (dst[0] & 1) || unicast_rules(config());
 }
 
-int mcr_relay(struct xdp_md *ctx)
+MCR_PROG("xdp") int mcr_relay(struct xdp_md *ctx)
 {
 	return forward(ctx, 1, may_be_ours(ctx) && meta_reserve(ctx), 1);
 }
@@ -260,7 +260,7 @@ int mcr_relay(struct xdp_md *ctx)
  * the skb-array rework of Linux 6.x) and hands the others to the host
  * stack unrelayed and uncounted: 2,000-14,000 of 40,000 frames in a 6.1
  * run (docs/architecture.md, Steering). */
-int mcr_relay_skb(struct xdp_md *ctx)
+MCR_PROG("xdp") int mcr_relay_skb(struct xdp_md *ctx)
 {
 	return forward(ctx, 0, 0, 0);
 }
@@ -269,7 +269,7 @@ int mcr_relay_skb(struct xdp_md *ctx)
  * frame from native XDP brings the metadata its ingress program reserved
  * (MCR_META_STEER); on the skb path (generic XDP) none is visible, and
  * the egress program will see none either. */
-int mcr_cpu_relay(struct xdp_md *ctx)
+MCR_PROG("xdp/cpumap") int mcr_cpu_relay(struct xdp_md *ctx)
 {
 	struct mcr_meta *m = meta_of(ctx);
 
@@ -379,7 +379,7 @@ drop:
 	return XDP_DROP;
 }
 
-int mcr_egress(struct xdp_md *ctx)
+MCR_PROG("xdp/devmap") int mcr_egress(struct xdp_md *ctx)
 {
 	return egress(ctx, ctx->egress_ifindex);
 }
@@ -390,7 +390,7 @@ int mcr_egress(struct xdp_md *ctx)
  * egress interface taken from a map the test sets. */
 BPF_ARRAY(mcr_twin_egress, __u32, 1);
 
-int mcr_egress_twin(struct xdp_md *ctx)
+MCR_PROG("xdp") int mcr_egress_twin(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	__u32 *ifindex = mcr_twin_egress.lookup(&zero);

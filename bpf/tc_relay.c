@@ -210,12 +210,12 @@ out:
 	return action;
 }
 
-int mcr_tc_relay(struct __sk_buff *skb)
+MCR_PROG("tc") int mcr_tc_relay(struct __sk_buff *skb)
 {
 	return tc_forward(skb, 0);
 }
 
-int mcr_tc_companion(struct __sk_buff *skb)
+MCR_PROG("tc") int mcr_tc_companion(struct __sk_buff *skb)
 {
 	return tc_forward(skb, 1);
 }

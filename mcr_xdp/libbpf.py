@@ -172,6 +172,15 @@ def obj_id(fd: int) -> int:
     return struct.unpack_from("=I", _prog_info(fd), _PROG_INFO_ID_OFFSET)[0]
 
 
+def map_info(map_fd: int) -> dict:
+    """The kernel's description of a map (struct bpf_map_info: type, id,
+    key_size, value_size, max_entries, map_flags, name)."""
+    raw = _prog_info(map_fd)
+    kind, id_, key, value, entries, flags = struct.unpack_from("=6I", raw)
+    return {"type": kind, "id": id_, "key_size": key, "value_size": value, "max_entries": entries,
+            "map_flags": flags, "name": raw[24:40].split(b"\0", 1)[0].decode(errors="replace")}
+
+
 def prog_name(prog_id: int) -> str:
     """Name of a loaded BPF program by id; '' if it is gone, or if opening
     it by id is not allowed (BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN,

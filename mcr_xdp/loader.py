@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import sys
 from pathlib import Path
 
 from . import abi, libbpf
-from .errors import AttachError, BusyError, SetupError
+from .errors import AttachError, BusyError
 from .features import require_toolchain
 from .maps import Maps, possible_cpus
 from .modes import Mode
+from .objfile import bpf_dir, datapath_text
 
 MAP_NAMES = (
     abi.MAP_RULES,
@@ -43,14 +45,6 @@ MAP_NAMES = (
 ADOPTED_MAPS = (abi.MAP_VERDICTS, abi.MAP_RULE_STATS, abi.MAP_OUTPUT_STATS, abi.MAP_HEALTH, abi.MAP_POLICE,
                 abi.MAP_MERGE)
 
-# The datapath is one bcc object: the XDP programs (relay.c) and the TC
-# program (tc_relay.c) share its maps. bcc rewrites map calls (map.lookup())
-# only in the file it compiles, never in headers it includes, so the code
-# both programs share (forward.h) is compiled as part of that one text, in
-# this order; `#line` keeps compiler messages pointing at the real files.
-DATAPATH_SOURCES = ("forward.h", "health.h", "police.h", "relay.c", "tc_relay.c")
-
-
 # How the kernel says an XDP program is attached; the relay's own modes
 # are two of them (offload and several at once are someone else's).
 _ATTACHED_KIND = {
@@ -63,58 +57,83 @@ _KIND_MODE = {"native": Mode.XDP_NATIVE, "generic": Mode.XDP_GENERIC}
 _MODE_FLAGS = {Mode.XDP_NATIVE: libbpf.XDP_FLAGS_DRV_MODE, Mode.XDP_GENERIC: libbpf.XDP_FLAGS_SKB_MODE}
 
 
-def bpf_dir() -> Path:
-    """Where the datapath sources are: mcr_xdp/bpf/ in an installed wheel
-    (package data), bpf/ beside the package in a source checkout (editable
-    installs map only top-level packages)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "bpf", here.parent / "bpf"):
-        if (candidate / "relay.c").is_file():
-            return candidate
-    raise SetupError(f"the datapath sources (bpf/relay.c) are not installed beside {here}: reinstall mcr-xdp")
-
-
-def datapath_text(directory: Path | None = None) -> str:
-    """The datapath's translation unit (see DATAPATH_SOURCES)."""
-    directory = directory or bpf_dir()
-    return "".join(f'#line 1 "{directory / name}"\n' + (directory / name).read_text() + "\n"
-                   for name in DATAPATH_SOURCES)
-
-
 class Datapath:
-    """One compiled and loaded copy of the datapath (DATAPATH_SOURCES): its
-    programs and maps. The XDP ingress and egress programs load at once; the
-    cpumap and TC programs when first asked for."""
+    """One loaded copy of the datapath (DATAPATH_SOURCES): its programs and
+    maps. The XDP ingress and egress programs load at once; the cpumap and
+    TC programs when first asked for.
+
+    It is the object built ahead of time (objfile: clang + libbpf, built
+    now if clang is there and the sources changed), or, without one, the
+    sources compiled by bcc (~3 s more). cflags (tests' variants) and
+    MCR_XDP_DATAPATH=bcc ask for bcc."""
 
     def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None):
         """adopt: a killed relay's pin directory (same ABI version) whose
         counter maps (ADOPTED_MAPS) this datapath uses instead of new ones."""
+        self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
+        self._cpu_fd: int | None = None
+        self.steer_cpus: tuple[int, ...] = ()
+        self._bpf = None  # bcc's object
+        self._objects: list = []  # libbpf's: the first has the maps, later ones a program each
+        image = None if cflags or os.environ.get("MCR_XDP_DATAPATH") == "bcc" else _object_image()
+        if image is not None:
+            self._load_object(image, adopt)
+        else:
+            self._compile(cflags, adopt)
+        self.compiler = "bcc" if self._bpf is not None else "object"
+        self.prog_id = libbpf.prog_id(self.prog_fd)
+        self.generic_prog_id = libbpf.prog_id(self.generic_fd)
+        self.maps.set_config(ssm_rules=0)
+
+    def _load_object(self, image: bytes, adopt: Path | None) -> None:
+        from . import objfile
+
+        reuse = {}
+        try:
+            for name in ADOPTED_MAPS if adopt is not None else ():
+                reuse[name] = _check_fd(libbpf.lib().bpf_obj_get(str(adopt / name).encode()), f"{adopt / name}")
+            obj = objfile.Object(image, {abi.PROG_RELAY, abi.PROG_RELAY_GENERIC, abi.PROG_EGRESS},
+                                 max_entries={abi.MAP_CPUMAP: possible_cpus()}, reuse=reuse)
+        finally:
+            for fd in reuse.values():
+                os.close(fd)  # the object holds its own
+        self._image = image
+        self._objects.append(obj)
+        self.prog_fd = obj.prog_fd(abi.PROG_RELAY)
+        # Generic XDP gets its own ingress program: the egress program
+        # sees no metadata on the skb path (struct mcr_meta).
+        self.generic_fd = obj.prog_fd(abi.PROG_RELAY_GENERIC)
+        # Every output (devmap entry) carries the egress program.
+        self.egress_fd = obj.prog_fd(abi.PROG_EGRESS)
+        self.maps = Maps({name: obj.map_fd(name) for name in MAP_NAMES})
+
+    def _load_program(self, name: str) -> int:
+        """One more program of the object, on the maps of the first load."""
+        from . import objfile
+
+        first = self._objects[0]
+        obj = objfile.Object(self._image, {name}, reuse={m: first.map_fd(m) for m in first.map_names()})
+        self._objects.append(obj)
+        return obj.prog_fd(name)
+
+    def _compile(self, cflags: tuple[str, ...], adopt: Path | None) -> None:
         require_toolchain()
         from bcc import BPF, BPFAttachType
 
         directory = bpf_dir()
         if adopt is not None:
             cflags = (*cflags, f'-DMCR_ADOPT_DIR="{adopt}"')
-        self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
-        self._cpu_fd: int | None = None
-        self.steer_cpus: tuple[int, ...] = ()
         try:
             # A cpumap may not have more entries than the kernel has CPUs.
             self._bpf = BPF(text=datapath_text(directory).encode(),
                             cflags=[f"-I{directory}", f"-DMCR_NR_CPUS={possible_cpus()}", *cflags])
             self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
-            # Generic XDP gets its own ingress program: the egress program
-            # sees no metadata on the skb path (struct mcr_meta).
             self.generic_fd = self._bpf.load_func(abi.PROG_RELAY_GENERIC.encode(), BPF.XDP).fd
-            # Every output (devmap entry) carries the egress program.
             self.egress_fd = self._bpf.load_func(abi.PROG_EGRESS.encode(), BPF.XDP,
                                                  attach_type=BPFAttachType.XDP_DEVMAP).fd
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise AttachError(f"could not compile or load the XDP program: {exc}") from None
-        self.prog_id = libbpf.prog_id(self.prog_fd)
-        self.generic_prog_id = libbpf.prog_id(self.generic_fd)
         self.maps = Maps({name: self._bpf[name.encode()].map_fd for name in MAP_NAMES})
-        self.maps.set_config(ssm_rules=0)
 
     def xdp_fd(self, mode: Mode) -> int:
         """The ingress program for an XDP mode."""
@@ -122,7 +141,7 @@ class Datapath:
 
     def load_func(self, name: str) -> int:
         """The fd of another XDP program of the same object (tests: the
-        egress twins compiled with -DMCR_TEST_TWINS)."""
+        egress twins compiled with -DMCR_TEST_TWINS, by bcc)."""
         from bcc import BPF
 
         return self._bpf.load_func(name.encode(), BPF.XDP).fd
@@ -130,6 +149,12 @@ class Datapath:
     def _tc_program(self, name: str, what: str) -> int:
         """A clsact program of the object, loaded on first use."""
         if name not in self._tc_fds:
+            if self._bpf is None:
+                try:
+                    self._tc_fds[name] = self._load_program(name)
+                except AttachError as exc:
+                    raise AttachError(f"could not load the {what}: {_first_line(exc)}") from None
+                return self._tc_fds[name]
             from bcc import BPF
 
             try:
@@ -151,6 +176,11 @@ class Datapath:
     @property
     def cpu_fd(self) -> int:
         """The cpumap program (steering), loaded on first use."""
+        if self._cpu_fd is None and self._bpf is None:
+            try:
+                self._cpu_fd = self._load_program(abi.PROG_CPU)
+            except AttachError as exc:
+                raise AttachError(f"could not load the cpumap program: {_first_line(exc)}") from None
         if self._cpu_fd is None:
             from bcc import BPF, BPFAttachType
 
@@ -174,6 +204,39 @@ class Datapath:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        for obj in reversed(self._objects):
+            obj.close()
+        self._objects.clear()
+
+
+def _object_image() -> bytes | None:
+    """The datapath object for these sources, or None: compile with bcc.
+    In a checkout whose sources changed since `make setup`, it is built now
+    (when clang is there); an installed package ships its own."""
+    from . import objfile
+
+    directory = bpf_dir()
+    path = objfile.object_path(directory)
+    if not path.is_file():
+        if not (directory.parent / "pyproject.toml").is_file() or objfile.find_clang() is None:
+            return None
+        try:
+            path = objfile.build(directory)
+        except AttachError:
+            return None  # a build error: bcc says what is wrong, if anything
+    try:
+        image = path.read_bytes()
+    except OSError:
+        return None
+    # An object is one byte order (EI_DATA: 1 little, 2 big endian): the
+    # package's is little-endian, like the machines it is built on.
+    return image if image[5:6] == (b"\x01" if sys.byteorder == "little" else b"\x02") else None
+
+
+def _check_fd(fd: int, what: str) -> int:
+    if fd < 0:
+        raise AttachError(f"cannot open the pinned map {what}: {os.strerror(-fd)}")
+    return fd
 
 
 def _first_line(exc: Exception) -> str:

@@ -47,7 +47,7 @@ class LossTracer:
         ensure_tracefs()
         from bcc import BPF
 
-        from .loader import bpf_dir
+        from .objfile import bpf_dir
 
         src = bpf_dir() / "trace.c"
         # Drops count only on devices of this network namespace (trace.c).

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${DEB_OUT:-$ROOT/build}
 BUILD_DEPS=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-            python3-build python3-installer bash-completion git)
+            python3-build python3-installer bash-completion git clang libbpf-dev)
 
 log() { printf 'deb: %s\n' "$*" >&2; }
 # shellcheck source-path=SCRIPTDIR source=lib.sh

@@ -47,6 +47,20 @@ SEEDS = [
 ]
 
 
+@pytest.fixture(scope="module", params=["object", "bcc"])
+def datapath(request):
+    """Both builds of the datapath (mcr_xdp/objfile.py): the object clang
+    built, and the sources compiled by bcc, each against the model."""
+    from mcr_xdp import loader
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MCR_XDP_DATAPATH", request.param)
+        dp = loader.Datapath()
+    assert dp.compiler == request.param
+    yield dp
+    dp.close()
+
+
 @pytest.fixture(scope="module")
 def relay(datapath):
     maps = datapath.maps

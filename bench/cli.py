@@ -71,12 +71,12 @@ def _spread(ms: list[float], base: float = 0.0) -> dict:
 
 def _attach_phases(ns: str, python: str) -> dict:
     """Seconds of the start-up's parts, each in a fresh process: the imports
-    attach needs, the datapath's compile and load (bcc, verifier), the loss
-    tracer's compile."""
+    attach needs, the datapath's load (the prebuilt object: maps, verifier),
+    the loss tracer's load and attach."""
     code = {
-        "imports": "import mcr_xdp_cli.attach, mcr_xdp.daemon, mcr_xdp.relay, mcr_xdp.backends.bpf, bcc",
-        "datapath compile + load": "from mcr_xdp import loader; loader.Datapath().close()",
-        "loss tracer compile + attach": "from mcr_xdp.trace import LossTracer; LossTracer([])",
+        "imports": "import mcr_xdp_cli.attach, mcr_xdp.daemon, mcr_xdp.relay, mcr_xdp.backends.bpf",
+        "datapath load": "from mcr_xdp import loader; loader.Datapath().close()",
+        "loss tracer load + attach": "from mcr_xdp.trace import LossTracer; LossTracer()",
     }
     phases = {}
     for name, stmt in code.items():

@@ -3,7 +3,8 @@
  * trace.c - the loss tracer: counts frames the kernel drops *after* the
  * datapath returned XDP_REDIRECT, which the datapath's own counters can't
  * see (a veth whose peer runs no NAPI, an output that went down, a full
- * driver ring). Loaded as its own object, next to the datapath.
+ * driver ring). Its own object, next to the datapath, built ahead of time
+ * with it (mcr_xdp/objfile.py) and loaded by libbpf (mcr_xdp/trace.py).
  *
  * Tracepoints are global: only the (input, output) interface pairs the
  * relay registered in mcr_loss are counted, redirect errors only for its
@@ -12,34 +13,80 @@
  * namespaces, and the xdp_devmap_xmit tracepoint's format carries only
  * indexes: the raw tracepoint gets the devices themselves, and a drop
  * counts only when the output device is in this relay's namespace
- * (MCR_NETNS_INUM, the inode of its /proc/self/ns/net).
+ * (netns_inum, the inode of its /proc/self/ns/net).
  *
- * The devices are read at offsets from the running kernel's BTF
- * (MCR_OFF_*, mcr_xdp/btf.py), not through the kernel headers' structs:
- * bcc compiles against whatever headers it finds, and on a kernel that
- * ships none the linked ones are another kernel's layout.
+ * What differs between kernels is read at load time and set in
+ * mcr_trace_cfg (read-only data: the verifier sees constants): the
+ * devices' struct offsets from the running kernel's BTF (mcr_xdp/btf.py),
+ * the tracepoints' field offsets from their tracefs formats.
  */
 #include "mcr_abi.h"
 
-BPF_PERCPU_HASH(mcr_loss, struct mcr_loss_key, struct mcr_loss, MCR_MAX_RULES);
-BPF_HASH(mcr_loss_progs, __u32, __u8, 64);
-BPF_HASH(mcr_loss_maps, __u32, __u8, 8);
-BPF_PERCPU_ARRAY(mcr_loss_steer, __u64, 1);
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct mcr_loss_key);
+	__type(value, struct mcr_loss);
+	__uint(max_entries, MCR_MAX_RULES);
+} mcr_loss SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 64);
+} mcr_loss_progs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 8);
+} mcr_loss_maps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} mcr_loss_steer SEC(".maps");
+
+/* Set by the loader (mcr_xdp/trace.py TraceConfig mirrors it). */
+struct mcr_trace_cfg {
+	__u32 netns_inum;
+	__u32 off_dev_ifindex;  /* struct net_device: ifindex */
+	__u32 off_dev_net;      /* struct net_device: nd_net.net */
+	__u32 off_net_inum;     /* struct net: ns.inum */
+	__u32 err_prog_id;      /* xdp_redirect_err (and _map_err): prog_id, ifindex, to_ifindex */
+	__u32 err_ifindex;
+	__u32 err_to_ifindex;
+	__u32 enq_map_id;       /* xdp_cpumap_enqueue: map_id, drops */
+	__u32 enq_drops;
+};
+const volatile struct mcr_trace_cfg mcr_trace_cfg = {};
+
+static __always_inline __u32 field(const void *ctx, __u32 offset)
+{
+	__u32 value = 0;
+
+	bpf_probe_read_kernel(&value, sizeof(value), (const char *)ctx + offset);
+	return value;
+}
 
 static __always_inline __u32 netns_inum(const void *dev)
 {
 	const void *net = NULL;
 	__u32 inum = 0;
 
-	bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + MCR_OFF_DEV_NET);
+	bpf_probe_read_kernel(&net, sizeof(net), (const char *)dev + mcr_trace_cfg.off_dev_net);
 	if (net)
-		bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + MCR_OFF_NET_INUM);
+		bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + mcr_trace_cfg.off_net_inum);
 	return inum;
 }
 
 /* TP_PROTO(const struct net_device *from_dev, const struct net_device
  * *to_dev, int sent, int drops, int err) */
-RAW_TRACEPOINT_PROBE(xdp_devmap_xmit)
+SEC("raw_tracepoint/xdp_devmap_xmit")
+int mcr_trace_xmit(struct bpf_raw_tracepoint_args *ctx)
 {
 	const void *from = (const void *)ctx->args[0];
 	const void *to = (const void *)ctx->args[1];
@@ -47,54 +94,60 @@ RAW_TRACEPOINT_PROBE(xdp_devmap_xmit)
 	struct mcr_loss_key key = {};
 	struct mcr_loss *loss;
 
-	if (drops <= 0 || netns_inum(to) != MCR_NETNS_INUM)
+	if (drops <= 0 || netns_inum(to) != mcr_trace_cfg.netns_inum)
 		return 0;
-	bpf_probe_read_kernel(&key.from_ifindex, sizeof(key.from_ifindex), (const char *)from + MCR_OFF_DEV_IFINDEX);
-	bpf_probe_read_kernel(&key.to_ifindex, sizeof(key.to_ifindex), (const char *)to + MCR_OFF_DEV_IFINDEX);
-	loss = mcr_loss.lookup(&key);
+	key.from_ifindex = field(from, mcr_trace_cfg.off_dev_ifindex);
+	key.to_ifindex = field(to, mcr_trace_cfg.off_dev_ifindex);
+	loss = bpf_map_lookup_elem(&mcr_loss, &key);
 	if (loss)
 		loss->xmit_drops += drops;
 	return 0;
 }
 
-static __always_inline void redirect_error(__u32 prog_id, __u32 from, __u32 to)
+static __always_inline int redirect_error(const void *ctx)
 {
-	struct mcr_loss_key key = { .from_ifindex = from, .to_ifindex = to };
+	__u32 prog_id = field(ctx, mcr_trace_cfg.err_prog_id);
+	struct mcr_loss_key key = {
+		.from_ifindex = field(ctx, mcr_trace_cfg.err_ifindex),
+		.to_ifindex = field(ctx, mcr_trace_cfg.err_to_ifindex),
+	};
 	struct mcr_loss *loss;
 
-	if (!mcr_loss_progs.lookup(&prog_id))
-		return;
-	loss = mcr_loss.lookup(&key);
+	if (!bpf_map_lookup_elem(&mcr_loss_progs, &prog_id))
+		return 0;
+	loss = bpf_map_lookup_elem(&mcr_loss, &key);
 	if (loss)
 		loss->redirect_errors++;
+	return 0;
 }
 
-TRACEPOINT_PROBE(xdp, xdp_redirect_err)
+SEC("tracepoint/xdp/xdp_redirect_err")
+int mcr_trace_redirect_err(void *ctx)
 {
-	redirect_error(args->prog_id, args->ifindex, args->to_ifindex);
-	return 0;
+	return redirect_error(ctx);
+}
+
+/* Kernels before 6.4 report map redirect failures separately (the loader
+ * leaves this one out where the tracepoint is gone). */
+SEC("tracepoint/xdp/xdp_redirect_map_err")
+int mcr_trace_redirect_map_err(void *ctx)
+{
+	return redirect_error(ctx);
 }
 
 /* Steering: frames a full cpumap queue dropped (only this relay's cpumap,
  * by map id). */
-TRACEPOINT_PROBE(xdp, xdp_cpumap_enqueue)
+SEC("tracepoint/xdp/xdp_cpumap_enqueue")
+int mcr_trace_enqueue(void *ctx)
 {
-	__u32 map_id = args->map_id, zero = 0;
+	__u32 map_id = field(ctx, mcr_trace_cfg.enq_map_id), zero = 0;
+	__u32 dropped = field(ctx, mcr_trace_cfg.enq_drops);
 	__u64 *drops;
 
-	if (!args->drops || !mcr_loss_maps.lookup(&map_id))
+	if (!dropped || !bpf_map_lookup_elem(&mcr_loss_maps, &map_id))
 		return 0;
-	drops = mcr_loss_steer.lookup(&zero);
+	drops = bpf_map_lookup_elem(&mcr_loss_steer, &zero);
 	if (drops)
-		*drops += args->drops;
+		*drops += dropped;
 	return 0;
 }
-
-#ifdef MCR_HAVE_REDIRECT_MAP_ERR
-/* Kernels before 6.4 report map redirect failures separately. */
-TRACEPOINT_PROBE(xdp, xdp_redirect_map_err)
-{
-	redirect_error(args->prog_id, args->ifindex, args->to_ifindex);
-	return 0;
-}
-#endif

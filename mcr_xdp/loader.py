@@ -1,9 +1,10 @@
-"""Compile the datapath with bcc, attach it to interfaces, detach it.
+"""Load the datapath, attach it to interfaces, detach it.
 
-bcc compiles the C in bpf/ at run time; XDP attach, detach and query go
-through libbpf so errors come back as errnos instead of bcc's stderr
-messages; the TC program is attached as a clsact ingress filter through
-netlink (pyroute2).
+The datapath is the object built ahead of time from the C in bpf/
+(mcr_xdp/objfile.py), loaded through libbpf, or without one the same C
+compiled by bcc at start. XDP attach, detach and query go through libbpf
+so errors come back as errnos; the TC program is attached as a clsact
+ingress filter through netlink (pyroute2).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import sys
 from pathlib import Path
 
-from . import abi, libbpf
+from . import abi, libbpf, objfile
 from .errors import AttachError, BusyError
 from .features import require_toolchain
 from .maps import Maps, possible_cpus
@@ -72,45 +72,49 @@ class Datapath:
         counter maps (ADOPTED_MAPS) this datapath uses instead of new ones."""
         self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
         self._cpu_fd: int | None = None
+        self._generic_fd: int | None = None
         self.steer_cpus: tuple[int, ...] = ()
         self._bpf = None  # bcc's object
         self._objects: list = []  # libbpf's: the first has the maps, later ones a program each
-        image = None if cflags or os.environ.get("MCR_XDP_DATAPATH") == "bcc" else _object_image()
+        image = None if cflags or os.environ.get("MCR_XDP_DATAPATH") == "bcc" else objfile.image("datapath")
         if image is not None:
             self._load_object(image, adopt)
         else:
             self._compile(cflags, adopt)
         self.compiler = "bcc" if self._bpf is not None else "object"
         self.prog_id = libbpf.prog_id(self.prog_fd)
-        self.generic_prog_id = libbpf.prog_id(self.generic_fd)
         self.maps.set_config(ssm_rules=0)
 
     def _load_object(self, image: bytes, adopt: Path | None) -> None:
-        from . import objfile
+        from concurrent.futures import ThreadPoolExecutor
 
         reuse = {}
         try:
             for name in ADOPTED_MAPS if adopt is not None else ():
                 reuse[name] = _check_fd(libbpf.lib().bpf_obj_get(str(adopt / name).encode()), f"{adopt / name}")
-            obj = objfile.Object(image, {abi.PROG_RELAY, abi.PROG_RELAY_GENERIC, abi.PROG_EGRESS},
-                                 max_entries={abi.MAP_CPUMAP: possible_cpus()}, reuse=reuse)
+            # The maps first, then the programs on them, each its own load:
+            # the verifier checks a privileged loader's programs in
+            # parallel (1.0 s of verifying in ~0.5 s on two CPUs).
+            first = objfile.Object(image, set(), max_entries={abi.MAP_CPUMAP: possible_cpus()}, reuse=reuse)
         finally:
             for fd in reuse.values():
                 os.close(fd)  # the object holds its own
         self._image = image
-        self._objects.append(obj)
-        self.prog_fd = obj.prog_fd(abi.PROG_RELAY)
-        # Generic XDP gets its own ingress program: the egress program
-        # sees no metadata on the skb path (struct mcr_meta).
-        self.generic_fd = obj.prog_fd(abi.PROG_RELAY_GENERIC)
+        self._objects.append(first)
+        self.maps = Maps({name: first.map_fd(name) for name in MAP_NAMES})
+        names = (abi.PROG_RELAY, abi.PROG_EGRESS)  # generic XDP's when an input needs it
+        try:
+            with ThreadPoolExecutor(len(names), thread_name_prefix="mcr-verify") as pool:
+                loads = [pool.submit(self._load_program, name) for name in names]
+            fds = [load.result() for load in loads]
+        except BaseException:
+            self.close()
+            raise
         # Every output (devmap entry) carries the egress program.
-        self.egress_fd = obj.prog_fd(abi.PROG_EGRESS)
-        self.maps = Maps({name: obj.map_fd(name) for name in MAP_NAMES})
+        self.prog_fd, self.egress_fd = fds
 
     def _load_program(self, name: str) -> int:
-        """One more program of the object, on the maps of the first load."""
-        from . import objfile
-
+        """One program of the object, on the maps of the first load."""
         first = self._objects[0]
         obj = objfile.Object(self._image, {name}, reuse={m: first.map_fd(m) for m in first.map_names()})
         self._objects.append(obj)
@@ -128,12 +132,31 @@ class Datapath:
             self._bpf = BPF(text=datapath_text(directory).encode(),
                             cflags=[f"-I{directory}", f"-DMCR_NR_CPUS={possible_cpus()}", *cflags])
             self.prog_fd = self._bpf.load_func(abi.PROG_RELAY.encode(), BPF.XDP).fd
-            self.generic_fd = self._bpf.load_func(abi.PROG_RELAY_GENERIC.encode(), BPF.XDP).fd
             self.egress_fd = self._bpf.load_func(abi.PROG_EGRESS.encode(), BPF.XDP,
                                                  attach_type=BPFAttachType.XDP_DEVMAP).fd
         except Exception as exc:  # bcc raises bare Exception for compile and load errors
             raise AttachError(f"could not compile or load the XDP program: {exc}") from None
         self.maps = Maps({name: self._bpf[name.encode()].map_fd for name in MAP_NAMES})
+
+    @property
+    def generic_fd(self) -> int:
+        """Generic XDP's ingress program, loaded on first use: the egress
+        program sees no metadata on the skb path (struct mcr_meta)."""
+        if self._generic_fd is None:
+            if self._bpf is None:
+                self._generic_fd = self._load_program(abi.PROG_RELAY_GENERIC)
+            else:
+                from bcc import BPF
+
+                try:
+                    self._generic_fd = self._bpf.load_func(abi.PROG_RELAY_GENERIC.encode(), BPF.XDP).fd
+                except Exception as exc:  # bcc: bare Exception when the verifier refuses
+                    raise AttachError(f"could not load the generic XDP program: {_first_line(exc)}") from None
+        return self._generic_fd
+
+    @property
+    def generic_prog_id(self) -> int:
+        return libbpf.prog_id(self.generic_fd)
 
     def xdp_fd(self, mode: Mode) -> int:
         """The ingress program for an XDP mode."""
@@ -207,30 +230,6 @@ class Datapath:
         for obj in reversed(self._objects):
             obj.close()
         self._objects.clear()
-
-
-def _object_image() -> bytes | None:
-    """The datapath object for these sources, or None: compile with bcc.
-    In a checkout whose sources changed since `make setup`, it is built now
-    (when clang is there); an installed package ships its own."""
-    from . import objfile
-
-    directory = bpf_dir()
-    path = objfile.object_path(directory)
-    if not path.is_file():
-        if not (directory.parent / "pyproject.toml").is_file() or objfile.find_clang() is None:
-            return None
-        try:
-            path = objfile.build(directory)
-        except AttachError:
-            return None  # a build error: bcc says what is wrong, if anything
-    try:
-        image = path.read_bytes()
-    except OSError:
-        return None
-    # An object is one byte order (EI_DATA: 1 little, 2 big endian): the
-    # package's is little-endian, like the machines it is built on.
-    return image if image[5:6] == (b"\x01" if sys.byteorder == "little" else b"\x02") else None
 
 
 def _check_fd(fd: int, what: str) -> int:

@@ -38,7 +38,7 @@ from .errors import AttachError, SetupError
 
 # Bump when the build itself changes (flags, the rewrite below): the digest
 # then names a new object.
-BUILD = "2 -O2 -g -target bpf -DMCR_OBJECT"
+BUILD = "3 -O2 -g -target bpf -DMCR_OBJECT"
 CLANGS = ("clang", *(f"clang-{v}" for v in range(20, 13, -1)))
 
 # The datapath is one bcc object: the XDP programs (relay.c) and the TC
@@ -73,6 +73,7 @@ _PRELUDE = """#define MCR_OBJECT 1
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+char _license[] SEC("license") = "GPL";  /* bcc's default too */
 """
 
 
@@ -94,8 +95,11 @@ def digest(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def object_path(directory: Path) -> Path:
-    return directory / "build" / f"datapath-{digest(directory)}.o"
+OBJECTS = ("datapath", "trace")  # the datapath (DATAPATH_SOURCES) and the loss tracer (trace.c)
+
+
+def object_path(directory: Path, name: str = "datapath") -> Path:
+    return directory / "build" / f"{name}-{digest(directory)}.o"
 
 
 def find_clang() -> str | None:
@@ -106,42 +110,72 @@ def find_clang() -> str | None:
     return None
 
 
+def _text(directory: Path, name: str) -> str:
+    if name == "datapath":
+        return source_text(directory)
+    return _PRELUDE + f'#line 1 "{directory / "trace.c"}"\n' + (directory / "trace.c").read_text()
+
+
 def build(directory: Path, clang: str | None = None) -> Path:
-    """Compile the object for these sources unless it is there; returns its
-    path. Raises AttachError (no clang, a compile error, a read-only
-    directory)."""
-    out = object_path(directory)
-    if out.is_file():
-        return out
+    """Compile the objects for these sources unless they are there; returns
+    the datapath's path. Raises AttachError (no clang, a compile error, a
+    place it cannot write)."""
+    outs = {name: object_path(directory, name) for name in OBJECTS}
+    if all(out.is_file() for out in outs.values()):
+        return outs["datapath"]
     clang = clang or find_clang()
     if clang is None:
         raise AttachError("no clang to build the datapath object with (Debian package clang-14)")
     multiarch = sysconfig.get_config_var("MULTIARCH") or f"{os.uname().machine}-linux-gnu"
+    place = outs["datapath"].parent
     try:
-        out.parent.mkdir(exist_ok=True)
+        place.mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="mcr-xdp-build.") as tmp:
             # The sources include <uapi/linux/...> as bcc wants (the kernel
             # tree's layout); the installed UAPI headers serve them here.
             os.symlink("/usr/include", f"{tmp}/uapi")
-            partial = Path(tmp) / "datapath.o"
-            proc = subprocess.run(
-                [clang, *BUILD.split()[1:], f"-I{tmp}", f"-I{directory}", "-idirafter", f"/usr/include/{multiarch}",
-                 "-Wno-unused-function", "-Werror=implicit-function-declaration",
-                 "-x", "c", "-", "-c", "-o", str(partial)],
-                input=source_text(directory), capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise AttachError(f"clang could not build the datapath object:\n{proc.stderr.strip()}")
-            fd, staged = tempfile.mkstemp(dir=out.parent, prefix=".datapath-", suffix=".o")
-            os.close(fd)
-            shutil.copyfile(partial, staged)
-            os.chmod(staged, 0o644)
-            os.replace(staged, out)  # whole or not at all, also with two builders at once
+            for name, out in outs.items():
+                partial = Path(tmp) / f"{name}.o"
+                proc = subprocess.run(
+                    [clang, *BUILD.split()[1:], f"-I{tmp}", f"-I{directory}", "-idirafter",
+                     f"/usr/include/{multiarch}", "-Wno-unused-function", "-Werror=implicit-function-declaration",
+                     "-x", "c", "-", "-c", "-o", str(partial)],
+                    input=_text(directory, name), capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise AttachError(f"clang could not build the {name} object:\n{proc.stderr.strip()}")
+                fd, staged = tempfile.mkstemp(dir=place, prefix=f".{name}-", suffix=".o")
+                os.close(fd)
+                shutil.copyfile(partial, staged)
+                os.chmod(staged, 0o644)
+                os.replace(staged, out)  # whole or not at all, also with two builders at once
     except OSError as exc:
-        raise AttachError(f"cannot write the datapath object to {out.parent}: {exc.strerror}") from None
-    for old in out.parent.glob("datapath-*.o"):
-        if old != out:
+        raise AttachError(f"cannot write the datapath object to {place}: {exc.strerror}") from None
+    for old in place.glob("*-*.o"):
+        if old not in outs.values():
             old.unlink(missing_ok=True)  # built from sources since changed
-    return out
+    return outs["datapath"]
+
+
+def image(name: str, directory: Path | None = None) -> bytes | None:
+    """The object for the sources as they are (built now in a checkout
+    whose sources changed since `make setup`, when clang is there; an
+    installed package ships its own), or None: there is none."""
+    directory = directory or bpf_dir()
+    path = object_path(directory, name)
+    if not path.is_file():
+        if not (directory.parent / "pyproject.toml").is_file() or find_clang() is None:
+            return None
+        try:
+            build(directory)
+        except AttachError:
+            return None  # a build error: bcc says what is wrong, if anything
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    # An object is one byte order (EI_DATA: 1 little, 2 big endian): the
+    # package's is little-endian, like the machines it is built on.
+    return data if data[5:6] == (b"\x01" if sys.byteorder == "little" else b"\x02") else None
 
 
 class _OpenOpts(ctypes.Structure):
@@ -185,6 +219,9 @@ def _lib() -> ctypes.CDLL:
             ("bpf_map__reuse_fd", [vp, c_int], c_int),
             ("bpf_map__set_max_entries", [vp, ctypes.c_uint32], c_int),
             ("libbpf_set_print", [vp], vp),
+            ("bpf_map__set_initial_value", [vp, vp, ctypes.c_size_t], c_int),
+            ("bpf_program__attach", [vp], vp),
+            ("bpf_link__destroy", [vp], c_int),
         ):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, res
@@ -198,8 +235,11 @@ class Object:
     maps (new ones, or those given by fd)."""
 
     def __init__(self, image: bytes, programs: set[str], max_entries: dict[str, int] | None = None,
-                 reuse: dict[str, int] | None = None):
+                 reuse: dict[str, int] | None = None, rodata: bytes | None = None):
+        """rodata: the object's read-only data (its `const volatile`
+        globals), set before the verifier sees them as constants."""
         lib = _lib()
+        self._links: list[int] = []
         self._image = ctypes.create_string_buffer(image, len(image))  # libbpf keeps pointing into it
         self._log = ctypes.create_string_buffer(_LOG_SIZE)
         opts = _OpenOpts(sz=ctypes.sizeof(_OpenOpts), object_name=b"mcr_xdp",
@@ -210,6 +250,8 @@ class Object:
             raise AttachError(f"libbpf cannot open the datapath object: {os.strerror(err or 22)}")
         try:
             self._configure(programs, max_entries or {}, reuse or {})
+            if rodata is not None:
+                _check(lib.bpf_map__set_initial_value(self._map(".rodata"), rodata, len(rodata)), "set .rodata")
             ret = lib.bpf_object__load(self._obj)
             if ret < 0:
                 raise AttachError(f"could not load the datapath: {os.strerror(-ret)}{self._log_tail()}")
@@ -255,7 +297,18 @@ class Object:
             raise AttachError(f"the datapath object has no program {name}: rebuild it (make setup)")
         return _check(_lib().bpf_program__fd(prog), f"program {name}")
 
+    def attach(self, name: str) -> None:
+        """Attach a tracing program where its section says (a tracepoint)."""
+        prog = _lib().bpf_object__find_program_by_name(self._obj, name.encode())
+        link = _lib().bpf_program__attach(prog) if prog else None
+        if not link:
+            raise AttachError(f"cannot attach {name}: {os.strerror(ctypes.get_errno() or 22)}")
+        self._links.append(link)
+
     def close(self) -> None:
+        for link in self._links:
+            _lib().bpf_link__destroy(link)
+        self._links.clear()
         if self._obj:
             _lib().bpf_object__close(self._obj)
             self._obj = None

@@ -1,5 +1,6 @@
 """The loss tracer: frames dropped after a successful XDP redirect, counted
-per output interface (bpf/trace.c).
+per output interface (bpf/trace.c, an object built ahead of time like the
+datapath: mcr_xdp/objfile.py).
 
 The relay works without it; where tracepoints are unavailable it runs
 blind to those losses and says so in `status`.
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 from pathlib import Path
 
-from . import abi, libbpf
-from .errors import McrError
+from . import abi, libbpf, objfile
+from .errors import AttachError, McrError
 from .maps import possible_cpus
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -29,44 +31,62 @@ def ensure_tracefs() -> Path:
     return TRACEFS
 
 
-def _offsets() -> list[str]:
-    """The struct offsets trace.c reads devices at, from the kernel's BTF."""
+class TraceConfig(ctypes.Structure):
+    """struct mcr_trace_cfg (bpf/trace.c): what differs between kernels."""
+
+    _fields_ = [(name, ctypes.c_uint32) for name in (
+        "netns_inum", "off_dev_ifindex", "off_dev_net", "off_net_inum",
+        "err_prog_id", "err_ifindex", "err_to_ifindex", "enq_map_id", "enq_drops")]
+
+
+def _fields(event: str) -> dict[str, int]:
+    """A tracepoint's field offsets, from its tracefs format."""
+    text = (TRACEFS / "events/xdp" / event / "format").read_text()
+    return {m[1]: int(m[2]) for m in re.finditer(r"field:[^;]*?(\w+);\s*offset:(\d+);", text)}
+
+
+def _config() -> TraceConfig:
     from .btf import KernelBtf
 
     with KernelBtf() as btf:
-        return [f"-DMCR_OFF_DEV_IFINDEX={btf.offset('net_device', 'ifindex')}",
-                f"-DMCR_OFF_DEV_NET={btf.offset('net_device', 'nd_net.net')}",
-                f"-DMCR_OFF_NET_INUM={btf.offset('net', 'ns.inum')}"]
+        offsets = (btf.offset("net_device", "ifindex"), btf.offset("net_device", "nd_net.net"),
+                   btf.offset("net", "ns.inum"))
+    try:
+        err, enq = _fields("xdp_redirect_err"), _fields("xdp_cpumap_enqueue")
+        # Drops count only on devices of this network namespace (trace.c).
+        return TraceConfig(os.stat("/proc/self/ns/net").st_ino, *offsets, err["prog_id"], err["ifindex"],
+                           err["to_ifindex"], enq["map_id"], enq["drops"])
+    except (OSError, KeyError) as exc:
+        raise McrError(f"the xdp tracepoints are not as expected: {exc}") from None
 
 
 class LossTracer:
-    """prog_ids: this relay's XDP programs (redirect errors); map_ids: its
-    cpumaps (steering queue drops)."""
+    """Counts for the programs (redirect errors) and cpumaps (steering
+    queue drops) it is told to watch (watch_prog, watch_map)."""
 
-    def __init__(self, prog_ids: list[int], map_ids: list[int] = ()):
+    def __init__(self):
         ensure_tracefs()
-        from bcc import BPF
-
-        from .objfile import bpf_dir
-
-        src = bpf_dir() / "trace.c"
-        # Drops count only on devices of this network namespace (trace.c).
-        cflags = [f"-I{src.parent}", f"-DMCR_NETNS_INUM={os.stat('/proc/self/ns/net').st_ino}u", *_offsets()]
-        if (TRACEFS / "events/xdp/xdp_redirect_map_err").is_dir():
-            cflags.append("-DMCR_HAVE_REDIRECT_MAP_ERR")
+        image = objfile.image("trace")
+        if image is None:
+            raise McrError("its object is not built (bpf/trace.c): run `sudo make setup`, which needs clang")
+        programs = {"mcr_trace_xmit", "mcr_trace_redirect_err", "mcr_trace_enqueue"}
+        if (TRACEFS / "events/xdp/xdp_redirect_map_err").is_dir():  # before Linux 6.4
+            programs.add("mcr_trace_redirect_map_err")
         try:
-            self._bpf = BPF(src_file=str(src).encode(), cflags=cflags)
-        except Exception as exc:  # bcc: bare Exception on compile/attach errors
-            raise McrError(f"cannot load the loss tracer: {exc}") from None
-        self._loss_fd = self._bpf[abi.MAP_LOSS.encode()].map_fd
-        self._progs_fd = self._bpf[abi.MAP_LOSS_PROGS.encode()].map_fd
-        self._steer_fd = self._bpf[abi.MAP_LOSS_STEER.encode()].map_fd
+            self._obj = objfile.Object(image, programs, rodata=bytes(_config()))
+        except AttachError as exc:
+            raise McrError(str(exc)) from None
+        try:
+            for name in sorted(programs):
+                self._obj.attach(name)
+            self._loss_fd = self._obj.map_fd(abi.MAP_LOSS)
+            self._progs_fd = self._obj.map_fd(abi.MAP_LOSS_PROGS)
+            self._steer_fd = self._obj.map_fd(abi.MAP_LOSS_STEER)
+            self._maps_fd = self._obj.map_fd(abi.MAP_LOSS_MAPS)
+        except AttachError as exc:
+            self._obj.close()
+            raise McrError(str(exc)) from None
         self.ncpus = possible_cpus()
-        for prog_id in prog_ids:
-            libbpf.map_update(self._progs_fd, ctypes.c_uint32(prog_id), ctypes.c_uint8(1))
-        maps_fd = self._bpf[abi.MAP_LOSS_MAPS.encode()].map_fd
-        for map_id in map_ids:
-            libbpf.map_update(maps_fd, ctypes.c_uint32(map_id), ctypes.c_uint8(1))
         self.watched: set[int] = set()
 
     def watch(self, from_ifindex: int, to_ifindex: int) -> None:
@@ -88,8 +108,12 @@ class LossTracer:
         return result
 
     def watch_prog(self, prog_id: int) -> None:
-        """Count redirect errors of this program too (the cpumap program)."""
+        """Count redirect errors of this program."""
         libbpf.map_update(self._progs_fd, ctypes.c_uint32(prog_id), ctypes.c_uint8(1))
+
+    def watch_map(self, map_id: int) -> None:
+        """Count the drops of this cpumap's full queues."""
+        libbpf.map_update(self._maps_fd, ctypes.c_uint32(map_id), ctypes.c_uint8(1))
 
     def steering_drops(self) -> int:
         """Frames this relay's full cpumap queues dropped, all CPUs."""
@@ -98,6 +122,4 @@ class LossTracer:
         return sum(values)
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        self._obj.close()

@@ -11,6 +11,7 @@ it, and leaves only after no entry names it.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 
 from .. import abi, encode, features, libbpf, loader, pins
 from ..errors import AttachError, McrError, RuleError
@@ -130,25 +131,43 @@ def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
     return tuple(link.ifindex for link in sorted(outs, key=lambda link: (not link.up, -link.mtu)))
 
 
+def _new_tracer():
+    """(the loss tracer, "") or (None, why there is none)."""
+    from ..trace import LossTracer
+
+    try:
+        return LossTracer(), ""
+    except McrError as exc:
+        return None, f"losses after redirect are not counted: {exc}"
+
+
 class BpfBackend:
     modes = BPF_MODES
     outlives = True
 
     def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None):
-        features.require_toolchain()
         features.require_kernel()
         self.adopt_notice = ""
-        adopt = self._adoptable(left)
-        try:
-            self.datapath = loader.Datapath(adopt=adopt)
-        except AttachError:
-            if adopt is None:
+        # The loss tracer loads (~0.1 s) while the datapath does.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcr-tracer") as pool:
+            tracing = pool.submit(_new_tracer)
+            try:
+                adopt = self._adoptable(left)
+                try:
+                    self.datapath = loader.Datapath(adopt=adopt)
+                except AttachError:
+                    if adopt is None:
+                        raise
+                    # Maps the loader would not take (changed by hand, a layout
+                    # the ABI check missed): relay all the same, counting from zero.
+                    self.adopt_notice = "counters start again: the killed relay's pinned maps could not be taken over"
+                    self.datapath = loader.Datapath()
+                    adopt = None
+            except BaseException:
+                tracer, _ = tracing.result()
+                if tracer is not None:
+                    tracer.close()
                 raise
-            # Maps bcc would not take (changed by hand, a layout the ABI
-            # check missed): relay all the same, counting from zero.
-            self.adopt_notice = "counters start again: the killed relay's pinned maps could not be taken over"
-            self.datapath = loader.Datapath()
-            adopt = None
         self.counters = self.datapath.maps
         self._slots = SlotAllocator()
         self._stats = StatAllocator(held=self.datapath.maps.output_slots)
@@ -179,7 +198,7 @@ class BpfBackend:
         self.pinned: str | None = None
         self.pin_notice = ""
         try:
-            self._start_tracer()
+            self._start_tracer(*tracing.result())
             if steer_cpus:
                 self.datapath.set_steering(steer_cpus)
                 if self.tracer is not None:
@@ -268,6 +287,8 @@ class BpfBackend:
             if mode == Mode.XDP_GENERIC and self.datapath.steer_cpus:
                 notice = "; ".join(filter(None, [notice, GENERIC_NO_STEERING.format(link.name)]))
             fd = self.datapath.xdp_fd(mode)
+            if mode == Mode.XDP_GENERIC and self.tracer is not None:
+                self.tracer.watch_prog(self.datapath.generic_prog_id)
             companion = mode == Mode.XDP_NATIVE and any(
                 r.ifindex == link.ifindex and i in self._via_tc for i, r in self._rules.items())
             if companion:  # first: a frame the program passes on meets it
@@ -537,17 +558,16 @@ class BpfBackend:
 
     # -- observation ---------------------------------------------------------
 
-    def _start_tracer(self) -> None:
-        """Count losses after redirect where tracepoints allow; without them
-        the relay still runs and status says it is blind to those."""
-        from ..trace import LossTracer
-
-        dp = self.datapath
-        try:
-            self.tracer = LossTracer([dp.prog_id, dp.generic_prog_id, libbpf.prog_id(dp.egress_fd)],
-                                     [libbpf.obj_id(dp.maps.fds[abi.MAP_CPUMAP])])
-        except McrError as exc:
-            self.tracer_notice = f"losses after redirect are not counted: {exc}"
+    def _start_tracer(self, tracer, notice: str) -> None:
+        """Count losses after redirect of this datapath's programs, where
+        tracepoints allow; without them the relay still runs and status
+        says it is blind to those."""
+        self.tracer, self.tracer_notice = tracer, notice
+        if tracer is not None:
+            dp = self.datapath
+            for prog_id in (dp.prog_id, libbpf.prog_id(dp.egress_fd)):  # generic XDP's when loaded
+                tracer.watch_prog(prog_id)
+            tracer.watch_map(libbpf.obj_id(dp.maps.fds[abi.MAP_CPUMAP]))
 
     def losses(self) -> Losses:
         if self.tracer is None:

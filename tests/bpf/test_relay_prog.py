@@ -111,9 +111,9 @@ def test_map_and_program_names(datapath):
 def test_tracer_map_names():
     from mcr_xdp.trace import LossTracer
 
-    tracer = LossTracer([])
+    tracer = LossTracer()
     try:
         for name in TRACER_MAPS:
-            tracer._bpf[name.encode()]
+            assert libbpf.map_info(tracer._obj.map_fd(name))["name"] == name
     finally:
         tracer.close()

@@ -53,11 +53,13 @@ def test_each_exit_code(chain, tmp_path):
     (tmp_path / "bad.toml").write_text("[inputs.in0]\nrules = [1]\n")
     assert _code(chain, mcr(), "config", "check", "--offline", str(tmp_path / "bad.toml"))[0] == 2
     assert _code(chain, mcr(), "attach", "nosuch0", "--rule", RULE)[0] == 2
-    # 3: missing setup: a bcc that cannot be imported
+    # 3: missing setup: no datapath object to load (as without clang) and a
+    # bcc that cannot be imported
     (tmp_path / "bcc").mkdir()
     (tmp_path / "bcc" / "__init__.py").write_text("raise ImportError('no bcc here')\n")
-    code, err = _code(chain, "env", f"PYTHONPATH={tmp_path}:{os.environ.get('PYTHONPATH', '')}", mcr(), "attach",
-                      chain.OUT, "--rule", "239.1.1.2:5001=in0", "--socket", str(tmp_path / "other.sock"))
+    code, err = _code(chain, "env", f"PYTHONPATH={tmp_path}:{os.environ.get('PYTHONPATH', '')}",
+                      "MCR_XDP_DATAPATH=bcc", mcr(), "attach", chain.OUT, "--rule", "239.1.1.2:5001=in0",
+                      "--socket", str(tmp_path / "other.sock"))
     assert code == 3 and "bcc" in err
     # 4: another relay serves the socket
     code, err = _code(chain, mcr(), "attach", chain.OUT, "--rule", "239.1.1.2:5001=in0")

@@ -28,16 +28,32 @@ def without_bcc(tmp_path: Path) -> str:
     return f"PYTHONPATH={tmp_path}:{os.environ.get('PYTHONPATH', '')}"
 
 
+# No datapath object to load (as on a machine without clang): bcc would compile it.
+NO_OBJECT = "MCR_XDP_DATAPATH=bcc"
+
+
 @pytest.mark.parametrize("mode", [("--xdp-mode", "native"), ()], ids=["native", "auto"])
 def test_bcc_missing_points_to_make_setup(chain, tmp_path, mode):
-    proc = chain.exec(chain.relay_in.ns, "env", without_bcc(tmp_path), mcr(), "attach", chain.IN, "--rule", RULE,
-                      *mode, check=False)
+    proc = chain.exec(chain.relay_in.ns, "env", without_bcc(tmp_path), NO_OBJECT, mcr(), "attach", chain.IN,
+                      "--rule", RULE, *mode, check=False)
     assert proc.returncode == 3, proc.stderr
     assert "make setup" in proc.stderr and "bcc" in proc.stderr
     if not mode:  # auto: no silent fall-back; the way to relay anyway is named
         assert "--mode userspace" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert xdp_prog(chain, chain.relay_in.ns, chain.IN) == ""
+
+
+def test_the_prebuilt_datapath_needs_neither_bcc_nor_headers(chain, tmp_path):
+    """The object make setup built loads with libbpf alone: no bcc, and
+    an empty /lib/modules (no kernel headers)."""
+    script = (f"mount -t tmpfs none /lib/modules && exec env {without_bcc(tmp_path)} {mcr()} attach {chain.IN} "
+              f"--rule {RULE} --xdp-mode native")
+    relay = Proc(chain.popen(chain.relay_in.ns, "unshare", "-m", "sh", "-c", script))
+    chain.procs.append(relay)
+    relay.wait_for("relaying", timeout=60)
+    assert xdp_prog(chain, chain.relay_in.ns, chain.IN)  # attached
+    assert relay.stop() == 0
 
 
 def test_bcc_missing_userspace_mode_relays_when_asked(chain, tmp_path):
@@ -49,9 +65,10 @@ def test_bcc_missing_userspace_mode_relays_when_asked(chain, tmp_path):
 
 
 def test_ctrl_c_while_starting_undoes_the_start_and_exits_130(chain):
-    relay = Proc(chain.popen(chain.relay_in.ns, mcr(), "attach", chain.IN, "--rule", RULE, "--xdp-mode", "native"))
+    relay = Proc(chain.popen(chain.relay_in.ns, "env", NO_OBJECT, mcr(), "attach", chain.IN, "--rule", RULE,
+                             "--xdp-mode", "native"))
     chain.procs.append(relay)
-    time.sleep(1.0)  # the datapath compiles for seconds
+    time.sleep(1.0)  # bcc compiles the datapath for seconds
     assert relay.popen.poll() is None and not relay.lines, "started too fast to interrupt"
     assert relay.stop(signal.SIGINT, timeout=60) == 130
     stderr = relay.stderr()
@@ -62,7 +79,8 @@ def test_ctrl_c_while_starting_undoes_the_start_and_exits_130(chain):
 
 def test_kernel_headers_missing_points_to_make_setup(chain):
     # An empty /lib/modules in a private mount namespace: no headers for bcc.
-    script = f"mount -t tmpfs none /lib/modules && exec {mcr()} attach {chain.IN} --rule {RULE} --xdp-mode native"
+    script = (f"mount -t tmpfs none /lib/modules && exec env {NO_OBJECT} {mcr()} attach {chain.IN} --rule {RULE} "
+              "--xdp-mode native")
     proc = chain.exec(chain.relay_in.ns, "unshare", "-m", "sh", "-c", script, check=False)
     assert proc.returncode == 3, proc.stderr
     assert "kernel headers" in proc.stderr and "make setup" in proc.stderr

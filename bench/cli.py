@@ -87,7 +87,7 @@ def _attach_phases(ns: str, python: str) -> dict:
     return phases
 
 
-def measure(rounds: int = 20, rules: int = 10, starts: int = 5) -> dict:
+def measure(rounds: int = 20, rules: int = 10, starts: int = 10) -> dict:
     chain = Chain(unique_prefix("mcrb")).build()
     doc: dict = {"started": time.time(), "rounds": rounds, "rules": rules, "commands": {}, "attach_s": {}}
     try:

@@ -17,6 +17,7 @@ LAYOUTS = {
                 "relay); the generator stays on CPU 0",
 }
 NOISE_LIMIT = 0.15  # CPUs other processes may use during a run before it is repeated
+MARGIN = 0.05  # a paired ratio's spread (max - min over median) beyond which no verdict is given
 RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", "mcr-xdp-generic", "mcr-xdp-tc",
           "mcr-xdp-userspace", "socat", "smcroute")
 # The same native relay with a rule option that reads the payload, fed RTP.
@@ -36,6 +37,10 @@ class Block:
     exact: int = 0  # > 0: send exactly this many packets per run (count check) instead of timing
     socket_check: bool = False  # before measuring, a socket-level integrity run through the relay
     repeats: int | None = None  # None: the plan's
+    # Each repetition runs every relay once, in turn (ABAB...): drift on the
+    # machine hits all of them alike, and each relay's run is paired with
+    # the first relay's of the same repetition (report: paired ratios).
+    interleave: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,7 @@ QUICK = Plan(
         Block("rules", ("mcr-xdp-native",), sizes=(64,), streams=1000),
         Block("fan-out", ("mcr-xdp-native",), sizes=(64,), outputs=8),
         Block("options", OPTIONS, sizes=(64,)),
+        Block("compare", ("bare-redirect", "mcr-xdp-native"), sizes=(64,), repeats=6, interleave=True),
     ),
     repeats=3,
     seconds=0.6,
@@ -103,6 +109,9 @@ FULL = Plan(
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=2, exact=100_000, repeats=1),
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=5, exact=100_000, repeats=1),
         Block("options", OPTIONS, sizes=(64, 1316), layouts=BOTH),
+        # The datapath against a bare redirect, paired run by run (issue 13: >= 0.97).
+        Block("compare", ("bare-redirect", "mcr-xdp-native"), sizes=(64,), layouts=BOTH, repeats=10,
+              interleave=True),
     ),
     repeats=3,
     seconds=0.8,

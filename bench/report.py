@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .plan import LAYOUTS, NOISE_LIMIT
+from .plan import LAYOUTS, MARGIN, NOISE_LIMIT
 
 LAYOUT_SHORT = {"default": "1 CPU", "threaded": "own CPU"}
 
@@ -83,6 +83,12 @@ def table(results: list[dict]) -> str:
                          f"| {c.get('unique', '-')} pkts | - | {verdict} | - | - | - | - |")
             continue
         base = f"| {r['block']} | {r['label']} |"
+        if r["status"] == "paired":
+            p = r["summary"]
+            lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
+                         f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {p['n']} repetitions) | {p['min']:.3f}-"
+                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - |")
+            continue
         if r["status"] != "ok":
             lay = LAYOUT_SHORT.get(r.get("layout", ""), "-")
             size = f"{r['size']} B" if "size" in r else "-"
@@ -152,6 +158,9 @@ def _peak(results, relay, layout, size):
     return max(rows, key=lambda r: r["summary"]["delivered_pps"], default=None)
 
 
+PAIRED_GOAL = 0.97  # issue 13: the full relay against a bare redirect, run for run
+
+
 def targets(results: list[dict]) -> list[dict]:
     """Issue 6's targets as measured ratios. Each: name, measured, target,
     met (None when a side was not measured), note."""
@@ -197,6 +206,16 @@ def targets(results: list[dict]) -> list[dict]:
             if native and bare:
                 add(f"native / bare XDP redirect, {LAYOUT_SHORT[layout]}, {size} B", pps(native), pps(bare), 1.0,
                     "the issue: the full datapath must be leaner than a naive redirect")
+    for r in results:
+        if r["status"] == "paired":
+            p = r["summary"]
+            note = (f"paired ABAB runs, {p['n']} repetitions: ratios {p['min']:.3f}-{p['max']:.3f}, spread "
+                    f"{p['spread'] * 100:.1f}%")
+            met = None if p["spread"] > MARGIN else p["ratio"] >= PAIRED_GOAL
+            if met is None:
+                note += f" exceeds the {MARGIN * 100:g}% margin: no verdict"
+            out.append({"target": f"{r['label']}, {LAYOUT_SHORT[r['layout']]}, {r['size']} B", "measured": p["ratio"],
+                        "goal": PAIRED_GOAL, "met": met, "note": note})
     for size in sizes:
         one = _find(results, "mcr-xdp-native", "default", size)
         many = _find(results, "mcr-xdp-native", "default", size, streams=1000)

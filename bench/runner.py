@@ -189,6 +189,9 @@ class Runner:
         }
 
     def run_block(self, block: Block) -> None:
+        if block.interleave:
+            self.run_interleaved(block)
+            return
         sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
         for key in block.relays:
             if self.only_relays is not None and key not in self.only_relays:
@@ -219,6 +222,60 @@ class Runner:
             finally:
                 self.set_layout("default")
                 relay.stop()
+
+    def run_interleaved(self, block: Block) -> None:
+        """Every repetition runs each relay once, started and stopped in
+        turn; each relay's runs are then paired with the first relay's."""
+        sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+        keys = []
+        for key in block.relays:
+            if self.only_relays is not None and key not in self.only_relays:
+                continue
+            relay = self.relays[key]
+            reason = relay.unavailable()
+            if reason is not None:
+                self.results.append({"block": block.name, "relay": key, "label": relay.label, "streams": block.streams,
+                                     "outputs": block.outputs, "exact": 0, "status": "n/a", "reason": reason})
+                continue
+            keys.append(key)
+        if len(keys) < 2:
+            return
+        repeats = block.repeats or self.plan.repeats
+        for layout in block.layouts:
+            self.set_layout(layout)
+            try:
+                for size in sizes:
+                    for rate in block.rates:
+                        pps = rate_pps(rate, self.ceilings.get((layout, size)))
+                        runs: dict[str, list[dict]] = {key: [] for key in keys}
+                        for rep in range(repeats):
+                            for key in keys:
+                                relay = self.relays[key]
+                                relay.start(self.topo, block.streams, block.outputs)
+                                try:
+                                    runs[key].append(self.measure(relay, self.gen(size, block.streams, relay.rtp),
+                                                                  pps, self.plan.seconds))
+                                finally:
+                                    relay.stop()
+                            got = ", ".join(f"{key} {runs[key][-1]['delivered_pps'] / 1e3:.1f} kpps" for key in keys)
+                            log(f"[{block.name}] {layout} {size} B {rate}: repetition {rep + 1}/{repeats}: {got}")
+                        self._paired(block, keys, runs, layout, size, rate, pps)
+            finally:
+                self.set_layout("default")
+
+    def _paired(self, block: Block, keys: list[str], runs: dict, layout: str, size: int, rate: str, pps) -> None:
+        point = {"block": block.name, "streams": block.streams, "outputs": block.outputs, "exact": 0,
+                 "layout": layout, "size": size, "rate": rate, "offered_target_pps": pps}
+        for key in keys:
+            self.results.append({**point, "relay": key, "label": self.relays[key].label, "status": "ok",
+                                 "runs": runs[key], "summary": summarize(runs[key])})
+        ref = keys[0]
+        for key in keys[1:]:
+            ratios = [a["delivered_pps"] / b["delivered_pps"] if b["delivered_pps"] else 0.0
+                      for a, b in zip(runs[key], runs[ref], strict=True)]
+            self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{self.relays[key].label} / "
+                                 f"{self.relays[ref].label}", "status": "paired", "ratios": ratios,
+                                 "summary": paired_summary(ratios)})
 
     def point(self, relay: Relay, gen: LiveGen, layout: str, size: int, rate: str, block: Block) -> dict:
         ceiling = self.ceilings.get((layout, size))
@@ -275,6 +332,14 @@ class Runner:
             for block in self.plan.blocks:
                 self.run_block(block)
         return self.results
+
+
+def paired_summary(ratios: list[float]) -> dict:
+    """Paired ratios of one relay's runs to the reference's: the median and
+    how far they spread (max - min over the median)."""
+    med = statistics.median(ratios)
+    return {"ratio": med, "min": min(ratios), "max": max(ratios), "n": len(ratios),
+            "spread": (max(ratios) - min(ratios)) / med if med else float("inf")}
 
 
 def summarize(runs: list[dict]) -> dict:

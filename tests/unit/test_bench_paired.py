@@ -1,0 +1,45 @@
+"""The benchmark's paired comparison (issue 13): relays run in turn within
+each repetition, each run paired with the reference's; a verdict only when
+the paired ratios agree within the margin."""
+
+from __future__ import annotations
+
+from bench import report
+from bench.plan import FULL, MARGIN, QUICK
+from bench.runner import paired_summary
+
+
+def _paired(ratios: list[float]) -> dict:
+    return {"block": "compare", "relay": "mcr-xdp-native/bare-redirect", "label": "mcr-xdp native / bare redirect",
+            "streams": 1, "outputs": 1, "exact": 0, "layout": "default", "size": 64, "rate": "flat",
+            "status": "paired", "ratios": ratios, "summary": paired_summary(ratios)}
+
+
+def _target(results: list[dict]) -> dict:
+    (t,) = [t for t in report.targets(results) if "bare redirect" in t["target"] and "paired" in t["note"]]
+    return t
+
+
+def test_ratios_that_agree_give_a_verdict():
+    t = _target([_paired([0.98, 0.985, 0.99, 0.975, 0.982, 0.979])])
+    assert t["met"] is True and round(t["measured"], 3) == 0.981 and t["goal"] == 0.97
+    t = _target([_paired([0.90, 0.91, 0.905, 0.899])])
+    assert t["met"] is False
+
+
+def test_ratios_that_spread_more_than_the_margin_give_none():
+    t = _target([_paired([0.90, 1.02, 0.97, 0.99])])
+    assert t["met"] is None and f"exceeds the {MARGIN * 100:g}% margin: no verdict" in t["note"]
+    assert "**no**" not in report.targets_table([t]) and "| n/a |" in report.targets_table([t])
+
+
+def test_the_table_shows_the_paired_ratios():
+    text = report.table([_paired([0.98, 0.99, 1.0])])
+    assert "0.990 x (paired, 3 repetitions)" in text and "0.980-1.000 (2.0%)" in text
+
+
+def test_both_plans_compare_the_datapath_with_a_bare_redirect_in_turn():
+    for plan in (QUICK, FULL):
+        (block,) = [b for b in plan.blocks if b.interleave]
+        assert block.relays[0] == "bare-redirect" and "mcr-xdp-native" in block.relays
+        assert (block.repeats or plan.repeats) >= 6

@@ -235,9 +235,10 @@ class Object:
     maps (new ones, or those given by fd)."""
 
     def __init__(self, image: bytes, programs: set[str], max_entries: dict[str, int] | None = None,
-                 reuse: dict[str, int] | None = None, rodata: bytes | None = None):
+                 reuse: dict[str, int] | None = None, rodata: bytes | None = None, what: str = "the datapath"):
         """rodata: the object's read-only data (its `const volatile`
-        globals), set before the verifier sees them as constants."""
+        globals), set before the verifier sees them as constants. what:
+        the object, in errors."""
         lib = _lib()
         self._links: list[int] = []
         self._image = ctypes.create_string_buffer(image, len(image))  # libbpf keeps pointing into it
@@ -247,17 +248,18 @@ class Object:
         self._obj = lib.bpf_object__open_mem(self._image, len(image), ctypes.byref(opts))
         err = ctypes.get_errno()
         if not self._obj:
-            raise AttachError(f"libbpf cannot open the datapath object: {os.strerror(err or 22)}")
+            raise AttachError(f"libbpf cannot open {what}'s object: {os.strerror(err or 22)}")
         try:
             self._configure(programs, max_entries or {}, reuse or {})
             if rodata is not None:
                 _check(lib.bpf_map__set_initial_value(self._map(".rodata"), rodata, len(rodata)), "set .rodata")
             ret = lib.bpf_object__load(self._obj)
             if ret < 0:
-                raise AttachError(f"could not load the datapath: {os.strerror(-ret)}{self._log_tail()}")
+                raise AttachError(f"could not load {what}: {os.strerror(-ret)}{self._log_tail()}")
         except BaseException:
             self.close()
             raise
+        self._log = None  # written only while loading: 4 MiB back
 
     def _configure(self, programs: set[str], max_entries: dict[str, int], reuse: dict[str, int]) -> None:
         lib = _lib()

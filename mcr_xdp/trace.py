@@ -73,7 +73,7 @@ class LossTracer:
         if (TRACEFS / "events/xdp/xdp_redirect_map_err").is_dir():  # before Linux 6.4
             programs.add("mcr_trace_redirect_map_err")
         try:
-            self._obj = objfile.Object(image, programs, rodata=bytes(_config()))
+            self._obj = objfile.Object(image, programs, rodata=bytes(_config()), what="the loss tracer")
         except AttachError as exc:
             raise McrError(str(exc)) from None
         try:

@@ -95,3 +95,14 @@ def test_a_place_it_cannot_write_is_an_error_not_a_traceback(sources):
     (sources / "build").write_text("a file where the directory goes")  # root writes anywhere else
     with pytest.raises(AttachError, match="cannot write the datapath object"):
         objfile.build(sources)
+
+
+def test_a_program_the_verifier_refuses_is_an_error_with_its_log(sources):
+    """libbpf asks for the verifier's log only when a load fails: the error
+    ends with its last lines."""
+    relay_c = sources / "relay.c"
+    relay_c.write_text(relay_c.read_text() + '\nMCR_PROG("xdp") int mcr_unchecked(struct xdp_md *ctx)\n'
+                       "{\n\treturn *(int *)(long)ctx->data;  /* no bounds check */\n}\n")
+    image = objfile.build(sources).read_bytes()
+    with pytest.raises(AttachError, match="(?s)could not load the datapath: Permission denied.*invalid access to packet"):
+        objfile.Object(image, {"mcr_unchecked"})

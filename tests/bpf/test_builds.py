@@ -104,5 +104,6 @@ def test_a_program_the_verifier_refuses_is_an_error_with_its_log(sources):
     relay_c.write_text(relay_c.read_text() + '\nMCR_PROG("xdp") int mcr_unchecked(struct xdp_md *ctx)\n'
                        "{\n\treturn *(int *)(long)ctx->data;  /* no bounds check */\n}\n")
     image = objfile.build(sources).read_bytes()
-    with pytest.raises(AttachError, match="(?s)could not load the datapath: Permission denied.*invalid access to packet"):
+    refused = "(?s)could not load the datapath: Permission denied.*invalid access to packet"
+    with pytest.raises(AttachError, match=refused):
         objfile.Object(image, {"mcr_unchecked"})

@@ -4,9 +4,10 @@ loaded with libbpf.
 bcc compiles the datapath at every start: ~3 s of a relay's ~3.5 s to
 "relaying", and as much again in every test that starts one. The same
 sources also build as a plain BPF object (clang -target bpf -DMCR_OBJECT,
-BTF from -g), once, when they change: `make setup` builds it, a relay that
-finds none builds it on its first start, and the Debian package ships it.
-A start then only loads it (libbpf: maps, BTF, the verifier).
+BTF from -g), once, when they change: `make setup` builds it, a relay in a
+checkout whose sources changed builds it at start, and the Debian package
+ships it. A start then only loads it (libbpf: maps, BTF, the verifier).
+The loss tracer (bpf/trace.c, libbpf C only) is built beside it.
 
 Only two things differ between the builds, both in bpf/maps.h: the map
 declarations (MCR_MAP and friends expand to bcc's table macros or to BTF

@@ -59,6 +59,10 @@
 #define MCR_DEVMAP_TEMPLATE(v, name, n) BPF_XDP_REDIRECT_MAP("devmap", v, name, n)
 #endif
 
+/* The compiler forgets what it knows of var: a bound check right after it
+ * stays where the verifier needs it (libbpf's barrier_var). */
+#define MCR_OPAQUE(var) asm volatile("" : "+r"(var))
+
 /* A program, and the section that tells libbpf its type. */
 #ifdef MCR_OBJECT
 #define MCR_PROG(section) SEC(section)

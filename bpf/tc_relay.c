@@ -174,10 +174,17 @@ static __always_inline int tc_forward(struct __sk_buff *skb, int companion)
 		goto out;
 	}
 	for (i = 0; i < MCR_MAX_OUTPUTS; i++) {
-		const struct mcr_output *out = &rule->out[i];
+		const struct mcr_output *out;
 
 		if (i >= n)
 			break;
+		/* clang merges the two bounds into i < min(n, 16) and the 6.1
+		 * verifier then knows i only below 65,536: bound it again where
+		 * it indexes, out of the compiler's sight. */
+		MCR_OPAQUE(i);
+		if (i >= MCR_MAX_OUTPUTS)
+			break;
+		out = &rule->out[i];
 		if (out->flags & MCR_OUT_UNRESOLVED) {
 			count_verdict(MCR_V_DROP_NO_NEIGH, bytes);
 			/* The last output: the copies before it went. */

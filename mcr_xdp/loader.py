@@ -175,8 +175,8 @@ class Datapath:
             if self._bpf is None:
                 try:
                     self._tc_fds[name] = self._load_program(name)
-                except AttachError as exc:
-                    raise AttachError(f"could not load the {what}: {_first_line(exc)}") from None
+                except AttachError as exc:  # the verifier's last lines included
+                    raise AttachError(f"could not load the {what}: {exc}") from None
                 return self._tc_fds[name]
             from bcc import BPF
 
@@ -202,8 +202,8 @@ class Datapath:
         if self._cpu_fd is None and self._bpf is None:
             try:
                 self._cpu_fd = self._load_program(abi.PROG_CPU)
-            except AttachError as exc:
-                raise AttachError(f"could not load the cpumap program: {_first_line(exc)}") from None
+            except AttachError as exc:  # the verifier's last lines included
+                raise AttachError(f"could not load the cpumap program: {exc}") from None
         if self._cpu_fd is None:
             from bcc import BPF, BPFAttachType
 

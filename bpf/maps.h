@@ -88,6 +88,12 @@ MCR_MAP(ARRAY, __u32, struct mcr_config, mcr_config, 1, 0);
  * 4-byte value; this form carries a program slot too (mcr_egress, as every
  * output does: see struct mcr_meta). */
 MCR_REDIRECT_MAP(DEVMAP, struct mcr_devmap_val, mcr_tx_ports, MCR_MAX_PORTS);
+/* The same slots without the program, for frames the native ingress
+ * program rewrote (one output): the kernel then runs no program per frame
+ * at the flush (~55 ns a frame, docs/benchmarks.md). Only slots of
+ * interfaces no fan-out rule uses are here (the control plane keeps it so:
+ * backends/bpf.py, Direct slots). */
+MCR_REDIRECT_MAP(DEVMAP, struct mcr_devmap_val, mcr_tx_direct, MCR_MAX_PORTS);
 
 /* Fan-out: rule id -> a devmap of that rule's outputs, each entry carrying
  * the egress program mcr_egress. The control plane creates the inner maps

@@ -17,7 +17,7 @@
 #include <linux/bpf.h>  /* struct bpf_spin_lock */
 #endif
 
-#define MCR_ABI_VERSION 12
+#define MCR_ABI_VERSION 13
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -33,7 +33,8 @@
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
 #define MCR_MAP_RANGES    "mcr_ranges"    /* LPM trie: mcr_range_key -> mcr_rule (range rules) */
-#define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex */
+#define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex, with the egress program */
+#define MCR_MAP_TX_DIRECT "mcr_tx_direct" /* devmap: the same slots, no program (frames rewritten at ingress) */
 #define MCR_MAP_VERDICTS  "mcr_verdicts"  /* percpu array: verdict -> mcr_counter */
 #define MCR_MAP_RULE_STATS "mcr_rule_stats" /* percpu array: rule id -> mcr_rule_counters */
 #define MCR_MAP_OUTPUT_STATS "mcr_output_stats" /* percpu array: mcr_output.stat -> mcr_counter */

@@ -187,6 +187,20 @@ static __always_inline int forward(struct xdp_md *ctx, int may_steer, int has_me
 	/* The metadata moves with adjust_head. */
 	if (p.tagged && bpf_xdp_adjust_head(ctx, VLAN_HLEN))
 		goto out;
+	/* Rewritten, to an interface no fan-out rule uses: nothing for an
+	 * egress program to do, so none runs (mcr_tx_direct) and the frame
+	 * leaves without our metadata. Only from the native ingress program:
+	 * the kernel runs the program of a batch's first frame on the whole
+	 * batch of a device, and only there is every frame of a batch
+	 * rewritten alike (a cpumap batch mixes inputs). */
+	if (done && native) {
+		action = mcr_tx_direct.redirect_map(rule->out[0].slot, XDP_PASS);
+		if (action == XDP_REDIRECT) {
+			meta_release(ctx);
+			verdict = MCR_V_REDIRECT;
+			goto out;
+		}
+	}
 	if (has_meta)
 		meta_set(ctx, done ? MCR_META_DONE : MCR_META_EGRESS, p.key.ifindex, seq);
 

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 12
+ABI_VERSION = 13
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -22,6 +22,7 @@ MAX_MERGES = 128
 MAP_RULES = "mcr_rules"
 MAP_RANGES = "mcr_ranges"
 MAP_TX_PORTS = "mcr_tx_ports"
+MAP_TX_DIRECT = "mcr_tx_direct"
 MAP_VERDICTS = "mcr_verdicts"
 MAP_RULE_STATS = "mcr_rule_stats"
 MAP_OUTPUT_STATS = "mcr_output_stats"

@@ -172,6 +172,24 @@ def obj_id(fd: int) -> int:
     return struct.unpack_from("=I", _prog_info(fd), _PROG_INFO_ID_OFFSET)[0]
 
 
+_MEMBARRIER = {"x86_64": 324, "aarch64": 283}  # syscall numbers
+MEMBARRIER_CMD_GLOBAL = 1
+
+
+def rcu_grace_period() -> None:
+    """Wait until every CPU has passed a quiescent state: every BPF program
+    and NAPI poll running now has ended (membarrier(MEMBARRIER_CMD_GLOBAL)
+    is synchronize_rcu()). Where it is refused (nohz_full CPUs, another
+    architecture), 50 ms, far longer than a NAPI poll."""
+    import platform
+    import time
+
+    nr = _MEMBARRIER.get(platform.machine())
+    if nr is not None and ctypes.CDLL(None, use_errno=True).syscall(nr, MEMBARRIER_CMD_GLOBAL, 0) == 0:
+        return
+    time.sleep(0.05)
+
+
 def map_info(map_fd: int) -> dict:
     """The kernel's description of a map (struct bpf_map_info: type, id,
     key_size, value_size, max_entries, map_flags, name)."""

@@ -25,6 +25,7 @@ MAP_NAMES = (
     abi.MAP_RULES,
     abi.MAP_RANGES,
     abi.MAP_TX_PORTS,
+    abi.MAP_TX_DIRECT,
     abi.MAP_VERDICTS,
     abi.MAP_RULE_STATS,
     abi.MAP_OUTPUT_STATS,

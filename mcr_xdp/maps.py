@@ -79,7 +79,15 @@ class Maps:
         libbpf.map_update(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot), val)
 
     def clear_port(self, slot: int) -> None:
+        self.clear_direct(slot)
         libbpf.map_delete(self._fd[abi.MAP_TX_PORTS], ctypes.c_uint32(slot))
+
+    def set_direct(self, slot: int, ifindex: int) -> None:
+        """tx_direct[slot]: ifindex, without a program."""
+        libbpf.map_update(self._fd[abi.MAP_TX_DIRECT], ctypes.c_uint32(slot), abi.DevmapVal(ifindex=ifindex))
+
+    def clear_direct(self, slot: int) -> None:
+        libbpf.map_delete(self._fd[abi.MAP_TX_DIRECT], ctypes.c_uint32(slot))
 
     rule_kinds = {"ssm_rules": 0, "range_rules": 0, "any_port_rules": 0, "unicast_rules": 0}  # as mcr_config holds them
     _steer_cpus = 0

@@ -177,6 +177,7 @@ class BpfBackend:
             self._stats.adopt(slots)
             self._merges.adopt(merge_keys)
         self._fanout_order: dict[int, tuple[int, ...]] = {}  # rule index -> its devmap's ifindexes, in key order
+        self._direct: dict[int, int] = {}  # mcr_tx_direct: slot -> ifindex (see _undirect)
         self._rules: dict[int, InstalledRule] = {}
         # The loop guard: rule index -> its outputs' MACs, and MAC -> how many
         # rules send from it (kept as rules come and go: a relay adding
@@ -376,7 +377,8 @@ class BpfBackend:
             raise
         if single:
             maps.clear_fanout(index)
-            self._fanout_order.pop(index, None)
+            if self._fanout_order.pop(index, None):
+                self._redirect()
         self._free_slots(index, keep=_single_output(installed, links))
         previous = self._rules.get(index)
         if rule.health_kind is None and previous is not None and previous.rule.health_kind is not None:
@@ -468,8 +470,9 @@ class BpfBackend:
             self._stop_merge(installed.index, installed.rule.merge_name)
         self._set_out_macs(installed.index, frozenset())
         maps.clear_fanout(installed.index)
-        self._fanout_order.pop(installed.index, None)
         self._free_slots(installed.index)
+        if self._fanout_order.pop(installed.index, None):
+            self._redirect()
         self._stats.release(installed.index)
         if self._rules.pop(installed.index, None) is not None:
             self._count_kinds(installed.rule, None)
@@ -480,6 +483,9 @@ class BpfBackend:
         if new:
             try:
                 self.datapath.maps.set_port(slot, ifindex, self.datapath.egress_fd)
+                if ifindex not in self._fanned():  # no fan-out copy goes there: no batch to share
+                    self.datapath.maps.set_direct(slot, ifindex)
+                    self._direct[slot] = ifindex
             except BaseException:
                 self._slots.release(index)
                 raise
@@ -490,6 +496,43 @@ class BpfBackend:
         deleted meanwhile finds an empty slot rather than another output."""
         for slot in self._slots.release(index, keep):
             self.datapath.maps.clear_port(slot)
+            self._direct.pop(slot, None)
+
+    # Direct slots. A one-output frame the native ingress program rewrote
+    # goes through mcr_tx_direct, whose entries carry no program, when its
+    # interface has a slot there. The kernel runs the program of a device
+    # batch's first frame on the whole batch (kernel/bpf/devmap.c
+    # bq_enqueue), so an interface that also takes fan-out copies (which
+    # need mcr_egress) must have no direct slot, and no batch may still
+    # hold a direct frame when its first fan-out copy is queued, nor a
+    # fan-out copy when a direct slot comes back: a grace period (every
+    # NAPI poll, in which the batches live, has ended) separates the two.
+
+    def _fanned(self) -> set[int]:
+        return {ifindex for order in self._fanout_order.values() for ifindex in order}
+
+    def _undirect(self, ifindexes) -> None:
+        """Before fan-out copies go to ifindexes: their direct slots out,
+        and the batches that could hold their frames gone."""
+        gone = [slot for slot, ifindex in self._direct.items() if ifindex in ifindexes]
+        for slot in gone:
+            self.datapath.maps.clear_direct(slot)
+            del self._direct[slot]
+        if gone:
+            libbpf.rcu_grace_period()
+
+    def _redirect(self) -> None:
+        """After fan-out copies stopped going somewhere: direct slots back
+        for interfaces no fan-out rule uses, once their batches are gone."""
+        fanned = self._fanned()
+        back = {slot: ifindex for ifindex, slot in self._slots.in_use.items()
+                if ifindex not in fanned and slot not in self._direct}
+        if not back:
+            return
+        libbpf.rcu_grace_period()
+        for slot, ifindex in back.items():
+            self.datapath.maps.set_direct(slot, ifindex)
+            self._direct[slot] = ifindex
 
     def _count_kinds(self, old, new) -> None:
         """Keep mcr_config's rule counts (which lookups run) as rule old
@@ -512,8 +555,12 @@ class BpfBackend:
         interface keep the rule's order (the egress program tells them apart
         by it)."""
         ifindexes = delivery_order(rule, links)
+        self._undirect(set(ifindexes))
         self.datapath.maps.set_fanout(index, [(ifindex, self.datapath.egress_fd) for ifindex in ifindexes])
+        before = self._fanout_order.get(index, ())
         self._fanout_order[index] = ifindexes
+        if set(before) - set(ifindexes):
+            self._redirect()
 
     def refresh_outputs(self, links: dict[str, Link]) -> list[int]:
         """Re-order fan-out devmaps whose outputs went up, down or changed

@@ -533,6 +533,20 @@ def test_ingress_leaves_metadata(datapath, single_port, one_cpu, pkt, rule_id, m
         assert (m.ifindex, m.seq) == (LO, single_port.rule_counters(rule_id).packets & 0xFFFFFFFF)
 
 
+@pytest.mark.parametrize("pkt", [SINGLE_IN, replace(SINGLE_IN, vlan=100)], ids=["untagged", "tagged"])
+def test_ingress_sends_a_rewritten_frame_direct_without_metadata(datapath, single_port, pkt):
+    """With the slot in mcr_tx_direct (its interface takes no fan-out copy),
+    the rewritten frame goes there, without our metadata: no egress program
+    runs on it."""
+    datapath.maps.set_direct(0, LO)
+    try:
+        ctx = libbpf.XdpMd(ingress_ifindex=LO)
+        action, meta_out, frame, _ = libbpf.test_run_meta(datapath.prog_fd, pkt.build(), ctx)
+    finally:
+        datapath.maps.clear_direct(0)
+    assert (action, meta_out, frame) == (REDIRECT, b"", sent(SINGLE_IN, SINGLE[0]))
+
+
 def test_ingress_passes_host_traffic_without_metadata(datapath, single_port):
     ctx = libbpf.XdpMd(ingress_ifindex=LO)
     frame = replace(IN, dst="239.9.9.9").build()

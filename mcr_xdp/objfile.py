@@ -99,8 +99,9 @@ def digest(directory: Path) -> str:
 OBJECTS = ("datapath", "trace")  # the datapath (DATAPATH_SOURCES) and the loss tracer (trace.c)
 
 
-def object_path(directory: Path, name: str = "datapath") -> Path:
-    return directory / "build" / f"{name}-{digest(directory)}.o"
+def object_path(directory: Path, name: str = "datapath", stamp: str | None = None) -> Path:
+    """stamp: digest(directory), when the caller has it already."""
+    return directory / "build" / f"{name}-{stamp or digest(directory)}.o"
 
 
 def find_clang() -> str | None:
@@ -121,7 +122,8 @@ def build(directory: Path, clang: str | None = None) -> Path:
     """Compile the objects for these sources unless they are there; returns
     the datapath's path. Raises AttachError (no clang, a compile error, a
     place it cannot write)."""
-    outs = {name: object_path(directory, name) for name in OBJECTS}
+    stamp = digest(directory)  # read the sources once for both names
+    outs = {name: object_path(directory, name, stamp) for name in OBJECTS}
     if all(out.is_file() for out in outs.values()):
         return outs["datapath"]
     clang = clang or find_clang()

@@ -23,6 +23,8 @@ RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", 
 # The same native relay with a rule option that reads the payload, fed RTP.
 OPTIONS = ("mcr-xdp-native", "mcr-xdp-native-health", "mcr-xdp-native-merge")
 ALL_RELAYS = (*RELAYS, *OPTIONS[1:])
+# The predecessor's soak (9M packets at 150 kpps): every mode of mcr-xdp, and kernel routing.
+SOAK = ("mcr-xdp-native", "mcr-xdp-generic", "mcr-xdp-tc", "mcr-xdp-userspace", "smcroute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +111,8 @@ FULL = Plan(
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=2, exact=100_000, repeats=1),
         Block("exact", ("mcr-xdp-native", "smcroute"), rates=("20000",), streams=5, exact=100_000, repeats=1),
         Block("options", OPTIONS, sizes=(64, 1316), layouts=BOTH),
+        # The predecessor's soak in every mode (issue 13): 9,000,000 at 150 kpps, a minute each.
+        Block("exact", SOAK, rates=("150000",), exact=9_000_000, repeats=1),
         # The datapath against a bare redirect, paired run by run (issue 13: >= 0.97).
         Block("compare", ("bare-redirect", "mcr-xdp-native"), sizes=(64,), layouts=BOTH, repeats=10,
               interleave=True),
@@ -122,8 +126,8 @@ FULL = Plan(
 LONG = Plan(
     "long",
     (
-        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("150000",), exact=9_000_000),
-        Block("exact", ("mcr-xdp-native", "smcroute"), rates=("150000",), exact=9_000_000, outputs=2),
+        Block("exact", SOAK, rates=("150000",), exact=9_000_000),
+        Block("exact", SOAK, rates=("150000",), exact=9_000_000, outputs=2),
     ),
     repeats=1,
 )

@@ -73,27 +73,27 @@ def _ceiling(results: list[dict], layout: str, size: int) -> float | None:
 
 def table(results: list[dict]) -> str:
     head = ("| block | relay | layout | payload | streams | outputs | offered | delivered (median) | spread "
-            "| loss | relay CPU | relay ns/pkt | x ceiling | others |")
+            "| loss | relay CPU | relay ns/pkt | x ceiling | others | busiest CPU |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if r["status"] == "check":
             c = r["check"]
             verdict = "every packet once, intact" if c.get("ok") else f"FAILED: {c}"
             lines.append(f"| integrity | {r['label']} | - | 256 B | 1 | {r['outputs']} | {c['sent']} pkts "
-                         f"| {c.get('unique', '-')} pkts | - | {verdict} | - | - | - | - |")
+                         f"| {c.get('unique', '-')} pkts | - | {verdict} | - | - | - | - | - |")
             continue
         base = f"| {r['block']} | {r['label']} |"
         if r["status"] == "paired":
             p = r["summary"]
             lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
                          f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {p['n']} repetitions) | {p['min']:.3f}-"
-                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - |")
+                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - | - |")
             continue
         if r["status"] != "ok":
             lay = LAYOUT_SHORT.get(r.get("layout", ""), "-")
             size = f"{r['size']} B" if "size" in r else "-"
             lines.append(f"{base} {lay} | {size} | {r['streams']} | {r['outputs']} | - | not available: "
-                         f"{r['reason']} | - | - | - | - | - | - |")
+                         f"{r['reason']} | - | - | - | - | - | - | - |")
             continue
         s = r["summary"]
         ceil = _ceiling(results, r["layout"], r["size"])
@@ -112,8 +112,19 @@ def table(results: list[dict]) -> str:
         lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
                      f"| {offered} | {delivered} | {fmt_pps(s['min_pps'])}-{fmt_pps(s['max_pps'])} "
                      f"({s['spread'] * 100:.1f}%) | {loss} | {_cpu(r)} | {_ns_per_packet(r, ceil)} | {ratio} "
-                     f"| {_others(s)} |")
+                     f"| {_others(s)} | {_busiest(s)} |")
     return "\n".join(lines)
+
+
+def _busiest(s: dict) -> str:
+    """What limited a point: its busiest CPU (median over runs). At ~100%
+    that CPU was the limit; a point losing packets with no CPU near it lost
+    them elsewhere (a queue, a ring)."""
+    busy = s.get("cpu_busy") or {}
+    if not busy:
+        return "-"
+    cpu, frac = max(busy.items(), key=lambda kv: kv[1])
+    return f"CPU {cpu} {min(frac, 1.0) * 100:.0f}%" + (" (the limit)" if frac >= 0.95 else "")
 
 
 def summary_table(results: list[dict]) -> str:
@@ -232,6 +243,17 @@ def targets(results: list[dict]) -> list[dict]:
         many = _find(results, "mcr-xdp-native", "default", size, streams=1000)
         if one and many:
             add(f"1000 rules / 1 rule, 1 CPU, {size} B", pps(many), pps(one), 0.95)
+    userspace = _peak(results, "mcr-xdp-userspace", "default", 64)
+    if userspace:
+        add("userspace, 2 workers, peak / 300 kpps, 1 CPU, 64 B", pps(userspace), 300_000, 1.0,
+            f"peak delivered rate {fmt_pps(pps(userspace))}pps at {_rate(userspace)}, "
+            f"{userspace['summary']['loss'] * 100:.2f}% loss")
+    for r in results:
+        if r["status"] == "ok" and r.get("exact") == 9_000_000 and r["rate"] == "150000" and r["outputs"] == 1:
+            run = r["runs"][0]  # delivered is counted at the sink: more than sent would be duplicates
+            add(f"{r['label']}: 9,000,000 at 150 kpps, loss <= 0.1%, no duplicate", run["delivered"],
+                run["expected"], 0.999, f"{run['delivered']:,} of {run['expected']:,} delivered",
+                run["delivered"] <= run["expected"])
     fan = _find(results, "mcr-xdp-native", "default", 64, outputs=8)
     smc = _find(results, "smcroute", "default", 64)
     fan_na = [r for r in results if r["relay"] == "mcr-xdp-native" and r["outputs"] == 8 and r["status"] == "n/a"]

@@ -99,7 +99,9 @@ def attach_lines(status: dict, shown_rules: int) -> list[str]:
     if status.get("userspace"):
         us = status["userspace"]
         groups = ", ".join(f"{name} group {gid}" for name, gid in us["fanout_groups"].items())
-        lines.append(f"userspace: {len(us['workers'])} workers, fanout {us['fanout']} ({groups})")
+        loop = "" if us.get("inner_loop", "compiled") == "compiled" else \
+            ", relaying in Python (the compiled inner loop is not built: make setup)"
+        lines.append(f"userspace: {len(us['workers'])} workers, fanout {us['fanout']} ({groups}){loop}")
     if len(rules) > shown_rules:
         lines.append(f"... and {len(rules) - shown_rules} more rules (mcr-xdp rule list)")
     return lines

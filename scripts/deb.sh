@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Debian package (make deb): build/mcr-xdp_VERSION_all.deb, with
+# Build the Debian package (make deb): build/mcr-xdp_VERSION_ARCH.deb, with
 # Debian's own tooling (debhelper, dh-python/pybuild) from the files git
 # tracks, as they are in the work tree. Installs the build dependencies
 # when missing (that part needs root).
@@ -39,7 +39,9 @@ log "building mcr-xdp $version in $src"
     exit 1
 }
 mkdir -p "$OUT"
-deb=mcr-xdp_${version}_all.deb
+# The architecture's: the package holds the userspace workers' compiled
+# inner loop (mcr_xdp/fallback/fastpath.c). Its -dbgsym companion stays behind.
+deb=mcr-xdp_${version}_$(dpkg-architecture -qDEB_HOST_ARCH).deb
 mv "$work/$deb" "$OUT/$deb"
 log "built $OUT/$deb"
 echo "$OUT/$deb"

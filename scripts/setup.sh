@@ -18,7 +18,8 @@ fi
 # packages) runs on the very versions the package does, on every machine:
 # pip installs from PyPI only what Debian does not have.
 # clang and libbpf-dev build the datapath object a relay loads in a second
-# instead of compiling it with bcc at each start (mcr_xdp/objfile.py).
+# instead of compiling it with bcc at each start (mcr_xdp/objfile.py), and
+# the userspace workers' inner loop (mcr_xdp/fallback/native.py).
 PACKAGES=(python3-bpfcc python3-venv python3-pip "$HEADERS" iproute2 ethtool kmod libbpf1
           python3-pyroute2 python3-rich python3-typer clang libbpf-dev)
 # --dev: what the tests and builds need on top (make test): make for the VMs
@@ -95,4 +96,5 @@ if ! "$VENV/bin/python" -c "import $(IFS=,; echo "${imports[*]}")" 2>/dev/null |
 fi
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc is not importable from $VENV" >&2; exit 1; }
 log "datapath object: $("$VENV/bin/python" -m mcr_xdp.objfile)"
+log "userspace inner loop: $("$VENV/bin/python" -m mcr_xdp.fallback.native)"
 log "ready: $VENV/bin/mcr-xdp"

@@ -231,6 +231,14 @@ class Table:
         self.range_keys[msg["id"]] = (key, bits, value)
         return entry
 
+    def entry(self, index: int) -> Entry | None:
+        """The entry of the rule of index, if it has one."""
+        key = self.keys.get(index)
+        if key is not None:
+            return self.by_key[key]
+        found = self.range_keys.get(index)
+        return self.ranges[found[0]][found[1]][found[2]] if found is not None else None
+
     def delete(self, index: int) -> None:
         self.unicast.discard(index)
         for mac in self._macs.pop(index, ()):

@@ -87,6 +87,26 @@ def test_two_workers_exact_count(chain, mode, count, rate):
     assert sum(workers) == got["received"]
 
 
+@pytest.mark.parametrize("inner_loop", ["compiled", "python"])
+def test_userspace_inner_loops(chain, inner_loop):
+    """The workers relay through the compiled inner loop (fallback/native.py)
+    when it is built, through Python otherwise (MCR_XDP_INNER_LOOP=python
+    stands for a host without it): status says which, and both relay every
+    packet once, partial checksums (a sender with TX offload) completed."""
+    env = {**os.environ, "MCR_XDP_INNER_LOOP": inner_loop} if inner_loop == "python" else None
+    chain.exec(chain.src.ns, "ethtool", "-K", chain.src.name, "tx", "on")
+    relay = start_relay(chain, chain.IN, "--rule", f"239.1.1.1:5001={chain.OUT}/239.2.2.2:5002", *MODES["userspace"],
+                        env=env)
+    assert status(chain)["userspace"]["inner_loop"] == inner_loop
+    assert any("relaying in Python" in line for line in relay.lines) == (inner_loop == "python")
+    receiver = start_receiver(chain, "239.2.2.2", 5002, 10_000)
+    before = csum_errors(chain)
+    send(chain, "239.1.1.1", 5001, 10_000, rate=10_000, size=200)
+    assert_exact(result(receiver), 10_000, "239.2.2.2:5002")
+    assert csum_errors(chain) == before
+    assert sum(per_worker_forwarded(chain, "userspace")) == 10_000
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("streams", [1, 2, 5])
 def test_concurrent_streams_no_loss(chain, mode, streams):

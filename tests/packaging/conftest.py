@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp import __version__
-from tests.fixtures.pkgtools import ROOT, require
+from tests.fixtures.pkgtools import ROOT, arch, require
 
 
 @pytest.fixture(scope="session")
 def deb(tmp_path_factory) -> Path:
-    """build/mcr-xdp_VERSION_all.deb as `make deb` builds it (scripts/deb.sh),
+    """build/mcr-xdp_VERSION_ARCH.deb as `make deb` builds it (scripts/deb.sh),
     into a directory of its own."""
     require("dpkg-buildpackage", "dpkg-dev")
     out = tmp_path_factory.mktemp("deb")
@@ -22,5 +22,5 @@ def deb(tmp_path_factory) -> Path:
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     path = Path(run.stdout.strip().splitlines()[-1])
-    assert path == out / f"mcr-xdp_{__version__}_all.deb" and path.is_file()
+    assert path == out / f"mcr-xdp_{__version__}_{arch()}.deb" and path.is_file()
     return path

@@ -40,6 +40,9 @@ apt-get install -y -q "/deb/$deb" >/tmp/apt.log 2>&1 || { cat /tmp/apt.log; fail
 version=$(mcr-xdp --version)
 { [ -f /etc/mcr-xdp/relay.toml.example ] && [ -f /lib/systemd/system/mcr-xdp@.service ]; } || fail "files missing"
 man -w mcr-xdp >/dev/null 2>&1 || [ -f /usr/share/man/man8/mcr-xdp.8.gz ] || fail "no man page"
+# The userspace workers' compiled inner loop, as the package ships it (no compiler here).
+python3 -c 'from mcr_xdp.fallback import native; assert native.load() is not None' 2>/dev/null \
+    || fail "the package's userspace inner loop does not load"
 ok "apt-get install ./$deb: $version"
 
 # -- the network: sender and receiver each in a namespace of their own -----------

@@ -17,8 +17,9 @@ from pathlib import Path
 import typer.main
 
 from mcr_xdp import __version__
+from mcr_xdp.fallback import native
 from mcr_xdp_cli.app import app
-from tests.fixtures.pkgtools import ROOT, require
+from tests.fixtures.pkgtools import ROOT, arch, require
 
 DEBIAN_DEPENDS = {"python3-bpfcc", "python3-pyroute2", "python3-rich", "python3-typer", "libbpf1", "iproute2", "kmod"}
 FILES = {
@@ -30,7 +31,12 @@ FILES = {
     "./usr/share/bash-completion/completions/mcr-xdp",
     "./usr/lib/python3/dist-packages/mcr_xdp/bpf/relay.c",
     "./usr/lib/python3/dist-packages/mcr_xdp_cli/app.py",
+    # The userspace workers' inner loop, built for the sources the package holds.
+    "./usr/lib/python3/dist-packages/mcr_xdp/fallback/fastpath.c",
 }
+# Built for the sources the package holds (dh_python3 adds the interpreter's tag to its name).
+INNER_LOOP = re.compile(rf"\./usr/lib/python3/dist-packages/mcr_xdp/fallback/build/"
+                        rf"fastpath-{native.digest()}\.[\w.-]*so")
 
 
 def commands() -> dict[str, set[str]]:
@@ -60,6 +66,7 @@ def test_contents(deb):
     listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
     paths = {line.split()[-1] for line in listing.splitlines()}
     assert FILES <= paths, FILES - paths
+    assert [p for p in paths if INNER_LOOP.fullmatch(p)], sorted(p for p in paths if "fallback/" in p)
     assert not [p for p in paths if "__pycache__" in p or p.endswith(".pyc") or "/tests/" in p or ".venv" in p]
     conffiles = subprocess.run(["dpkg-deb", "--info", str(deb), "conffiles"], capture_output=True, text=True,
                                check=True).stdout.split()
@@ -84,7 +91,7 @@ def test_depends_on_debian_packages(deb):
 
     depends = {alt.split()[0] for dep in field("Depends").split(",") for alt in dep.split("|")}
     assert DEBIAN_DEPENDS <= depends and "linux-headers-amd64" in depends
-    assert field("Architecture") == "all" and field("Package") == "mcr-xdp"
+    assert field("Architecture") == arch() and field("Package") == "mcr-xdp"
     # Nothing of PyPI's inside: the Python code is the project's two packages.
     listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
     tops = {m[1] for m in re.finditer(r"dist-packages/([^/\s]+)/", listing)}

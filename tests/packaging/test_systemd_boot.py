@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pkgtools import ROOT, require
+from tests.fixtures.pkgtools import ROOT, arch, require
 
 STEPS = ["apt-get install", "systemctl enable --now", "systemctl reload", "kill -9", "upgrade", "journalctl -u",
          "systemctl stop", "apt-get remove"]
@@ -34,7 +34,7 @@ def upgrade_of(deb: Path) -> tuple[Path, str]:
     control = work / "DEBIAN" / "control"
     version = re.search(r"^Version: (\S+)$", control.read_text(), re.M)[1] + "+upgrade1"
     control.write_text(re.sub(r"^Version: \S+$", f"Version: {version}", control.read_text(), flags=re.M))
-    out = deb.parent / f"mcr-xdp_{version}_all.deb"
+    out = deb.parent / f"mcr-xdp_{version}_{arch()}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(work), str(out)], check=True,
                    capture_output=True)
     shutil.rmtree(work)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -45,6 +46,15 @@ def ifindex(ns: str, dev: str) -> int:
         import socket
 
         return socket.if_nametoindex(dev)
+
+
+def link_drops(ns: str, dev: str) -> tuple[int, int]:
+    """(rx_dropped, tx_dropped) of dev in ns: a veth counts there what its
+    peer's ring or the backlog had no room for."""
+    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return stats["rx"]["dropped"], stats["tx"]["dropped"]
 
 
 def mac(ns: str, dev: str) -> bytes:

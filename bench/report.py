@@ -73,27 +73,27 @@ def _ceiling(results: list[dict], layout: str, size: int) -> float | None:
 
 def table(results: list[dict]) -> str:
     head = ("| block | relay | layout | payload | streams | outputs | offered | delivered (median) | spread "
-            "| loss | relay CPU | relay ns/pkt | x ceiling | others | busiest CPU |")
+            "| loss | relay CPU | relay ns/pkt | x ceiling | others | busiest CPU | where lost |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if r["status"] == "check":
             c = r["check"]
             verdict = "every packet once, intact" if c.get("ok") else f"FAILED: {c}"
             lines.append(f"| integrity | {r['label']} | - | 256 B | 1 | {r['outputs']} | {c['sent']} pkts "
-                         f"| {c.get('unique', '-')} pkts | - | {verdict} | - | - | - | - | - |")
+                         f"| {c.get('unique', '-')} pkts | - | {verdict} | - | - | - | - | - | - |")
             continue
         base = f"| {r['block']} | {r['label']} |"
         if r["status"] == "paired":
             p = r["summary"]
             lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
                          f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {p['n']} repetitions) | {p['min']:.3f}-"
-                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - | - |")
+                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - | - | - |")
             continue
         if r["status"] != "ok":
             lay = LAYOUT_SHORT.get(r.get("layout", ""), "-")
             size = f"{r['size']} B" if "size" in r else "-"
             lines.append(f"{base} {lay} | {size} | {r['streams']} | {r['outputs']} | - | not available: "
-                         f"{r['reason']} | - | - | - | - | - | - | - |")
+                         f"{r['reason']} | - | - | - | - | - | - | - | - |")
             continue
         s = r["summary"]
         ceil = _ceiling(results, r["layout"], r["size"])
@@ -112,8 +112,26 @@ def table(results: list[dict]) -> str:
         lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
                      f"| {offered} | {delivered} | {fmt_pps(s['min_pps'])}-{fmt_pps(s['max_pps'])} "
                      f"({s['spread'] * 100:.1f}%) | {loss} | {_cpu(r)} | {_ns_per_packet(r, ceil)} | {ratio} "
-                     f"| {_others(s)} | {_busiest(s)} |")
+                     f"| {_others(s)} | {_busiest(s)} | {_where_lost(r)} |")
     return "\n".join(lines)
+
+
+def _where_lost(r: dict) -> str:
+    """Where the lossiest run of a point lost frames, by the kernel's
+    counters on the chain's veths; what they do not account for was lost
+    inside the relay (a ring, a queue, a CPU that fell behind)."""
+    s = r["summary"]
+    missing = s.get("missing")
+    if "drops" not in s or missing is None:
+        return "-"
+    if not missing:
+        return "none"
+    drops = {k: v for k, v in s["drops"].items() if v}
+    parts = [f"{k} {v:,}" for k, v in drops.items()]
+    rest = missing - sum(drops.values())
+    if rest > 0:
+        parts.append(f"in the relay {rest:,}")
+    return ", ".join(parts) or "-"
 
 
 def _busiest(s: dict) -> str:

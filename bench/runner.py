@@ -143,7 +143,7 @@ class Runner:
         def snap():
             return (time.monotonic(), gen.sent(), counter(), nsutil.cpu_busy(),
                     sum(nsutil.proc_cpu(p) for p in pids), sum(nsutil.proc_cpu(p) for p in self.napi_pids),
-                    nsutil.thread_cpu(gen.tid), sum(nsutil.proc_cpu(p) for p in helpers))
+                    nsutil.thread_cpu(gen.tid), sum(nsutil.proc_cpu(p) for p in helpers), self._drops(relay))
 
         if exact:
             a = snap()
@@ -186,7 +186,19 @@ class Runner:
             # CPU used by everything else on the machine (other developers' jobs).
             "other_cpu": round(max(0.0, sum(busy.values()) - ours / took), 3),
             "loadavg": float(open("/proc/loadavg").read().split()[0]),
+            # Where frames were dropped on the way, by the kernel's own counters (report: "where lost").
+            "drops": {k: b[8][k] - a[8][k] for k in b[8]},
         }
+
+    def _drops(self, relay: Relay) -> dict[str, int]:
+        """Frames the chain's veths dropped so far: at the relay's input
+        (its backlog), at its outputs (their peer's ring full) and at the
+        sinks."""
+        topo = self.topo
+        outs = [nsutil.link_drops(o.ns, o.name) for o in topo.relay_out[:relay.outputs]]
+        sinks = [nsutil.link_drops(s.ns, s.name) for s in topo.sink[:relay.outputs]]
+        return {"input rx": nsutil.link_drops(topo.relay_in.ns, topo.IN)[0],
+                "output tx": sum(tx for _rx, tx in outs), "sink rx": sum(rx for rx, _tx in sinks)}
 
     def run_block(self, block: Block) -> None:
         if block.interleave:
@@ -358,6 +370,9 @@ def summarize(runs: list[dict]) -> dict:
         "cpu_busy": {c: statistics.median(r["cpu_busy"][c] for r in runs) for c in runs[0]["cpu_busy"]},
         "loadavg": max(r["loadavg"] for r in runs),
         "other_cpu": max(r["other_cpu"] for r in runs),
+        # The lossiest run's: where its frames were dropped, and how many never arrived in all.
+        "drops": max(runs, key=lambda r: r["loss"]).get("drops", {}),
+        "missing": max(max(0, r["expected"] - r["delivered"]) for r in runs),
     }
 
 

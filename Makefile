@@ -37,7 +37,7 @@ lint: $(VENV)/.installed-dev
 	shellcheck --external-sources $(SHELL_SCRIPTS)
 
 clean:
-	rm -rf $(VENV) build bpf/build *.egg-info .pytest_cache
+	rm -rf $(VENV) build bpf/build mcr_xdp/fallback/build *.egg-info .pytest_cache
 
 # The Debian package, built with Debian's tooling from the tracked files:
 # build/mcr-xdp_VERSION_all.deb (docs/install.md). No venv needed.

@@ -40,7 +40,7 @@ clean:
 	rm -rf $(VENV) build bpf/build mcr_xdp/fallback/build *.egg-info .pytest_cache
 
 # The Debian package, built with Debian's tooling from the tracked files:
-# build/mcr-xdp_VERSION_all.deb (docs/install.md). No venv needed.
+# build/mcr-xdp_VERSION_ARCH.deb (docs/install.md). No venv needed.
 .PHONY: deb
 deb:
 	@bash scripts/deb.sh

@@ -70,7 +70,11 @@ def test_each_exit_code(chain, tmp_path):
         code, err = _code(chain, *NOT_ROOT, mcr(), *args)
         assert code == 77 and "root" in err, (args, code, err)
     # 130: interrupted (Ctrl-C in a command that runs until stopped)
-    watch = Proc(chain.popen(ns, mcr(), "stats", "--watch", "0.2"))
+    # As a terminal starts it: with Ctrl-C's default action, whatever this
+    # test run inherited (a shell's background job ignores SIGINT, and so
+    # would every child, Python's KeyboardInterrupt included).
+    watch = Proc(chain.popen(ns, mcr(), "stats", "--watch", "0.2",
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
     chain.procs.append(watch)
     watch.wait_for("schema_version", timeout=30)
     assert watch.stop(signal.SIGINT) == 130

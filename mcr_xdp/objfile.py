@@ -146,17 +146,23 @@ def build(directory: Path, clang: str | None = None) -> Path:
                     input=_text(directory, name), capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise AttachError(f"clang could not build the {name} object:\n{proc.stderr.strip()}")
-                fd, staged = tempfile.mkstemp(dir=place, prefix=f".{name}-", suffix=".o")
-                os.close(fd)
-                shutil.copyfile(partial, staged)
-                os.chmod(staged, 0o644)
-                os.replace(staged, out)  # whole or not at all, also with two builders at once
+                install(partial, out)
     except OSError as exc:
         raise AttachError(f"cannot write the datapath object to {place}: {exc.strerror}") from None
     for old in place.glob("*-*.o"):
         if old not in outs.values():
             old.unlink(missing_ok=True)  # built from sources since changed
     return outs["datapath"]
+
+
+def install(built: Path, out: Path) -> None:
+    """Put a build product at out whole or not at all, also with two
+    builders at once (a staged copy beside it, then a rename)."""
+    fd, staged = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=out.suffix)
+    os.close(fd)
+    shutil.copyfile(built, staged)
+    os.chmod(staged, 0o644)
+    os.replace(staged, out)
 
 
 def image(name: str, directory: Path | None = None) -> bytes | None:

@@ -377,8 +377,8 @@ static int relay4(struct fast *f, const uint8_t *p, uint32_t n, uint32_t len, ui
 		memcpy(h + l4 + 4, p + l4 + 4, 2);
 		if (partial)
 			check = udp_full(pseudo + words(o->group, 4), p + l4, o->port, p + l4 + 8, 14 + tot - (l4 + 8));
-		else if (ucheck)
-			check = apply(ucheck, o->l4_delta) ? apply(ucheck, o->l4_delta) : 0xFFFF;
+		else if (ucheck && !(check = apply(ucheck, o->l4_delta)))
+			check = 0xFFFF;
 		put16(h + l4 + 6, check);
 	}
 	return 1;
@@ -435,8 +435,8 @@ static int relay6(struct fast *f, const uint8_t *p, uint32_t n, uint32_t len, ui
 		memcpy(h + 58, p + 58, 2);
 		if (partial)
 			check = udp_full(pseudo + words(o->group, 16), p + 54, o->port, p + 62, 54 + plen - 62);
-		else
-			check = apply(ucheck, o->l4_delta) ? apply(ucheck, o->l4_delta) : 0xFFFF;
+		else if (!(check = apply(ucheck, o->l4_delta)))
+			check = 0xFFFF;
 		put16(h + 60, check);
 	}
 	return 1;

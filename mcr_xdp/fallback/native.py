@@ -27,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import abi
+from .. import abi, objfile
+from .packet import BLOCK_SIZE
 
 SOURCE = Path(__file__).resolve().with_name("fastpath.c")
 # Bump when the build changes: the digest then names a new library. CFLAGS,
@@ -35,7 +36,7 @@ SOURCE = Path(__file__).resolve().with_name("fastpath.c")
 # are added to these but do not name it.
 BUILD = "1 -O2 -shared -fPIC -Wall -Werror"
 COMPILERS = ("cc", "gcc", "clang", *(f"clang-{v}" for v in range(20, 13, -1)))
-MAX_DEFER = 1 << 13  # > the frames one 128 KiB ring block can hold (48-byte headers at least)
+MAX_DEFER = BLOCK_SIZE // 16  # > the frames one ring block can hold (48-byte headers at least)
 
 
 def digest(source: Path = SOURCE) -> str:
@@ -84,11 +85,7 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise BuildError(f"{Path(cc).name} could not build {source.name}:\n{proc.stderr.strip()}")
-            fd, staged = tempfile.mkstemp(dir=out.parent, prefix=".fastpath-", suffix=".so")
-            os.close(fd)
-            shutil.copyfile(partial, staged)
-            os.chmod(staged, 0o644)
-            os.replace(staged, out)  # whole or not at all, also with two builders at once
+            objfile.install(partial, out)
     except OSError as exc:
         raise BuildError(f"cannot write the userspace inner loop to {out.parent}: {exc.strerror}") from None
     for old in out.parent.glob("fastpath-*.so"):

@@ -133,6 +133,63 @@ static __always_inline void copy_source(__u8 *to, struct pkt *p)
 		__builtin_memcpy(to, &p->ip6h->saddr, 16);
 }
 
+/* mcr_fast_bucket (mcr_abi.h): the Horner sum written as ten independent
+ * products with the powers of MCR_FAST_MUL, which the compiler folds. */
+#define MCR_M1 ((__u32)MCR_FAST_MUL)
+#define MCR_M2 (MCR_M1 * MCR_M1)
+#define MCR_M4 (MCR_M2 * MCR_M2)
+#define MCR_M8 (MCR_M4 * MCR_M4)
+
+static __always_inline __u32 fast_bucket(const struct mcr_rule_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h;
+
+	h = w[0] * (MCR_M8 * MCR_M2) + w[1] * (MCR_M8 * MCR_M1) + w[2] * MCR_M8 +
+	    w[3] * (MCR_M4 * MCR_M2 * MCR_M1) + w[4] * (MCR_M4 * MCR_M2) + w[5] * (MCR_M4 * MCR_M1) +
+	    w[6] * MCR_M4 + w[7] * (MCR_M2 * MCR_M1) + w[8] * MCR_M2 + w[9] * MCR_M1;
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	return h & (MCR_FAST_BUCKETS - 1);
+}
+
+/* Word by word: the key on the stack is only 4-byte aligned. */
+static __always_inline int same_key(const struct mcr_rule_key *a, const struct mcr_rule_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	__u32 diff = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < (int)(sizeof(*a) / sizeof(__u32)); i++)
+		diff |= x[i] ^ y[i];
+	return !diff;
+}
+
+/* The fast path's copy of key's rule (mcr_abi.h), or NULL: with *none
+ * set, no exact rule has this key; else it may have one in mcr_rules. */
+static __always_inline struct mcr_rule *fast_lookup(const struct mcr_rule_key *key, int *none)
+{
+	__u32 bucket = fast_bucket(key), entry, *index;
+	struct mcr_fast_rule *fast;
+
+	*none = 0;
+	index = mcr_fast_index.lookup(&bucket);
+	if (!index)
+		return NULL;
+	entry = *index;
+	if (!entry) {
+		*none = 1;
+		return NULL;
+	}
+	entry--;
+	fast = mcr_fast_rules.lookup(&entry);
+	if (fast && same_key(&fast->key, key))
+		return &fast->rule;
+	return NULL;
+}
+
 /* The longest range rule for the packet's input, group and source, with
  * port (the packet's, or 0: the rules for any port). */
 static __always_inline struct mcr_rule *lookup_range(struct pkt *p, __u16 port)

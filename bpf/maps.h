@@ -81,6 +81,9 @@
 /* Allocated per entry (no preallocation): 65,536 rules of ~900 bytes
  * would take 60 MB before the first rule. */
 MCR_MAP(HASH, struct mcr_rule_key, struct mcr_rule, mcr_rules, MCR_MAX_RULES, BPF_F_NO_PREALLOC);
+/* The exact rules' fast path (mcr_abi.h): ~4 MB for 4,096 copies. */
+MCR_MAP(ARRAY, __u32, __u32, mcr_fast_index, MCR_FAST_BUCKETS, 0);
+MCR_MAP(ARRAY, __u32, struct mcr_fast_rule, mcr_fast_rules, MCR_FAST_RULES, 0);
 MCR_MAP(LPM_TRIE, struct mcr_range_key, struct mcr_rule, mcr_ranges, MCR_MAX_RULES, BPF_F_NO_PREALLOC);
 MCR_MAP(ARRAY, __u32, struct mcr_config, mcr_config, 1, 0);
 
@@ -123,8 +126,9 @@ MCR_KEPT_MAP(HASH, __u32, struct mcr_health, mcr_merge, MCR_MAX_MERGES);
  * Kept across a restart like the counters. */
 MCR_KEPT_MAP(HASH, __u32, struct mcr_police, mcr_police, MCR_MAX_POLICED);
 
-/* The relay's own output MACs (the loop guard). */
+/* The relay's own output MACs (the loop guard), and their filter (mcr_abi.h). */
 MCR_MAP(HASH, struct mcr_mac, __u32, mcr_own_macs, MCR_MAX_PORTS, 0);
+MCR_MAP(ARRAY, __u32, __u32, mcr_mac_filter, MCR_MAC_FILTER, 0);
 
 /* What forward() learns on the way in and uses on the way out, kept here
  * rather than in a register the verifier would track (and split its paths

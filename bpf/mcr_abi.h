@@ -17,7 +17,7 @@
 #include <linux/bpf.h>  /* struct bpf_spin_lock */
 #endif
 
-#define MCR_ABI_VERSION 13
+#define MCR_ABI_VERSION 14
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -29,9 +29,15 @@
 #define MCR_MAX_HEALTH  256  /* rules with a stream health check (;health=...) */
 #define MCR_MAX_POLICED 4096 /* rules with a policer (;police=...) */
 #define MCR_MAX_MERGES  128  /* merged streams (legs a|b=...;merge=rtp) */
+#define MCR_FAST_RULES  4096 /* entries of MCR_MAP_FAST_RULES: copies of exact rules (new in ABI 14) */
+#define MCR_FAST_BUCKETS 65536 /* entries of MCR_MAP_FAST_INDEX: a power of two */
+#define MCR_FAST_HASH   0x7fffffff /* MCR_MAP_FAST_INDEX: the bucket's rules are in MCR_MAP_RULES only */
+#define MCR_MAC_FILTER  256  /* entries of MCR_MAP_MAC_FILTER */
 
 /* Map names, as bcc knows them (tests/bpf/test_relay_prog.py checks each exists). */
 #define MCR_MAP_RULES     "mcr_rules"     /* hash: mcr_rule_key -> mcr_rule */
+#define MCR_MAP_FAST_INDEX "mcr_fast_index" /* array: mcr_fast_bucket(key) -> 0, MCR_FAST_HASH or entry + 1 */
+#define MCR_MAP_FAST_RULES "mcr_fast_rules" /* array: entry -> mcr_fast_rule, a copy of an exact rule */
 #define MCR_MAP_RANGES    "mcr_ranges"    /* LPM trie: mcr_range_key -> mcr_rule (range rules) */
 #define MCR_MAP_TX_PORTS  "mcr_tx_ports"  /* devmap: slot -> output ifindex, with the egress program */
 #define MCR_MAP_TX_DIRECT "mcr_tx_direct" /* devmap: the same slots, no program (frames rewritten at ingress) */
@@ -46,6 +52,7 @@
 #define MCR_MAP_HEALTH    "mcr_health"    /* hash: rule id -> mcr_health (rules with ;health=...) */
 #define MCR_MAP_POLICE    "mcr_police"    /* hash: rule id -> mcr_police (rules with ;police=...) */
 #define MCR_MAP_OWN_MACS  "mcr_own_macs"  /* hash: mcr_mac -> 1, the MACs the relay sends from (loop guard) */
+#define MCR_MAP_MAC_FILTER "mcr_mac_filter" /* array: mcr_mac_bucket(mac) -> own MACs there (loop guard) */
 #define MCR_MAP_MERGE     "mcr_merge"     /* hash: mcr_rule.merge -> mcr_health, one per merged stream */
 
 /* Loss tracer (bpf/trace.c, a separate object): frames the kernel dropped
@@ -196,6 +203,39 @@ struct mcr_rule {
 	__u8 host_mask[16];  /* MCR_RULE_RANGE: the group bits a packet keeps */
 	struct mcr_output out[MCR_MAX_OUTPUTS];
 };
+
+/* The exact rules' fast path (new in ABI 14). A hash map lookup costs
+ * ~40 ns on its own (the key's jhash, the bucket walk, a call whose return
+ * goes through the CPU's return thunk); two array lookups, which the
+ * verifier inlines, and a key compare cost a few. So the control plane
+ * keeps a copy of up to MCR_FAST_RULES / 2 exact rules in
+ * MCR_MAP_FAST_RULES, each with its key (the other half takes changed
+ * copies while the old ones may still be read), and MCR_MAP_FAST_INDEX
+ * says, per bucket of keys (mcr_fast_bucket), where to look: 0, no exact
+ * rule has a key in the bucket; entry + 1, that entry (a rule of the
+ * bucket without a copy is in MCR_MAP_RULES, looked up when the keys
+ * differ); MCR_FAST_HASH, the bucket's rules are in MCR_MAP_RULES alone.
+ * MCR_MAP_RULES holds every exact rule either way.
+ *
+ * An entry is never written while the datapath may read it: a changed rule
+ * goes to a free entry, the bucket is pointed at it, and the old entry is
+ * used again only after an RCU grace period.
+ *
+ * mcr_fast_bucket: the key's ten 32-bit words w[0..9] (host order, as in
+ * memory) hashed as h = (..((w[0] * M + w[1]) * M + w[2]) * M .. + w[9]) * M
+ * (mod 2^32, M = MCR_FAST_MUL), then h ^= h >> 16, h *= 0x85ebca6b,
+ * h ^= h >> 13, and h % MCR_FAST_BUCKETS (bpf/forward.h computes the same
+ * sum as independent products, mcr_xdp/maps.py as written here). */
+#define MCR_FAST_MUL 0x61c88647
+
+struct mcr_fast_rule {
+	struct mcr_rule_key key;
+	struct mcr_rule rule;
+};
+
+/* The loop guard's filter (new in ABI 14): MCR_MAP_MAC_FILTER[mcr_mac_bucket]
+ * counts the relay's own MACs in that bucket (mac[4] ^ mac[5]); a frame's
+ * source MAC is looked up in MCR_MAP_OWN_MACS only where it is not 0. */
 
 struct mcr_config {
 	__u32 abi_version;

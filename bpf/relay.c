@@ -85,6 +85,14 @@ static __always_inline int meta_reserve(struct xdp_md *ctx)
 	return 1;
 }
 
+/* Whether the driver keeps metadata in front of the frame: it marks an
+ * xdp_buff without that support with data_meta past data
+ * (xdp_set_data_meta_invalid). */
+static __always_inline int meta_supported(struct xdp_md *ctx)
+{
+	return (void *)(long)ctx->data_meta <= (void *)(long)ctx->data;
+}
+
 static __always_inline void meta_release(struct xdp_md *ctx)
 {
 	bpf_xdp_adjust_meta(ctx, (int)sizeof(struct mcr_meta));
@@ -251,6 +259,90 @@ out:
 	return action;
 }
 
+#define MCR_SLOW (-1) /* fast_forward: forward() decides */
+
+/* The rules' common case, in the native ingress program before forward():
+ * an untagged multicast frame whose rule has a copy in the fast path
+ * (mcr_abi.h) and one output, no stream check, policer or merge, and
+ * steering off. It is rewritten and sent through its output's direct slot
+ * without any metadata work; the hash lookup and the two
+ * bpf_xdp_adjust_meta calls forward() makes cost ~60 ns of its ~130 (calls
+ * return through the CPU's return thunk here). Multicast that no rule can
+ * match is passed and counted here too. Anything else returns MCR_SLOW
+ * before it changed a byte or a counter, and forward() does it all again.
+ * Only rule copies from mcr_fast_rules reach the code below the lookup,
+ * and only rules from mcr_rules forward()'s: a pointer into either map
+ * would make the verifier walk everything after it twice. */
+static __always_inline int fast_forward(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct mcr_config *cfg = config();
+	struct mcr_rule_counters *counters;
+	struct mcr_rule *rule = NULL;
+	struct pkt p = {};
+	__u32 verdict;
+	int action, none;
+
+	/* A unicast input's rules, steering, a driver that keeps no metadata
+	 * (should the direct slot be missing, the egress program must be told
+	 * the frame is rewritten): forward()'s. */
+	if (!cfg || cfg->unicast_rules || cfg->steer_cpus || !meta_supported(ctx))
+		return MCR_SLOW;
+	if (own_mac(cfg, data, data_end))
+		return MCR_SLOW;
+	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p, 0);
+	if (verdict != MCR_MATCH) {
+		count_verdict(verdict, bytes);
+		return XDP_PASS;
+	}
+	if (p.tagged)
+		return MCR_SLOW;
+	/* A source-specific rule first, as lookup_rule. */
+	if (cfg->ssm_rules) {
+		copy_source(p.key.source, &p);
+		rule = fast_lookup(&p.key, &none);
+		__builtin_memset(p.key.source, 0, sizeof(p.key.source));
+		if (!rule && !none)
+			return MCR_SLOW;
+	}
+	if (!rule) {
+		rule = fast_lookup(&p.key, &none);
+		if (!rule) {
+			if (!none || cfg->range_rules || cfg->any_port_rules)
+				return MCR_SLOW;
+			count_verdict(MCR_V_PASS_NO_RULE, bytes);
+			return XDP_PASS;
+		}
+	}
+	if (rule->n_outputs != 1 || rule->flags ||
+	    (rule->out[0].flags & MCR_OUT_UNRESOLVED) || (p.hops <= 1 && !rule->out[0].ttl))
+		return MCR_SLOW;
+	if (p.iph && !ipv4_checksum_ok(p.iph, p.end))
+		return MCR_SLOW;
+	counters = count_match(rule->id, bytes);
+	rewrite(&p, p.eth, rule, &rule->out[0]);
+	verdict = MCR_V_REDIRECT;
+	action = mcr_tx_direct.redirect_map(rule->out[0].slot, XDP_PASS);
+	if (action != XDP_REDIRECT) {
+		/* No direct slot (fan-out copies use the interface too): the
+		 * egress program sees the frame, told it is rewritten. */
+		action = XDP_DROP;
+		if (meta_reserve(ctx)) {
+			meta_set(ctx, MCR_META_DONE, p.key.ifindex, 0);
+			action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
+		}
+		if (action != XDP_REDIRECT)
+			verdict = MCR_V_DROP_NO_OUTPUT;
+	}
+	if (action == XDP_REDIRECT)
+		count_output(&rule->out[0], bytes);
+	count_verdict(verdict, bytes);
+	count_outcome(counters, action == XDP_REDIRECT);
+	return action;
+}
+
 /* Only a frame to a multicast MAC can be ours, unless a unicast input has
  * a rule: every other frame (the host's unicast traffic) goes on without
  * touching its metadata area. */
@@ -265,6 +357,10 @@ static __always_inline int may_be_ours(struct xdp_md *ctx)
 
 MCR_PROG("xdp") int mcr_relay(struct xdp_md *ctx)
 {
+	int action = may_be_ours(ctx) ? fast_forward(ctx) : MCR_SLOW;
+
+	if (action != MCR_SLOW)
+		return action;
 	return forward(ctx, 1, may_be_ours(ctx) && meta_reserve(ctx), 1);
 }
 

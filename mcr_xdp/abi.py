@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 13
+ABI_VERSION = 14
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -18,8 +18,15 @@ CPUMAP_QSIZE = 2048
 MAX_HEALTH = 256
 MAX_POLICED = 4096
 MAX_MERGES = 128
+FAST_RULES = 4096
+FAST_BUCKETS = 65536
+FAST_HASH = 0x7FFFFFFF
+FAST_MUL = 0x61C88647
+MAC_FILTER = 256
 
 MAP_RULES = "mcr_rules"
+MAP_FAST_INDEX = "mcr_fast_index"
+MAP_FAST_RULES = "mcr_fast_rules"
 MAP_RANGES = "mcr_ranges"
 MAP_TX_PORTS = "mcr_tx_ports"
 MAP_TX_DIRECT = "mcr_tx_direct"
@@ -34,6 +41,7 @@ MAP_CPUMAP = "mcr_cpumap"
 MAP_HEALTH = "mcr_health"
 MAP_POLICE = "mcr_police"
 MAP_OWN_MACS = "mcr_own_macs"
+MAP_MAC_FILTER = "mcr_mac_filter"
 MAP_MERGE = "mcr_merge"
 MAP_LOSS = "mcr_loss"
 MAP_LOSS_PROGS = "mcr_loss_progs"
@@ -138,6 +146,13 @@ class Rule(ctypes.Structure):
         ("merge", ctypes.c_uint32),
         ("host_mask", ctypes.c_uint8 * 16),
         ("out", Output * MAX_OUTPUTS),
+    ]
+
+
+class FastRule(ctypes.Structure):
+    _fields_ = [
+        ("key", RuleKey),
+        ("rule", Rule),
     ]
 
 
@@ -273,6 +288,7 @@ STRUCTS = {
     "mcr_range_key": RangeKey,
     "mcr_output": Output,
     "mcr_rule": Rule,
+    "mcr_fast_rule": FastRule,
     "mcr_counter": Counter,
     "mcr_rule_counters": RuleCounters,
     "mcr_config": Config,

@@ -23,6 +23,8 @@ from .objfile import bpf_dir, datapath_text
 
 MAP_NAMES = (
     abi.MAP_RULES,
+    abi.MAP_FAST_INDEX,
+    abi.MAP_FAST_RULES,
     abi.MAP_RANGES,
     abi.MAP_TX_PORTS,
     abi.MAP_TX_DIRECT,
@@ -37,6 +39,7 @@ MAP_NAMES = (
     abi.MAP_HEALTH,
     abi.MAP_POLICE,
     abi.MAP_OWN_MACS,
+    abi.MAP_MAC_FILTER,
     abi.MAP_MERGE,
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 from . import abi, health, libbpf
 
@@ -46,12 +47,112 @@ def _sum_percpu(values) -> ctypes.Structure:
     return total
 
 
+def fast_bucket(key: abi.RuleKey) -> int:
+    """mcr_fast_bucket (bpf/mcr_abi.h): the entry of mcr_fast_index for key."""
+    h = 0
+    for (word,) in struct.iter_unpack("=I", bytes(key)):
+        h = (h + word) * abi.FAST_MUL & 0xFFFFFFFF
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & 0xFFFFFFFF
+    h ^= h >> 13
+    return h % abi.FAST_BUCKETS
+
+
+def mac_bucket(mac: bytes) -> int:
+    """The loop guard filter's entry for a MAC (bpf/police.h own_mac)."""
+    return mac[4] ^ mac[5]
+
+
+class FastRules:
+    """The exact rules' fast path (bpf/mcr_abi.h): which rule has its copy
+    in which entry of mcr_fast_rules, and what each bucket of
+    mcr_fast_index says. Kept beside mcr_rules, which holds every exact
+    rule: a rule goes there first and leaves it last."""
+
+    def __init__(self, index_fd: int, rules_fd: int):
+        self._index_fd, self._rules_fd = index_fd, rules_fd
+        self._entry: dict[bytes, int] = {}  # key -> the entry holding its copy
+        self._owner: dict[int, bytes] = {}  # bucket -> the key whose entry it names
+        self._others: dict[int, set[bytes]] = {}  # bucket -> keys in mcr_rules alone
+        self._free = list(range(abi.FAST_RULES - 1, -1, -1))  # popped from the end: 0 first
+        self._retired: list[int] = []  # entries the datapath may still read (until a grace period)
+
+    @property
+    def copies(self) -> int:
+        """Rules with a copy in the fast path."""
+        return len(self._entry)
+
+    def put(self, key: abi.RuleKey, value: abi.Rule) -> None:
+        """After mcr_rules has key's new value: its copy, written to an
+        entry no reader can be in, then named by the bucket."""
+        raw, bucket = bytes(key), fast_bucket(key)
+        owner = self._owner.get(bucket)
+        if owner is not None and owner != raw:
+            self._others.setdefault(bucket, set()).add(raw)  # found in mcr_rules after a key compare
+            return
+        entry = self._take(new=owner is None)
+        if entry is None:  # none left: this key's lookups go to mcr_rules
+            self._others.setdefault(bucket, set()).add(raw)
+            if owner is not None:
+                self._retire(raw, bucket)
+            self._write_index(bucket)
+            return
+        libbpf.map_update(self._rules_fd, ctypes.c_uint32(entry), abi.FastRule(key=key, rule=value))
+        libbpf.map_update(self._index_fd, ctypes.c_uint32(bucket), ctypes.c_uint32(entry + 1))
+        if owner is not None:
+            self._retired.append(self._entry[raw])
+        others = self._others.get(bucket)
+        if others is not None:
+            others.discard(raw)
+        self._entry[raw], self._owner[bucket] = entry, raw
+
+    def delete(self, key: abi.RuleKey) -> None:
+        """Before mcr_rules loses key: the bucket no longer names its copy."""
+        raw, bucket = bytes(key), fast_bucket(key)
+        if self._owner.get(bucket) == raw:
+            self._retire(raw, bucket)
+        else:
+            others = self._others.get(bucket, set())
+            others.discard(raw)
+            if not others:
+                self._others.pop(bucket, None)
+        self._write_index(bucket)
+
+    def _retire(self, raw: bytes, bucket: int) -> None:
+        del self._owner[bucket]
+        self._retired.append(self._entry.pop(raw))
+        self._write_index(bucket)
+
+    def _write_index(self, bucket: int) -> None:
+        """A bucket without an owner: MCR_FAST_HASH while it has other
+        rules, else 0."""
+        if bucket in self._owner:
+            return
+        value = abi.FAST_HASH if self._others.get(bucket) else 0
+        libbpf.map_update(self._index_fd, ctypes.c_uint32(bucket), ctypes.c_uint32(value))
+
+    def _take(self, new: bool) -> int | None:
+        """A free entry; the retired ones become free after a grace period
+        (every program that could have read them has returned). A new key
+        gets one only while half the entries are left for changes to the
+        keys that have one: a change of every copy then costs one grace
+        period, not one each."""
+        if new and len(self._entry) >= abi.FAST_RULES // 2:
+            return None
+        if not self._free and self._retired:
+            libbpf.rcu_grace_period()
+            self._free, self._retired = self._retired[::-1], []
+        return self._free.pop() if self._free else None
+
+
 class Maps:
     """The maps of one loaded datapath, by fd (bcc owns the fds)."""
 
     def __init__(self, fds: dict[str, int]):
         self._fd = fds
         self.ncpus = possible_cpus()
+        self.fast = FastRules(fds[abi.MAP_FAST_INDEX], fds[abi.MAP_FAST_RULES]) if abi.MAP_FAST_INDEX in fds else None
+        self._mac_filter = [0] * abi.MAC_FILTER  # as mcr_mac_filter holds it
         # rule index -> its outputs' keys in mcr_output_stats (mcr_output.stat),
         # in rule order: what the control plane gave out, or, for a relay
         # that is gone, what its rule entries say (read_output_slots).
@@ -69,8 +170,12 @@ class Maps:
 
     def put_rule(self, key: abi.RuleKey | abi.RangeKey, value: abi.Rule) -> None:
         libbpf.map_update(self._rule_map(key), key, value)
+        if self.fast is not None and isinstance(key, abi.RuleKey):
+            self.fast.put(key, value)
 
     def delete_rule(self, key: abi.RuleKey | abi.RangeKey) -> bool:
+        if self.fast is not None and isinstance(key, abi.RuleKey):
+            self.fast.delete(key)
         return libbpf.map_delete(self._rule_map(key), key)
 
     def set_port(self, slot: int, ifindex: int, prog_fd: int) -> None:
@@ -107,12 +212,20 @@ class Maps:
         if macs == self.own_macs:
             return
         fd = self._fd[abi.MAP_OWN_MACS]
-        for mac in macs - self.own_macs:
+        for mac in macs - self.own_macs:  # in the hash before the filter sends lookups there
             libbpf.map_update(fd, abi.Mac((ctypes.c_uint8 * 6)(*mac)), ctypes.c_uint32(1))
+            self._count_mac(mac, 1)
         for mac in self.own_macs - macs:
+            self._count_mac(mac, -1)
             libbpf.map_delete(fd, abi.Mac((ctypes.c_uint8 * 6)(*mac)))
         self.own_macs = macs
         self._write_config()
+
+    def _count_mac(self, mac: bytes, step: int) -> None:
+        bucket = mac_bucket(mac)
+        self._mac_filter[bucket] += step
+        libbpf.map_update(self._fd[abi.MAP_MAC_FILTER], ctypes.c_uint32(bucket),
+                          ctypes.c_uint32(self._mac_filter[bucket]))
 
     def _write_config(self) -> None:
         cfg = abi.Config(abi_version=abi.ABI_VERSION, steer_cpus=self._steer_cpus, own_macs=len(self.own_macs),

@@ -143,6 +143,7 @@ LAYOUTS = {
     11: "6def29f07f8d73b82c924f7609ba49cce4205a2ac22d8f4f8ee1e28ac7222a1b",  # policers, the loop guard
     12: "287aab002ff7f40a94f18b62872cc007af67891401227d690aed250347f07863",  # merged streams: mcr_rule.merge, mcr_merge
     13: "01c5b97b3f869f6e1e4ad4f5e7a34cbfbb9a902657755fcd79aa10c9b2f0425a",  # mcr_tx_direct: no egress program
+    14: "ae1b933b573331ac01443ae6504faae471fe0f3ecda505bec0918d8377d66d62",  # the fast path of exact rules, MAC filter
 }
 
 

@@ -111,11 +111,11 @@ class FastRules:
         raw, bucket = bytes(key), fast_bucket(key)
         if self._owner.get(bucket) == raw:
             self._retire(raw, bucket)
-        else:
-            others = self._others.get(bucket, set())
-            others.discard(raw)
-            if not others:
-                self._others.pop(bucket, None)
+            return
+        others = self._others.get(bucket, set())
+        others.discard(raw)
+        if not others:
+            self._others.pop(bucket, None)
         self._write_index(bucket)
 
     def _retire(self, raw: bytes, bucket: int) -> None:

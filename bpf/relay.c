@@ -357,11 +357,11 @@ static __always_inline int may_be_ours(struct xdp_md *ctx)
 
 MCR_PROG("xdp") int mcr_relay(struct xdp_md *ctx)
 {
-	int action = may_be_ours(ctx) ? fast_forward(ctx) : MCR_SLOW;
+	int ours = may_be_ours(ctx), action = ours ? fast_forward(ctx) : MCR_SLOW;
 
 	if (action != MCR_SLOW)
 		return action;
-	return forward(ctx, 1, may_be_ours(ctx) && meta_reserve(ctx), 1);
+	return forward(ctx, 1, ours && meta_reserve(ctx), 1);
 }
 
 /* Generic XDP never steers: the kernel's cpumap runs its program on only

@@ -94,8 +94,9 @@ class FastRules:
         if entry is None:  # none left: this key's lookups go to mcr_rules
             self._others.setdefault(bucket, set()).add(raw)
             if owner is not None:
-                self._retire(raw, bucket)
-            self._write_index(bucket)
+                self._retire(raw, bucket)  # writes the bucket
+            else:
+                self._write_index(bucket)
             return
         libbpf.map_update(self._rules_fd, ctypes.c_uint32(entry), abi.FastRule(key=key, rule=value))
         libbpf.map_update(self._index_fd, ctypes.c_uint32(bucket), ctypes.c_uint32(entry + 1))

@@ -20,11 +20,9 @@ def datapath():
 @pytest.fixture(scope="module")
 def run_xdp(datapath):
     """run_xdp(frame, ingress_ifindex) -> (XDP action, output frame)."""
-    from mcr_xdp import libbpf
+    from tests.fixtures.xdp_table import run_frame
 
     def run(frame: bytes, ingress_ifindex: int):
-        ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex, rx_queue_index=0)
-        action, out, _ = libbpf.test_run(datapath.prog_fd, frame, ctx)
-        return action, out
+        return run_frame(datapath.prog_fd, frame, ingress_ifindex)
 
     return run

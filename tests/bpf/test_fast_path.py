@@ -14,17 +14,15 @@ from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.maps import fast_bucket, mac_bucket
 from mcr_xdp.rules import parse_rule
 from tests.fixtures.xdp_table import (
-    ANY,
     CASES,
     IN,
     LO,
-    OUT_MAC,
     REDIRECT,
     RULES,
     SLOT_LO,
-    assert_checksums_valid,
-    next_hop,
-    rule_counts,
+    check_case,
+    install,
+    run_frame,
     verdict_counts,
 )
 
@@ -35,18 +33,11 @@ UNICAST_INPUTS = {19, 20, 23}  # their rules turn the fast path off (cfg->unicas
 
 
 def _run(dp, frame: bytes) -> tuple[int, bytes]:
-    ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=LO, rx_queue_index=0)
-    action, out, _ = libbpf.test_run(dp.prog_fd, frame, ctx)
-    return action, out
+    return run_frame(dp.prog_fd, frame)
 
 
-def _put(dp, text: str, rule_id: int, slot: int = SLOT_LO) -> abi.RuleKey | abi.RangeKey:
-    rule = parse_rule(text, "in")
-    out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC,
-                              next_hop=next_hop(rule.outputs[0]))
-    key = encode.rule_key(rule, LO)
-    dp.maps.put_rule(key, encode.rule_value(rule, rule_id, [out]))
-    return key
+def _put(dp, text: str, rule_id: int, slot: int = SLOT_LO):
+    return install(dp.maps, text, rule_id, slot)
 
 
 def _frame(group: str, **fields) -> bytes:
@@ -92,20 +83,7 @@ def test_packet_table(table):
     assert len(cases) > 60
     assert table.maps.fast.copies > 10  # the exact rules have their copies
     for case in cases:
-        verdicts, rules = verdict_counts(table.maps), rule_counts(table.maps)
-        action, out = _run(table, case.frame)
-        assert action == case.action, case.desc
-        if case.out is not ANY:
-            assert out == (case.frame if case.out is None else case.out), case.desc
-        if action == REDIRECT:
-            assert_checksums_valid(out)
-        n, v = len(case.frame), abi.Verdict[case.verdict]
-        verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
-        assert verdict_counts(table.maps) == verdicts, case.desc
-        if case.rule is not None:
-            p, b, fwd, drop = rules[case.rule]
-            rules[case.rule] = (p + 1, b + n, fwd + (action == REDIRECT), drop + (action != REDIRECT))
-        assert rule_counts(table.maps) == rules, case.desc
+        check_case(table.maps, table.prog_fd, case)
 
 
 def test_the_copy_forwards(dp):

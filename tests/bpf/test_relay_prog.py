@@ -13,22 +13,18 @@ import pytest
 from mcr_xdp import abi, encode, libbpf, loader
 from mcr_xdp.rules import parse_rule
 from tests.fixtures.xdp_table import (
-    ANY,
     CASES,
     IN,
     LO,
-    OUT_MAC,
-    REDIRECT,
     RULES,
     SLOT_LO,
     TAGGED,
     ZERO_SUM,
     ZERO_SUM6,
-    assert_checksums_valid,
-    next_hop,
+    check_case,
+    install,
     rewritten,
     rewritten6,
-    rule_counts,
     udp_check,
     verdict_counts,
 )
@@ -41,35 +37,15 @@ def relay(datapath):
     """RULES installed, slot SLOT_LO -> lo; returns the maps."""
     maps = datapath.maps
     for rule_id, (text, slot) in RULES.items():
-        rule = parse_rule(text, "in")
-        out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=slot, src_mac=OUT_MAC,
-                                  next_hop=next_hop(rule.outputs[0]))
-        maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
+        install(maps, text, rule_id, slot)
     maps.set_port(SLOT_LO, LO, datapath.egress_fd)
     maps.set_config(**encode.rule_kinds(parse_rule(text, "in") for text, _ in RULES.values()))
     return maps
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.desc)
-def test_relay(relay, run_xdp, case):
-    verdicts, rules = verdict_counts(relay), rule_counts(relay)
-
-    action, out = run_xdp(case.frame, LO)
-
-    assert action == case.action
-    if case.out is not ANY:
-        expected = case.frame if case.out is None else case.out
-        assert out == expected
-    if action == REDIRECT:
-        assert_checksums_valid(out)
-
-    n, v = len(case.frame), abi.Verdict[case.verdict]
-    verdicts[v] = (verdicts[v][0] + 1, verdicts[v][1] + n)
-    assert verdict_counts(relay) == verdicts
-    if case.rule is not None:
-        packets_, bytes_, fwd, drop = rules[case.rule]
-        rules[case.rule] = (packets_ + 1, bytes_ + n, fwd + (action == REDIRECT), drop + (action != REDIRECT))
-    assert rule_counts(relay) == rules
+def test_relay(datapath, relay, case):
+    check_case(relay, datapath.prog_fd, case)
 
 
 def test_cases_are_what_they_claim():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcr_xdp import control, pins
-from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay, start_sender
+from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay, start_sender, until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +54,6 @@ def relays(chain, stream, count: int = 500) -> int:
 
 def notices(chain) -> list[str]:
     return json.loads(relay_cli(chain, "status", "--json").stdout)["notices"]
-
-
-def until(check, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 TWO_OUTPUTS = pytest.mark.parametrize("chain", [{"outputs": 2}], indirect=True)

@@ -5,11 +5,10 @@ time) is followed without a command; down and up are reported."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay
+from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay, until
 
 pytestmark = pytest.mark.e2e
 
@@ -20,13 +19,6 @@ def _notices(chain) -> list[str]:
     proc = relay_cli(chain, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["notices"]
-
-
-def _until(check, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _relayed(chain, count: int = 300) -> int:
@@ -41,10 +33,10 @@ def test_an_output_recreated_is_followed(chain, mode):
     assert _relayed(chain) == 300
 
     chain.exec(chain.relay_in.ns, "ip", "link", "del", chain.OUT)  # takes the sink's end with it
-    _until(lambda: any("output out0 is gone" in n for n in _notices(chain)), 10 * SCALE)
+    until(lambda: any("output out0 is gone" in n for n in _notices(chain)), 10 * SCALE)
 
     chain.link(chain.relay_out[0], chain.sink[0])  # the same names, new ifindexes
-    _until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
+    until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
     assert _relayed(chain) == 300
 
     assert relay.stop() == 0
@@ -59,10 +51,10 @@ def test_an_input_recreated_is_attached_again(chain, mode):
     assert _relayed(chain) == 300
 
     chain.exec(chain.relay_in.ns, "ip", "link", "del", chain.IN)
-    _until(lambda: any("input in0 is gone" in n for n in _notices(chain)), 10 * SCALE)
+    until(lambda: any("input in0 is gone" in n for n in _notices(chain)), 10 * SCALE)
 
     chain.link(chain.src, chain.relay_in)
-    _until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
+    until(lambda: not any("is gone" in n for n in _notices(chain)), 10 * SCALE)
     status = json.loads(relay_cli(chain, "status", "--json").stdout)
     [iface] = status["interfaces"]
     assert (iface["name"], iface["mode"], iface["joins"], iface["rules"]) == ("in0", mode, 1, 1)
@@ -85,10 +77,10 @@ def test_an_output_down_and_up_is_reported(chain):
     assert status["links"] == {"in0": "up", "out0": "up"}
 
     chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "down")
-    _until(lambda: "interface out0 is down" in _notices(chain), 10 * SCALE)
+    until(lambda: "interface out0 is down" in _notices(chain), 10 * SCALE)
     assert json.loads(relay_cli(chain, "status", "--json").stdout)["links"]["out0"] == "down"
     chain.exec(chain.relay_in.ns, "ip", "link", "set", chain.OUT, "up")
-    _until(lambda: "interface out0 is down" not in _notices(chain), 10 * SCALE)
+    until(lambda: "interface out0 is down" not in _notices(chain), 10 * SCALE)
     assert _relayed(chain) == 300
 
     assert relay.stop() == 0

@@ -5,11 +5,10 @@ mode that forwards."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay
+from tests.fixtures.relay import SCALE, relay_cli, result, send, start_receiver, start_relay, until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,14 +70,15 @@ def _wait_forwarding(chain, namespaces) -> None:
     the kernel's link watch, up to a second after `ip link set up`; until
     then its bridge port is disabled and floods nothing: a relay that
     starts fast (userspace) saw part of its copies never reach the cable."""
-    deadline = time.monotonic() + 5 * SCALE
-    while True:
-        states = {(ns, port["ifname"]): port.get("state") for ns in namespaces
-                  for port in json.loads(chain.exec(ns, "bridge", "-j", "link", "show").stdout or "[]")}
-        if len(states) == 4 and set(states.values()) == {"forwarding"}:
-            return
-        assert time.monotonic() < deadline, f"bridge ports not forwarding: {states}"
-        time.sleep(0.05)
+    def states():
+        return {(ns, port["ifname"]): port.get("state") for ns in namespaces
+                for port in json.loads(chain.exec(ns, "bridge", "-j", "link", "show").stdout or "[]")}
+
+    def forwarding():
+        now = states()
+        return len(now) == 4 and set(now.values()) == {"forwarding"}
+
+    until(forwarding, 5 * SCALE, lambda: f"bridge ports not forwarding: {states()}", interval=0.05)
 
 
 @pytest.mark.parametrize("mode", LOOP_MODES)

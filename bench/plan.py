@@ -70,6 +70,9 @@ def rate_pps(rate: str, ceiling: float | None) -> float | None:
 
 
 BOTH = ("default", "threaded")
+# Paired against the first: the least a rewriting relay does (the floor),
+# and mcr-xdp.
+COMPARE = ("bare-redirect", "rewrite-redirect", "mcr-xdp-native")
 
 QUICK = Plan(
     "quick",
@@ -85,7 +88,7 @@ QUICK = Plan(
         Block("rules", ("mcr-xdp-native",), sizes=(64,), streams=1000),
         Block("fan-out", ("mcr-xdp-native",), sizes=(64,), outputs=8),
         Block("options", OPTIONS, sizes=(64,)),
-        Block("compare", ("bare-redirect", "mcr-xdp-native"), sizes=(64,), repeats=6, interleave=True),
+        Block("compare", COMPARE, sizes=(64,), repeats=6, interleave=True),
     ),
     repeats=3,
     seconds=0.6,
@@ -114,8 +117,7 @@ FULL = Plan(
         # The predecessor's soak in every mode (issue 13): 9,000,000 at 150 kpps, a minute each.
         Block("exact", SOAK, rates=("150000",), exact=9_000_000, repeats=1),
         # The datapath against a bare redirect, paired run by run (issue 13: >= 0.97).
-        Block("compare", ("bare-redirect", "mcr-xdp-native"), sizes=(64,), layouts=BOTH, repeats=10,
-              interleave=True),
+        Block("compare", COMPARE, sizes=(64,), layouts=BOTH, repeats=10, interleave=True),
     ),
     repeats=3,
     seconds=0.8,

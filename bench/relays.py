@@ -140,6 +140,26 @@ class BareRedirect(Relay):
             self.prog = None
 
 
+class RewriteRedirect(BareRedirect):
+    """Reference: the least a rewriting relay does (parse, rewrite group,
+    port, MAC and TTL with both checksums, redirect), no lookup, no
+    counter. What a rewrite costs on top of the bare redirect: the floor
+    under mcr-xdp's program."""
+
+    key, label = "rewrite-redirect", "rewrite + redirect, no lookup (floor)"
+    max_streams = 1  # one output group
+
+    def out_endpoint(self, i: int = 0) -> tuple[str, int]:
+        return Relay.out_endpoint(self, i)
+
+    def _start(self) -> None:
+        from .nsutil import ifindex
+
+        out = self.topo.relay_out[0]
+        self.prog = Sink(redirect_to=ifindex(out.ns, out.name), rewrite_to=(OUT_GROUP, OUT_PORT))
+        self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+
+
 class McrXdp(Relay):
     """mcr-xdp through its CLI, as a user starts it."""
 
@@ -321,6 +341,7 @@ def has_mode_option() -> bool:
 def all_relays(socat_cpu: int = 1) -> list[Relay]:
     """In measurement order: the ceiling first, since fixed-rate points of
     the others are fractions of it."""
-    return [Ceiling(), BareRedirect(), McrXdp("native"), McrXdp("native", steer_cpus="0,1"), McrXdp("generic"),
-            McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"), Socat(socat_cpu), Smcroute(),
+    return [Ceiling(), BareRedirect(), RewriteRedirect(), McrXdp("native"), McrXdp("native", steer_cpus="0,1"),
+            McrXdp("generic"), McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"),
+            Socat(socat_cpu), Smcroute(),
             McrXdp("native", option="health=rtp"), McrXdp("native", option="merge=rtp")]

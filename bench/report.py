@@ -243,8 +243,10 @@ def targets(results: list[dict]) -> list[dict]:
             if native and bare:
                 add(f"native / bare XDP redirect, {LAYOUT_SHORT[layout]}, {size} B", pps(native), pps(bare), 1.0,
                     "the issue: the full datapath must be leaner than a naive redirect")
+    floors = {(r["layout"], r["size"]): r["summary"] for r in results
+              if r["status"] == "paired" and r["relay"].startswith("rewrite-redirect/")}
     for r in results:
-        if r["status"] == "paired":
+        if r["status"] == "paired" and not r["relay"].startswith("rewrite-redirect/"):
             p = r["summary"]
             note = (f"paired ABAB runs, {p['n']} repetitions: ratios {p['min']:.3f}-{p['max']:.3f}, spread "
                     f"{p['spread'] * 100:.1f}%")
@@ -253,6 +255,10 @@ def targets(results: list[dict]) -> list[dict]:
                 note += f" exceeds the {MARGIN * 100:g}% margin and the ratios straddle the goal: no verdict"
             elif p["spread"] > MARGIN:
                 note += f" (over the {MARGIN * 100:g}% margin, but every ratio is on one side of the goal)"
+            floor = floors.get((r["layout"], r["size"]))
+            if floor:
+                note += (f"; the floor, a rewrite and redirect with no lookup, paired alike: {floor['ratio']:.3f} "
+                         f"({floor['min']:.3f}-{floor['max']:.3f})")
             out.append({"target": f"{r['label']}, {LAYOUT_SHORT[r['layout']]}, {r['size']} B", "measured": p["ratio"],
                         "goal": PAIRED_GOAL, "met": met, "note": note})
     for size in sizes:

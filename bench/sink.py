@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 
 from mcr_xdp import libbpf
 from mcr_xdp.errors import AttachError
@@ -17,6 +18,7 @@ from .sources import include_flags, source
 
 PROG = "bench_sink"
 PROG_REDIRECT = "bench_redirect"
+PROG_REWRITE = "bench_rewrite"
 MAP = "sink_count"
 
 
@@ -27,15 +29,20 @@ class _Counter(ctypes.Structure):
 class Sink:
     """One loaded sink with its own counters."""
 
-    def __init__(self, redirect_to: int | None = None):
+    def __init__(self, redirect_to: int | None = None, rewrite_to: tuple[str, int] | None = None):
         """With redirect_to (an ifindex), the attached program is instead
-        bench_redirect: every frame out of that interface, uncounted."""
+        bench_redirect: every frame out of that interface, uncounted; with
+        rewrite_to (group, port) too, bench_rewrite: rewritten to them first."""
         require_toolchain()
         from bcc import BPF
 
         src = source("bench_sink.c")
         cflags = include_flags() + ([] if redirect_to is None else [f"-DBENCH_FWD_IFINDEX={redirect_to}"])
         prog = PROG if redirect_to is None else PROG_REDIRECT
+        if redirect_to is not None and rewrite_to is not None:
+            group, port = rewrite_to
+            cflags += [f"-DBENCH_OUT_GROUP={int(ipaddress.IPv4Address(group)):#x}", f"-DBENCH_OUT_PORT={port}"]
+            prog = PROG_REWRITE
         try:
             self._bpf = BPF(src_file=str(src).encode(), cflags=cflags)
             self.prog_fd = self._bpf.load_func(prog.encode(), BPF.XDP).fd

@@ -9,8 +9,8 @@ from bench.plan import FULL, MARGIN, QUICK
 from bench.runner import paired_summary
 
 
-def _paired(ratios: list[float]) -> dict:
-    return {"block": "compare", "relay": "mcr-xdp-native/bare-redirect", "label": "mcr-xdp native / bare redirect",
+def _paired(ratios: list[float], relay: str = "mcr-xdp-native") -> dict:
+    return {"block": "compare", "relay": f"{relay}/bare-redirect", "label": f"{relay} / bare redirect",
             "streams": 1, "outputs": 1, "exact": 0, "layout": "default", "size": 64, "rate": "flat",
             "status": "paired", "ratios": ratios, "summary": paired_summary(ratios)}
 
@@ -49,4 +49,14 @@ def test_both_plans_compare_the_datapath_with_a_bare_redirect_in_turn():
     for plan in (QUICK, FULL):
         (block,) = [b for b in plan.blocks if b.interleave]
         assert block.relays[0] == "bare-redirect" and "mcr-xdp-native" in block.relays
+        assert "rewrite-redirect" in block.relays  # the floor under any rewriting relay
         assert (block.repeats or plan.repeats) >= 6
+
+
+def test_the_floor_is_reported_beside_mcr_xdp_not_judged():
+    """The rewrite-and-redirect reference is paired with the bare redirect
+    too; its ratio goes into mcr-xdp's note and gets no verdict itself."""
+    results = [_paired([0.95, 0.96, 0.955], relay="rewrite-redirect"), _paired([0.90, 0.91, 0.92])]
+    (t,) = [t for t in report.targets(results) if "paired" in t["note"]]
+    assert t["target"].startswith("mcr-xdp-native") and t["met"] is False
+    assert "the floor, a rewrite and redirect with no lookup, paired alike: 0.955 (0.950-0.960)" in t["note"]

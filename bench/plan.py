@@ -43,6 +43,10 @@ class Block:
     # machine hits all of them alike, and each relay's run is paired with
     # the first relay's of the same repetition (report: paired ratios).
     interleave: bool = False
+    # With interleave: each relay runs once per stream count in every
+    # repetition, paired with the first relay's first count (rows
+    # "KEY@N"): what more rules cost, without the machine's drift.
+    stream_counts: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +122,9 @@ FULL = Plan(
         Block("exact", SOAK, rates=("150000",), exact=9_000_000, repeats=1),
         # The datapath against a bare redirect, paired run by run (issue 13: >= 0.97).
         Block("compare", COMPARE, sizes=(64,), layouts=BOTH, repeats=10, interleave=True),
+        # 1000 rules against one, paired run by run (issue 13: within 5%).
+        Block("rules-paired", ("mcr-xdp-native",), sizes=(64, 1316), repeats=10, interleave=True,
+              stream_counts=(1, 1000)),
     ),
     repeats=3,
     seconds=0.8,

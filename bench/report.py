@@ -187,6 +187,7 @@ def _peak(results, relay, layout, size):
 
 
 PAIRED_GOAL = 0.97  # issue 13: the full relay against a bare redirect, run for run
+RULES_GOAL = 0.95  # issue 6 and 13: 1000 rules within 5% of one
 
 
 def paired_verdict(p: dict, goal: float) -> bool | None:
@@ -250,7 +251,9 @@ def targets(results: list[dict]) -> list[dict]:
             p = r["summary"]
             note = (f"paired ABAB runs, {p['n']} repetitions: ratios {p['min']:.3f}-{p['max']:.3f}, spread "
                     f"{p['spread'] * 100:.1f}%")
-            met = paired_verdict(p, PAIRED_GOAL)
+            # KEY@N/KEY@1: more rules against one (issue 13: within 5%).
+            goal = RULES_GOAL if "@" in r["relay"] else PAIRED_GOAL
+            met = paired_verdict(p, goal)
             if met is None:
                 note += f" exceeds the {MARGIN * 100:g}% margin and the ratios straddle the goal: no verdict"
             elif p["spread"] > MARGIN:
@@ -260,12 +263,12 @@ def targets(results: list[dict]) -> list[dict]:
                 note += (f"; the floor, a rewrite and redirect with no lookup, paired alike: {floor['ratio']:.3f} "
                          f"({floor['min']:.3f}-{floor['max']:.3f})")
             out.append({"target": f"{r['label']}, {LAYOUT_SHORT[r['layout']]}, {r['size']} B", "measured": p["ratio"],
-                        "goal": PAIRED_GOAL, "met": met, "note": note})
+                        "goal": goal, "met": met, "note": note})
     for size in sizes:
         one = _find(results, "mcr-xdp-native", "default", size)
         many = _find(results, "mcr-xdp-native", "default", size, streams=1000)
         if one and many:
-            add(f"1000 rules / 1 rule, 1 CPU, {size} B", pps(many), pps(one), 0.95)
+            add(f"1000 rules / 1 rule, 1 CPU, {size} B", pps(many), pps(one), RULES_GOAL)
     userspace = _peak(results, "mcr-xdp-userspace", "default", 64)
     if userspace:
         add("userspace, 2 workers, peak / 300 kpps, 1 CPU, 64 B", pps(userspace), 300_000, 1.0,
@@ -393,7 +396,7 @@ def plot(doc: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     rows = [r for r in doc["results"] if r["status"] == "ok" and r["streams"] == 1 and r["outputs"] == 1
-            and not r.get("exact")]
+            and not r.get("exact") and "@" not in r["relay"]]
     panels = sorted({(r["layout"], r["size"]) for r in rows}, key=lambda p: (p[1], p[0] != "default"))
     if not panels:
         return None

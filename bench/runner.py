@@ -236,8 +236,9 @@ class Runner:
                 relay.stop()
 
     def run_interleaved(self, block: Block) -> None:
-        """Every repetition runs each relay once, started and stopped in
-        turn; each relay's runs are then paired with the first relay's."""
+        """Every repetition runs each relay once (once per stream count
+        when the block has them), started and stopped in turn; each run is
+        then paired with the first turn's of the same repetition."""
         sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
         keys = []
         for key in block.relays:
@@ -250,7 +251,13 @@ class Runner:
                                      "outputs": block.outputs, "exact": 0, "status": "n/a", "reason": reason})
                 continue
             keys.append(key)
-        if len(keys) < 2:
+        # Turns: (row key, relay key, streams); a relay per stream count
+        # when the block has them.
+        if block.stream_counts:
+            turns = [(f"{key}@{n}", key, n) for key in keys for n in block.stream_counts]
+        else:
+            turns = [(key, key, block.streams) for key in keys]
+        if len(turns) < 2:
             return
         repeats = block.repeats or self.plan.repeats
         for layout in block.layouts:
@@ -259,35 +266,42 @@ class Runner:
                 for size in sizes:
                     for rate in block.rates:
                         pps = rate_pps(rate, self.ceilings.get((layout, size)))
-                        runs: dict[str, list[dict]] = {key: [] for key in keys}
+                        runs: dict[str, list[dict]] = {turn: [] for turn, _, _ in turns}
                         for rep in range(repeats):
-                            for key in keys:
+                            for turn, key, streams in turns:
                                 relay = self.relays[key]
-                                relay.start(self.topo, block.streams, block.outputs)
+                                relay.start(self.topo, streams, block.outputs)
                                 try:
-                                    runs[key].append(self.measure(relay, self.gen(size, block.streams, relay.rtp),
-                                                                  pps, self.plan.seconds))
+                                    runs[turn].append(self.measure(relay, self.gen(size, streams, relay.rtp),
+                                                                   pps, self.plan.seconds))
                                 finally:
                                     relay.stop()
-                            got = ", ".join(f"{key} {runs[key][-1]['delivered_pps'] / 1e3:.1f} kpps" for key in keys)
+                            got = ", ".join(f"{turn} {runs[turn][-1]['delivered_pps'] / 1e3:.1f} kpps"
+                                            for turn, _, _ in turns)
                             log(f"[{block.name}] {layout} {size} B {rate}: repetition {rep + 1}/{repeats}: {got}")
-                        self._paired(block, keys, runs, layout, size, rate, pps)
+                        self._paired(block, turns, runs, layout, size, rate, pps)
             finally:
                 self.set_layout("default")
 
-    def _paired(self, block: Block, keys: list[str], runs: dict, layout: str, size: int, rate: str, pps) -> None:
-        point = {"block": block.name, "streams": block.streams, "outputs": block.outputs, "exact": 0,
+    def _paired(self, block: Block, turns: list[tuple[str, str, int]], runs: dict, layout: str, size: int,
+                rate: str, pps) -> None:
+        point = {"block": block.name, "outputs": block.outputs, "exact": 0,
                  "layout": layout, "size": size, "rate": rate, "offered_target_pps": pps}
-        for key in keys:
-            self.results.append({**point, "relay": key, "label": self.relays[key].label, "status": "ok",
-                                 "runs": runs[key], "summary": summarize(runs[key])})
-        ref = keys[0]
-        for key in keys[1:]:
+
+        def label(key: str, streams: int) -> str:
+            rules = f", {streams} rule{'s' if streams > 1 else ''}" if block.stream_counts else ""
+            return self.relays[key].label + rules
+
+        for turn, key, streams in turns:
+            self.results.append({**point, "streams": streams, "relay": turn, "label": label(key, streams),
+                                 "status": "ok", "runs": runs[turn], "summary": summarize(runs[turn])})
+        ref, ref_key, ref_streams = turns[0]
+        for turn, key, streams in turns[1:]:
             ratios = [a["delivered_pps"] / b["delivered_pps"] if b["delivered_pps"] else 0.0
-                      for a, b in zip(runs[key], runs[ref], strict=True)]
-            self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{self.relays[key].label} / "
-                                 f"{self.relays[ref].label}", "status": "paired", "ratios": ratios,
-                                 "summary": paired_summary(ratios)})
+                      for a, b in zip(runs[turn], runs[ref], strict=True)]
+            self.results.append({**point, "streams": streams, "relay": f"{turn}/{ref}",
+                                 "label": f"{label(key, streams)} / {label(ref_key, ref_streams)}",
+                                 "status": "paired", "ratios": ratios, "summary": paired_summary(ratios)})
 
     def point(self, relay: Relay, gen: LiveGen, layout: str, size: int, rate: str, block: Block) -> dict:
         ceiling = self.ceilings.get((layout, size))

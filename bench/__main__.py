@@ -1,7 +1,7 @@
 """python -m bench: measure every relay on a namespace chain, in one run.
 
     sudo .venv/bin/python -m bench                 # the full plan (make bench)
-    sudo .venv/bin/python -m bench --plan quick    # under 2 minutes (make bench-quick)
+    sudo .venv/bin/python -m bench --plan quick    # under 3 minutes (make bench-quick)
     sudo .venv/bin/python -m bench --relays ceiling,mcr-xdp-native --sizes 64
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)

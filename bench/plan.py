@@ -96,7 +96,7 @@ QUICK = Plan(
     ),
     repeats=3,
     seconds=0.6,
-    retries=0,  # stays under 2 minutes; noise is reported, not retried
+    retries=0,  # stays under 3 minutes (144 s on 2026-12-04); noise is reported, not retried
 )
 
 FULL = Plan(

@@ -15,8 +15,9 @@ input group counts leaks, which must be 0; UDP checksum errors must not
 rise on any sink. A frame may be missing only if the kernel counted it
 dropped on a veth whose receiving end fell behind (a full ring: a vCPU
 held by the hypervisor for a few ms does it), up to 1% of a sink's
-frames; such a run passes with a warning naming the counters. The scenarios and their runner are in
-tests/fixtures/shared_outputs.py (test_vlan.py runs them too).
+frames; such a run passes with a warning naming the counters. The
+scenarios and their runner are in tests/fixtures/shared_outputs.py
+(test_vlan.py runs them too).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
     sudo .venv/bin/python -m bench --relays ceiling,mcr-xdp-native --sizes 64
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
+    sudo .venv/bin/python -m bench lines           # mcr_relay's samples per source line (perf)
     sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
     .venv/bin/python -m bench checks               # what ;health= and ;merge= cost a userspace worker
     sudo .venv/bin/python -m bench rules           # start with 1 / 1,000 / 10,000 rules, rule add, memory
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="run",
-                   choices=("run", "profile", "lookup", "packet-tx", "checks", "rules", "cli", "report", "cleanup"))
+                   choices=("run", "profile", "lookup", "lines", "packet-tx", "checks", "rules", "cli", "report",
+                            "cleanup"))
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="PNG path (default: docs/benchmarks[-PLAN].png); 'none' to skip")
     p.add_argument("--layout", default="default", choices=("default", "threaded"), help="profile: the layout")
     p.add_argument("--streams", type=int, default=1, help="profile: number of streams (rules)")
-    p.add_argument("--rules", type=int, default=1000, help="lookup: rules in the maps (default 1000)")
+    p.add_argument("--rules", type=int, default=1000, help="lookup, lines: rules in the maps (default 1000)")
     p.add_argument("--counts", default="1,1000,10000",
                    help="rules: rule counts to start with, comma-separated (the last one also times rule add)")
     p.add_argument("--join", default="rule", choices=("rule", "none"), help="rules: the input's join setting")
@@ -131,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import lookup
 
             _publish(a.results, "lookup", lookup.measure(rules=a.rules, rounds=a.repeats or 5), lookup.render)
+            return 0
+        if a.action == "lines":
+            from . import lines
+
+            _publish(a.results, "lines", lines.measure(rules=a.rules, seconds=a.seconds or 8.0), lines.render)
             return 0
         if a.action == "cli":
             from . import cli

@@ -82,9 +82,9 @@ def _btf_strings(btf_id: int):
 def line_table(prog_fd: int) -> list[tuple[int, str]]:
     """(offset in the JIT image, "file:line: source text"), by offset."""
     first = _info(prog_fd, _ProgInfo())
-    if not first.nr_jited_line_info or not first.btf_id:
-        raise AttachError("the program has no line info (built without BTF, or not JIT-compiled)")
     n = first.nr_line_info
+    if not n or first.nr_jited_line_info != n or not first.btf_id:
+        raise AttachError("the program has no line info (built without BTF, or not JIT-compiled)")
     lines, addrs, ksyms = (_LineInfo * n)(), (ctypes.c_uint64 * n)(), (ctypes.c_uint64 * first.nr_jited_ksyms)()
     info = _ProgInfo(nr_line_info=n, line_info_rec_size=ctypes.sizeof(_LineInfo), line_info=ctypes.addressof(lines),
                      nr_jited_line_info=n, jited_line_info_rec_size=8, jited_line_info=ctypes.addressof(addrs),
@@ -134,35 +134,35 @@ def measure(rules: int = 1000, seconds: float = 8.0) -> dict:
     started = time.time()
     texts = _exact_rules(rules)
     texts[0] += ";ttl=64"  # every run rewrites the TTL to 64: the frame forwards forever
-    dp = loader.Datapath()
-    stop, failed = threading.Event(), []
+    tmp = Path(tempfile.mkdtemp(prefix="mcr-bench-lines-"))
     try:
-        _install(dp, texts)
-        table = line_table(dp.prog_fd)
-        data = frame(GROUP, ttl=64)
-
-        def loop():
-            while not stop.is_set():
-                action = libbpf.test_run(dp.prog_fd, data, libbpf.XdpMd(ingress_ifindex=LO), repeat=REPEAT)[0]
-                if action != libbpf.XDP_REDIRECT:
-                    failed.append(action)
-                    return
-
-        worker = threading.Thread(target=loop, daemon=True)
-        worker.start()
-        tmp = Path(tempfile.mkdtemp(prefix="mcr-bench-lines-"))
+        dp = loader.Datapath()
+        stop, failed, worker = threading.Event(), [], None
         try:
+            _install(dp, texts)
+            table = line_table(dp.prog_fd)
+            data = frame(GROUP, ttl=64)
+
+            def loop():
+                while not stop.is_set():
+                    action = libbpf.test_run(dp.prog_fd, data, libbpf.XdpMd(ingress_ifindex=LO), repeat=REPEAT)[0]
+                    if action != libbpf.XDP_REDIRECT:
+                        failed.append(action)
+                        return
+
+            worker = threading.Thread(target=loop)
+            worker.start()
             time.sleep(0.5)
             subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "20000", "-a", "-o",
                             str(tmp / "perf.data"), "--", "sleep", str(seconds)], capture_output=True, check=True)
-            stop.set()
-            worker.join()
-            syms, offsets = _samples(tmp / "perf.data")
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            stop.set()
+            if worker is not None:
+                worker.join()
+            dp.close()
+        syms, offsets = _samples(tmp / "perf.data")
     finally:
-        stop.set()
-        dp.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     if failed:
         raise AttachError(f"mcr_relay returned {failed[0]}, not XDP_REDIRECT: it measured the wrong path")
     total, prog = sum(syms.values()), sum(offsets.values())

@@ -45,6 +45,8 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/udp.h>
 
+#include "bench_csum.h"
+
 #ifndef GEN_RTP
 #define GEN_RTP 0
 #endif
@@ -73,13 +75,6 @@ BPF_PERCPU_ARRAY(gen_state, struct gen_state, 1);
 static __always_inline __u32 add16(__u32 v)
 {
 	return (v >> 16) + (v & 0xffff);
-}
-
-static __always_inline __u16 fold(__u32 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)sum;
 }
 
 int bench_gen(struct xdp_md *ctx)

@@ -26,6 +26,8 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/udp.h>
 
+#include "bench_csum.h"
+
 struct sink_counter {
 	__u64 packets;
 	__u64 bytes;
@@ -70,13 +72,6 @@ int bench_redirect(struct xdp_md *ctx)
 #ifndef BENCH_OUT_PORT
 #define BENCH_OUT_PORT 5002
 #endif
-
-/* One's complement sum to 16 bits. */
-static __always_inline __u16 fold(__u32 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (sum & 0xffff) + (sum >> 16);
-}
 
 /* RFC 1624: a checksum over 32 bits that change from old to new (raw
  * memory order: the one's complement sum does not care). */

@@ -140,18 +140,22 @@ static __always_inline void copy_source(__u8 *to, struct pkt *p)
 #define MCR_M4 (MCR_M2 * MCR_M2)
 #define MCR_M8 (MCR_M4 * MCR_M4)
 
-static __always_inline __u32 fast_bucket(const struct mcr_rule_key *k)
+/* The end of mcr_fast_bucket: mix the sum's bits, take a bucket. */
+static __always_inline __u32 fast_mix(__u32 h)
 {
-	const __u32 *w = (const __u32 *)k;
-	__u32 h;
-
-	h = w[0] * (MCR_M8 * MCR_M2) + w[1] * (MCR_M8 * MCR_M1) + w[2] * MCR_M8 +
-	    w[3] * (MCR_M4 * MCR_M2 * MCR_M1) + w[4] * (MCR_M4 * MCR_M2) + w[5] * (MCR_M4 * MCR_M1) +
-	    w[6] * MCR_M4 + w[7] * (MCR_M2 * MCR_M1) + w[8] * MCR_M2 + w[9] * MCR_M1;
 	h ^= h >> 16;
 	h *= 0x85ebca6bU;
 	h ^= h >> 13;
 	return h & (MCR_FAST_BUCKETS - 1);
+}
+
+static __always_inline __u32 fast_bucket(const struct mcr_rule_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+
+	return fast_mix(w[0] * (MCR_M8 * MCR_M2) + w[1] * (MCR_M8 * MCR_M1) + w[2] * MCR_M8 +
+			w[3] * (MCR_M4 * MCR_M2 * MCR_M1) + w[4] * (MCR_M4 * MCR_M2) + w[5] * (MCR_M4 * MCR_M1) +
+			w[6] * MCR_M4 + w[7] * (MCR_M2 * MCR_M1) + w[8] * MCR_M2 + w[9] * MCR_M1);
 }
 
 /* Word by word: the key on the stack is only 4-byte aligned. */
@@ -167,12 +171,11 @@ static __always_inline int same_key(const struct mcr_rule_key *a, const struct m
 	return !diff;
 }
 
-/* The fast path's copy of key's rule (mcr_abi.h), or NULL: with *none
- * set, no exact rule has this key; else it may have one in mcr_rules. */
-static __always_inline struct mcr_rule *fast_lookup(const struct mcr_rule_key *key, int *none)
+/* The copy mcr_fast_index points bucket at, or NULL: with *none set, no
+ * exact rule has a key in the bucket. */
+static __always_inline struct mcr_fast_rule *fast_entry(__u32 bucket, int *none)
 {
-	__u32 bucket = fast_bucket(key), entry, *index;
-	struct mcr_fast_rule *fast;
+	__u32 entry, *index;
 
 	*none = 0;
 	index = mcr_fast_index.lookup(&bucket);
@@ -184,8 +187,51 @@ static __always_inline struct mcr_rule *fast_lookup(const struct mcr_rule_key *k
 		return NULL;
 	}
 	entry--;
-	fast = mcr_fast_rules.lookup(&entry);
+	return mcr_fast_rules.lookup(&entry);
+}
+
+/* The fast path's copy of key's rule (mcr_abi.h), or NULL: with *none
+ * set, no exact rule has this key; else it may have one in mcr_rules. */
+static __always_inline struct mcr_rule *fast_lookup(const struct mcr_rule_key *key, int *none)
+{
+	struct mcr_fast_rule *fast = fast_entry(fast_bucket(key), none);
+
 	if (fast && same_key(&fast->key, key))
+		return &fast->rule;
+	return NULL;
+}
+
+/* Word 1 of an IPv4 key (port, family, pad0) as fast_bucket loads it. */
+static __always_inline __u32 ipv4_key_word(__be16 port)
+{
+	union {
+		struct {
+			__be16 port;
+			__u8 family;
+			__u8 pad0;
+		} f;
+		__u32 w;
+	} u = { .f = { port, MCR_FAMILY_IPV4, 0 } };
+
+	return u.w;
+}
+
+/* fast_lookup of an IPv4 key given by its four words that can be non-zero
+ * (ifindex, port and family, the source's first, the group's first): the
+ * others add nothing to the bucket's sum, and an IPv4 key in the fast path
+ * has them zero (mcr_abi.h), so they are not compared either. */
+static __always_inline struct mcr_rule *fast_lookup_ipv4(__u32 ifindex, __u32 word1, __be32 source, __be32 group,
+							 int *none)
+{
+	struct mcr_fast_rule *fast;
+	const __u32 *w;
+
+	fast = fast_entry(fast_mix(ifindex * (MCR_M8 * MCR_M2) + word1 * (MCR_M8 * MCR_M1) + source * MCR_M8 +
+				   group * MCR_M4), none);
+	if (!fast)
+		return NULL;
+	w = (const __u32 *)&fast->key;
+	if (((w[0] ^ ifindex) | (w[1] ^ word1) | (w[2] ^ source) | (w[6] ^ group)) == 0)
 		return &fast->rule;
 	return NULL;
 }

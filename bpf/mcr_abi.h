@@ -217,6 +217,10 @@ struct mcr_rule {
  * differ); MCR_FAST_HASH, the bucket's rules are in MCR_MAP_RULES alone.
  * MCR_MAP_RULES holds every exact rule either way.
  *
+ * An IPv4 key in MCR_MAP_FAST_RULES has the unused bytes of its source and
+ * group zero (as every key a packet can match has): the IPv4 lookup
+ * (bpf/forward.h fast_lookup_ipv4) compares only the other four words.
+ *
  * An entry is never written while the datapath may read it: a changed rule
  * goes to a free entry, the bucket is pointed at it, and the old entry is
  * used again only after an RCU grace period.

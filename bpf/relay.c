@@ -259,7 +259,94 @@ out:
 	return action;
 }
 
-#define MCR_SLOW (-1) /* fast_forward: forward() decides */
+#define MCR_SLOW (-1)    /* fast_forward: forward() decides */
+#define MCR_GENERIC (-2) /* fast_ipv4: not the frame it knows; fast_forward parses it */
+
+/* Whether the fast path can send a frame of rule with hops (its TTL or hop
+ * limit) as it is: one output, no stream check, policer, merge or range,
+ * an output whose next hop is known and a TTL left. */
+static __always_inline int fast_sendable(const struct mcr_rule *rule, __u8 hops)
+{
+	return rule->n_outputs == 1 && !rule->flags && !(rule->out[0].flags & MCR_OUT_UNRESOLVED) &&
+	       (hops > 1 || rule->out[0].ttl);
+}
+
+/* The end of both fast paths: a frame of rule, rewritten for its one
+ * output, goes through that output's direct slot, and is counted. */
+static __always_inline int fast_send(struct xdp_md *ctx, const struct mcr_rule *rule, __u32 ifindex, __u64 bytes)
+{
+	struct mcr_rule_counters *counters = count_match(rule->id, bytes);
+	int action = mcr_tx_direct.redirect_map(rule->out[0].slot, XDP_PASS);
+
+	if (action != XDP_REDIRECT) {
+		/* No direct slot (fan-out copies use the interface too): the
+		 * egress program sees the frame, told it is rewritten. */
+		action = XDP_DROP;
+		if (meta_reserve(ctx)) {
+			meta_set(ctx, MCR_META_DONE, ifindex, 0);
+			action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
+		}
+	}
+	if (action != XDP_REDIRECT) {
+		count_verdict(MCR_V_DROP_NO_OUTPUT, bytes);
+		count_outcome(counters, 0);
+		/* Not what the helper returned: XDP_DROP is all it could mean,
+		 * and the compiler and the verifier then know the caller's
+		 * own codes (MCR_SLOW, MCR_GENERIC) never come from here. */
+		return XDP_DROP;
+	}
+	count_output(&rule->out[0], bytes);
+	count_verdict(MCR_V_REDIRECT, bytes);
+	count_outcome(counters, 1);
+	return XDP_REDIRECT;
+}
+
+/* The usual frame, before anything generic: untagged IPv4 without options,
+ * UDP to a group, whole. Its header fields are read in place and its key
+ * is four words (fast_lookup_ipv4), never built on the stack. Any other
+ * frame, or one that fails a check parse_headers makes, returns
+ * MCR_GENERIC untouched and uncounted: fast_forward's parse then says
+ * what it is. From the lookup on, it does what fast_forward does. */
+static __always_inline int fast_ipv4(struct xdp_md *ctx, struct mcr_config *cfg, void *data, void *data_end,
+				     __u64 bytes)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *iph = data + sizeof(*eth);
+	struct udphdr *udp = (void *)(iph + 1);
+	struct mcr_rule *rule = NULL;
+	__u32 ifindex = ctx->ingress_ifindex, word1, tot_len, ulen;
+	int none;
+
+	if ((void *)(udp + 1) > data_end)
+		return MCR_GENERIC;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || *(__u8 *)iph != 0x45 ||
+	    (iph->daddr & bpf_htonl(0xf0000000)) != bpf_htonl(0xe0000000) ||
+	    (iph->frag_off & bpf_htons(MCR_IP_MF | MCR_IP_OFFSET)) || iph->protocol != IPPROTO_UDP)
+		return MCR_GENERIC;
+	tot_len = bpf_ntohs(iph->tot_len);
+	ulen = bpf_ntohs(udp->len);
+	if (tot_len > data_end - (void *)iph || ulen < sizeof(*udp) || ulen + sizeof(*iph) > tot_len)
+		return MCR_GENERIC;
+	word1 = ipv4_key_word(udp->dest);
+	if (cfg->ssm_rules) {
+		rule = fast_lookup_ipv4(ifindex, word1, iph->saddr, iph->daddr, &none);
+		if (!rule && !none)
+			return MCR_SLOW;
+	}
+	if (!rule) {
+		rule = fast_lookup_ipv4(ifindex, word1, 0, iph->daddr, &none);
+		if (!rule) {
+			if (!none || cfg->range_rules || cfg->any_port_rules)
+				return MCR_SLOW;
+			count_verdict(MCR_V_PASS_NO_RULE, bytes);
+			return XDP_PASS;
+		}
+	}
+	if (!fast_sendable(rule, iph->ttl) || !ipv4_checksum_ok_short(iph, data_end))
+		return MCR_SLOW;  /* forward()'s, or a bad checksum (counted there) */
+	rewrite_ipv4(eth, iph, udp, rule, &rule->out[0]);
+	return fast_send(ctx, rule, ifindex, bytes);
+}
 
 /* The rules' common case, in the native ingress program before forward():
  * an untagged multicast frame whose rule has a copy in the fast path
@@ -279,7 +366,6 @@ static __always_inline int fast_forward(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
 	struct mcr_config *cfg = config();
-	struct mcr_rule_counters *counters;
 	struct mcr_rule *rule = NULL;
 	struct pkt p = {};
 	__u32 verdict;
@@ -292,6 +378,9 @@ static __always_inline int fast_forward(struct xdp_md *ctx)
 		return MCR_SLOW;
 	if (own_mac(cfg, data, data_end))
 		return MCR_SLOW;
+	action = fast_ipv4(ctx, cfg, data, data_end, bytes);
+	if (action != MCR_GENERIC)
+		return action;
 	verdict = parse_packet(data, data_end, ctx->ingress_ifindex, &p, 0);
 	if (verdict != MCR_MATCH) {
 		count_verdict(verdict, bytes);
@@ -316,31 +405,12 @@ static __always_inline int fast_forward(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 	}
-	if (rule->n_outputs != 1 || rule->flags ||
-	    (rule->out[0].flags & MCR_OUT_UNRESOLVED) || (p.hops <= 1 && !rule->out[0].ttl))
+	if (!fast_sendable(rule, p.hops))
 		return MCR_SLOW;
 	if (p.iph && (p.iph->ihl != 5 || !ipv4_checksum_ok_short(p.iph, p.end)))
 		return MCR_SLOW;  /* options, or a bad checksum (counted there) */
-	counters = count_match(rule->id, bytes);
 	rewrite(&p, p.eth, rule, &rule->out[0]);
-	verdict = MCR_V_REDIRECT;
-	action = mcr_tx_direct.redirect_map(rule->out[0].slot, XDP_PASS);
-	if (action != XDP_REDIRECT) {
-		/* No direct slot (fan-out copies use the interface too): the
-		 * egress program sees the frame, told it is rewritten. */
-		action = XDP_DROP;
-		if (meta_reserve(ctx)) {
-			meta_set(ctx, MCR_META_DONE, p.key.ifindex, 0);
-			action = mcr_tx_ports.redirect_map(rule->out[0].slot, XDP_DROP);
-		}
-		if (action != XDP_REDIRECT)
-			verdict = MCR_V_DROP_NO_OUTPUT;
-	}
-	if (action == XDP_REDIRECT)
-		count_output(&rule->out[0], bytes);
-	count_verdict(verdict, bytes);
-	count_outcome(counters, action == XDP_REDIRECT);
-	return action;
+	return fast_send(ctx, rule, p.key.ifindex, bytes);
 }
 
 /* Only a frame to a multicast MAC can be ours, unless a unicast input has

@@ -58,6 +58,13 @@ def fast_bucket(key: abi.RuleKey) -> int:
     return h % abi.FAST_BUCKETS
 
 
+def ipv4_key_sound(key: abi.RuleKey) -> bool:
+    """Whether an IPv4 key has its addresses' unused bytes zero, as the
+    fast path's IPv4 lookup (bpf/forward.h fast_lookup_ipv4) takes them to
+    be; any other family's key is."""
+    return key.family != abi.FAMILY_IPV4 or not any(bytes(key.source)[4:] + bytes(key.group)[4:])
+
+
 def mac_bucket(mac: bytes) -> int:
     """The loop guard filter's entry for a MAC (bpf/police.h own_mac)."""
     return mac[4] ^ mac[5]
@@ -87,6 +94,10 @@ class FastRules:
         entry no reader can be in, then named by the bucket."""
         raw, bucket = bytes(key), fast_bucket(key)
         owner = self._owner.get(bucket)
+        if not ipv4_key_sound(key):  # never matched by a packet: mcr_rules alone may hold it
+            self._others.setdefault(bucket, set()).add(raw)
+            self._write_index(bucket)
+            return
         if owner is not None and owner != raw:
             self._others.setdefault(bucket, set()).add(raw)  # found in mcr_rules after a key compare
             return

@@ -181,3 +181,24 @@ def test_loop_guard_filter(dp):
     assert verdict_counts(dp.maps)[abi.Verdict.DROP_LOOP][0] == 1
     dp.maps.set_own_macs(frozenset())
     assert _run(dp, _frame("239.1.1.1", eth_src=own))[0] == REDIRECT
+
+
+def test_ipv4_lookup_words(dp):
+    """The IPv4 lookup compares four words of a key (bpf/forward.h
+    fast_lookup_ipv4): an IPv4 key with a byte set past its group would
+    look like its group's there, so the control plane gives it no copy; a
+    frame of the group still finds its own rule."""
+    key = _put(dp, "239.1.1.1:5001=out/239.9.9.1:5001", 1)
+    dp.maps.set_config(ssm_rules=0)
+    assert dp.maps.fast.copies == 1
+    odd = abi.RuleKey.from_buffer_copy(bytes(key))
+    odd.group[15] = 1
+    rule = abi.Rule()
+    assert libbpf.map_lookup(dp.maps.fds[abi.MAP_RULES], key, rule)
+    dp.maps.delete_rule(key)
+    dp.maps.put_rule(odd, rule)
+    assert dp.maps.fast.copies == 0
+    assert _run(dp, _frame("239.1.1.1"))[0] == PASS
+    _put(dp, "239.1.1.1:5001=out/239.9.9.2:5001", 2)
+    assert dp.maps.fast.copies == 1
+    assert _dst_group(_run(dp, _frame("239.1.1.1"))[1]) == "239.9.9.2"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
+import signal
 import socket
+import threading
 import time
 
 from .errors import InterfaceError, McrError, UsageError
@@ -131,19 +133,32 @@ def endpoint(group: str, port: int) -> str:
 
 
 def run(spec: GenSpec, sender=traffic.send) -> GenResult:
-    """Send spec.count packets. Ctrl-C stops early and still returns what
-    was sent (interrupted=True); kernel refusals raise SendError."""
+    """Send spec.count packets. Ctrl-C (SIGINT) stops early and still
+    returns what was sent (interrupted=True); kernel refusals raise
+    SendError.
+
+    In the main thread SIGINT only raises a flag the sender checks between
+    packets: a KeyboardInterrupt raised between a packet's sendto() and its
+    progress call would leave the count one short of what a receiver got
+    (a receiver comparing against "sent" would see an extra datagram)."""
     spec = validate(spec)
     sent = 0
+    interrupted = False
 
     def progress(n: int) -> None:
         nonlocal sent
         sent = n
 
+    def on_sigint(signum, frame) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    own_handler = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if own_handler else None
     start = time.perf_counter()
     try:
         sender(spec.group, spec.port, spec.count, spec.rate, spec.size, spec.iface, spec.ttl, spec.first_seq,
-               progress=progress)
+               progress=progress, stop=lambda: interrupted)
     except KeyboardInterrupt:
         return GenResult(spec, sent, time.perf_counter() - start, interrupted=True)
     except OSError as exc:
@@ -153,4 +168,7 @@ def run(spec: GenSpec, sender=traffic.send) -> GenResult:
             f"sending to {endpoint(spec.group, spec.port)}{where} failed after {sent} packet(s): "
             f"{exc.strerror or exc}" + (f" ({hint})" if hint else "")
         ) from None
-    return GenResult(spec, sent, time.perf_counter() - start)
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    return GenResult(spec, sent, time.perf_counter() - start, interrupted=interrupted)

@@ -72,13 +72,16 @@ def _ifindex(iface: str | None) -> int:
 def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64, iface: str | None = None,
          ttl: int = 16, first_seq: int = 0, source_port: int = 0,
          progress: Callable[[int], None] | None = None, source: str | None = None,
-         rtp: bool = False, skip: frozenset[int] = frozenset()) -> float:
+         rtp: bool = False, skip: frozenset[int] = frozenset(),
+         stop: Callable[[], bool] | None = None) -> float:
     """Send count packets at rate per second (0: as fast as possible).
     Returns the seconds it took. progress, if given, is called with the
     number sent so far after every packet (so an interrupted caller knows).
-    rtp: each payload behind an RTP header whose sequence number is the
-    payload's (16 bits); skip: sequence numbers left out (gaps), their
-    time slots left empty."""
+    stop, if given, is asked before every packet (and while pacing): when it
+    says True the sender ends there, after a packet and its progress call,
+    so the count is exact. rtp: each payload behind an RTP header whose
+    sequence number is the payload's (16 bits); skip: sequence numbers left
+    out (gaps), their time slots left empty."""
     with _open_sender(group, iface, ttl, source, source_port) as s:
         dest = (group, port)
         start = time.perf_counter()
@@ -88,14 +91,23 @@ def send(group: str, port: int, count: int, rate: float = 1000.0, size: int = 64
             if seq in skip:
                 continue
             if interval:
-                delay = start + i * interval - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+                _pace(start + i * interval, stop)
+            if stop is not None and stop():
+                break
             data = payload(seq, size)
             s.sendto(rtp_header(seq) + data if rtp else data, dest)
             if progress is not None:
                 progress(i + 1)
         return time.perf_counter() - start
+
+
+def _pace(until: float, stop: Callable[[], bool] | None) -> None:
+    """Sleep until perf_counter() reaches until, in slices short enough
+    that a stop request is seen within 50 ms."""
+    while (delay := until - time.perf_counter()) > 0:
+        if stop is not None and stop():
+            return
+        time.sleep(min(delay, 0.05))
 
 
 def parse_seqs(text: str) -> frozenset[int]:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -26,17 +30,24 @@ class FakeSender:
     """Stands in for traffic.send: records the call, reports progress, and
     optionally fails after some packets."""
 
-    def __init__(self, fail_after: int | None = None, exc: BaseException | None = None):
-        self.fail_after, self.exc = fail_after, exc
+    def __init__(self, fail_after: int | None = None, exc: BaseException | None = None,
+                 sigint_after: int | None = None):
+        self.fail_after, self.exc, self.sigint_after = fail_after, exc, sigint_after
         self.calls = []
 
-    def __call__(self, group, port, count, rate, size, iface, ttl, first_seq, progress=None):
+    def __call__(self, group, port, count, rate, size, iface, ttl, first_seq, progress=None, stop=None):
         self.calls.append(dict(group=group, port=port, count=count, rate=rate, size=size, iface=iface, ttl=ttl,
                                first_seq=first_seq))
         for i in range(count):
+            if stop is not None and stop():
+                break
             if self.fail_after is not None and i == self.fail_after:
                 raise self.exc
             traffic.payload(first_seq + i, size)
+            if i + 1 == self.sigint_after:
+                # A real Ctrl-C, delivered after the packet went out and
+                # before its progress call: the window that once lost one.
+                os.kill(os.getpid(), signal.SIGINT)
             progress(i + 1)
         return 0.01
 
@@ -83,6 +94,27 @@ def test_run_sends_everything_and_reports():
 def test_interrupt_keeps_what_was_sent():
     result = gen.run(spec(count=100), sender=FakeSender(fail_after=40, exc=KeyboardInterrupt()))
     assert result.interrupted and result.sent == 40 and result.last_seq == 39
+
+
+def test_sigint_counts_the_packet_in_flight():
+    before = signal.getsignal(signal.SIGINT)
+    result = gen.run(spec(count=100), sender=FakeSender(sigint_after=40))
+    assert result.interrupted and result.sent == 40 and result.last_seq == 39
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sigint_stops_a_slow_pace_promptly():
+    """A real sender paced at one packet per 10 s stops within a pacing
+    slice of Ctrl-C, with the one packet it sent counted."""
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        t0 = time.perf_counter()
+        result = gen.run(spec(count=3, rate=0.1, iface="lo"))
+        took = time.perf_counter() - t0
+    finally:
+        timer.cancel()
+    assert result.interrupted and result.sent == 1 and took < 2
 
 
 @pytest.mark.parametrize(

@@ -362,6 +362,18 @@ static __always_inline void count_outcome(struct mcr_rule_counters *c, int forwa
 		c->dropped++;
 }
 
+/* A frame the fast path sent: its only rule counter update (mcr_abi.h,
+ * struct mcr_rule_counters); the reader derives the output's. */
+static __always_inline void count_fast(__u32 id, __u64 bytes)
+{
+	struct mcr_rule_counters *c = mcr_rule_stats.lookup(&id);
+
+	if (c) {
+		c->fast_packets++;
+		c->fast_bytes += bytes;
+	}
+}
+
 static __always_inline void count_rule(__u32 id, __u64 bytes, int forwarded)
 {
 	count_outcome(count_match(id, bytes), forwarded);

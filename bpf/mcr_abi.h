@@ -17,7 +17,7 @@
 #include <linux/bpf.h>  /* struct bpf_spin_lock */
 #endif
 
-#define MCR_ABI_VERSION 14
+#define MCR_ABI_VERSION 15
 
 /* Limits (map sizes). */
 #define MCR_MAX_RULES   65536 /* rules across all input interfaces */
@@ -264,11 +264,24 @@ struct mcr_counter {
 	__u64 bytes;
 };
 
+/*
+ * A rule's counters. Since ABI 15 the fast path (mcr_fast_rules) counts a
+ * frame it sent in fast_packets and fast_bytes alone (and its verdict):
+ * one map update where it made two, the rule's and its output's, and
+ * three fields where it made five. Such a frame is in no other field of this struct and in no
+ * MCR_MAP_OUTPUT_STATS slot: readers add fast_packets and fast_bytes to
+ * packets, bytes and forwarded, and to the counters of the rule's output
+ * 0 (the fast path serves one-output rules only; its slot is reset with
+ * the rule, as these are). mcr_xdp/maps.py rule_counters and
+ * output_counters do.
+ */
 struct mcr_rule_counters {
-	__u64 packets;       /* matched */
-	__u64 bytes;         /* matched, frame bytes as received */
-	__u64 forwarded;     /* handed to the output(s) by bpf_redirect_map */
+	__u64 packets;       /* matched, but for fast_packets */
+	__u64 bytes;         /* matched, frame bytes as received, but for fast_bytes */
+	__u64 forwarded;     /* handed to the output(s) by bpf_redirect_map, but for fast_packets */
 	__u64 dropped;       /* matched but dropped (TTL, missing output) */
+	__u64 fast_packets;  /* matched and sent to output 0 by the fast path (new in ABI 15) */
+	__u64 fast_bytes;    /* their frame bytes as received */
 };
 
 /*

@@ -272,10 +272,11 @@ static __always_inline int fast_sendable(const struct mcr_rule *rule, __u8 hops)
 }
 
 /* The end of both fast paths: a frame of rule, rewritten for its one
- * output, goes through that output's direct slot, and is counted. */
+ * output, goes through that output's direct slot, and is counted: a sent
+ * frame in the rule's fast counters and its verdict only (the output's
+ * count is derived from the rule's: mcr_abi.h). */
 static __always_inline int fast_send(struct xdp_md *ctx, const struct mcr_rule *rule, __u32 ifindex, __u64 bytes)
 {
-	struct mcr_rule_counters *counters = count_match(rule->id, bytes);
 	int action = mcr_tx_direct.redirect_map(rule->out[0].slot, XDP_PASS);
 
 	if (action != XDP_REDIRECT) {
@@ -289,15 +290,14 @@ static __always_inline int fast_send(struct xdp_md *ctx, const struct mcr_rule *
 	}
 	if (action != XDP_REDIRECT) {
 		count_verdict(MCR_V_DROP_NO_OUTPUT, bytes);
-		count_outcome(counters, 0);
+		count_rule(rule->id, bytes, 0);
 		/* Not what the helper returned: XDP_DROP is all it could mean,
 		 * and the compiler and the verifier then know the caller's
 		 * own codes (MCR_SLOW, MCR_GENERIC) never come from here. */
 		return XDP_DROP;
 	}
-	count_output(&rule->out[0], bytes);
+	count_fast(rule->id, bytes);
 	count_verdict(MCR_V_REDIRECT, bytes);
-	count_outcome(counters, 1);
 	return XDP_REDIRECT;
 }
 

@@ -7,7 +7,7 @@ every size, offset and constant below, so the two cannot drift apart.
 import ctypes
 import enum
 
-ABI_VERSION = 14
+ABI_VERSION = 15
 
 MAX_RULES = 65536
 MAX_OUTPUTS = 16
@@ -188,6 +188,8 @@ class RuleCounters(ctypes.Structure):
         ("bytes", ctypes.c_uint64),
         ("forwarded", ctypes.c_uint64),
         ("dropped", ctypes.c_uint64),
+        ("fast_packets", ctypes.c_uint64),
+        ("fast_bytes", ctypes.c_uint64),
     ]
 
 

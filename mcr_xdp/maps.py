@@ -294,12 +294,26 @@ class Maps:
                 for per in self.verdicts_per_cpu()]
 
     def rule_counters(self, index: int) -> abi.RuleCounters:
-        return _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
+        """A rule's counters, all CPUs, with the frames the fast path sent
+        (fast_packets, fast_bytes: bpf/mcr_abi.h) in packets, bytes and
+        forwarded too."""
+        c = _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
+        c.packets += c.fast_packets
+        c.bytes += c.fast_bytes
+        c.forwarded += c.fast_packets
+        return c
 
     def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]:
+        """A rule's per-output counters, all CPUs; output 0's with the
+        frames the fast path sent (counted in the rule's only)."""
         slots = self.output_slots.get(index, ())
-        return [_sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, slots[i], abi.Counter)) if i < len(slots)
+        outs = [_sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, slots[i], abi.Counter)) if i < len(slots)
                 else abi.Counter() for i in range(n_outputs)]
+        if outs and slots:
+            fast = _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
+            outs[0].packets += fast.fast_packets
+            outs[0].bytes += fast.fast_bytes
+        return outs
 
     def reset_rule_counters(self, index: int, output_slots: tuple[int, ...] = ()) -> None:
         """Zero a rule's counters before its index is (re)used, and those of

@@ -202,3 +202,31 @@ def test_ipv4_lookup_words(dp):
     _put(dp, "239.1.1.1:5001=out/239.9.9.2:5001", 2)
     assert dp.maps.fast.copies == 1
     assert _dst_group(_run(dp, _frame("239.1.1.1"))[1]) == "239.9.9.2"
+
+
+def test_a_sent_frame_is_counted_once(dp):
+    """The fast path counts a frame it sent in the rule's fast_packets and
+    fast_bytes and its verdict only (bpf/mcr_abi.h, ABI 15): the output's
+    slot stays untouched, and Maps derives the rule's and output 0's counts
+    from the fast fields, as `mcr-xdp stats` shows them."""
+    rule_id, stat = 7, 42
+    rule = parse_rule("239.1.1.1:5001=out/239.9.9.9:5001", "in")
+    out = encode.output_value(rule, rule.outputs[0], ifindex=LO, slot=SLOT_LO, src_mac=bytes(6), stat=stat)
+    dp.maps.put_rule(encode.rule_key(rule, LO), encode.rule_value(rule, rule_id, [out]))
+    dp.maps.output_slots[rule_id] = (stat,)
+    dp.maps.set_config(ssm_rules=0)
+    frame = _frame("239.1.1.1")
+    redirects = verdict_counts(dp.maps)[abi.Verdict.REDIRECT][0]
+    for _ in range(3):
+        assert _run(dp, frame)[0] == REDIRECT
+
+    raw = [dp.maps._percpu(abi.MAP_RULE_STATS, rule_id, abi.RuleCounters)[cpu] for cpu in range(dp.maps.ncpus)]
+    fields = ("packets", "bytes", "forwarded", "dropped", "fast_packets", "fast_bytes")
+    assert tuple(sum(getattr(c, f) for c in raw) for f in fields) == (0, 0, 0, 0, 3, 3 * len(frame))
+    assert sum(c.packets for c in dp.maps._percpu(abi.MAP_OUTPUT_STATS, stat, abi.Counter)) == 0
+
+    seen = dp.maps.rule_counters(rule_id)
+    assert (seen.packets, seen.bytes, seen.forwarded, seen.dropped) == (3, 3 * len(frame), 3, 0)
+    (to_out,) = dp.maps.output_counters(rule_id, 1)
+    assert (to_out.packets, to_out.bytes) == (3, 3 * len(frame))
+    assert verdict_counts(dp.maps)[abi.Verdict.REDIRECT][0] == redirects + 3

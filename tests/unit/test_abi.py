@@ -144,6 +144,7 @@ LAYOUTS = {
     12: "287aab002ff7f40a94f18b62872cc007af67891401227d690aed250347f07863",  # merged streams: mcr_rule.merge, mcr_merge
     13: "01c5b97b3f869f6e1e4ad4f5e7a34cbfbb9a902657755fcd79aa10c9b2f0425a",  # mcr_tx_direct: no egress program
     14: "ae1b933b573331ac01443ae6504faae471fe0f3ecda505bec0918d8377d66d62",  # the fast path of exact rules, MAC filter
+    15: "378b17a54adb12e144d6f4fa45013e979d0b0c93f3a5bc6a35bc37552b3b0afb",  # the fast path counts a sent frame once
 }
 
 

@@ -6,6 +6,7 @@
     sudo .venv/bin/python -m bench profile --relays mcr-xdp-native   # where the time goes
     sudo .venv/bin/python -m bench lookup          # ns of the lookup and counters (BPF_PROG_TEST_RUN)
     sudo .venv/bin/python -m bench lines           # mcr_relay's samples per source line (perf)
+    sudo .venv/bin/python -m bench ab --base REV   # this checkout's mcr_relay against REV's, ns paired run by run
     sudo .venv/bin/python -m bench packet-tx       # send() against a TX ring, for the userspace fallback
     .venv/bin/python -m bench checks               # what ;health= and ;merge= cost a userspace worker
     sudo .venv/bin/python -m bench rules           # start with 1 / 1,000 / 10,000 rules, rule add, memory
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="run",
-                   choices=("run", "profile", "lookup", "lines", "packet-tx", "checks", "rules", "cli", "report",
-                            "cleanup"))
+                   choices=("run", "profile", "lookup", "lines", "ab", "packet-tx", "checks", "rules", "cli",
+                            "report", "cleanup"))
+    p.add_argument("--base", help="ab: the git revision whose datapath this checkout's is compared with")
     p.add_argument("--from", dest="source", type=Path, help="report: the JSON of an earlier run")
     p.add_argument("--plan", default="full", choices=sorted(PLANS))
     p.add_argument("--relays", help=f"comma-separated subset of: {','.join(ALL_RELAYS)}")
@@ -90,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="PNG path (default: docs/benchmarks[-PLAN].png); 'none' to skip")
     p.add_argument("--layout", default="default", choices=("default", "threaded"), help="profile: the layout")
     p.add_argument("--streams", type=int, default=1, help="profile: number of streams (rules)")
-    p.add_argument("--rules", type=int, default=1000, help="lookup, lines: rules in the maps (default 1000)")
+    p.add_argument("--rules", type=int, help="lookup, lines, ab: rules in the maps (default 1000; ab 10)")
     p.add_argument("--counts", default="1,1000,10000",
                    help="rules: rule counts to start with, comma-separated (the last one also times rule add)")
     p.add_argument("--join", default="rule", choices=("rule", "none"), help="rules: the input's join setting")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the 1-minute load average to drop below 0.3")
     a = p.parse_args(argv)
+    if a.rules is None:
+        a.rules = 10 if a.action == "ab" else 1000
     if not 1 <= a.rules <= MAX_RULES:
         p.error(f"--rules must be 1..{MAX_RULES} (the datapath's MCR_MAX_RULES)")
 
@@ -138,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             from . import lines
 
             _publish(a.results, "lines", lines.measure(rules=a.rules, seconds=a.seconds or 8.0), lines.render)
+            return 0
+        if a.action == "ab":
+            from . import ab
+
+            if not a.base:
+                p.error("ab needs --base REV (a git revision: HEAD~1, main, a commit)")
+            _publish(a.results, "ab", ab.measure(a.base, rules=a.rules, rounds=a.repeats or 200), ab.render)
             return 0
         if a.action == "cli":
             from . import cli

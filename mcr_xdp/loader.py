@@ -71,16 +71,19 @@ class Datapath:
     sources compiled by bcc (~3 s more). cflags (tests' variants) and
     MCR_XDP_DATAPATH=bcc ask for bcc."""
 
-    def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None):
+    def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None, image: bytes | None = None):
         """adopt: a killed relay's pin directory (same ABI version) whose
-        counter maps (ADOPTED_MAPS) this datapath uses instead of new ones."""
+        counter maps (ADOPTED_MAPS) this datapath uses instead of new ones;
+        image: an object to load instead of this checkout's (`python -m
+        bench ab` loads another revision's)."""
         self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
         self._cpu_fd: int | None = None
         self._generic_fd: int | None = None
         self.steer_cpus: tuple[int, ...] = ()
         self._bpf = None  # bcc's object
         self._objects: list = []  # libbpf's: the first has the maps, later ones a program each
-        image = None if cflags or os.environ.get("MCR_XDP_DATAPATH") == "bcc" else objfile.image("datapath")
+        if image is None and not cflags and os.environ.get("MCR_XDP_DATAPATH") != "bcc":
+            image = objfile.image("datapath")
         if image is not None:
             self._load_object(image, adopt)
         else:

@@ -258,7 +258,7 @@ def targets(results: list[dict]) -> list[dict]:
                 note += f" exceeds the {MARGIN * 100:g}% margin and the ratios straddle the goal: no verdict"
             elif p["spread"] > MARGIN:
                 note += f" (over the {MARGIN * 100:g}% margin, but every ratio is on one side of the goal)"
-            floor = floors.get((r["layout"], r["size"]))
+            floor = None if "@" in r["relay"] else floors.get((r["layout"], r["size"]))  # the floor pairs with bare
             if floor:
                 note += (f"; the floor, a rewrite and redirect with no lookup, paired alike: {floor['ratio']:.3f} "
                          f"({floor['min']:.3f}-{floor['max']:.3f})")

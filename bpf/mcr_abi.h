@@ -267,12 +267,12 @@ struct mcr_counter {
 /*
  * A rule's counters. Since ABI 15 the fast path (mcr_fast_rules) counts a
  * frame it sent in fast_packets and fast_bytes alone (and its verdict):
- * one map update where it made two, the rule's and its output's, and
- * three fields where it made five. Such a frame is in no other field of this struct and in no
- * MCR_MAP_OUTPUT_STATS slot: readers add fast_packets and fast_bytes to
- * packets, bytes and forwarded, and to the counters of the rule's output
- * 0 (the fast path serves one-output rules only; its slot is reset with
- * the rule, as these are). mcr_xdp/maps.py rule_counters and
+ * one map update where it made two, the rule's and its output's, and two
+ * fields where it made five. Such a frame is in no other field of this
+ * struct and in no MCR_MAP_OUTPUT_STATS slot: readers add fast_packets and
+ * fast_bytes to packets, bytes and forwarded, and to the counters of the
+ * rule's output 0 (the fast path serves one-output rules only; that slot
+ * is reset with the rule's counters). mcr_xdp/maps.py rule_counters and
  * output_counters do.
  */
 struct mcr_rule_counters {

@@ -186,8 +186,10 @@ def test_loop_guard_filter(dp):
 def test_ipv4_lookup_words(dp):
     """The IPv4 lookup compares four words of a key (bpf/forward.h
     fast_lookup_ipv4): an IPv4 key with a byte set past its group would
-    look like its group's there, so the control plane gives it no copy; a
-    frame of the group still finds its own rule."""
+    look like its group's there, so the control plane gives it no copy (it
+    would hash to another bucket than the frame's, so this shows the
+    guard, maps.ipv4_key_sound, not a collision); a frame of the group
+    still finds its own rule."""
     key = _put(dp, "239.1.1.1:5001=out/239.9.9.1:5001", 1)
     dp.maps.set_config(ssm_rules=0)
     assert dp.maps.fast.copies == 1

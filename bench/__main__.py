@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         a.rules = 10 if a.action == "ab" else 1000
     if not 1 <= a.rules <= MAX_RULES:
         p.error(f"--rules must be 1..{MAX_RULES} (the datapath's MCR_MAX_RULES)")
+    if a.action == "ab" and a.repeats is not None and a.repeats < 2:
+        p.error("ab: --repeats must be 2 or more (rounds to pair; quartiles need two)")
 
     if a.action == "report":
         if not a.source:

@@ -40,3 +40,13 @@ def test_a_revision_against_itself():
 def test_an_unknown_revision_is_an_error_not_a_traceback():
     with pytest.raises(McrError, match="git archive no-such-rev"):
         ab.base_image("no-such-rev")
+
+
+def test_fewer_than_two_rounds_is_a_usage_error(capsys):
+    """Quartiles need two rounds: --repeats 1 is refused before anything
+    loads, never a StatisticsError traceback at the end."""
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["ab", "--base", "HEAD", "--repeats", "1"])
+    assert info.value.code == 2 and "--repeats must be 2 or more" in capsys.readouterr().err

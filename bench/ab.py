@@ -28,8 +28,7 @@ from mcr_xdp import libbpf, loader, objfile
 from mcr_xdp.errors import AttachError
 
 from .lookup import GROUP, LO, _exact_rules, _install, _time, frame
-
-ROOT = Path(__file__).resolve().parent.parent
+from .sources import ROOT
 
 RUNS = 1_000_000  # test-run repetitions a timing: long calls, few dispatcher updates (each waits for RCU)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from mcr_xdp.lab.netns import Chain, unique_prefix
 from mcr_xdp.lab.proc import Proc, venv_bin
 
-ROOT = Path(__file__).resolve().parent.parent
+from .sources import ROOT
+
 TARGET_MS = 150.0
 ATTACH_TARGET_S = 1.5
 COMMANDS = [

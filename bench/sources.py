@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mcr_xdp.loader import bpf_dir
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+BPF_DIR = ROOT / "bench" / "bpf"
 
 
 def source(name: str) -> Path:

@@ -38,8 +38,7 @@ from . import report
 from .plan import ALL_RELAYS, PLANS
 from .relays import NotAvailable
 from .runner import Runner, cleanup_stale, log
-
-ROOT = Path(__file__).resolve().parent.parent
+from .sources import ROOT
 
 
 def _interrupt(signum, _frame):

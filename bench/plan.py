@@ -17,12 +17,14 @@ LAYOUTS = {
                 "relay); the generator stays on CPU 0",
 }
 NOISE_LIMIT = 0.15  # CPUs other processes may use during a run before it is repeated
-MARGIN = 0.05  # a paired ratio's spread (max - min over median) beyond which no verdict is given
+MARGIN = 0.05  # width of a paired median's 95% CI (over the median) beyond which no verdict is given
 RELAYS = ("ceiling", "bare-redirect", "mcr-xdp-native", "mcr-xdp-native-steer", "mcr-xdp-generic", "mcr-xdp-tc",
           "mcr-xdp-userspace", "socat", "smcroute")
 # The same native relay with a rule option that reads the payload, fed RTP.
 OPTIONS = ("mcr-xdp-native", "mcr-xdp-native-health", "mcr-xdp-native-merge")
-ALL_RELAYS = (*RELAYS, *OPTIONS[1:])
+# References that only the paired blocks run.
+REFERENCES = ("rewrite-redirect", "bare-redirect-traced")
+ALL_RELAYS = (*RELAYS, *OPTIONS[1:], *REFERENCES)
 # The predecessor's soak (9M packets at 150 kpps): every mode of mcr-xdp, and kernel routing.
 SOAK = ("mcr-xdp-native", "mcr-xdp-generic", "mcr-xdp-tc", "mcr-xdp-userspace", "smcroute")
 
@@ -47,6 +49,14 @@ class Block:
     # repetition, paired with the first relay's first count (rows
     # "KEY@N"): what more rules cost, without the machine's drift.
     stream_counts: tuple[int, ...] = ()
+    # Swapped (relays that are one native XDP program on the input): all
+    # started once, the generator running throughout; their programs take
+    # turns on the input by an atomic replace, in SLICE-long slices in
+    # ABBA groups (repeats: groups a relay), each group one paired ratio
+    # to the first relay; a second copy of the first is paired alike (the
+    # control). Seconds apart instead of minutes: the machine's drift
+    # cancels, and hundreds of pairs fit where ten did.
+    swap: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +85,8 @@ def rate_pps(rate: str, ceiling: float | None) -> float | None:
 
 BOTH = ("default", "threaded")
 # Paired against the first: the least a rewriting relay does (the floor),
-# and mcr-xdp.
-COMPARE = ("bare-redirect", "rewrite-redirect", "mcr-xdp-native")
+# the first with a loss tracer (what mcr-xdp's costs), and mcr-xdp.
+COMPARE = ("bare-redirect", "rewrite-redirect", "bare-redirect-traced", "mcr-xdp-native")
 
 QUICK = Plan(
     "quick",
@@ -92,7 +102,7 @@ QUICK = Plan(
         Block("rules", ("mcr-xdp-native",), sizes=(64,), streams=1000),
         Block("fan-out", ("mcr-xdp-native",), sizes=(64,), outputs=8),
         Block("options", OPTIONS, sizes=(64,)),
-        Block("compare", COMPARE, sizes=(64,), repeats=6, interleave=True),
+        Block("compare", COMPARE, sizes=(64,), repeats=10, swap=True),
     ),
     repeats=3,
     seconds=0.6,
@@ -120,8 +130,8 @@ FULL = Plan(
         Block("options", OPTIONS, sizes=(64, 1316), layouts=BOTH),
         # The predecessor's soak in every mode (issue 13): 9,000,000 at 150 kpps, a minute each.
         Block("exact", SOAK, rates=("150000",), exact=9_000_000, repeats=1),
-        # The datapath against a bare redirect, paired run by run (issue 13: >= 0.97).
-        Block("compare", COMPARE, sizes=(64,), layouts=BOTH, repeats=10, interleave=True),
+        # The datapath against a bare redirect, paired slice by slice (issue 13: >= 0.97).
+        Block("compare", COMPARE, sizes=(64,), layouts=BOTH, repeats=40, swap=True),
         # 1000 rules against one, paired run by run (issue 13: within 5%).
         Block("rules-paired", ("mcr-xdp-native",), sizes=(64, 1316), repeats=10, interleave=True,
               stream_counts=(1, 1000)),

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+from mcr_xdp import libbpf
 from mcr_xdp.errors import TopologyError
 from mcr_xdp.lab.netns import Chain
 from mcr_xdp.lab.proc import Proc, venv_bin
@@ -44,24 +45,42 @@ class Relay:
     max_outputs = 1
     userspace = False  # does the relay's work run in its own processes?
     rtp = False  # are its input frames RTP (the generator in RTP mode)?
+    # One native XDP program on the input does all its work, so a swapped
+    # block can take turns with it by replacing programs (xdp_program).
+    swappable = False
+    attaches_itself = False  # its program is attached by start(), whatever attach says
 
     def __init__(self):
         self.topo: Chain | None = None
         self.procs: list[Proc] = []
         self.streams = 0
         self.outputs = 1
+        self.attach_input = True  # start() attaches its input program (False: loaded only, for swapping)
 
     def unavailable(self) -> str | None:
         """Why this relay cannot run on this machine, or None."""
         return None
 
-    def start(self, topo: Chain, streams: int, outputs: int = 1) -> None:
+    def start(self, topo: Chain, streams: int, outputs: int = 1, attach: bool = True) -> None:
+        """attach=False, for swappable relays that can wait: load the input
+        program without attaching it (xdp_program is then its fd)."""
         if streams > self.max_streams:
             raise NotAvailable(f"{self.label} is measured with up to {self.max_streams} stream(s)")
         if outputs > self.max_outputs:
             raise NotAvailable(f"{self.label}: fan-out to {outputs} outputs is not available")
         self.topo, self.streams, self.outputs = topo, streams, outputs
+        self.attach_input = attach or not self.swappable or self.attaches_itself
         self._start()
+
+    def xdp_program(self) -> int | None:
+        """A swappable relay's input program (an fd it owns), once started."""
+        return None
+
+    def enter(self) -> None:
+        """A swapped block's turn of this relay begins (its program is on)."""
+
+    def leave(self) -> None:
+        """... and ends, before the next relay's program goes on."""
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -119,6 +138,7 @@ class BareRedirect(Relay):
     output, no parsing, no rewrite. What the second veth hop costs."""
 
     key, label = "bare-redirect", "bare XDP redirect (reference)"
+    swappable = True
 
     def __init__(self):
         super().__init__()
@@ -132,7 +152,11 @@ class BareRedirect(Relay):
 
         out = self.topo.relay_out[0]
         self.prog = Sink(redirect_to=ifindex(out.ns, out.name))
-        self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+        if self.attach_input:
+            self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+
+    def xdp_program(self) -> int | None:
+        return None if self.prog is None else self.prog.prog_fd
 
     def stop(self) -> None:
         if self.prog is not None:
@@ -157,7 +181,41 @@ class RewriteRedirect(BareRedirect):
 
         out = self.topo.relay_out[0]
         self.prog = Sink(redirect_to=ifindex(out.ns, out.name), rewrite_to=(OUT_GROUP, OUT_PORT))
-        self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+        if self.attach_input:
+            self.prog.attach(self.topo.relay_in.ns, self.topo.IN)
+
+
+class TracedBareRedirect(BareRedirect):
+    """Reference: the bare redirect with one more mcr-xdp loss tracer
+    (mcr_xdp/trace.py) on the xdp tracepoints during its turns. Paired with
+    the bare redirect in a swapped block, what the tracer costs: there,
+    every program runs with mcr-xdp's own tracer on."""
+
+    key, label = "bare-redirect-traced", "bare XDP redirect + a loss tracer"
+
+    def __init__(self):
+        super().__init__()
+        self.tracer = None
+
+    def enter(self) -> None:
+        from mcr_xdp.trace import LossTracer
+
+        from .nsutil import ifindex, netns
+
+        topo, out = self.topo, self.topo.relay_out[0]
+        pair = ifindex(topo.relay_in.ns, topo.IN), ifindex(out.ns, out.name)
+        with netns(topo.relay_in.ns):  # the tracer counts the namespace it is made in
+            self.tracer = LossTracer()
+        self.tracer.watch(*pair)
+
+    def leave(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
+
+    def stop(self) -> None:
+        self.leave()
+        super().stop()
 
 
 class McrXdp(Relay):
@@ -178,6 +236,8 @@ class McrXdp(Relay):
         self.label = f"mcr-xdp {mode}" + (" XDP" if cli_mode is None else "") + (
             f", steering to CPUs {steer_cpus}" if steer_cpus else "") + (f", ;{option}" if option else "")
         self.prog_id: int | None = None
+        self.swappable = self.attaches_itself = mode == "native" and cli_mode is None and not steer_cpus
+        self._prog_fd: int | None = None
 
     def unavailable(self) -> str | None:
         if self.cli_mode is not None and not has_mode_option():
@@ -219,6 +279,17 @@ class McrXdp(Relay):
         # The attach process and its children: the control plane (idle while
         # measuring) and, in userspace mode, the forwarding workers.
         return [p.popen.pid for p in self.procs]
+
+    def xdp_program(self) -> int | None:
+        if self._prog_fd is None and self.prog_id is not None:
+            self._prog_fd = libbpf.prog_fd_by_id(self.prog_id)
+        return self._prog_fd
+
+    def stop(self) -> None:
+        if self._prog_fd is not None:
+            os.close(self._prog_fd)
+            self._prog_fd = None
+        super().stop()
 
 
 class Socat(Relay):
@@ -341,7 +412,8 @@ def has_mode_option() -> bool:
 def all_relays(socat_cpu: int = 1) -> list[Relay]:
     """In measurement order: the ceiling first, since fixed-rate points of
     the others are fractions of it."""
-    return [Ceiling(), BareRedirect(), RewriteRedirect(), McrXdp("native"), McrXdp("native", steer_cpus="0,1"),
+    return [Ceiling(), BareRedirect(), RewriteRedirect(), TracedBareRedirect(), McrXdp("native"),
+            McrXdp("native", steer_cpus="0,1"),
             McrXdp("generic"), McrXdp("tc", cli_mode="tc"), McrXdp("userspace", cli_mode="userspace"),
             Socat(socat_cpu), Smcroute(),
             McrXdp("native", option="health=rtp"), McrXdp("native", option="merge=rtp")]

@@ -85,9 +85,12 @@ def table(results: list[dict]) -> str:
         base = f"| {r['block']} | {r['label']} |"
         if r["status"] == "paired":
             p = r["summary"]
+            how = f"{p['n']} swapped groups" if r.get("method") == "swapped" else f"{p['n']} repetitions"
+            low, high = _interval(p)
             lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
-                         f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {p['n']} repetitions) | {p['min']:.3f}-"
-                         f"{p['max']:.3f} ({p['spread'] * 100:.1f}%) | - | - | - | - | - | - | - |")
+                         f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {how}) | {low:.3f}-{high:.3f} "
+                         f"({_width(p) * 100:.1f}%{', 95% CI' if 'ci_low' in p else ''}) "
+                         f"| - | - | - | - | - | - | - |")
             continue
         if r["status"] != "ok":
             lay = LAYOUT_SHORT.get(r.get("layout", ""), "-")
@@ -191,12 +194,35 @@ RULES_GOAL = 0.95  # issue 6 and 13: 1000 rules within 5% of one
 
 
 def paired_verdict(p: dict, goal: float) -> bool | None:
-    """Whether paired ratios meet a goal: yes or no when every ratio is on
-    one side of it (however wide they spread), else by the median when they
-    spread within MARGIN; None (no verdict) otherwise."""
-    if p["min"] >= goal or p["max"] < goal:
-        return p["min"] >= goal
-    return p["ratio"] >= goal if p["spread"] <= MARGIN else None
+    """Whether paired ratios meet a goal: yes or no when the median's 95%
+    confidence interval is on one side of it (runs from before there was
+    one: every ratio), else by the median when that interval is narrower
+    than MARGIN; None (no verdict) otherwise."""
+    low, high = _interval(p)
+    if low >= goal or high < goal:
+        return low >= goal
+    return p["ratio"] >= goal if _width(p) <= MARGIN else None
+
+
+def _interval(p: dict) -> tuple[float, float]:
+    return p.get("ci_low", p["min"]), p.get("ci_high", p["max"])
+
+
+def _width(p: dict) -> float:
+    """The interval's width over the median: what the verdict's margin is held to."""
+    low, high = _interval(p)
+    return (high - low) / p["ratio"] if p["ratio"] else float("inf")
+
+
+def _paired_note(r: dict) -> str:
+    p = r["summary"]
+    if r.get("method") == "swapped":
+        how = f"programs swapped on the input, {p['n']} ABBA groups of {r['slice']:g} s slices"
+    else:
+        how = f"paired ABAB runs, {p['n']} repetitions"
+    low, high = _interval(p)
+    ci = f"95% CI of the median {low:.3f}-{high:.3f} ({_width(p) * 100:.1f}%), " if "ci_low" in p else ""
+    return f"{how}: {ci}ratios {p['min']:.3f}-{p['max']:.3f}"
 
 
 def targets(results: list[dict]) -> list[dict]:
@@ -244,24 +270,35 @@ def targets(results: list[dict]) -> list[dict]:
             if native and bare:
                 add(f"native / bare XDP redirect, {LAYOUT_SHORT[layout]}, {size} B", pps(native), pps(bare), 1.0,
                     "the issue: the full datapath must be leaner than a naive redirect")
-    floors = {(r["layout"], r["size"]): r["summary"] for r in results
-              if r["status"] == "paired" and r["relay"].startswith("rewrite-redirect/")}
+    def beside(prefix: str) -> dict:
+        """(layout, size) -> the paired row of a reference-like relay."""
+        return {(r["layout"], r["size"]): r for r in results
+                if r["status"] == "paired" and r["relay"].startswith(prefix)}
+
+    references = {"rewrite-redirect/": "the floor, a rewrite and redirect with no lookup",
+                  "bare-redirect-traced/": "a loss tracer on the bare redirect",
+                  "bare-redirect#2/": "the control, the bare redirect against itself"}
+    beside_rows = {prefix: beside(prefix) for prefix in references}
     for r in results:
-        if r["status"] == "paired" and not r["relay"].startswith("rewrite-redirect/"):
+        if r["status"] == "paired" and not r["relay"].startswith(tuple(references)):
             p = r["summary"]
-            note = (f"paired ABAB runs, {p['n']} repetitions: ratios {p['min']:.3f}-{p['max']:.3f}, spread "
-                    f"{p['spread'] * 100:.1f}%")
+            note = _paired_note(r)
             # KEY@N/KEY@1: more rules against one (issue 13: within 5%).
             goal = RULES_GOAL if "@" in r["relay"] else PAIRED_GOAL
             met = paired_verdict(p, goal)
+            what = "the interval" if "ci_low" in p else "the spread"
             if met is None:
-                note += f" exceeds the {MARGIN * 100:g}% margin and the ratios straddle the goal: no verdict"
-            elif p["spread"] > MARGIN:
-                note += f" (over the {MARGIN * 100:g}% margin, but every ratio is on one side of the goal)"
-            floor = None if "@" in r["relay"] else floors.get((r["layout"], r["size"]))  # the floor pairs with bare
-            if floor:
-                note += (f"; the floor, a rewrite and redirect with no lookup, paired alike: {floor['ratio']:.3f} "
-                         f"({floor['min']:.3f}-{floor['max']:.3f})")
+                note += f"; {what} exceeds the {MARGIN * 100:g}% margin and straddles the goal: no verdict"
+            elif _width(p) > MARGIN:
+                note += f" ({what} is over the {MARGIN * 100:g}% margin, but on one side of the goal)"
+            if r.get("derived"):
+                note += "; derived: each group's ratio times the traced bare redirect's of the same group"
+            if "@" not in r["relay"]:  # the references pair with bare
+                key = (r["layout"], r["size"])
+                for prefix, name in references.items():
+                    if row := beside_rows[prefix].get(key):
+                        low, high = _interval(row["summary"])
+                        note += f"; {name}, paired alike: {row['summary']['ratio']:.3f} ({low:.3f}-{high:.3f})"
             out.append({"target": f"{r['label']}, {LAYOUT_SHORT[r['layout']]}, {r['size']} B", "measured": p["ratio"],
                         "goal": goal, "met": met, "note": note})
     for size in sizes:

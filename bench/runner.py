@@ -6,24 +6,28 @@ also on Ctrl-C, SIGTERM and errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
 import time
 from contextlib import ExitStack
 
+from mcr_xdp import libbpf
 from mcr_xdp.lab.netns import Chain, unique_prefix
 from mcr_xdp.lab.proc import Proc, venv_bin
 
 from . import nsutil
 from .livegen import GenConfig, LiveGen
 from .plan import NOISE_LIMIT, Block, Plan, rate_pps
-from .relays import IN_GROUP, IN_PORT, NotAvailable, Relay, all_relays
+from .relays import IN_GROUP, IN_PORT, NotAvailable, Relay, TracedBareRedirect, all_relays
 from .sink import Sink
 
 GEN_CPU, RELAY_CPU = 0, 1
 SINK_IN_SOFTIRQ = -1  # sink_cpu value: the sink's NAPI stays in the softirq the relay raises
 DRAIN = 0.2  # seconds to let queued frames reach the sink after a run
+SLICE = 0.2  # seconds a swapped block counts one program's turn
+SETTLE = 0.02  # seconds after a swap before its slice is counted (frames of the last program in flight)
 WARMUP = 0.2  # seconds the generator runs before a timed window opens
 NS_PREFIX = "mcrb"
 
@@ -201,6 +205,9 @@ class Runner:
                 "output tx": sum(tx for _rx, tx in outs), "sink rx": sum(rx for rx, _tx in sinks)}
 
     def run_block(self, block: Block) -> None:
+        if block.swap:
+            self.run_swapped(block)
+            return
         if block.interleave:
             self.run_interleaved(block)
             return
@@ -283,6 +290,104 @@ class Runner:
             finally:
                 self.set_layout("default")
 
+    def run_swapped(self, block: Block) -> None:
+        """Every relay started once (at most one attaching itself, the rest
+        loaded only), plus a second copy of the first as the control; the
+        generator runs throughout while their input programs take turns by
+        XDP_FLAGS_REPLACE, ABBA against the first relay."""
+        sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+        keys = [k for k in block.relays if self.only_relays is None or k in self.only_relays]
+        base = {"block": block.name, "streams": block.streams, "outputs": block.outputs, "exact": 0}
+        arms: dict[str, Relay] = {}
+        with ExitStack() as stack:
+            # The one that attaches itself first; the others do not replace it.
+            for key in sorted(keys, key=lambda k: not self.relays[k].attaches_itself):
+                relay = self.relays[key]
+                reason = relay.unavailable() or (None if relay.swappable else "not one native XDP program: "
+                                                 "cannot take turns by program swap")
+                if reason is None and relay.attaches_itself and any(a.attaches_itself for a in arms.values()):
+                    reason = "a second relay that attaches its own program cannot take turns"
+                if reason is None:
+                    try:
+                        relay.start(self.topo, block.streams, block.outputs, attach=False)
+                        stack.callback(relay.stop)
+                    except NotAvailable as exc:
+                        reason = str(exc)
+                if reason is not None:
+                    log(f"[{block.name}] {relay.label}: not available: {reason}")
+                    self.results.append({**base, "relay": key, "label": relay.label, "status": "n/a",
+                                         "reason": reason})
+                    continue
+                arms[key] = relay
+            ref = next((k for k in keys if k in arms), None)
+            if ref is None or arms[ref].attaches_itself:
+                log(f"[{block.name}] no reference the benchmark loads itself: nothing to pair with")
+                return
+            control = type(arms[ref])()  # the reference's program loaded twice: what the method sees of nothing
+            control.start(self.topo, block.streams, block.outputs, attach=False)
+            stack.callback(control.stop)
+            turns = {ref: arms[ref], f"{ref}#2": control, **{k: r for k, r in arms.items() if k != ref}}
+            swap = _Swapper(self.topo.relay_in.ns, nsutil.ifindex(self.topo.relay_in.ns, self.topo.IN), turns,
+                            next((k for k, r in turns.items() if r.attach_input), None))
+            stack.callback(swap.restore)
+            for layout in block.layouts:
+                self.set_layout(layout)
+                try:
+                    for size in sizes:
+                        for rate in block.rates:
+                            self._swapped_point(block, base, turns, swap, layout, size, rate)
+                finally:
+                    self.set_layout("default")
+
+    def _swapped_point(self, block: Block, base: dict, turns: dict, swap: _Swapper, layout: str, size: int,
+                       rate: str) -> None:
+        pps = rate_pps(rate, self.ceilings.get((layout, size)))
+        ref, *others = turns
+        gen = self.gen(size, block.streams)
+        slices: dict[str, list[float]] = {k: [] for k in turns}
+        ratios: dict[str, list[float]] = {k: [] for k in others}
+        groups = block.repeats or self.plan.repeats
+        gen.start(pps)
+        try:
+            time.sleep(WARMUP)
+            for g in range(groups):
+                for key in others:
+                    got = [self._slice(swap, k) for k in (ref, key, key, ref)]
+                    slices[ref] += [got[0], got[3]]
+                    slices[key] += got[1:3]
+                    ratios[key].append((got[1] + got[2]) / (got[0] + got[3]) if got[0] + got[3] else 0.0)
+                if (g + 1) % 10 == 0 or g + 1 == groups:
+                    now = ", ".join(f"{k} {statistics.median(r):.3f}" for k, r in ratios.items())
+                    log(f"[{block.name}] {layout} {size} B {rate}: {g + 1}/{groups} groups, paired medians: {now}")
+        finally:
+            gen.stop()
+        point = {**base, "layout": layout, "size": size, "rate": rate, "offered_target_pps": pps,
+                 "method": "swapped", "slice": SLICE}
+        traced = ratios.get(TracedBareRedirect.key)
+        for key in [k for k in others if turns[k].attaches_itself and traced]:
+            # Its tracer ran in every turn, the reference's too: the traced
+            # reference's ratio, group by group, puts that cost back in.
+            self.results.append({**point, "relay": f"{key}+tracer/{ref}", "label": f"{turns[key].label} with "
+                                 f"its loss tracer / {turns[ref].label}", "status": "paired", "derived": True,
+                                 "ratios": (both := [a * b for a, b in zip(ratios[key], traced, strict=True)]),
+                                 "summary": paired_summary(both)})
+        for key in others:
+            self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{turns[key].label} / "
+                                 f"{turns[ref].label}" + (" (the control: the same program twice)"
+                                                          if key == f"{ref}#2" else ""),
+                                 "status": "paired", "ratios": ratios[key], "summary": paired_summary(ratios[key]),
+                                 "delivered_pps": {ref: statistics.median(slices[ref]),
+                                                   key: statistics.median(slices[key])}})
+
+    def _slice(self, swap: _Swapper, key: str) -> float:
+        """Delivered packets per second in one SLICE with key's program on."""
+        swap.to(key)
+        time.sleep(SETTLE)
+        t0, c0 = time.monotonic(), self.sink.count()[0]
+        time.sleep(SLICE)
+        t1, c1 = time.monotonic(), self.sink.count()[0]
+        return (c1 - c0) / (t1 - t0)
+
     def _paired(self, block: Block, turns: list[tuple[str, str, int]], runs: dict, layout: str, size: int,
                 rate: str, pps) -> None:
         point = {"block": block.name, "outputs": block.outputs, "exact": 0,
@@ -360,12 +465,60 @@ class Runner:
         return self.results
 
 
+class _Swapper:
+    """Which of some relays' loaded XDP programs runs on one input, changed
+    by atomic replace (each relay told when its turn begins and ends);
+    restore() leaves the program that was attached at the start (its owner
+    detaches it) or none."""
+
+    def __init__(self, ns: str, ifindex: int, relays: dict[str, Relay], attached: str | None):
+        self.ns, self.ifindex, self.relays = ns, ifindex, relays
+        self.fds = {k: r.xdp_program() for k, r in relays.items()}
+        self.first = self.current = attached
+
+    def to(self, key: str | None) -> None:
+        if key == self.current:
+            return
+        if self.current is not None:
+            self.relays[self.current].leave()
+        with nsutil.netns(self.ns):
+            if key is None:
+                libbpf.xdp_detach(self.ifindex, libbpf.XDP_FLAGS_DRV_MODE)
+            elif self.current is None:
+                libbpf.xdp_attach(self.ifindex, self.fds[key], libbpf.XDP_FLAGS_DRV_MODE)
+            else:
+                libbpf.xdp_swap(self.ifindex, self.fds[key], self.fds[self.current], libbpf.XDP_FLAGS_DRV_MODE)
+        self.current = key
+        if key is not None:
+            self.relays[key].enter()
+
+    def restore(self) -> None:
+        self.to(self.first)
+
+
 def paired_summary(ratios: list[float]) -> dict:
-    """Paired ratios of one relay's runs to the reference's: the median and
-    how far they spread (max - min over the median)."""
+    """Paired ratios of one relay's runs to the reference's: the median, how
+    far they spread (max - min over the median), and the median's 95%
+    confidence interval (ci_low, ci_high: median_ci)."""
     med = statistics.median(ratios)
+    low, high = median_ci(ratios)
     return {"ratio": med, "min": min(ratios), "max": max(ratios), "n": len(ratios),
-            "spread": (max(ratios) - min(ratios)) / med if med else float("inf")}
+            "spread": (max(ratios) - min(ratios)) / med if med else float("inf"), "ci_low": low, "ci_high": high}
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: order
+    statistics k and n + 1 - k, k the largest with P(Binomial(n, 1/2) < k)
+    <= (1 - level) / 2 (at least the extremes: k = 1)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 1, 0.0  # below: P(X < k + 1) as k grows
+    while True:
+        below += math.comb(n, k - 1) / 2**n
+        if below + math.comb(n, k) / 2**n > (1 - level) / 2 or k >= n // 2:
+            break
+        k += 1
+    return ordered[k - 1], ordered[n - k]
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -135,13 +135,23 @@ def xdp_replace(ifindex: int, prog_fd: int, old_prog_id: int, flags: int) -> Non
     """Swap the attached program old_prog_id for prog_fd in one step
     (XDP_FLAGS_REPLACE): no frame meets an interface without a program;
     fails if another program is attached by then."""
-    old_fd = _check(lib().bpf_prog_get_fd_by_id(old_prog_id), "open the attached XDP program")
+    old_fd = prog_fd_by_id(old_prog_id, "open the attached XDP program")
     try:
-        opts = XdpAttachOpts(sz=ctypes.sizeof(XdpAttachOpts), old_prog_fd=old_fd)
-        _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags | XDP_FLAGS_REPLACE, ctypes.byref(opts)),
-               "replace the XDP program")
+        xdp_swap(ifindex, prog_fd, old_fd, flags)
     finally:
         os.close(old_fd)
+
+
+def xdp_swap(ifindex: int, prog_fd: int, old_prog_fd: int, flags: int) -> None:
+    """xdp_replace with the attached program given by an fd."""
+    opts = XdpAttachOpts(sz=ctypes.sizeof(XdpAttachOpts), old_prog_fd=old_prog_fd)
+    _check(lib().bpf_xdp_attach(ifindex, prog_fd, flags | XDP_FLAGS_REPLACE, ctypes.byref(opts)),
+           "replace the XDP program")
+
+
+def prog_fd_by_id(prog_id: int, what: str = "open a BPF program by id") -> int:
+    """A new fd of a loaded program (the caller closes it)."""
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id), what)
 
 
 def xdp_detach(ifindex: int, flags: int) -> None:

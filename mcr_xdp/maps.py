@@ -297,23 +297,26 @@ class Maps:
         """A rule's counters, all CPUs, with the frames the fast path sent
         (fast_packets, fast_bytes: bpf/mcr_abi.h) in packets, bytes and
         forwarded too."""
-        c = _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
-        c.packets += c.fast_packets
-        c.bytes += c.fast_bytes
-        c.forwarded += c.fast_packets
-        return c
+        return self.rule_and_outputs(index, 0)[0]
 
     def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]:
         """A rule's per-output counters, all CPUs; output 0's with the
         frames the fast path sent (counted in the rule's only)."""
+        return self.rule_and_outputs(index, n_outputs)[1]
+
+    def rule_and_outputs(self, index: int, n_outputs: int) -> tuple[abi.RuleCounters, list[abi.Counter]]:
+        """Both of the above from one read of the rule's entry."""
+        c = _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
         slots = self.output_slots.get(index, ())
         outs = [_sum_percpu(self._percpu(abi.MAP_OUTPUT_STATS, slots[i], abi.Counter)) if i < len(slots)
                 else abi.Counter() for i in range(n_outputs)]
         if outs and slots:
-            fast = _sum_percpu(self._percpu(abi.MAP_RULE_STATS, index, abi.RuleCounters))
-            outs[0].packets += fast.fast_packets
-            outs[0].bytes += fast.fast_bytes
-        return outs
+            outs[0].packets += c.fast_packets
+            outs[0].bytes += c.fast_bytes
+        c.packets += c.fast_packets
+        c.bytes += c.fast_bytes
+        c.forwarded += c.fast_packets
+        return c, outs
 
     def reset_rule_counters(self, index: int, output_slots: tuple[int, ...] = ()) -> None:
         """Zero a rule's counters before its index is (re)used, and those of

@@ -125,8 +125,8 @@ def collect(sources: Sequence[CounterSource], rules: dict, losses: Losses | None
                 for i in range(abi.VERDICT_MAX)}
     rows = []
     for rule_id, (index, rule) in sorted(rules.items()):
-        parts = [s.rule_counters(index) for s in sources]
-        outs = [s.output_counters(index, len(rule.outputs)) for s in sources]
+        read = [s.rule_and_outputs(index, len(rule.outputs)) for s in sources]
+        parts, outs = [r for r, _ in read], [o for _, o in read]
         packets, nbytes, forwarded, dropped = (sum(getattr(p, f) for p in parts)
                                                for f in ("packets", "bytes", "forwarded", "dropped"))
         rows.append(RuleStats(

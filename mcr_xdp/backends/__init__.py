@@ -123,9 +123,9 @@ class CounterSource(Protocol):
 
     def verdicts(self) -> list[abi.Counter]: ...
 
-    def rule_counters(self, index: int) -> abi.RuleCounters: ...
-
-    def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]: ...
+    def rule_and_outputs(self, index: int, n_outputs: int) -> tuple[abi.RuleCounters, list[abi.Counter]]:
+        """A rule's counters and its first n_outputs outputs', each map
+        entry read once."""
 
     def cpu_totals(self) -> list[tuple[int, int]]:
         """(packets seen, packets forwarded) per CPU; [] when the source

@@ -71,6 +71,9 @@ class Counters:
         return [abi.Counter(self._sum(output_base(index, i)), self._sum(output_base(index, i) + 1))
                 for i in range(n_outputs)]
 
+    def rule_and_outputs(self, index: int, n_outputs: int) -> tuple[abi.RuleCounters, list[abi.Counter]]:
+        return self.rule_counters(index), self.output_counters(index, n_outputs)
+
     def health_counts(self, index: int, kind: str) -> health.Counts | None:
         slot = self.health_slots.get(index)
         return health.from_state(self.states.copy(slot), kind) if slot is not None else None

@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from mcr_xdp import abi, encode, libbpf, loader
+from mcr_xdp import abi, encode, libbpf, loader, stats
 from mcr_xdp.maps import fast_bucket, mac_bucket
 from mcr_xdp.rules import parse_rule
 from tests.fixtures.xdp_table import (
@@ -232,3 +232,16 @@ def test_a_sent_frame_is_counted_once(dp):
     (to_out,) = dp.maps.output_counters(rule_id, 1)
     assert (to_out.packets, to_out.bytes) == (3, 3 * len(frame))
     assert verdict_counts(dp.maps)[abi.Verdict.REDIRECT][0] == redirects + 3
+
+    # What `stats` collects, reading the rule's entry once (the fast
+    # fields serve the rule and its output alike).
+    reads = []
+    percpu = dp.maps._percpu
+    dp.maps._percpu = lambda name, *args: reads.append(name) or percpu(name, *args)
+    try:
+        snap = stats.collect([dp.maps], {rule_id: (rule_id, rule)})
+    finally:
+        del dp.maps._percpu
+    (row,) = snap.rules
+    assert (row.packets, row.forwarded, row.outputs[0].packets) == (3, 3, 3)
+    assert reads.count(abi.MAP_RULE_STATS) == 1 and reads.count(abi.MAP_OUTPUT_STATS) == 1

@@ -51,11 +51,9 @@ class EverySource:
     def verdicts(self):
         return [abi.Counter(10 + v, 1000 * (10 + v)) for v in range(abi.VERDICT_MAX)]
 
-    def rule_counters(self, index):
-        return abi.RuleCounters(100 + index, 10000, 90 + index, 10)
-
-    def output_counters(self, index, n_outputs):
-        return [abi.Counter(90 + index, 9000) for _ in range(n_outputs)]
+    def rule_and_outputs(self, index, n_outputs):
+        return (abi.RuleCounters(100 + index, 10000, 90 + index, 10),
+                [abi.Counter(90 + index, 9000) for _ in range(n_outputs)])
 
     def cpu_totals(self):
         return [(500, 450), (300, 280)]

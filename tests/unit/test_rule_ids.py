@@ -143,11 +143,8 @@ class Recorder:
     def verdicts(self) -> list[abi.Counter]:
         return [abi.Counter() for _ in range(abi.VERDICT_MAX)]
 
-    def rule_counters(self, index: int) -> abi.RuleCounters:
-        return abi.RuleCounters(packets=1000 + index)
-
-    def output_counters(self, index: int, n_outputs: int) -> list[abi.Counter]:
-        return [abi.Counter() for _ in range(n_outputs)]
+    def rule_and_outputs(self, index: int, n_outputs: int) -> tuple[abi.RuleCounters, list[abi.Counter]]:
+        return abi.RuleCounters(packets=1000 + index), [abi.Counter() for _ in range(n_outputs)]
 
     def cpu_totals(self) -> list[tuple[int, int]]:
         return []

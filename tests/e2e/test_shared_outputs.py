@@ -27,7 +27,7 @@ import time
 import pytest
 
 from tests.fixtures.relay import SCALE
-from tests.fixtures.shared_outputs import MODES, SCENARIOS, Scenario, assert_exact, run_scenario
+from tests.fixtures.shared_outputs import MODES, SCENARIOS, Scenario, assert_counted, assert_exact, run_scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,7 @@ def test_shared_outputs_exact(chain, name, mode):
     scenario = SCENARIOS[name]
     res = run_scenario(chain, scenario, *MODES[mode])
     assert_exact(res, scenario, sorted({d for _, dests in scenario.sends for d in dests}))
+    assert_counted(res, scenario)
 
 
 # Two inputs carrying their own streams to shared outputs. With CPU steering
@@ -77,6 +78,7 @@ def test_two_inputs_exact(chain, name, mode):
     scenario = TWO_INPUTS[name]
     res = run_scenario(chain, scenario, *TWO_INPUT_MODES[mode])
     assert_exact(res, scenario, sorted({d for _, dests in scenario.sends for d in dests}))
+    assert_counted(res, scenario)
     if mode.startswith("generic"):
         notices = res["stats"]["status"]["notices"]
         assert sum("--steer-cpus steers native XDP only" in n for n in notices) == 2, notices

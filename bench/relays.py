@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from mcr_xdp import libbpf
-from mcr_xdp.errors import TopologyError
+from mcr_xdp.errors import McrError, TopologyError
 from mcr_xdp.lab.netns import Chain
 from mcr_xdp.lab.proc import Proc, venv_bin
 
@@ -186,35 +186,51 @@ class RewriteRedirect(BareRedirect):
 
 
 class TracedBareRedirect(BareRedirect):
-    """Reference: the bare redirect with one more mcr-xdp loss tracer
-    (mcr_xdp/trace.py) on the xdp tracepoints during its turns. Paired with
-    the bare redirect in a swapped block, what the tracer costs: there,
-    every program runs with mcr-xdp's own tracer on."""
+    """Reference: the bare redirect with one more mcr-xdp loss tracer on
+    the xdp_devmap_xmit tracepoint during its turns (bpf/trace.c's
+    per-packet part: its other programs fire on errors and cpumap
+    enqueues only). Paired with the bare redirect in a swapped block, what
+    the tracer costs: there, every program runs with mcr-xdp's own tracer
+    on. Loaded once; a turn attaches it, its end detaches it."""
 
     key, label = "bare-redirect-traced", "bare XDP redirect + a loss tracer"
+    TRACEPOINT, PROG = "xdp_devmap_xmit", "mcr_trace_xmit"
 
     def __init__(self):
         super().__init__()
-        self.tracer = None
+        self.tracer = None  # the loaded object
+        self.link: int | None = None  # attached while its turn lasts
+
+    def _start(self) -> None:
+        from mcr_xdp import objfile, trace
+
+        super()._start()
+        try:
+            image = objfile.image("trace")
+            if image is None:
+                raise NotAvailable("the loss tracer's object is not built (bpf/trace.c): run `sudo make setup`")
+            trace.ensure_tracefs()
+            self.tracer = objfile.Object(image, {self.PROG}, rodata=bytes(trace._config()), what="the loss tracer")
+        except McrError as exc:
+            self.stop()
+            raise NotAvailable(str(exc)) from None
+        except NotAvailable:
+            self.stop()
+            raise
 
     def enter(self) -> None:
-        from mcr_xdp.trace import LossTracer
-
-        from .nsutil import ifindex, netns
-
-        topo, out = self.topo, self.topo.relay_out[0]
-        pair = ifindex(topo.relay_in.ns, topo.IN), ifindex(out.ns, out.name)
-        with netns(topo.relay_in.ns):  # the tracer counts the namespace it is made in
-            self.tracer = LossTracer()
-        self.tracer.watch(*pair)
+        self.link = libbpf.raw_tracepoint_open(self.TRACEPOINT, self.tracer.prog_fd(self.PROG))
 
     def leave(self) -> None:
-        if self.tracer is not None:
-            self.tracer.close()
-            self.tracer = None
+        if self.link is not None:
+            os.close(self.link)
+            self.link = None
 
     def stop(self) -> None:
         self.leave()
+        if self.tracer is not None:
+            self.tracer.close()
+            self.tracer = None
         super().stop()
 
 

@@ -106,6 +106,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map_create": [c_int, ctypes.c_char_p, c_u32, c_u32, c_u32, vp],
         "bpf_obj_pin": [c_int, ctypes.c_char_p],
         "bpf_obj_get": [ctypes.c_char_p],
+        "bpf_raw_tracepoint_open": [ctypes.c_char_p, c_int],
     }.items():
         fn = getattr(lib, name)
         fn.argtypes = args
@@ -152,6 +153,11 @@ def xdp_swap(ifindex: int, prog_fd: int, old_prog_fd: int, flags: int) -> None:
 def prog_fd_by_id(prog_id: int, what: str = "open a BPF program by id") -> int:
     """A new fd of a loaded program (the caller closes it)."""
     return _check(lib().bpf_prog_get_fd_by_id(prog_id), what)
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach a raw tracepoint program; closing the returned fd detaches it."""
+    return _check(lib().bpf_raw_tracepoint_open(name.encode(), prog_fd), f"attach to raw tracepoint {name}")
 
 
 def xdp_detach(ifindex: int, flags: int) -> None:

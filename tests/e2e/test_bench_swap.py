@@ -53,7 +53,8 @@ def test_programs_take_turns_and_the_daemon_keeps_its_input():
         assert row["status"] == "paired" and row["method"] == "swapped" and row["summary"]["n"] == 2
         assert all(0.3 < r < 3 for r in row["ratios"]), row
     assert all(pps > 100_000 for pps in rows["mcr-xdp-native/bare-redirect"]["delivered_pps"].values())
-    assert not runner.relays["bare-redirect-traced"].tracer  # its tracer went with its turns
+    traced = runner.relays["bare-redirect-traced"]
+    assert traced.link is None and traced.tracer is None  # detached after its turns, closed at the end
     mine = f"mcrb-{os.getpid()}-"
     assert not [ns for ns in existing_namespaces() if ns.startswith(mine)]
 

@@ -217,6 +217,8 @@ class TracedBareRedirect(BareRedirect):
         except NotAvailable:
             self.stop()
             raise
+        if self.attach_input:  # measured on its own: the tracer is on for the whole run
+            self.enter()
 
     def enter(self) -> None:
         self.link = libbpf.raw_tracepoint_open(self.TRACEPOINT, self.tracer.prog_fd(self.PROG))

@@ -311,6 +311,8 @@ class Runner:
                     try:
                         relay.start(self.topo, block.streams, block.outputs, attach=False)
                         stack.callback(relay.stop)
+                        if relay.xdp_program() is None:
+                            reason = "its input program could not be found"
                     except NotAvailable as exc:
                         reason = str(exc)
                 if reason is not None:
@@ -512,7 +514,7 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     <= (1 - level) / 2 (at least the extremes: k = 1)."""
     ordered = sorted(values)
     n = len(ordered)
-    k, below = 1, 0.0  # below: P(X < k + 1) as k grows
+    k, below = 1, 0.0  # below: P(X < k), X ~ Binomial(n, 1/2)
     while True:
         below += math.comb(n, k - 1) / 2**n
         if below + math.comb(n, k) / 2**n > (1 - level) / 2 or k >= n // 2:

@@ -69,3 +69,18 @@ def test_a_relay_that_cannot_swap_is_reported_not_run():
     assert row["status"] == "n/a" and "cannot take turns by program swap" in row["reason"]
     # The control still pairs with the reference.
     assert [r["relay"] for r in runner.results if r["status"] == "paired"] == ["bare-redirect#2/bare-redirect"]
+
+
+def test_the_traced_reference_measured_on_its_own_keeps_its_tracer_on():
+    """Outside a swapped block (--relays bare-redirect-traced in any block)
+    its tracer is on for the whole run, as its label says."""
+    runner = Runner(Plan("test", ()), socket_check=False)
+    traced = runner.relays["bare-redirect-traced"]
+    with ExitStack() as stack:
+        runner._build(stack)
+        traced.start(runner.topo, 1, 1)
+        try:
+            assert traced.link is not None and _attached(runner) > 0
+        finally:
+            traced.stop()
+        assert traced.link is None and _attached(runner) == 0

@@ -57,6 +57,12 @@ class Block:
     # control). Seconds apart instead of minutes: the machine's drift
     # cancels, and hundreds of pairs fit where ten did.
     swap: bool = False
+    # With swap, one relay and stream counts instead (first the
+    # reference): the relay runs with as many rules as the largest count,
+    # and generators of each count take turns (a generator's start costs
+    # ~24 ms, so its slices settle longer): what more streams and rules
+    # cost, paired slice by slice.
+    swap_streams: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +141,9 @@ FULL = Plan(
         # 1000 rules against one, paired run by run (issue 13: within 5%).
         Block("rules-paired", ("mcr-xdp-native",), sizes=(64, 1316), repeats=10, interleave=True,
               stream_counts=(1, 1000)),
+        # ... and 1000 streams against one through the same 1000 rules, slice by slice.
+        Block("rules-swapped", ("mcr-xdp-native",), sizes=(64, 1316), repeats=40, swap=True,
+              swap_streams=(1, 1000)),
     ),
     repeats=3,
     seconds=0.8,

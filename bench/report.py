@@ -85,7 +85,7 @@ def table(results: list[dict]) -> str:
         base = f"| {r['block']} | {r['label']} |"
         if r["status"] == "paired":
             p = r["summary"]
-            how = f"{p['n']} swapped groups" if r.get("method") == "swapped" else f"{p['n']} repetitions"
+            how = f"{p['n']} swapped groups" if r.get("method", "").startswith("swapped") else f"{p['n']} repetitions"
             low, high = _interval(p)
             lines.append(f"{base} {LAYOUT_SHORT[r['layout']]} | {r['size']} B | {r['streams']} | {r['outputs']} "
                          f"| {_rate(r)} | {p['ratio']:.3f} x (paired, {how}) | {low:.3f}-{high:.3f} "
@@ -218,6 +218,8 @@ def _paired_note(r: dict) -> str:
     p = r["summary"]
     if r.get("method") == "swapped":
         how = f"programs swapped on the input, {p['n']} ABBA groups of {r['slice']:g} s slices"
+    elif r.get("method") == "swapped-streams":
+        how = f"generators swapped, {p['n']} ABBA groups of {r['slice']:g} s slices"
     else:
         how = f"paired ABAB runs, {p['n']} repetitions"
     low, high = _interval(p)

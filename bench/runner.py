@@ -28,6 +28,7 @@ SINK_IN_SOFTIRQ = -1  # sink_cpu value: the sink's NAPI stays in the softirq the
 DRAIN = 0.2  # seconds to let queued frames reach the sink after a run
 SLICE = 0.2  # seconds a swapped block counts one program's turn
 SETTLE = 0.02  # seconds after a swap before its slice is counted (frames of the last program in flight)
+SETTLE_GEN = 0.1  # ... after a generator swap (a BPF_PROG_TEST_RUN call's ~24 ms set-up, then steady state)
 WARMUP = 0.2  # seconds the generator runs before a timed window opens
 NS_PREFIX = "mcrb"
 
@@ -205,6 +206,9 @@ class Runner:
                 "output tx": sum(tx for _rx, tx in outs), "sink rx": sum(rx for rx, _tx in sinks)}
 
     def run_block(self, block: Block) -> None:
+        if block.swap and block.swap_streams:
+            self.run_swapped_streams(block)
+            return
         if block.swap:
             self.run_swapped(block)
             return
@@ -290,6 +294,66 @@ class Runner:
             finally:
                 self.set_layout("default")
 
+    def run_swapped_streams(self, block: Block) -> None:
+        """One relay with as many rules as the largest of block.swap_streams;
+        generators of each stream count take turns while it runs, ABBA
+        against the first count."""
+        key = block.relays[0]
+        relay = self.relays[key]
+        streams = max(block.swap_streams)
+        base = {"block": block.name, "outputs": block.outputs, "exact": 0, "relay": key, "label": relay.label}
+        reason = relay.unavailable()
+        if reason is None and self.only_relays is not None and key not in self.only_relays:
+            return
+        with ExitStack() as stack:
+            if reason is None:
+                try:
+                    relay.start(self.topo, streams, block.outputs)
+                    stack.callback(relay.stop)
+                except NotAvailable as exc:
+                    reason = str(exc)
+            if reason is not None:
+                log(f"[{block.name}] {relay.label}: not available: {reason}")
+                self.results.append({**base, "streams": streams, "status": "n/a", "reason": reason})
+                return
+            ref, *others = (f"{key}@{n}" for n in block.swap_streams)
+            label = {f"{key}@{n}": f"{relay.label}, {n} stream{'s' if n > 1 else ''} ({streams} rules)"
+                     for n in block.swap_streams}
+            for layout in block.layouts:
+                self.set_layout(layout)
+                try:
+                    for size in [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]:
+                        gens = {f"{key}@{n}": self.gen(size, n, relay.rtp) for n in block.swap_streams}
+                        swap = _GenSwapper(gens, rate_pps("flat", None))
+                        try:
+                            point = {**base, "streams": streams, "layout": layout, "size": size, "rate": "flat",
+                                     "offered_target_pps": None, "method": "swapped-streams", "slice": SLICE}
+                            ratios = self._swap_groups(block, swap, ref, others, SETTLE_GEN,
+                                                       f"{layout} {size} B")
+                        finally:
+                            swap.restore()
+                        for other in others:
+                            self.results.append({**point, "relay": f"{other}/{ref}",
+                                                 "label": f"{label[other]} / {label[ref]}", "status": "paired",
+                                                 "ratios": ratios[other], "summary": paired_summary(ratios[other])})
+                finally:
+                    self.set_layout("default")
+
+    def _swap_groups(self, block: Block, swap, ref: str, others: list[str], settle: float,
+                     where: str) -> dict[str, list[float]]:
+        """block.repeats ABBA groups of each of others against ref: per
+        other, a paired ratio a group."""
+        ratios: dict[str, list[float]] = {k: [] for k in others}
+        groups = block.repeats or self.plan.repeats
+        for g in range(groups):
+            for key in others:
+                got = [self._slice(swap, k, settle) for k in (ref, key, key, ref)]
+                ratios[key].append((got[1] + got[2]) / (got[0] + got[3]) if got[0] + got[3] else 0.0)
+            if (g + 1) % 10 == 0 or g + 1 == groups:
+                now = ", ".join(f"{k} {statistics.median(r):.3f}" for k, r in ratios.items())
+                log(f"[{block.name}] {where}: {g + 1}/{groups} groups, paired medians: {now}")
+        return ratios
+
     def run_swapped(self, block: Block) -> None:
         """Every relay started once (at most one attaching itself, the rest
         loaded only), plus a second copy of the first as the control; the
@@ -346,23 +410,14 @@ class Runner:
         pps = rate_pps(rate, self.ceilings.get((layout, size)))
         ref, *others = turns
         gen = self.gen(size, block.streams)
-        slices: dict[str, list[float]] = {k: [] for k in turns}
-        ratios: dict[str, list[float]] = {k: [] for k in others}
-        groups = block.repeats or self.plan.repeats
+        swap.slices = {}
         gen.start(pps)
         try:
             time.sleep(WARMUP)
-            for g in range(groups):
-                for key in others:
-                    got = [self._slice(swap, k) for k in (ref, key, key, ref)]
-                    slices[ref] += [got[0], got[3]]
-                    slices[key] += got[1:3]
-                    ratios[key].append((got[1] + got[2]) / (got[0] + got[3]) if got[0] + got[3] else 0.0)
-                if (g + 1) % 10 == 0 or g + 1 == groups:
-                    now = ", ".join(f"{k} {statistics.median(r):.3f}" for k, r in ratios.items())
-                    log(f"[{block.name}] {layout} {size} B {rate}: {g + 1}/{groups} groups, paired medians: {now}")
+            ratios = self._swap_groups(block, swap, ref, others, SETTLE, f"{layout} {size} B {rate}")
         finally:
             gen.stop()
+        slices = swap.slices
         point = {**base, "layout": layout, "size": size, "rate": rate, "offered_target_pps": pps,
                  "method": "swapped", "slice": SLICE}
         traced = ratios.get(TracedBareRedirect.key)
@@ -381,14 +436,17 @@ class Runner:
                                  "delivered_pps": {ref: statistics.median(slices[ref]),
                                                    key: statistics.median(slices[key])}})
 
-    def _slice(self, swap: _Swapper, key: str) -> float:
-        """Delivered packets per second in one SLICE with key's program on."""
+    def _slice(self, swap, key: str, settle: float) -> float:
+        """Delivered packets per second in one SLICE with key's turn on
+        (kept in swap.slices too)."""
         swap.to(key)
-        time.sleep(SETTLE)
+        time.sleep(settle)
         t0, c0 = time.monotonic(), self.sink.count()[0]
         time.sleep(SLICE)
         t1, c1 = time.monotonic(), self.sink.count()[0]
-        return (c1 - c0) / (t1 - t0)
+        pps = (c1 - c0) / (t1 - t0)
+        swap.slices.setdefault(key, []).append(pps)
+        return pps
 
     def _paired(self, block: Block, turns: list[tuple[str, str, int]], runs: dict, layout: str, size: int,
                 rate: str, pps) -> None:
@@ -477,6 +535,7 @@ class _Swapper:
         self.ns, self.ifindex, self.relays = ns, ifindex, relays
         self.fds = {k: r.xdp_program() for k, r in relays.items()}
         self.first = self.current = attached
+        self.slices: dict[str, list[float]] = {}  # key -> delivered pps of each of its slices (the last point's)
 
     def to(self, key: str | None) -> None:
         if key == self.current:
@@ -496,6 +555,29 @@ class _Swapper:
 
     def restore(self) -> None:
         self.to(self.first)
+
+
+class _GenSwapper:
+    """Which of some generators runs (at one rate): one at a time, started
+    and stopped in turn; restore() stops the running one."""
+
+    def __init__(self, gens: dict, rate: float | None):
+        self.gens, self.rate = gens, rate
+        self.current: str | None = None
+        self.slices: dict[str, list[float]] = {}
+
+    def to(self, key: str | None) -> None:
+        if key == self.current:
+            return
+        if self.current is not None:
+            self.gens[self.current].stop()
+        self.current = None
+        if key is not None:
+            self.gens[key].start(self.rate)
+            self.current = key
+
+    def restore(self) -> None:
+        self.to(None)
 
 
 def paired_summary(ratios: list[float]) -> dict:

@@ -84,3 +84,19 @@ def test_the_traced_reference_measured_on_its_own_keeps_its_tracer_on():
         finally:
             traced.stop()
         assert traced.link is None and _attached(runner) == 0
+
+
+def test_stream_counts_take_turns_through_one_relay():
+    """Block.swap_streams: one relay with the largest count's rules, its
+    generators of each count in turn; every group paired with the first
+    count, and no generator left running."""
+    block = Block("rules-swapped", ("mcr-xdp-native",), repeats=2, swap=True, swap_streams=(1, 4))
+    runner = Runner(Plan("test", (block,)), socket_check=False)
+    with ExitStack() as stack:
+        runner._build(stack)
+        runner.run_block(block)
+        assert not any(gen._thread for gen in runner.gens.values())
+    (row,) = runner.results
+    assert row["relay"] == "mcr-xdp-native@4/mcr-xdp-native@1" and row["method"] == "swapped-streams"
+    assert row["summary"]["n"] == 2 and all(0.3 < r < 3 for r in row["ratios"]), row
+    assert "4 streams (4 rules)" in row["label"]

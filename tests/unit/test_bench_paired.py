@@ -112,6 +112,17 @@ def test_the_floor_is_reported_beside_mcr_xdp_not_judged():
 def test_the_full_plan_pairs_1000_rules_with_one():
     (block,) = [b for b in FULL.blocks if b.name == "rules-paired"]
     assert block.interleave and block.stream_counts == (1, 1000) and block.relays == ("mcr-xdp-native",)
+    (block,) = [b for b in FULL.blocks if b.name == "rules-swapped"]
+    assert block.swap and block.swap_streams == (1, 1000) and block.repeats >= 40
+
+
+def test_swapped_stream_counts_are_judged_against_the_rules_goal():
+    row = {**_paired([0.96, 0.955, 0.97]), "relay": "mcr-xdp-native@1000/mcr-xdp-native@1",
+           "label": "mcr-xdp native XDP, 1000 streams (1000 rules) / mcr-xdp native XDP, 1 stream (1000 rules)",
+           "streams": 1000, "method": "swapped-streams", "slice": 0.2}
+    (t,) = report.targets([row])
+    assert t["goal"] == report.RULES_GOAL and t["met"] is True
+    assert "generators swapped, 3 ABBA groups of 0.2 s slices" in t["note"]
 
 
 def test_paired_stream_counts_are_judged_against_the_rules_goal():

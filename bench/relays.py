@@ -211,12 +211,9 @@ class TracedBareRedirect(BareRedirect):
                 raise NotAvailable("the loss tracer's object is not built (bpf/trace.c): run `sudo make setup`")
             trace.ensure_tracefs()
             self.tracer = objfile.Object(image, {self.PROG}, rodata=bytes(trace._config()), what="the loss tracer")
-        except McrError as exc:
+        except (McrError, NotAvailable) as exc:
             self.stop()
             raise NotAvailable(str(exc)) from None
-        except NotAvailable:
-            self.stop()
-            raise
         if self.attach_input:  # measured on its own: the tracer is on for the whole run
             self.enter()
 

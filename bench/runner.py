@@ -205,6 +205,10 @@ class Runner:
         return {"input rx": nsutil.link_drops(topo.relay_in.ns, topo.IN)[0],
                 "output tx": sum(tx for _rx, tx in outs), "sink rx": sum(rx for rx, _tx in sinks)}
 
+    def sizes(self, block: Block) -> list[int]:
+        """The block's payload sizes this run measures (--sizes)."""
+        return [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+
     def run_block(self, block: Block) -> None:
         if block.swap and block.swap_streams:
             self.run_swapped_streams(block)
@@ -215,7 +219,7 @@ class Runner:
         if block.interleave:
             self.run_interleaved(block)
             return
-        sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+        sizes = self.sizes(block)
         for key in block.relays:
             if self.only_relays is not None and key not in self.only_relays:
                 continue
@@ -250,7 +254,7 @@ class Runner:
         """Every repetition runs each relay once (once per stream count
         when the block has them), started and stopped in turn; each run is
         then paired with the first turn's of the same repetition."""
-        sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+        sizes = self.sizes(block)
         keys = []
         for key in block.relays:
             if self.only_relays is not None and key not in self.only_relays:
@@ -302,9 +306,9 @@ class Runner:
         relay = self.relays[key]
         streams = max(block.swap_streams)
         base = {"block": block.name, "outputs": block.outputs, "exact": 0, "relay": key, "label": relay.label}
-        reason = relay.unavailable()
-        if reason is None and self.only_relays is not None and key not in self.only_relays:
+        if self.only_relays is not None and key not in self.only_relays:
             return
+        reason = relay.unavailable()
         with ExitStack() as stack:
             if reason is None:
                 try:
@@ -322,14 +326,14 @@ class Runner:
             for layout in block.layouts:
                 self.set_layout(layout)
                 try:
-                    for size in [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]:
+                    for size in self.sizes(block):
                         gens = {f"{key}@{n}": self.gen(size, n, relay.rtp) for n in block.swap_streams}
                         swap = _GenSwapper(gens, rate_pps("flat", None))
                         try:
                             point = {**base, "streams": streams, "layout": layout, "size": size, "rate": "flat",
                                      "offered_target_pps": None, "method": "swapped-streams", "slice": SLICE}
-                            ratios = self._swap_groups(block, swap, ref, others, SETTLE_GEN,
-                                                       f"{layout} {size} B")
+                            ratios, _ = self._swap_groups(block, swap, ref, others, SETTLE_GEN,
+                                                          f"{layout} {size} B")
                         finally:
                             swap.restore()
                         for other in others:
@@ -340,26 +344,30 @@ class Runner:
                     self.set_layout("default")
 
     def _swap_groups(self, block: Block, swap, ref: str, others: list[str], settle: float,
-                     where: str) -> dict[str, list[float]]:
+                     where: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
         """block.repeats ABBA groups of each of others against ref: per
-        other, a paired ratio a group."""
+        other, a paired ratio a group; and per key, the delivered rate of
+        each of its slices."""
         ratios: dict[str, list[float]] = {k: [] for k in others}
+        slices: dict[str, list[float]] = {k: [] for k in (ref, *others)}
         groups = block.repeats or self.plan.repeats
         for g in range(groups):
             for key in others:
                 got = [self._slice(swap, k, settle) for k in (ref, key, key, ref)]
+                slices[ref] += [got[0], got[3]]
+                slices[key] += got[1:3]
                 ratios[key].append((got[1] + got[2]) / (got[0] + got[3]) if got[0] + got[3] else 0.0)
             if (g + 1) % 10 == 0 or g + 1 == groups:
                 now = ", ".join(f"{k} {statistics.median(r):.3f}" for k, r in ratios.items())
                 log(f"[{block.name}] {where}: {g + 1}/{groups} groups, paired medians: {now}")
-        return ratios
+        return ratios, slices
 
     def run_swapped(self, block: Block) -> None:
         """Every relay started once (at most one attaching itself, the rest
         loaded only), plus a second copy of the first as the control; the
         generator runs throughout while their input programs take turns by
         XDP_FLAGS_REPLACE, ABBA against the first relay."""
-        sizes = [s for s in block.sizes if self.only_sizes is None or s in self.only_sizes]
+        sizes = self.sizes(block)
         keys = [k for k in block.relays if self.only_relays is None or k in self.only_relays]
         base = {"block": block.name, "streams": block.streams, "outputs": block.outputs, "exact": 0}
         arms: dict[str, Relay] = {}
@@ -410,14 +418,12 @@ class Runner:
         pps = rate_pps(rate, self.ceilings.get((layout, size)))
         ref, *others = turns
         gen = self.gen(size, block.streams)
-        swap.slices = {}
         gen.start(pps)
         try:
             time.sleep(WARMUP)
-            ratios = self._swap_groups(block, swap, ref, others, SETTLE, f"{layout} {size} B {rate}")
+            ratios, slices = self._swap_groups(block, swap, ref, others, SETTLE, f"{layout} {size} B {rate}")
         finally:
             gen.stop()
-        slices = swap.slices
         point = {**base, "layout": layout, "size": size, "rate": rate, "offered_target_pps": pps,
                  "method": "swapped", "slice": SLICE}
         traced = ratios.get(TracedBareRedirect.key)
@@ -437,16 +443,13 @@ class Runner:
                                                    key: statistics.median(slices[key])}})
 
     def _slice(self, swap, key: str, settle: float) -> float:
-        """Delivered packets per second in one SLICE with key's turn on
-        (kept in swap.slices too)."""
+        """Delivered packets per second in one SLICE with key's turn on."""
         swap.to(key)
         time.sleep(settle)
         t0, c0 = time.monotonic(), self.sink.count()[0]
         time.sleep(SLICE)
         t1, c1 = time.monotonic(), self.sink.count()[0]
-        pps = (c1 - c0) / (t1 - t0)
-        swap.slices.setdefault(key, []).append(pps)
-        return pps
+        return (c1 - c0) / (t1 - t0)
 
     def _paired(self, block: Block, turns: list[tuple[str, str, int]], runs: dict, layout: str, size: int,
                 rate: str, pps) -> None:
@@ -535,7 +538,6 @@ class _Swapper:
         self.ns, self.ifindex, self.relays = ns, ifindex, relays
         self.fds = {k: r.xdp_program() for k, r in relays.items()}
         self.first = self.current = attached
-        self.slices: dict[str, list[float]] = {}  # key -> delivered pps of each of its slices (the last point's)
 
     def to(self, key: str | None) -> None:
         if key == self.current:
@@ -564,7 +566,6 @@ class _GenSwapper:
     def __init__(self, gens: dict, rate: float | None):
         self.gens, self.rate = gens, rate
         self.current: str | None = None
-        self.slices: dict[str, list[float]] = {}
 
     def to(self, key: str | None) -> None:
         if key == self.current:

@@ -7,6 +7,7 @@
     fanout = "hash"                         # optional: userspace mode: hash, cpu, lb
     control_socket = "/run/mcr-xdp/mcr-xdp.sock"   # optional
     interval = 5                            # optional: seconds between counter lines
+    loss_tracer = true                      # optional: false stops counting losses after redirect
 
     [inputs.eth0]
     rules = [
@@ -30,7 +31,8 @@ from .maps import parse_cpu_list
 from .modes import Mode, XdpMode
 from .rules import Rule, parse_rules
 
-TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "inputs"}
+TOP_KEYS = {"xdp_mode", "mode", "steer_cpus", "workers", "fanout", "control_socket", "interval", "loss_tracer",
+            "inputs"}
 INPUT_KEYS = {"rules", "join"}
 JOIN_VALUES = ("rule", "none")
 
@@ -51,6 +53,7 @@ class FileConfig:
     fanout: str | None = None
     control_socket: str | None = None
     interval: float | None = None
+    loss_tracer: bool | None = None
     no_join: frozenset[str] = frozenset()  # inputs with join = "none"
 
 
@@ -130,6 +133,10 @@ def load(path: str | Path) -> FileConfig:
         if not isinstance(data["interval"], (int, float)) or data["interval"] <= 0:
             fail(_line_of(lines, r"^\s*interval\s*="), "interval", "must be a positive number of seconds")
         cfg.interval = float(data["interval"])
+    if "loss_tracer" in data:
+        if not isinstance(data["loss_tracer"], bool):
+            fail(_line_of(lines, _key("loss_tracer")), "loss_tracer", "must be true or false")
+        cfg.loss_tracer = data["loss_tracer"]
     inputs = data.get("inputs", {})
     if not isinstance(inputs, dict) or not inputs:
         fail(_line_of(lines, _key("inputs")), "inputs", "needs at least one [inputs.IFACE] table with rules")

@@ -97,6 +97,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_xdp_detach": [c_int, c_u32, vp],
         "bpf_xdp_query": [c_int, c_int, vp],
         "bpf_prog_get_fd_by_id": [c_u32],
+        "bpf_prog_get_next_id": [c_u32, vp],
         "bpf_obj_get_info_by_fd": [c_int, vp, vp],
         "bpf_prog_test_run_opts": [c_int, vp],
         "bpf_map_lookup_elem": [c_int, vp, vp],
@@ -213,6 +214,15 @@ def map_info(map_fd: int) -> dict:
     kind, id_, key, value, entries, flags = struct.unpack_from("=6I", raw)
     return {"type": kind, "id": id_, "key_size": key, "value_size": value, "max_entries": entries,
             "map_flags": flags, "name": raw[24:40].split(b"\0", 1)[0].decode(errors="replace")}
+
+
+def prog_ids() -> list[int]:
+    """Ids of every BPF program loaded on the machine."""
+    ids, current, nxt = [], 0, ctypes.c_uint32()
+    while lib().bpf_prog_get_next_id(current, ctypes.byref(nxt)) == 0:
+        current = nxt.value
+        ids.append(current)
+    return ids
 
 
 def prog_name(prog_id: int) -> str:

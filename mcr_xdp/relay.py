@@ -51,6 +51,7 @@ class RelayConfig:
     workers: int | None = None  # userspace: worker processes (None: one per CPU)
     fanout: str = "hash"  # userspace: PACKET_FANOUT mode (hash, cpu, lb)
     no_join: frozenset[str] = frozenset()  # inputs that join no group (join = "none")
+    loss_tracer: bool = True  # XDP: count losses after redirect (bpf/trace.c; off: --no-loss-tracer)
 
 
 class RuleIds:

@@ -131,10 +131,17 @@ def delivery_order(rule, links: dict[str, Link]) -> tuple[int, ...]:
     return tuple(link.ifindex for link in sorted(outs, key=lambda link: (not link.up, -link.mtu)))
 
 
-def _new_tracer():
+# Said in status and at start when the operator turned the tracer off.
+TRACER_OFF = ("losses after redirect are not counted: the loss tracer is off (--no-loss-tracer, "
+              "loss_tracer = false)")
+
+
+def _new_tracer(wanted: bool = True):
     """(the loss tracer, "") or (None, why there is none)."""
     from ..trace import LossTracer
 
+    if not wanted:
+        return None, TRACER_OFF
     try:
         return LossTracer(), ""
     except McrError as exc:
@@ -145,12 +152,12 @@ class BpfBackend:
     modes = BPF_MODES
     outlives = True
 
-    def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None):
+    def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None, loss_tracer: bool = True):
         features.require_kernel()
         self.adopt_notice = ""
         # The loss tracer loads (~0.1 s) while the datapath does.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mcr-tracer") as pool:
-            tracing = pool.submit(_new_tracer)
+            tracing = pool.submit(_new_tracer, loss_tracer)
             try:
                 adopt = self._adoptable(left)
                 try:
@@ -210,7 +217,7 @@ class BpfBackend:
 
     @classmethod
     def open(cls, config, left: dict | None = None) -> BpfBackend:
-        return cls(config.steer_cpus, left)
+        return cls(config.steer_cpus, left, config.loss_tracer)
 
     def _adoptable(self, left: dict | None):
         """The pin directory of the killed relay whose counter maps this

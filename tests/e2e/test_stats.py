@@ -12,6 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mcr_xdp import libbpf
 from mcr_xdp.lab.netns import Chain, unique_prefix
 from tests.fixtures.relay import SCALE, mcr, relay_cli, result, send, start_receiver, start_relay, start_sender
 
@@ -117,12 +118,19 @@ def test_a_veth_that_cannot_receive_redirects_is_reached_through_tc(chain):
     assert snap["status"]["via_tc"] == [{"rule": 0, "input": "in0", "outputs": ["out0"]}]
 
 
+def _xmit_tracers() -> set[int]:
+    """Ids of the loss tracers' transmit programs loaded now (any relay's)."""
+    return {i for i in libbpf.prog_ids() if libbpf.prog_name(i) == "mcr_trace_xmit"}
+
+
 def test_redirect_into_a_veth_whose_peer_is_down_counts_as_lost(chain):
     count = 800
     # The peer down: veth_xdp_xmit takes nothing (-ENXIO), and the kernel
     # drops the frames after the datapath said XDP_REDIRECT.
     chain.exec(chain.sink[0].ns, "ip", "link", "set", chain.sink[0].name, "down")
+    before = _xmit_tracers()
     relay = start_relay(chain, chain.IN, "--rule", RULE, "--interval", "1")
+    assert len(_xmit_tracers() - before) == 1
     send(chain, "239.1.1.1", 5001, count, rate=2000)
     snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
     assert snap["totals"]["lost_after_redirect"] == count
@@ -132,6 +140,36 @@ def test_redirect_into_a_veth_whose_peer_is_down_counts_as_lost(chain):
     assert re.search(rf"lost after redirect on out0\s.*\s{count}\s", table), table
     relay.stop()
     assert any(f"lost-after-redirect {count}" in line for line in relay.lines), relay.lines
+
+
+@pytest.mark.parametrize("how", ["--no-loss-tracer", "loss_tracer = false"])
+def test_without_the_loss_tracer_those_losses_are_left_to_the_interfaces(chain, tmp_path, how):
+    """Turned off (on the command line or in the file): no tracepoint
+    program is loaded (its cost at every XDP transmit flush is what an
+    operator turns it off for); the relay forwards as before, says at start
+    and in status that losses after redirect are not counted, and the
+    output's own tx_dropped still shows the frames its down peer refused."""
+    count = 800
+    chain.exec(chain.sink[0].ns, "ip", "link", "set", chain.sink[0].name, "down")
+    if how.startswith("--"):
+        args = (chain.IN, "--rule", RULE, how)
+    else:
+        path = tmp_path / "relay.toml"
+        path.write_text(f'{how}\n[inputs.{chain.IN}]\nrules = ["{RULE}"]\n')
+        args = ("--config", str(path))
+    before = _xmit_tracers()
+    relay = start_relay(chain, *args)
+    assert _xmit_tracers() <= before
+    send(chain, "239.1.1.1", 5001, count, rate=2000)
+    snap = json.loads(relay_cli(chain, "stats", "--json").stdout)
+    assert snap["status"]["loss_tracer"] is False
+    assert any("the loss tracer is off" in n for n in snap["status"]["notices"]), snap["status"]["notices"]
+    assert snap["totals"]["forwarded"] == count
+    assert snap["totals"]["lost_after_redirect"] == 0
+    assert snap["interfaces"]["out0"]["tx_dropped"] >= count
+    assert relay.stop() == 0
+    notices = relay.popen.stderr.read()
+    assert "losses after redirect are not counted: the loss tracer is off" in notices, notices
 
 
 def _ifindexes(topo) -> dict[str, int]:

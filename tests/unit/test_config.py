@@ -80,7 +80,7 @@ def test_ranges_and_join(tmp_path):
 
 def test_options_are_optional(tmp_path):
     cfg = config.load(write(tmp_path, '[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n'))
-    assert (cfg.xdp_mode, cfg.control_socket, cfg.interval) == (None, None, None)
+    assert (cfg.xdp_mode, cfg.control_socket, cfg.interval, cfg.loss_tracer) == (None, None, None, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,8 @@ BAD = [
         [inputs.eth0]
         rules = ["239.1.1.1:5001=eth1"]
         """, 3, "colour",
-     "unknown key (known: control_socket, fanout, inputs, interval, mode, steer_cpus, workers, xdp_mode)"),
+     "unknown key (known: control_socket, fanout, inputs, interval, loss_tracer, mode, steer_cpus, workers, "
+     "xdp_mode)"),
     Bad("unknown top-level table (typo of inputs)", """\
         xdp_mode = "native"
 
@@ -332,10 +333,11 @@ def test_check_unreadable_file(public_dir):
 
 def test_mode_options(tmp_path):
     path = tmp_path / "modes.toml"
-    path.write_text('mode = "tc"\nsteer_cpus = [0, 1]\nworkers = 3\nfanout = "cpu"\n'
+    path.write_text('mode = "tc"\nsteer_cpus = [0, 1]\nworkers = 3\nfanout = "cpu"\nloss_tracer = false\n'
                     '[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
     cfg = config.load(path)
     assert (cfg.mode.value, cfg.steer_cpus, cfg.workers, cfg.fanout) == ("tc", (0, 1), 3, "cpu")
+    assert cfg.loss_tracer is False
     path.write_text('steer_cpus = "0-2"\n[inputs.eth0]\nrules = ["239.1.1.1:5001=eth1"]\n')
     assert config.load(path).steer_cpus == (0, 1, 2)
 
@@ -345,6 +347,8 @@ def test_mode_options(tmp_path):
     ('steer_cpus = "0,x"', "steer_cpus", "is not a CPU list"),
     ("workers = 0", "workers", "at least 1"),
     ('fanout = "random"', "fanout", "is not one of"),
+    ('loss_tracer = "off"', "loss_tracer", "must be true or false"),
+    ("loss_tracer = 0", "loss_tracer", "must be true or false"),
 ])
 def test_bad_mode_options_name_line_and_key(tmp_path, line, key, message):
     path = tmp_path / "bad.toml"

@@ -56,6 +56,7 @@ class Relay:
         self.streams = 0
         self.outputs = 1
         self.attach_input = True  # start() attaches its input program (False: loaded only, for swapping)
+        self.swapped = False  # started for a swapped block (start(attach=False))
 
     def unavailable(self) -> str | None:
         """Why this relay cannot run on this machine, or None."""
@@ -70,6 +71,7 @@ class Relay:
             raise NotAvailable(f"{self.label}: fan-out to {outputs} outputs is not available")
         self.topo, self.streams, self.outputs = topo, streams, outputs
         self.attach_input = attach or not self.swappable or self.attaches_itself
+        self.swapped = not attach
         self._start()
 
     def xdp_program(self) -> int | None:
@@ -190,8 +192,9 @@ class TracedBareRedirect(BareRedirect):
     the xdp_devmap_xmit tracepoint during its turns (bpf/trace.c's
     per-packet part: its other programs fire on errors and cpumap
     enqueues only). Paired with the bare redirect in a swapped block, what
-    the tracer costs: there, every program runs with mcr-xdp's own tracer
-    on. Loaded once; a turn attaches it, its end detaches it."""
+    the tracer costs: there mcr-xdp runs without its own (McrXdp.untraced),
+    so no other turn pays one. Loaded once; a turn attaches it, its end
+    detaches it."""
 
     key, label = "bare-redirect-traced", "bare XDP redirect + a loss tracer"
     TRACEPOINT, PROG = "xdp_devmap_xmit", "mcr_trace_xmit"
@@ -253,6 +256,10 @@ class McrXdp(Relay):
         self.prog_id: int | None = None
         self.swappable = self.attaches_itself = mode == "native" and cli_mode is None and not steer_cpus
         self._prog_fd: int | None = None
+        # Started without its loss tracer (--no-loss-tracer): in a swapped
+        # block, whose daemon runs through every relay's turns, its tracer
+        # would be paid by all of them; the block measures a tracer apart.
+        self.untraced = False
 
     def unavailable(self) -> str | None:
         if self.cli_mode is not None and not has_mode_option():
@@ -276,7 +283,9 @@ class McrXdp(Relay):
             mode += ["--steer-cpus", self.steer_cpus]
         # A control socket of its own, so it never meets a relay someone else runs.
         sock = ["--socket", f"/run/mcr-bench-{os.getpid()}-{self.key}.sock"] if "--socket" in attach_options() else []
-        proc = self._popen(venv_bin("mcr-xdp"), "attach", self.topo.IN, *self.rules(), *mode, *sock,
+        self.untraced = self.swapped and "--no-loss-tracer" in attach_options()
+        untraced = ["--no-loss-tracer"] if self.untraced else []
+        proc = self._popen(venv_bin("mcr-xdp"), "attach", self.topo.IN, *self.rules(), *mode, *sock, *untraced,
                            "--interval", "3600")
         try:
             proc.wait_for("relaying", timeout=READY_TIMEOUT)

@@ -428,14 +428,16 @@ class Runner:
                  "method": "swapped", "slice": SLICE}
         traced = ratios.get(TracedBareRedirect.key)
         for key in [k for k in others if turns[k].attaches_itself and traced]:
-            # Its tracer ran in every turn, the reference's too: the traced
-            # reference's ratio, group by group, puts that cost back in.
+            # It ran without its tracer (McrXdp.untraced; a CLI without the
+            # option: with it, in every turn, the reference's too): the
+            # traced reference's ratio, group by group, puts that cost in.
             self.results.append({**point, "relay": f"{key}+tracer/{ref}", "label": f"{turns[key].label} with "
                                  f"its loss tracer / {turns[ref].label}", "status": "paired", "derived": True,
                                  "ratios": (both := [a * b for a, b in zip(ratios[key], traced, strict=True)]),
                                  "summary": paired_summary(both)})
         for key in others:
-            self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{turns[key].label} / "
+            untraced = " --no-loss-tracer" if getattr(turns[key], "untraced", False) else ""
+            self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{turns[key].label}{untraced} / "
                                  f"{turns[ref].label}" + (" (the control: the same program twice)"
                                                           if key == f"{ref}#2" else ""),
                                  "status": "paired", "ratios": ratios[key], "summary": paired_summary(ratios[key]),

@@ -53,6 +53,11 @@ def test_programs_take_turns_and_the_daemon_keeps_its_input():
         assert row["status"] == "paired" and row["method"] == "swapped" and row["summary"]["n"] == 2
         assert all(0.3 < r < 3 for r in row["ratios"]), row
     assert all(pps > 100_000 for pps in rows["mcr-xdp-native/bare-redirect"]["delivered_pps"].values())
+    # Its daemon ran without its loss tracer, which every turn would have
+    # paid: the traced reference measures a tracer, the derived row adds it.
+    assert mcr.untraced
+    assert "--no-loss-tracer" in rows["mcr-xdp-native/bare-redirect"]["label"]
+    assert "with its loss tracer" in rows["mcr-xdp-native+tracer/bare-redirect"]["label"]
     traced = runner.relays["bare-redirect-traced"]
     assert traced.link is None and traced.tracer is None  # detached after its turns, closed at the end
     mine = f"mcrb-{os.getpid()}-"

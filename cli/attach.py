@@ -55,7 +55,7 @@ def attach(
         "it per input.")),
     loss_tracer: Optional[bool] = typer.Option(None, "--loss-tracer/--no-loss-tracer", show_default="on", help=(
         "XDP: count the frames the kernel drops after a redirect (an output down or full) as "
-        "lost_after_redirect. Its tracepoint runs at every XDP transmit flush of the machine: ~3-4% of a "
+        "lost_after_redirect. Its tracepoint runs at every XDP transmit flush of the machine: 2.5-4.5% of a "
         "core's 64-byte rate on the benchmark. Off, those losses show only in the interfaces' own counters.")),
     socket_path: Optional[str] = options.SOCKET,
     tui: bool = typer.Option(False, "--tui", help="Show the live stats view instead of counter lines; "

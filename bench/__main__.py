@@ -56,6 +56,13 @@ def wait_quiet(limit: float, threshold: float = 0.3) -> None:
         time.sleep(10)
 
 
+def _plot(doc: dict, path) -> None:
+    try:
+        log(f"wrote {report.plot(doc, Path(path))}")
+    except report.NoPlot as exc:
+        log(f"no plot: {exc}")
+
+
 def _publish(results: Path, name: str, doc: dict, render) -> None:
     """Print a measurement and write it as results/NAME-TIME.json."""
     print(render(doc))
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["targets"] = report.targets(doc["results"])
         print(report.markdown(doc))
         if a.plot is not None and str(a.plot).lower() != "none":
-            log(f"wrote {report.plot(doc, a.plot)}")
+            _plot(doc, a.plot)
         return 0
     if a.action == "checks":  # pure Python: no root, no kernel
         from . import checks
@@ -209,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {path}")
         if a.plot is None or str(a.plot).lower() != "none":
             default = ROOT / "docs" / ("benchmarks.png" if plan.name == "full" else f"benchmarks-{plan.name}.png")
-            png = report.plot(doc, a.plot or default)
-            log(f"wrote {png}" if png else "no plot: matplotlib is missing (pip install -e '.[bench]')")
+            _plot(doc, a.plot or default)
         return 0
     except McrError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -424,21 +424,26 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(doc: dict, path: Path) -> Path | None:
+class NoPlot(Exception):
+    """Why a run has no plot (the message says)."""
+
+
+def plot(doc: dict, path: Path) -> Path:
     """Delivered against offered rate, one panel per layout and payload
-    size, one line per relay (log-log; the diagonal is zero loss)."""
+    size, one line per relay (log-log; the diagonal is zero loss). NoPlot
+    without matplotlib or without a point to draw."""
+    rows = [r for r in doc["results"] if r["status"] == "ok" and r["streams"] == 1 and r["outputs"] == 1
+            and not r.get("exact") and "@" not in r["relay"]]
+    panels = sorted({(r["layout"], r["size"]) for r in rows}, key=lambda p: (p[1], p[0] != "default"))
+    if not panels:
+        raise NoPlot("no point of one stream and one output at an offered rate (paired blocks have none)")
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return None
-    rows = [r for r in doc["results"] if r["status"] == "ok" and r["streams"] == 1 and r["outputs"] == 1
-            and not r.get("exact") and "@" not in r["relay"]]
-    panels = sorted({(r["layout"], r["size"]) for r in rows}, key=lambda p: (p[1], p[0] != "default"))
-    if not panels:
-        return None
+        raise NoPlot("matplotlib is missing (pip install -e '.[bench]')") from None
     cols = min(2, len(panels))
     nrows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.8 * nrows), squeeze=False)

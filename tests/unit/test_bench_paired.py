@@ -5,6 +5,8 @@ confidence interval is within the margin or on one side of the goal."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench import report
 from bench.plan import FULL, MARGIN, QUICK
 from bench.runner import median_ci, paired_summary
@@ -135,3 +137,11 @@ def test_paired_stream_counts_are_judged_against_the_rules_goal():
     assert t["goal"] == report.RULES_GOAL == 0.95 and t["met"] is True
     assert "floor" not in t["note"]  # the floor pairs with the bare redirect, not with one rule
     assert t["target"].startswith("mcr-xdp native XDP, 1000 rules / mcr-xdp native XDP, 1 rule, 1 CPU")
+
+
+def test_a_run_of_paired_points_only_says_why_it_has_no_plot(tmp_path):
+    """A compare-only run draws nothing, and says so instead of blaming a
+    matplotlib that is there (it is not needed to tell)."""
+    with pytest.raises(report.NoPlot, match="paired blocks have none"):
+        report.plot({"results": [_paired([0.95, 0.96])]}, tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()

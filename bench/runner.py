@@ -436,7 +436,7 @@ class Runner:
                                  "ratios": (both := [a * b for a, b in zip(ratios[key], traced, strict=True)]),
                                  "summary": paired_summary(both)})
         for key in others:
-            untraced = " --no-loss-tracer" if getattr(turns[key], "untraced", False) else ""
+            untraced = " --no-loss-tracer" if turns[key].untraced else ""
             self.results.append({**point, "relay": f"{key}/{ref}", "label": f"{turns[key].label}{untraced} / "
                                  f"{turns[ref].label}" + (" (the control: the same program twice)"
                                                           if key == f"{ref}#2" else ""),

@@ -150,9 +150,10 @@ def test_legs_on_two_inputs_at_once(chain, mode):
     # Userspace: workers the scheduler kept off both vCPUs for over half a
     # second (their rings hold 0.5 s; three senders, two receivers and two
     # workers taking the merge's state lock a packet share the two CPUs)
-    # lose frames in their rings, and the relay counts every one. Seen on a slower machine
-    # of this kind in about half the runs (1,700-8,000 frames); never
-    # with native XDP. What the merge itself does must still hold exactly.
+    # lose frames in their rings, and the relay counts every one. Seen on
+    # a slower machine of this kind in about half the runs (1,700-8,000
+    # frames); never with native XDP. What the merge itself does must
+    # still hold exactly.
     warnings.warn(f"{mode}: frames lost in the workers' rings, counted by the relay: {ring}", stacklevel=1)
     assert (got["duplicates"], got["corrupt"], plain["duplicates"], plain["corrupt"]) == (0, 0, 0, 0), (got, plain)
     assert len(both) <= got["missing"] <= len(both) + sum(ring.values()), (got, ring)

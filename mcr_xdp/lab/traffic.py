@@ -3,7 +3,9 @@
 Payloads carry a magic, a sequence number and a hash of the whole payload,
 so a receiver can tell lost, duplicated and corrupted packets apart. Used by
 the demo, the end-to-end tests and the benchmarks; runnable as
-`python -m mcr_xdp.lab.traffic send|recv ...` inside a namespace.
+`python -m mcr_xdp.lab.traffic send|recv ...` inside a namespace. A `recv`
+of several streams (--dest, --streams) ends on its idle timeout once a
+SIGUSR1 says the senders are done.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
+import signal
 import socket
 import struct
 import sys
@@ -317,16 +320,55 @@ def send_legs(legs: list[tuple[str, int]], count: int, rate: float, size: int = 
         return time.perf_counter() - start, sent
 
 
+class SendersDone:
+    """SIGUSR1 tells a receiver the senders are done: from then on it ends
+    once the line has been quiet for its idle timeout, where a stream that
+    must stay empty would otherwise wait out its whole first timeout. The
+    signal wakes the receiver's selector through a socket
+    (signal.set_wakeup_fd); main thread only, as signals are."""
+
+    SIGNAL = signal.SIGUSR1
+
+    def __init__(self):
+        self.told = False
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._w.fileno())
+        # A Python handler, so the signal neither kills the receiver nor
+        # interrupts it mid-count: the wakeup byte carries it to the selector.
+        self._old = signal.signal(self.SIGNAL, lambda *_: None)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def read(self) -> None:
+        """Take the wakeup bytes: told, if one of them is SIGNAL."""
+        with contextlib.suppress(BlockingIOError):
+            while data := self._r.recv(64):
+                self.told |= self.SIGNAL in data
+
+    def close(self) -> None:
+        signal.signal(self.SIGNAL, self._old)
+        signal.set_wakeup_fd(self._old_fd)
+        self._r.close()
+        self._w.close()
+
+
 def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | None = None,
-                    idle_timeout: float = 3.0, first_timeout: float = 20.0, ready=None) -> dict[str, Received]:
+                    idle_timeout: float = 3.0, first_timeout: float = 20.0, ready=None,
+                    senders_done: SendersDone | None = None) -> dict[str, Received]:
     """Receive several streams at once (one socket each, one selector);
-    returns Received per "group:port"."""
+    returns Received per "group:port". senders_done: end on the idle
+    timeout once it is told, data or not."""
     import selectors
 
     sel = selectors.DefaultSelector()
     results: dict[str, Received] = {}
     socks = []
     try:
+        if senders_done is not None:
+            sel.register(senders_done, selectors.EVENT_READ, None)
         for group, port in streams:
             sock = open_receiver(group, port, iface, expected)
             sock.setblocking(False)
@@ -345,6 +387,9 @@ def receive_streams(streams: list[tuple[str, int]], expected: int, iface: str | 
                 break
             timeout = idle_timeout
             for key, _ in events:
+                if key.data is None:
+                    senders_done.read()
+                    continue
                 r = results[key.data]
                 while True:
                     try:
@@ -476,8 +521,12 @@ def _main(argv=None) -> int:
         print(json.dumps({"sent": a.count * len(streams), "seconds": round(took, 3)}), flush=True)
         return 0
     if len(streams) > 1 or a.dest:
-        res = receive_streams(streams, a.count, a.iface, a.idle_timeout, a.first_timeout,
-                              ready=lambda: print("ready", flush=True))
+        told = SendersDone()
+        try:
+            res = receive_streams(streams, a.count, a.iface, a.idle_timeout, a.first_timeout,
+                                  ready=lambda: print("ready", flush=True), senders_done=told)
+        finally:
+            told.close()
         print(json.dumps({k: r.as_dict(a.count) for k, r in res.items()}), flush=True)
         return 0
     if a.cmd == "send":

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
+import time
 
 import pytest
 
@@ -22,3 +26,25 @@ def _rcvbuf(expected: int) -> int:
 ])
 def test_a_receiver_has_room_for_what_it_expects(expected, room):
     assert _rcvbuf(expected) == 2 * room  # the kernel doubles it for its own bookkeeping
+
+
+def test_told_the_senders_are_done_a_receiver_ends_on_its_idle_timeout():
+    """Streams that must stay empty end 0.3 s after SIGUSR1, not after their
+    20 s first timeout; the signal's handler is put back after."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    told = traffic.SendersDone()
+    start = time.monotonic()
+    try:
+        def ready():
+            threading.Timer(0.2, os.kill, (os.getpid(), traffic.SendersDone.SIGNAL)).start()
+
+        got = traffic.receive_streams([("127.0.0.1", port), ("127.0.0.2", port)], 10, idle_timeout=0.3,
+                                      first_timeout=20.0, ready=ready, senders_done=told)
+    finally:
+        told.close()
+    assert time.monotonic() - start < 5
+    assert told.told
+    assert [r.received for r in got.values()] == [0, 0]
+    assert signal.getsignal(traffic.SendersDone.SIGNAL) == signal.SIG_DFL

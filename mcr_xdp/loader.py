@@ -71,11 +71,15 @@ class Datapath:
     sources compiled by bcc (~3 s more). cflags (tests' variants) and
     MCR_XDP_DATAPATH=bcc ask for bcc."""
 
-    def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None, image: bytes | None = None):
+    def __init__(self, cflags: tuple[str, ...] = (), adopt: Path | None = None, image: bytes | None = None,
+                 preload: tuple[str, ...] = ()):
         """adopt: a killed relay's pin directory (same ABI version) whose
         counter maps (ADOPTED_MAPS) this datapath uses instead of new ones;
         image: an object to load instead of this checkout's (`python -m
-        bench ab` loads another revision's)."""
+        bench ab` loads another revision's); preload: programs otherwise
+        loaded on first use (PROG_TC, PROG_RELAY_GENERIC) that the caller
+        will use, verified beside the ingress and egress programs (a TC
+        relay starts ~1 s sooner on two CPUs). bcc loads them on first use."""
         self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
         self._cpu_fd: int | None = None
         self._generic_fd: int | None = None
@@ -85,14 +89,14 @@ class Datapath:
         if image is None and not cflags and os.environ.get("MCR_XDP_DATAPATH") != "bcc":
             image = objfile.image("datapath")
         if image is not None:
-            self._load_object(image, adopt)
+            self._load_object(image, adopt, preload)
         else:
             self._compile(cflags, adopt)
         self.compiler = "bcc" if self._bpf is not None else "object"
         self.prog_id = libbpf.prog_id(self.prog_fd)
         self.maps.set_config(ssm_rules=0)
 
-    def _load_object(self, image: bytes, adopt: Path | None) -> None:
+    def _load_object(self, image: bytes, adopt: Path | None, preload: tuple[str, ...] = ()) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         reuse = {}
@@ -109,16 +113,24 @@ class Datapath:
         self._image = image
         self._objects.append(first)
         self.maps = Maps({name: first.map_fd(name) for name in MAP_NAMES})
-        names = (abi.PROG_RELAY, abi.PROG_EGRESS)  # generic XDP's when an input needs it
+        # The rest (generic XDP's, TC's) when an input needs them, or now if preloaded.
+        names = (abi.PROG_RELAY, abi.PROG_EGRESS, *preload)
         try:
             with ThreadPoolExecutor(len(names), thread_name_prefix="mcr-verify") as pool:
                 loads = [pool.submit(self._load_program, name) for name in names]
-            fds = [load.result() for load in loads]
+            fds = [load.result() for load in loads[:2]]
         except BaseException:
             self.close()
             raise
         # Every output (devmap entry) carries the egress program.
         self.prog_fd, self.egress_fd = fds
+        for name, load in zip(preload, loads[2:]):
+            if load.exception() is not None:
+                continue  # loaded again on first use, which says why it can't
+            if name == abi.PROG_RELAY_GENERIC:
+                self._generic_fd = load.result()
+            else:  # PROG_TC, PROG_TC_COMPANION: _tc_program's
+                self._tc_fds[name] = load.result()
 
     def _load_program(self, name: str) -> int:
         """One program of the object, on the maps of the first load."""

@@ -17,7 +17,7 @@ from .. import abi, encode, features, libbpf, loader, pins
 from ..errors import AttachError, McrError, RuleError
 from ..links import Link, generic_xdp_vlan_blind
 from ..logs import Event
-from ..modes import BPF_MODES, Mode
+from ..modes import BPF_MODES, Mode, ladder
 from . import Attachment, InstalledRule, Losses, MergeAllocator
 
 # Generic XDP never steers (bpf/relay.c mcr_relay_skb): the kernel's cpumap
@@ -148,11 +148,17 @@ def _new_tracer(wanted: bool = True):
         return None, f"losses after redirect are not counted: {exc}"
 
 
+# The programs a relay whose first kernel mode is this one is sure to load:
+# loaded with the datapath, where the verifier runs them in parallel.
+_PRELOAD = {Mode.XDP_GENERIC: (abi.PROG_RELAY_GENERIC,), Mode.TC: (abi.PROG_TC,)}
+
+
 class BpfBackend:
     modes = BPF_MODES
     outlives = True
 
-    def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None, loss_tracer: bool = True):
+    def __init__(self, steer_cpus: tuple[int, ...] = (), left: dict | None = None, loss_tracer: bool = True,
+                 preload: tuple[str, ...] = ()):
         features.require_kernel()
         self.adopt_notice = ""
         # The loss tracer loads (~0.1 s) while the datapath does.
@@ -161,14 +167,14 @@ class BpfBackend:
             try:
                 adopt = self._adoptable(left)
                 try:
-                    self.datapath = loader.Datapath(adopt=adopt)
+                    self.datapath = loader.Datapath(adopt=adopt, preload=preload)
                 except AttachError:
                     if adopt is None:
                         raise
                     # Maps the loader would not take (changed by hand, a layout
                     # the ABI check missed): relay all the same, counting from zero.
                     self.adopt_notice = "counters start again: the killed relay's pinned maps could not be taken over"
-                    self.datapath = loader.Datapath()
+                    self.datapath = loader.Datapath(preload=preload)
                     adopt = None
             except BaseException:
                 tracer, _ = tracing.result()
@@ -217,7 +223,8 @@ class BpfBackend:
 
     @classmethod
     def open(cls, config, left: dict | None = None) -> BpfBackend:
-        return cls(config.steer_cpus, left, config.loss_tracer)
+        first = next((m for m in ladder(config.mode, config.xdp_mode) if m.is_bpf), None)
+        return cls(config.steer_cpus, left, config.loss_tracer, preload=_PRELOAD.get(first, ()))
 
     def _adoptable(self, left: dict | None):
         """The pin directory of the killed relay whose counter maps this

@@ -107,3 +107,32 @@ def test_a_program_the_verifier_refuses_is_an_error_with_its_log(sources):
     refused = "(?s)could not load the datapath: Permission denied.*invalid access to packet"
     with pytest.raises(AttachError, match=refused):
         objfile.Object(image, {"mcr_unchecked"})
+
+
+def test_preloaded_programs_are_there_before_first_use():
+    """A TC relay's program is verified beside the ingress and egress
+    programs, and first use takes that load instead of making another."""
+    dp = loader.Datapath(preload=(abi.PROG_TC, abi.PROG_RELAY_GENERIC))
+    try:
+        loads = len(dp._objects)
+        assert loads == 5  # the maps, then a load per program
+        assert [libbpf.prog_name(libbpf.prog_id(fd)) for fd in (dp.tc_fd, dp.generic_fd)] == \
+            [abi.PROG_TC, abi.PROG_RELAY_GENERIC]
+        assert len(dp._objects) == loads
+    finally:
+        dp.close()
+
+
+def test_a_preloaded_program_the_verifier_refuses_waits_for_its_first_use(sources):
+    """A preload is a head start, not a condition: the datapath loads
+    without it, and the program's first use says why it can't."""
+    relay_c = sources / "relay.c"
+    relay_c.write_text(relay_c.read_text() + '\nMCR_PROG("xdp") int mcr_unchecked(struct xdp_md *ctx)\n'
+                       "{\n\treturn *(int *)(long)ctx->data;  /* no bounds check */\n}\n")
+    dp = loader.Datapath(image=objfile.build(sources).read_bytes(), preload=("mcr_unchecked",))
+    try:
+        assert libbpf.prog_name(libbpf.prog_id(dp.prog_fd)) == abi.PROG_RELAY
+        with pytest.raises(AttachError, match="invalid access to packet"):
+            dp._load_program("mcr_unchecked")
+    finally:
+        dp.close()

@@ -115,6 +115,17 @@ class Runner:
             self.napi_pids = []
         self.layout = layout
 
+    def layouts(self, block: Block):
+        """block's layouts, each set while the caller runs under it; the
+        default again after the last, or when the caller's loop ends early
+        (CPython closes the generator as the loop unwinds)."""
+        try:
+            for layout in block.layouts:
+                self.set_layout(layout)
+                yield layout
+        finally:
+            self.set_layout("default")
+
     # -- measuring ---------------------------------------------------------
 
     def measure(self, relay: Relay, gen: LiveGen, rate: float | None, seconds: float, exact: int = 0) -> dict:
@@ -240,14 +251,12 @@ class Runner:
             try:
                 if block.socket_check and self.socket_check and relay.own_counter() is None:
                     self.results.append({**base, **self.integrity_check(relay)})
-                for layout in block.layouts:
-                    self.set_layout(layout)
+                for layout in self.layouts(block):
                     for size in sizes:
                         gen = self.gen(size, block.streams, relay.rtp)
                         for rate in block.rates:
                             self.results.append({**base, **self.point(relay, gen, layout, size, rate, block)})
             finally:
-                self.set_layout("default")
                 relay.stop()
 
     def run_interleaved(self, block: Block) -> None:
@@ -275,28 +284,24 @@ class Runner:
         if len(turns) < 2:
             return
         repeats = block.repeats or self.plan.repeats
-        for layout in block.layouts:
-            self.set_layout(layout)
-            try:
-                for size in sizes:
-                    for rate in block.rates:
-                        pps = rate_pps(rate, self.ceilings.get((layout, size)))
-                        runs: dict[str, list[dict]] = {turn: [] for turn, _, _ in turns}
-                        for rep in range(repeats):
-                            for turn, key, streams in turns:
-                                relay = self.relays[key]
-                                relay.start(self.topo, streams, block.outputs)
-                                try:
-                                    runs[turn].append(self.measure(relay, self.gen(size, streams, relay.rtp),
-                                                                   pps, self.plan.seconds))
-                                finally:
-                                    relay.stop()
-                            got = ", ".join(f"{turn} {runs[turn][-1]['delivered_pps'] / 1e3:.1f} kpps"
-                                            for turn, _, _ in turns)
-                            log(f"[{block.name}] {layout} {size} B {rate}: repetition {rep + 1}/{repeats}: {got}")
-                        self._paired(block, turns, runs, layout, size, rate, pps)
-            finally:
-                self.set_layout("default")
+        for layout in self.layouts(block):
+            for size in sizes:
+                for rate in block.rates:
+                    pps = rate_pps(rate, self.ceilings.get((layout, size)))
+                    runs: dict[str, list[dict]] = {turn: [] for turn, _, _ in turns}
+                    for rep in range(repeats):
+                        for turn, key, streams in turns:
+                            relay = self.relays[key]
+                            relay.start(self.topo, streams, block.outputs)
+                            try:
+                                runs[turn].append(self.measure(relay, self.gen(size, streams, relay.rtp),
+                                                               pps, self.plan.seconds))
+                            finally:
+                                relay.stop()
+                        got = ", ".join(f"{turn} {runs[turn][-1]['delivered_pps'] / 1e3:.1f} kpps"
+                                        for turn, _, _ in turns)
+                        log(f"[{block.name}] {layout} {size} B {rate}: repetition {rep + 1}/{repeats}: {got}")
+                    self._paired(block, turns, runs, layout, size, rate, pps)
 
     def run_swapped_streams(self, block: Block) -> None:
         """One relay with as many rules as the largest of block.swap_streams;
@@ -323,25 +328,20 @@ class Runner:
             ref, *others = (f"{key}@{n}" for n in block.swap_streams)
             label = {f"{key}@{n}": f"{relay.label}, {n} stream{'s' if n > 1 else ''} ({streams} rules)"
                      for n in block.swap_streams}
-            for layout in block.layouts:
-                self.set_layout(layout)
-                try:
-                    for size in self.sizes(block):
-                        gens = {f"{key}@{n}": self.gen(size, n, relay.rtp) for n in block.swap_streams}
-                        swap = _GenSwapper(gens, rate_pps("flat", None))
-                        try:
-                            point = {**base, "streams": streams, "layout": layout, "size": size, "rate": "flat",
-                                     "offered_target_pps": None, "method": "swapped-streams", "slice": SLICE}
-                            ratios, _ = self._swap_groups(block, swap, ref, others, SETTLE_GEN,
-                                                          f"{layout} {size} B")
-                        finally:
-                            swap.restore()
-                        for other in others:
-                            self.results.append({**point, "relay": f"{other}/{ref}",
-                                                 "label": f"{label[other]} / {label[ref]}", "status": "paired",
-                                                 "ratios": ratios[other], "summary": paired_summary(ratios[other])})
-                finally:
-                    self.set_layout("default")
+            for layout in self.layouts(block):
+                for size in self.sizes(block):
+                    gens = {f"{key}@{n}": self.gen(size, n, relay.rtp) for n in block.swap_streams}
+                    swap = _GenSwapper(gens, rate_pps("flat", None))
+                    try:
+                        point = {**base, "streams": streams, "layout": layout, "size": size, "rate": "flat",
+                                 "offered_target_pps": None, "method": "swapped-streams", "slice": SLICE}
+                        ratios, _ = self._swap_groups(block, swap, ref, others, SETTLE_GEN, f"{layout} {size} B")
+                    finally:
+                        swap.restore()
+                    for other in others:
+                        self.results.append({**point, "relay": f"{other}/{ref}",
+                                             "label": f"{label[other]} / {label[ref]}", "status": "paired",
+                                             "ratios": ratios[other], "summary": paired_summary(ratios[other])})
 
     def _swap_groups(self, block: Block, swap, ref: str, others: list[str], settle: float,
                      where: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -404,14 +404,10 @@ class Runner:
             swap = _Swapper(self.topo.relay_in.ns, nsutil.ifindex(self.topo.relay_in.ns, self.topo.IN), turns,
                             next((k for k, r in turns.items() if r.attach_input), None))
             stack.callback(swap.restore)
-            for layout in block.layouts:
-                self.set_layout(layout)
-                try:
-                    for size in sizes:
-                        for rate in block.rates:
-                            self._swapped_point(block, base, turns, swap, layout, size, rate)
-                finally:
-                    self.set_layout("default")
+            for layout in self.layouts(block):
+                for size in sizes:
+                    for rate in block.rates:
+                        self._swapped_point(block, base, turns, swap, layout, size, rate)
 
     def _swapped_point(self, block: Block, base: dict, turns: dict, swap: _Swapper, layout: str, size: int,
                        rate: str) -> None:

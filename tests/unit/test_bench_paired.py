@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from bench import report
-from bench.plan import FULL, MARGIN, QUICK
-from bench.runner import median_ci, paired_summary
+from bench.plan import FULL, MARGIN, QUICK, Block
+from bench.runner import Runner, median_ci, paired_summary
 
 
 def _paired(ratios: list[float], relay: str = "mcr-xdp-native") -> dict:
@@ -145,3 +145,27 @@ def test_a_run_of_paired_points_only_says_why_it_has_no_plot(tmp_path):
     with pytest.raises(report.NoPlot, match="paired blocks have none"):
         report.plot({"results": [_paired([0.95, 0.96])]}, tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+
+
+class _Layouts(Runner):
+    """A runner without a topology: what it sets is recorded, not done."""
+
+    def __init__(self):  # no topology, no generators
+        self.layout, self.set = "default", []
+
+    def set_layout(self, layout: str) -> None:
+        self.set.append(layout)
+        self.layout = layout
+
+
+def test_each_layout_is_set_in_turn_and_the_default_comes_back_after_an_error():
+    block = Block("x", ("mcr-xdp-native",), layouts=("threaded", "default", "threaded"))
+    runner = _Layouts()
+    assert list(runner.layouts(block)) == ["threaded", "default", "threaded"]
+    assert runner.set == ["threaded", "default", "threaded", "default"]
+    runner = _Layouts()
+    with pytest.raises(RuntimeError):
+        for layout in runner.layouts(block):
+            if layout == "default":
+                raise RuntimeError("a run failed")
+    assert runner.set == ["threaded", "default", "default"]

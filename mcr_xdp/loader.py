@@ -79,7 +79,8 @@ class Datapath:
         bench ab` loads another revision's); preload: programs otherwise
         loaded on first use (PROG_TC, PROG_RELAY_GENERIC) that the caller
         will use, verified beside the ingress and egress programs (a TC
-        relay starts ~1 s sooner on two CPUs). bcc loads them on first use."""
+        datapath is ready ~0.5 s sooner on two CPUs: docs/architecture.md).
+        bcc loads them on first use."""
         self._tc_fds: dict[str, int] = {}  # clsact programs loaded so far, by name
         self._cpu_fd: int | None = None
         self._generic_fd: int | None = None
